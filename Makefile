@@ -1,0 +1,47 @@
+# The only entry point: CI calls these same targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: demo test unit e2e lint gen check-gen bench control-plane
+
+## demo: render config/standalone/ and run the gateway locally
+demo:
+	$(CARGO) build --release -p mcpgate-operator
+	./target/release/mcpgate-operator standalone --input config/standalone --output target/demo-config
+
+## test: everything CI runs: generated files, lints, unit tests, end-to-end tests on a real control plane
+test: check-gen lint unit e2e
+
+unit:
+	$(CARGO) test --workspace --all-targets
+
+## e2e: builds (or reuses) kube-apiserver, etcd and kubectl, then runs the tests that start them
+e2e:
+	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
+	$(CARGO) test -p mcpgate-e2e -- --ignored --test-threads=1
+
+control-plane:
+	e2e/k8s/build.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+gen:
+	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- crds > crds/yaml/crds.yaml
+	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- config-schema > crds/yaml/gateway-config.schema.json
+	cp crds/yaml/crds.yaml charts/mcpgate/crds/crds.yaml
+
+check-gen:
+	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- crds | diff -u crds/yaml/crds.yaml - \
+	  || { echo "crds/yaml/crds.yaml is stale: run 'make gen' and commit"; exit 1; }
+	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- config-schema | diff -u crds/yaml/gateway-config.schema.json - \
+	  || { echo "crds/yaml/gateway-config.schema.json is stale: run 'make gen' and commit"; exit 1; }
+	diff -u crds/yaml/crds.yaml charts/mcpgate/crds/crds.yaml \
+	  || { echo "charts/mcpgate/crds/crds.yaml is stale: run 'make gen' and commit"; exit 1; }
+
+## bench: prints render time, converge time and operator peak RSS
+bench:
+	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
+	$(CARGO) run --release -p mcpgate-e2e --bin operator-bench

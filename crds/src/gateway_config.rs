@@ -1,0 +1,286 @@
+//! The configuration the proxy runs: what the operator renders and writes into the gateway
+//! namespace (or, standalone, into a directory).
+//!
+//! It holds no secret values: credentials are referenced by Secret name and key, and the
+//! Secrets are written next to it.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::v1alpha1::{PkceMethod, SubjectKind, Transport};
+
+/// The schema version of [`GatewayConfig`]; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every route the gateway serves.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// [`SCHEMA_VERSION`] of the renderer that wrote this.
+    pub schema: u32,
+    /// Content hash of everything below, so the proxy and humans can tell versions apart.
+    pub version: String,
+    /// McpServers, sorted by namespace and name.
+    pub servers: Vec<ServerConfig>,
+    /// VirtualMcpServers, sorted by namespace and name.
+    pub virtual_servers: Vec<VirtualServerConfig>,
+}
+
+/// One McpServer as the proxy serves it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// The McpServer's namespace (the tenant).
+    pub namespace: String,
+    /// The McpServer's name.
+    pub name: String,
+    /// `/{namespace}/mcp/{name}/server`.
+    pub path: String,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Which credential goes upstream.
+    pub auth: UpstreamAuth,
+    /// Which upstream tools are exposed.
+    pub tools: ToolFilter,
+    /// Per-request upstream timeout.
+    pub timeout_ms: u64,
+    /// Retries of failed upstream requests.
+    pub retry: Retry,
+    /// Request budgets.
+    pub rate_limits: RateLimits,
+    /// No inbound authentication.
+    pub public: bool,
+    /// Who may list and call tools.
+    pub access: AccessList,
+}
+
+/// Where a server's requests go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Upstream {
+    /// A remote MCP server.
+    #[serde(rename_all = "camelCase")]
+    Remote {
+        /// The MCP endpoint.
+        url: String,
+        /// Its transport.
+        transport: Transport,
+    },
+    /// An OpenAPI document served as tools.
+    #[serde(rename_all = "camelCase")]
+    OpenApi {
+        /// The document.
+        document: OpenApiDocument,
+        /// Where operations are called.
+        base_url: String,
+    },
+}
+
+/// An OpenAPI document: its text, or a URL the proxy fetches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OpenApiDocument {
+    /// JSON or YAML text (from the resource or its ConfigMap).
+    Inline(String),
+    /// Fetched by the proxy.
+    Url(String),
+}
+
+/// A value in a credential Secret in the gateway namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRef {
+    /// Secret name in the gateway namespace.
+    pub secret: String,
+    /// Key in that Secret.
+    pub key: String,
+}
+
+/// The outbound credential mode of a server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum UpstreamAuth {
+    /// Nothing is sent.
+    None,
+    /// One API key for all callers.
+    #[serde(rename_all = "camelCase")]
+    SharedApiKey {
+        /// Header carrying the key.
+        header: String,
+        /// Value template with `{{API_KEY}}`, if not the bare key.
+        template: Option<String>,
+        /// The key.
+        credential: CredentialRef,
+    },
+    /// Each user's own API key.
+    #[serde(rename_all = "camelCase")]
+    PerUserApiKey {
+        /// Header carrying the key.
+        header: String,
+        /// Value template with `{{API_KEY}}`, if not the bare key.
+        template: Option<String>,
+        /// Keys pre-supplied with AuthOverrides, by user.
+        overrides: Vec<UserCredential>,
+    },
+    /// OAuth 2 authorization code with PKCE, one token per user.
+    #[serde(rename_all = "camelCase")]
+    OAuth2AuthorizationCode {
+        /// Authorization endpoint.
+        authorization_url: String,
+        /// Token endpoint.
+        token_url: String,
+        /// Client id, unless registered dynamically.
+        client_id: Option<String>,
+        /// Client secret, for confidential clients.
+        client_secret: Option<CredentialRef>,
+        /// Requested scopes.
+        scopes: Vec<String>,
+        /// PKCE method.
+        pkce: PkceMethod,
+        /// Dynamic client registration endpoint.
+        registration_url: Option<String>,
+    },
+    /// OAuth 2 client credentials: one token for the gateway.
+    #[serde(rename_all = "camelCase")]
+    OAuth2ClientCredentials {
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: CredentialRef,
+        /// Requested scopes.
+        scopes: Vec<String>,
+        /// Requested audience.
+        audience: Option<String>,
+    },
+    /// The caller's own token is forwarded (explicit opt-in).
+    Passthrough,
+}
+
+/// A user's own credential for a server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCredential {
+    /// The user, as the gateway identifies callers.
+    pub user: String,
+    /// Where the value is.
+    pub credential: CredentialRef,
+    /// How the value is used.
+    pub form: CredentialForm,
+}
+
+/// How a stored user credential is sent.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum CredentialForm {
+    /// The value fills `{{API_KEY}}` in the server's header template.
+    ApiKey,
+    /// The value is a JSON object of header name -> value.
+    Headers,
+}
+
+/// Which upstream tools are exposed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolFilter {
+    /// Exposed upstream tools; empty means all.
+    pub allow: Vec<String>,
+    /// Never exposed.
+    pub deny: Vec<String>,
+}
+
+impl ToolFilter {
+    /// Whether the upstream tool `name` is exposed.
+    pub fn permits(&self, name: &str) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|a| a == name))
+            && !self.deny.iter().any(|d| d == name)
+    }
+}
+
+/// Retries of failed upstream requests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Wait before the first retry, doubled after each.
+    pub backoff_ms: u64,
+}
+
+/// Request budgets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimits {
+    /// Per caller identity.
+    pub per_user: Option<RateLimit>,
+    /// For all callers together.
+    pub per_server: Option<RateLimit>,
+}
+
+/// `requests` per `period_seconds`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests per period.
+    pub requests: u32,
+    /// Period length.
+    pub period_seconds: u32,
+}
+
+/// Who may list and call a server's or virtual server's tools.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessList {
+    /// Sorted, without duplicates. ServiceAccounts are named
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub subjects: Vec<AccessSubject>,
+}
+
+/// One subject with access.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSubject {
+    /// User, Group or ServiceAccount.
+    pub kind: SubjectKind,
+    /// The name the caller's identity is matched against.
+    pub name: String,
+}
+
+/// One VirtualMcpServer as the proxy serves it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServerConfig {
+    /// The namespace (the tenant).
+    pub namespace: String,
+    /// The VirtualMcpServer's name.
+    pub name: String,
+    /// `/{namespace}/mcp/{name}/server`.
+    pub path: String,
+    /// Shown to people.
+    pub description: Option<String>,
+    /// Returned to clients at initialization.
+    pub instructions: Option<String>,
+    /// The selected tools, by server (McpServers of the same namespace).
+    pub members: Vec<VirtualMember>,
+    /// Who may list and call tools.
+    pub access: AccessList,
+}
+
+/// The tools a virtual server takes from one McpServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMember {
+    /// The McpServer's name (same namespace as the virtual server).
+    pub server: String,
+    /// Every tool the server exposes, named `<server>_<tool>` unless in `tools`.
+    pub all: bool,
+    /// Upstream tool name -> exposed name.
+    pub tools: BTreeMap<String, String>,
+}

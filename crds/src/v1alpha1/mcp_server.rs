@@ -1,0 +1,345 @@
+//! `McpServer`: one upstream MCP server and how the gateway reaches it.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{ConfigMapKeyRef, SecretKeyRef, ServerStatus};
+use super::rules;
+
+/// An upstream MCP server served by the gateway at `/{namespace}/mcp/{name}/server`.
+///
+/// The upstream is either a remote MCP server (`spec.remote`) or an OpenAPI document whose
+/// operations become tools (`spec.openapi`). `spec.auth` says which credential the gateway
+/// sends upstream; callers never see it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "mcpgate.dev",
+    version = "v1alpha1",
+    kind = "McpServer",
+    namespaced,
+    status = "ServerStatus",
+    shortname = "mcps",
+    category = "mcpgate",
+    doc = "An upstream MCP server (remote URL or OpenAPI document) served by the gateway",
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.toolCount"),
+    printcolumn(name = "Auth", type_ = "string", json_path = ".spec.auth.type", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(rules::SERVER_NAME).message(rules::SERVER_NAME_MESSAGE),
+)]
+#[x_kube(validation = Rule::new("has(self.remote) != has(self.openapi)").message("set exactly one of spec.remote (an MCP server URL) or spec.openapi (an OpenAPI document)"))]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerSpec {
+    /// What this server offers, shown to people browsing the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// A remote MCP server reached over Streamable HTTP (or legacy HTTP+SSE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteSource>,
+
+    /// An OpenAPI 3 document whose operations the gateway serves as MCP tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<OpenApiSource>,
+
+    /// The credential the gateway sends upstream. Defaults to `type: None`.
+    #[serde(default)]
+    pub auth: OutboundAuth,
+
+    /// Which upstream tools the gateway exposes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolFilter>,
+
+    /// Seconds the gateway waits for the upstream to answer one request before it returns a
+    /// JSON-RPC error naming this server.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: i32,
+
+    /// How failed upstream requests are retried. Only connection failures and 502/503/504
+    /// answers are retried, and never a `tools/call` that the upstream may have started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+
+    /// Request budgets for this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+
+    /// Serve this server without inbound authentication. Anyone who can reach the gateway
+    /// can list and call its tools. Defaults to false.
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn default_timeout_seconds() -> i32 {
+    30
+}
+
+/// A remote MCP server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteSource {
+    /// The server's MCP endpoint, e.g. `https://mcp.example.com/mcp` or
+    /// `http://github-mcp.tools.svc:8080/mcp`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(rules::HTTP_URL).message(rules::HTTP_URL_MESSAGE))]
+    pub url: String,
+    /// `StreamableHttp` (default) or `Sse` for servers that only speak the legacy HTTP+SSE
+    /// transport.
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// The MCP transport an upstream speaks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Transport {
+    /// Streamable HTTP (MCP 2025-03-26 and later).
+    #[default]
+    StreamableHttp,
+    /// The legacy HTTP+SSE transport (MCP 2024-11-05).
+    Sse,
+}
+
+/// An OpenAPI 3 document and the API it describes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.inline), has(self.configMapKeyRef), has(self.url)].filter(x, x).size() == 1").message("set exactly one of spec.openapi.inline, spec.openapi.configMapKeyRef or spec.openapi.url"))]
+#[serde(rename_all = "camelCase")]
+pub struct OpenApiSource {
+    /// The document itself, as JSON or YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1048576))]
+    pub inline: Option<String>,
+    /// A ConfigMap key holding the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+    /// A URL the gateway fetches the document from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(rules::HTTP_URL).message(rules::HTTP_URL_MESSAGE))]
+    pub url: Option<String>,
+    /// Base URL of the API the operations are called on, e.g. `https://api.example.com/v1`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(rules::HTTP_URL).message(rules::HTTP_URL_MESSAGE))]
+    pub base_url: String,
+}
+
+/// The outbound credential mode. Exactly the block named by `type` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.type == 'ApiKey' ? has(self.apiKey) : !has(self.apiKey)").message("spec.auth.apiKey is required when spec.auth.type is ApiKey and must be absent otherwise"),
+    validation = Rule::new("self.type == 'OAuth2AuthorizationCode' ? has(self.oauth2AuthorizationCode) : !has(self.oauth2AuthorizationCode)").message("spec.auth.oauth2AuthorizationCode is required when spec.auth.type is OAuth2AuthorizationCode and must be absent otherwise"),
+    validation = Rule::new("self.type == 'OAuth2ClientCredentials' ? has(self.oauth2ClientCredentials) : !has(self.oauth2ClientCredentials)").message("spec.auth.oauth2ClientCredentials is required when spec.auth.type is OAuth2ClientCredentials and must be absent otherwise"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundAuth {
+    /// `None`, `ApiKey`, `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or
+    /// `Passthrough`. Passthrough forwards the caller's own token upstream, which the MCP
+    /// specification forbids (token passthrough); choose it only for upstreams that
+    /// validate the gateway's audience themselves.
+    #[serde(rename = "type", default)]
+    pub mode: AuthMode,
+    /// Settings for `type: ApiKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyAuth>,
+    /// Settings for `type: OAuth2AuthorizationCode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_authorization_code: Option<OAuth2AuthorizationCode>,
+    /// Settings for `type: OAuth2ClientCredentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_client_credentials: Option<OAuth2ClientCredentials>,
+}
+
+/// How the gateway authenticates to an upstream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AuthMode {
+    /// No credential is sent.
+    #[default]
+    None,
+    /// An API key in a header: one shared key, or each user's own key.
+    ApiKey,
+    /// Each user authorizes the gateway once (OAuth 2 authorization code with PKCE); the
+    /// gateway stores and refreshes their tokens.
+    OAuth2AuthorizationCode,
+    /// The gateway obtains its own token with the OAuth 2 client credentials grant.
+    OAuth2ClientCredentials,
+    /// The caller's own bearer token is forwarded (explicit opt-in; see `type`).
+    Passthrough,
+}
+
+/// An API key sent in a request header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.scope == 'Shared' ? has(self.secretKeyRef) : !has(self.secretKeyRef)").message("spec.auth.apiKey.secretKeyRef is required for scope Shared and must be absent for scope PerUser (each user's key comes from an AuthOverride or the gateway's prompt)"),
+    validation = Rule::new("!has(self.valueTemplate) || self.valueTemplate.contains('{{API_KEY}}')").message("spec.auth.apiKey.valueTemplate must contain {{API_KEY}}, e.g. 'Bearer {{API_KEY}}'"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyAuth {
+    /// `Shared`: every caller uses the key in `secretKeyRef`. `PerUser`: each user supplies
+    /// their own key.
+    #[serde(default)]
+    pub scope: ApiKeyScope,
+    /// Header that carries the key, e.g. `Authorization` or `X-API-Key`.
+    #[serde(default = "default_header_name")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub header_name: String,
+    /// How the header value is built from the key; `{{API_KEY}}` is replaced by the key,
+    /// e.g. `Bearer {{API_KEY}}`. Defaults to the bare key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub value_template: Option<String>,
+    /// The shared key (scope `Shared` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+fn default_header_name() -> String {
+    "Authorization".to_owned()
+}
+
+/// Whose API key is sent.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ApiKeyScope {
+    /// One key for all callers.
+    #[default]
+    Shared,
+    /// Each user's own key.
+    PerUser,
+}
+
+/// OAuth 2 authorization code grant with PKCE, one token per user.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.clientId) || has(self.registrationUrl)").message("set spec.auth.oauth2AuthorizationCode.clientId, or registrationUrl so the gateway registers itself as a client"))]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2AuthorizationCode {
+    /// The provider's authorization endpoint (https, or http on loopback).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
+    pub authorization_url: String,
+    /// The provider's token endpoint (https, or http on loopback).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
+    pub token_url: String,
+    /// The gateway's client id at the provider. Optional with `registrationUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: Option<String>,
+    /// The client secret, for confidential clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
+    /// Scopes requested from the provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
+    /// PKCE method; only `S256` is allowed.
+    #[serde(default)]
+    pub pkce: PkceMethod,
+    /// RFC 7591 dynamic client registration endpoint, used when no `clientId` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
+    pub registration_url: Option<String>,
+}
+
+/// PKCE code challenge method.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PkceMethod {
+    /// SHA-256 code challenge (RFC 7636).
+    #[default]
+    S256,
+}
+
+/// OAuth 2 client credentials grant: one token for the gateway itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2ClientCredentials {
+    /// The provider's token endpoint (https, or http on loopback).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
+    pub token_url: String,
+    /// The gateway's client id.
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret_ref: SecretKeyRef,
+    /// Scopes requested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
+    /// Audience (resource indicator) requested for the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub audience: Option<String>,
+}
+
+/// Which upstream tools are exposed. A tool is exposed when `allow` is empty or names it,
+/// and `deny` does not name it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolFilter {
+    /// Upstream tool names to expose; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 1024),
+        inner(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_./-]+$"))
+    )]
+    pub allow: Vec<String>,
+    /// Upstream tool names never exposed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 1024),
+        inner(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_./-]+$"))
+    )]
+    pub deny: Vec<String>,
+}
+
+/// Retries of failed upstream requests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    #[schemars(range(min = 0, max = 10))]
+    pub attempts: i32,
+    /// Wait before the first retry; doubled for each further retry.
+    #[serde(default = "default_backoff_milliseconds")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub backoff_milliseconds: i32,
+}
+
+fn default_backoff_milliseconds() -> i32 {
+    100
+}
+
+/// Request budgets. Over budget, callers get HTTP 429 with `Retry-After`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimits {
+    /// Budget for each caller identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<RateLimit>,
+    /// Budget for all callers together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_server: Option<RateLimit>,
+}
+
+/// `requests` per `periodSeconds`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests allowed in one period.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests: i32,
+    /// Length of the period.
+    #[serde(default = "default_period_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub period_seconds: i32,
+}
+
+fn default_period_seconds() -> i32 {
+    60
+}

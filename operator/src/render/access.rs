@@ -3,10 +3,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mcpgate_crds::gateway_config::{AccessList, AccessSubject};
-use mcpgate_crds::v1alpha1::{SubjectKind, TargetKind};
+use mcpgate_crds::v1alpha1::{Role, Subject, SubjectKind, TargetKind};
 
 use super::{Check, Diagnostic, Inputs, Kind, ObjectKey, ResourceRef, key_of};
 use crate::reasons::*;
+
+/// What a Manager collaborator is granted in Kubernetes RBAC, in its own namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerGrant {
+    /// McpServer or VirtualMcpServer.
+    pub target_kind: TargetKind,
+    /// The resource they may change.
+    pub target_name: String,
+    /// The McpCollaborators targeting it, which they may change too.
+    pub collaborators: Vec<String>,
+    /// Who is granted.
+    pub subjects: Vec<Subject>,
+}
 
 /// Subjects by target.
 #[derive(Debug, Default)]
@@ -28,6 +41,7 @@ impl AccessLists {
 pub(super) fn render(
     inputs: &Inputs,
     diagnostics: &mut BTreeMap<ResourceRef, Diagnostic>,
+    grants: &mut BTreeMap<ObjectKey, ManagerGrant>,
 ) -> AccessLists {
     let servers: BTreeSet<ObjectKey> = inputs.servers.iter().map(|s| key_of(&**s)).collect();
     let virtuals: BTreeSet<ObjectKey> = inputs
@@ -35,6 +49,19 @@ pub(super) fn render(
         .iter()
         .map(|s| key_of(&**s))
         .collect();
+
+    // Collaborators by target, so a Manager may also edit the collaborators of its target.
+    let mut collaborators_of: BTreeMap<(TargetKind, ObjectKey), BTreeSet<String>> = BTreeMap::new();
+    for c in &inputs.collaborators {
+        let key = key_of(&**c);
+        collaborators_of
+            .entry((
+                c.spec.target_ref.kind,
+                ObjectKey::new(&key.namespace, &c.spec.target_ref.name),
+            ))
+            .or_default()
+            .insert(key.name);
+    }
 
     let mut lists = AccessLists::default();
     for collaborator in &inputs.collaborators {
@@ -46,9 +73,27 @@ pub(super) fn render(
             TargetKind::VirtualMcpServer => virtuals.contains(&target),
         };
         let resolved = if exists {
-            let subjects = lists.0.entry((spec.target_ref.kind, target)).or_default();
+            let subjects = lists
+                .0
+                .entry((spec.target_ref.kind, target.clone()))
+                .or_default();
             for subject in &spec.subjects {
                 subjects.insert(access_subject(subject, &key.namespace));
+            }
+            if spec.role == Role::Manager {
+                let collaborators = collaborators_of
+                    .get(&(spec.target_ref.kind, target))
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                grants.insert(
+                    key.clone(),
+                    ManagerGrant {
+                        target_kind: spec.target_ref.kind,
+                        target_name: spec.target_ref.name.clone(),
+                        collaborators,
+                        subjects: spec.subjects.clone(),
+                    },
+                );
             }
             Check::pass(REASON_RESOLVED, "target found")
         } else {
@@ -78,7 +123,7 @@ pub(super) fn render(
 }
 
 /// How the proxy matches a subject: ServiceAccounts by their Kubernetes user name.
-fn access_subject(subject: &mcpgate_crds::v1alpha1::Subject, namespace: &str) -> AccessSubject {
+fn access_subject(subject: &Subject, namespace: &str) -> AccessSubject {
     let name = match subject.kind {
         SubjectKind::ServiceAccount => format!(
             "system:serviceaccount:{}:{}",

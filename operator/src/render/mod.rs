@@ -15,6 +15,7 @@ use mcpgate_crds::gateway_config::{GatewayConfig, SCHEMA_VERSION};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::{Digest, Sha256};
 
+pub use access::ManagerGrant;
 pub use inputs::{Inputs, ObjectKey, ParseError};
 
 /// What [`render`] produces.
@@ -26,6 +27,8 @@ pub struct Rendered {
     pub secrets: BTreeMap<String, CredentialSecret>,
     /// One entry per input resource.
     pub diagnostics: BTreeMap<ResourceRef, Diagnostic>,
+    /// RBAC for each Manager collaborator whose target exists, by collaborator.
+    pub manager_grants: BTreeMap<ObjectKey, ManagerGrant>,
 }
 
 /// Which resource a diagnostic is about.
@@ -172,7 +175,11 @@ impl Diagnostic {
 /// Renders everything. Pure.
 pub fn render(inputs: &Inputs) -> Rendered {
     let mut rendered = Rendered::default();
-    let access = access::render(inputs, &mut rendered.diagnostics);
+    let access = access::render(
+        inputs,
+        &mut rendered.diagnostics,
+        &mut rendered.manager_grants,
+    );
 
     let servers = server::render(inputs, &access, &mut rendered);
     virtual_server::render(inputs, &servers, &access, &mut rendered);

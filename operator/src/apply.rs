@@ -1,0 +1,158 @@
+//! Thin: writes the rendered configuration and credential Secrets into the gateway namespace
+//! with server-side apply, skipping objects that already match, and prunes orphans by label.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use mcpgate_crds::names::*;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::render::Rendered;
+use crate::watch::{Caches, key};
+
+const COMPONENT_CONFIG: &str = "config";
+const COMPONENT_CREDENTIALS: &str = "credentials";
+
+/// The objects the gateway namespace should hold. Pure.
+pub fn desired(rendered: &Rendered, namespace: &str) -> (ConfigMap, Vec<Secret>) {
+    // Serializing plain data cannot fail.
+    let json = serde_json::to_string_pretty(&rendered.config).unwrap_or_default();
+    let config_map = ConfigMap {
+        metadata: meta(CONFIG_MAP_NAME, namespace, COMPONENT_CONFIG, None),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), json)])),
+        ..Default::default()
+    };
+    let secrets = rendered
+        .secrets
+        .iter()
+        .map(|(name, credential)| Secret {
+            metadata: meta(
+                name,
+                namespace,
+                COMPONENT_CREDENTIALS,
+                Some(credential.source.to_string()),
+            ),
+            type_: Some("Opaque".to_owned()),
+            data: Some(
+                credential
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.expose().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+        .collect();
+    (config_map, secrets)
+}
+
+fn meta(name: &str, namespace: &str, component: &str, source: Option<String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(BTreeMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_COMPONENT.to_owned(), component.to_owned()),
+        ])),
+        annotations: source.map(|s| BTreeMap::from([(ANNOTATION_SOURCE.to_owned(), s)])),
+        ..Default::default()
+    }
+}
+
+/// Whether `existing` already carries everything `desired` sets.
+fn same_meta(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    subset(&desired.labels, &existing.labels) && subset(&desired.annotations, &existing.annotations)
+}
+
+/// Secrets first (so the configuration never names a Secret the proxy cannot find yet), then
+/// the ConfigMap, then orphans.
+pub async fn gateway(
+    client: &Client,
+    caches: &Caches,
+    metrics: &Metrics,
+    rendered: &Rendered,
+    namespace: &str,
+) -> Result<()> {
+    let (config_map, secrets) = desired(rendered, namespace);
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let config_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+
+    for secret in &secrets {
+        let name = secret.name_any();
+        let current = caches.owned_secrets.get(&key(secret));
+        if current.is_some_and(|c| {
+            c.data == secret.data
+                && c.type_ == secret.type_
+                && same_meta(&c.metadata, &secret.metadata)
+        }) {
+            continue;
+        }
+        secret_api
+            .patch(&name, &params, &Patch::Apply(secret))
+            .await
+            .map_err(Error::kube("apply Secret", format!("{namespace}/{name}")))?;
+        metrics.write("Secret", "apply");
+    }
+
+    let current = caches.owned_config_maps.get(&key(&config_map));
+    if !current
+        .is_some_and(|c| c.data == config_map.data && same_meta(&c.metadata, &config_map.metadata))
+    {
+        config_api
+            .patch(CONFIG_MAP_NAME, &params, &Patch::Apply(&config_map))
+            .await
+            .map_err(Error::kube(
+                "apply ConfigMap",
+                format!("{namespace}/{CONFIG_MAP_NAME}"),
+            ))?;
+        metrics.write("ConfigMap", "apply");
+    }
+
+    for orphan in caches.owned_secrets.all() {
+        let is_credentials = orphan
+            .labels()
+            .get(LABEL_COMPONENT)
+            .is_some_and(|c| c == COMPONENT_CREDENTIALS);
+        if is_credentials && !rendered.secrets.contains_key(&orphan.name_any()) {
+            delete(&secret_api, &orphan.name_any(), "delete Secret", namespace).await?;
+            metrics.write("Secret", "delete");
+        }
+    }
+    metrics
+        .managed_objects
+        .with_label_values(&["Secret"])
+        .set(i64::try_from(secrets.len()).unwrap_or(i64::MAX));
+    metrics
+        .managed_objects
+        .with_label_values(&["ConfigMap"])
+        .set(1);
+    Ok(())
+}
+
+/// Deletes, treating "already gone" as done.
+pub(crate) async fn delete<K>(
+    api: &Api<K>,
+    name: &str,
+    action: &'static str,
+    namespace: &str,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(action, format!("{namespace}/{name}"))(e)),
+    }
+}

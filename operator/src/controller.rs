@@ -1,0 +1,146 @@
+//! The reconcile loop: wait for caches, then on every change (debounced) render everything
+//! and apply it, while this replica holds the lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use kube::Client;
+use tokio::sync::{Notify, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::render::render;
+use crate::watch::{Caches, Scope};
+use crate::{apply, rbac, status};
+
+/// What the loop needs.
+pub struct Settings {
+    /// Where mcpgate resources are read from.
+    pub scope: Scope,
+    /// Where configuration and credentials are written.
+    pub gateway_namespace: String,
+    /// Quiet time after a change before rendering, so bursts render once.
+    pub debounce: Duration,
+    /// Full re-render even without changes, to repair drift.
+    pub resync: Duration,
+}
+
+/// Shared with `/readyz`.
+pub struct Context {
+    client: Client,
+    caches: Caches,
+    metrics: Metrics,
+    gateway_namespace: String,
+}
+
+/// Runs until `shutdown` resolves. `leader` says whether this replica may write.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    mut leader: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let trigger = Arc::new(Notify::new());
+    let (caches, tasks) = Caches::start(
+        &client,
+        &settings.scope,
+        &settings.gateway_namespace,
+        trigger.clone(),
+    );
+    let reflectors = tokio::spawn(join_all(tasks));
+    let ctx = Context {
+        client,
+        caches,
+        metrics,
+        gateway_namespace: settings.gateway_namespace,
+    };
+    tokio::pin!(shutdown);
+
+    tokio::select! {
+        () = ctx.caches.wait_until_ready() => {}
+        () = &mut shutdown => { reflectors.abort(); return; }
+    }
+    info!("caches synced");
+    ready.store(true, Ordering::Relaxed);
+
+    let mut backoff = Duration::from_millis(250);
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let is_leader = *leader.borrow_and_update();
+        ctx.metrics.leader.set(i64::from(is_leader));
+        if is_leader {
+            tokio::select! {
+                () = tokio::time::sleep(settings.debounce) => {}
+                () = &mut shutdown => break,
+            }
+            match reconcile(&ctx).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(250);
+                    retry_at = None;
+                }
+                Err(error) => {
+                    // error_policy: log, count, retry with backoff.
+                    warn!(%error, retry_in = ?backoff, "reconcile failed");
+                    ctx.metrics
+                        .failures
+                        .with_label_values(&[error.metric_label()])
+                        .inc();
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        let wait_retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = trigger.notified() => {}
+            changed = leader.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(settings.resync) => {}
+            () = wait_retry => {}
+            () = &mut shutdown => break,
+        }
+    }
+    reflectors.abort();
+}
+
+/// Render everything, then write what changed: credentials and configuration, RBAC, status.
+async fn reconcile(ctx: &Context) -> Result<()> {
+    let span = info_span!("reconcile", version = tracing::field::Empty);
+    async {
+        let started = Instant::now();
+        ctx.metrics.reconciles.inc();
+        let inputs = ctx.caches.inputs();
+        let rendered = render(&inputs);
+        tracing::Span::current().record("version", rendered.config.version.as_str());
+        apply::gateway(
+            &ctx.client,
+            &ctx.caches,
+            &ctx.metrics,
+            &rendered,
+            &ctx.gateway_namespace,
+        )
+        .await?;
+        rbac::apply(&ctx.client, &ctx.caches, &ctx.metrics, &rendered).await?;
+        status::apply(&ctx.client, &ctx.caches, &ctx.metrics, &rendered).await?;
+        let elapsed = started.elapsed();
+        ctx.metrics.duration.observe(elapsed.as_secs_f64());
+        info!(
+            servers = rendered.config.servers.len(),
+            virtual_servers = rendered.config.virtual_servers.len(),
+            ms = elapsed.as_millis() as u64,
+            "reconciled"
+        );
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,199 @@
+//! Diagnostics -> `status` (pure), then a status patch only where it changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use mcpgate_crds::names::FIELD_MANAGER;
+use mcpgate_crds::v1alpha1::{CommonStatus, ServerStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::reasons::{ACCEPTED, READY, RESOLVED_REFS};
+use crate::render::{Check, Diagnostic, Kind, Rendered};
+use crate::watch::{Caches, Stores};
+
+/// The three conditions. `lastTransitionTime` only moves when a condition's status flips.
+pub fn conditions(d: &Diagnostic, existing: &[Condition], now: &Time) -> Vec<Condition> {
+    [
+        (ACCEPTED, &d.accepted),
+        (RESOLVED_REFS, &d.resolved_refs),
+        (READY, &d.ready),
+    ]
+    .into_iter()
+    .map(|(type_, check): (&str, &Check)| {
+        let status = if check.ok { "True" } else { "False" };
+        let last_transition_time = existing
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: check.reason.to_owned(),
+            message: check.message.clone(),
+            observed_generation: d.generation,
+            last_transition_time,
+        }
+    })
+    .collect()
+}
+
+/// The whole status of one resource, as JSON. Pure.
+pub fn desired(kind: Kind, d: &Diagnostic, existing: &[Condition], now: &Time) -> Value {
+    let conditions = conditions(d, existing, now);
+    // Serializing plain data cannot fail.
+    match kind {
+        Kind::McpServer | Kind::VirtualMcpServer => serde_json::to_value(ServerStatus {
+            observed_generation: d.generation,
+            conditions,
+            url: d.url.clone(),
+            tool_count: d.tool_count,
+            subject_count: d.subject_count,
+        }),
+        Kind::McpCollaborator | Kind::AuthOverride => serde_json::to_value(CommonStatus {
+            observed_generation: d.generation,
+            conditions,
+        }),
+    }
+    .unwrap_or(Value::Null)
+}
+
+/// Patches the status of every resource whose status differs from the rendered one.
+pub async fn apply(
+    client: &Client,
+    caches: &Caches,
+    metrics: &Metrics,
+    rendered: &Rendered,
+) -> Result<()> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut ready = std::collections::BTreeMap::<(Kind, bool), i64>::new();
+    for (resource, d) in &rendered.diagnostics {
+        *ready.entry((resource.kind, d.ready.ok)).or_default() += 1;
+        let key = &resource.key;
+        match resource.kind {
+            Kind::McpServer => {
+                patch(
+                    client,
+                    &caches.servers,
+                    metrics,
+                    resource.kind,
+                    key,
+                    d,
+                    &now,
+                )
+                .await?
+            }
+            Kind::VirtualMcpServer => {
+                patch(
+                    client,
+                    &caches.virtual_servers,
+                    metrics,
+                    resource.kind,
+                    key,
+                    d,
+                    &now,
+                )
+                .await?
+            }
+            Kind::McpCollaborator => {
+                patch(
+                    client,
+                    &caches.collaborators,
+                    metrics,
+                    resource.kind,
+                    key,
+                    d,
+                    &now,
+                )
+                .await?
+            }
+            Kind::AuthOverride => {
+                patch(
+                    client,
+                    &caches.overrides,
+                    metrics,
+                    resource.kind,
+                    key,
+                    d,
+                    &now,
+                )
+                .await?
+            }
+        }
+    }
+    for kind in [
+        Kind::McpServer,
+        Kind::VirtualMcpServer,
+        Kind::McpCollaborator,
+        Kind::AuthOverride,
+    ] {
+        for ok in [true, false] {
+            let n = ready.get(&(kind, ok)).copied().unwrap_or(0);
+            metrics
+                .resources
+                .with_label_values(&[kind.as_str(), if ok { "true" } else { "false" }])
+                .set(n);
+        }
+    }
+    Ok(())
+}
+
+async fn patch<K>(
+    client: &Client,
+    stores: &Stores<K>,
+    metrics: &Metrics,
+    kind: Kind,
+    key: &crate::render::ObjectKey,
+    d: &Diagnostic,
+    now: &Time,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+        + 'static,
+{
+    // Deleted since the snapshot was taken: nothing to report on.
+    let Some(object) = stores.get(key) else {
+        return Ok(());
+    };
+    let current = serde_json::to_value(&*object)
+        .ok()
+        .and_then(|mut v| v.get_mut("status").map(Value::take));
+    let existing: Vec<Condition> = current
+        .as_ref()
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let desired = desired(kind, d, &existing, now);
+    if current.as_ref() == Some(&desired) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": desired,
+    });
+    match api
+        .patch_status(
+            &key.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => {
+            metrics.write(kind.as_str(), "status");
+            Ok(())
+        }
+        // Deleted meanwhile.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("patch status", key)(e)),
+    }
+}

@@ -18,8 +18,9 @@ unit:
 
 ## e2e: builds (or reuses) kube-apiserver, etcd and kubectl, then runs the tests that start them
 e2e:
+	$(CARGO) build -p mcpgate-operator
 	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
-	$(CARGO) test -p mcpgate-e2e -- --ignored --test-threads=1
+	$(CARGO) test -p mcpgate-e2e --test operator -- --ignored --test-threads=1
 
 control-plane:
 	e2e/k8s/build.sh

@@ -1,1 +1,432 @@
+//! Test-only: a real Kubernetes control plane (etcd + kube-apiserver built from their Go
+//! modules by `e2e/k8s/build.sh`) started on loopback, the operator run as a process, and
+//! kubectl driven the way a user would. Everything started here is stopped by PID on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where `e2e/k8s/build.sh` put the binaries.
+pub fn k8s_bin_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("MCPGATE_K8S_BIN_DIR")
+        .map(PathBuf::from)
+        .context("MCPGATE_K8S_BIN_DIR is not set: run the tests with `make e2e` (it builds the control plane)")?;
+    for bin in ["etcd", "kube-apiserver", "kubectl"] {
+        if !dir.join(bin).is_file() {
+            bail!(
+                "{} is missing: run e2e/k8s/build.sh",
+                dir.join(bin).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (by PID) and reaped on drop.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `command` with stdout and stderr to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; SIGKILL if it does not come.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.exited() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not exit after SIGTERM; killing", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// etcd and kube-apiserver on loopback, with a kubeconfig for an admin (system:masters).
+pub struct ControlPlane {
+    /// The binaries.
+    pub bin: PathBuf,
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    apiserver: Process,
+    etcd: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits (at most 60 s) until the API is ready.
+    pub fn start() -> Result<Self> {
+        let bin = k8s_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("mcpgate-e2e-").tempdir()?;
+        let pki = dir.path().join("pki");
+        let api_port = free_port();
+        let status = Command::new(workspace().join("e2e/k8s/gen-certs.sh"))
+            .arg(&pki)
+            .env("API_PORT", api_port.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("e2e/k8s/gen-certs.sh failed");
+        }
+        let (client_port, peer_port) = (free_port(), free_port());
+        let mut etcd = Command::new(bin.join("etcd"));
+        etcd.args(["--name", "e2e", "--unsafe-no-fsync", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=e2e=http://127.0.0.1:{peer_port}"
+            ));
+        let etcd = Process::spawn("etcd", etcd, dir.path().join("etcd.log"))?;
+
+        let p = |f: &str| pki.join(f).display().to_string();
+        let mut api = Command::new(bin.join("kube-apiserver"));
+        api.arg(format!("--etcd-servers=http://127.0.0.1:{client_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
+            .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
+            .arg(format!("--cert-dir={}", dir.path().join("certs").display()))
+            .arg(format!("--client-ca-file={}", p("ca.crt")))
+            .arg(format!(
+                "--service-account-issuer=https://127.0.0.1:{api_port}"
+            ))
+            .arg(format!("--service-account-key-file={}", p("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                p("sa.key")
+            ))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--authorization-mode=RBAC")
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--allow-privileged=true")
+            .arg("--endpoint-reconciler-type=none");
+        let apiserver = Process::spawn("kube-apiserver", api, dir.path().join("apiserver.log"))?;
+        let plane = Self {
+            bin,
+            kubeconfig: pki.join("kubeconfig"),
+            server: format!("https://127.0.0.1:{api_port}"),
+            apiserver,
+            etcd,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        wait_for("kube-apiserver /readyz", Duration::from_secs(60), || {
+            plane
+                .kubectl(&["get", "--raw", "/readyz"])
+                .ok()
+                .filter(|o| o.trim() == "ok")
+        })
+        .map_err(|e| e.context(plane.apiserver.log()))?;
+        eprintln!("control plane ready in {:.2?}", started.elapsed());
+        Ok(plane)
+    }
+
+    /// Runs kubectl as the admin; Err carries stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl with `stdin` piped in.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(text) = stdin {
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        }
+    }
+
+    /// `kubectl apply -f -` of a YAML text into `namespace`.
+    pub fn apply(&self, namespace: &str, yaml: &str) -> Result<String> {
+        self.kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(yaml))
+    }
+
+    /// A kube client for the admin.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Installs the CRDs and waits until they are Established.
+    pub fn install_crds(&self) -> Result<()> {
+        let crds = workspace().join("crds/yaml/crds.yaml");
+        self.kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])?;
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(CRD_NAMES.iter().map(|n| n.as_str()));
+        self.kubectl(&args)?;
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.apiserver.terminate();
+        self.etcd.terminate();
+    }
+}
+
+/// The four CRDs, as `crd/<name>`.
+pub static CRD_NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    [
+        "mcpservers",
+        "virtualmcpservers",
+        "mcpcollaborators",
+        "authoverrides",
+    ]
+    .iter()
+    .map(|p| format!("crd/{p}.mcpgate.dev"))
+    .collect()
+});
+
+/// Polls `probe` every 100 ms until it returns Some, or fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The operator binary built by `cargo build -p mcpgate-operator`.
+pub fn operator_bin() -> Result<PathBuf> {
+    let path = std::env::var_os("MCPGATE_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let profile = if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            };
+            workspace()
+                .join("target")
+                .join(profile)
+                .join("mcpgate-operator")
+        });
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build -p mcpgate-operator`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running `mcpgate-operator run`.
+pub struct Operator {
+    /// The process.
+    pub process: Process,
+    /// `http://127.0.0.1:<port>`.
+    pub metrics_url: String,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Starts the operator watching `namespaces`, writing into `gateway_namespace`, with
+    /// `identity` in the leader election Lease; waits until `/readyz` answers 200.
+    pub fn start(
+        plane: &ControlPlane,
+        namespaces: &[&str],
+        gateway_namespace: &str,
+        identity: &str,
+    ) -> Result<Self> {
+        let port = free_port();
+        let log_dir = tempfile::tempdir()?;
+        let mut command = Command::new(operator_bin()?);
+        command
+            .args(["run", "--gateway-namespace", gateway_namespace])
+            .arg(format!("--watch-namespaces={}", namespaces.join(",")))
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args([
+                "--identity",
+                identity,
+                "--lease-duration-seconds",
+                "6",
+                "--debounce-ms",
+                "50",
+            ])
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .env("RUST_LOG", "info,kube_lease_manager=warn");
+        let process = Process::spawn(
+            "mcpgate-operator",
+            command,
+            log_dir.path().join("operator.log"),
+        )?;
+        let mut operator = Self {
+            process,
+            metrics_url: format!("http://127.0.0.1:{port}"),
+            _log_dir: log_dir,
+        };
+        let ready = wait_for("operator /readyz", Duration::from_secs(30), || {
+            if operator.process.exited() {
+                return Some(false);
+            }
+            (http_get(&format!("{}/readyz", operator.metrics_url))
+                .ok()?
+                .0
+                == 200)
+                .then_some(true)
+        })?;
+        if !ready {
+            bail!("operator exited:\n{}", operator.process.log());
+        }
+        Ok(operator)
+    }
+
+    /// The value of one metric sample (sum over label sets matching `labels`).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let (status, body) = http_get(&format!("{}/metrics", self.metrics_url))?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(sum_metric(&body, name, labels))
+    }
+}
+
+/// Sums the samples of `name` whose labels include `labels`, in Prometheus text format.
+pub fn sum_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(url: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("http:// URLs only")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

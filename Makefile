@@ -5,10 +5,12 @@ CARGO ?= cargo
 
 .PHONY: demo test unit e2e lint gen check-gen bench control-plane
 
-## demo: render config/standalone/ and run the gateway locally
+## demo: render config/standalone/ into target/demo-config (the proxy will serve it)
 demo:
 	$(CARGO) build --release -p mcpgate-operator
 	./target/release/mcpgate-operator standalone --input config/standalone --output target/demo-config
+	@echo "Rendered gateway configuration: target/demo-config/config.json"
+	@cat target/demo-config/config.json
 
 ## test: everything CI runs: generated files, lints, unit tests, end-to-end tests on a real control plane
 test: check-gen lint unit e2e

@@ -32,6 +32,14 @@ pub enum Error {
         #[source]
         source: crate::render::ParseError,
     },
+    /// A manifest breaks a rule the API server would enforce at admission.
+    #[error("{path}: rejected: {violations}")]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Each violation with its resource and message.
+        violations: String,
+    },
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
@@ -43,7 +51,7 @@ impl Error {
         match self {
             Error::Kube { action, .. } => action,
             Error::Io { .. } => "io",
-            Error::Manifest { .. } => "manifest",
+            Error::Manifest { .. } | Error::Invalid { .. } => "manifest",
             Error::Lease(_) => "lease",
         }
     }

@@ -167,3 +167,59 @@ pub async fn apply(
         .set(n);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpgate_crds::v1alpha1::Subject;
+
+    #[test]
+    fn grants_name_one_resource_and_its_collaborators() {
+        let grant = ManagerGrant {
+            target_kind: TargetKind::VirtualMcpServer,
+            target_name: "bundle".into(),
+            collaborators: vec!["bundle-managers".into(), "bundle-users".into()],
+            subjects: vec![
+                Subject {
+                    kind: SubjectKind::User,
+                    name: "bob".into(),
+                    namespace: None,
+                },
+                Subject {
+                    kind: SubjectKind::ServiceAccount,
+                    name: "bot".into(),
+                    namespace: None,
+                },
+                Subject {
+                    kind: SubjectKind::User,
+                    name: "bob".into(),
+                    namespace: None,
+                },
+            ],
+        };
+        let (role, binding) = desired(&ObjectKey::new("team", "bundle-managers"), &grant);
+        let rules = role.rules.unwrap();
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["virtualmcpservers".to_owned()][..])
+        );
+        assert_eq!(
+            rules[0].resource_names.as_deref(),
+            Some(&["bundle".to_owned()][..])
+        );
+        assert_eq!(rules[1].resource_names.as_ref().unwrap().len(), 2);
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.verbs.iter().any(|v| v == "create" || v == "list"))
+        );
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 2, "duplicates removed");
+        assert_eq!(
+            subjects[1].namespace.as_deref(),
+            Some("team"),
+            "ServiceAccounts default to the collaborator's namespace"
+        );
+        assert_eq!(binding.role_ref.name, "mcpgate-manager.bundle-managers");
+    }
+}

@@ -21,14 +21,45 @@ pub fn read_inputs(input: &Path, namespace: &str) -> Result<Inputs> {
             path: path.clone(),
             source,
         })?;
-        inputs
-            .add_yaml(&text, namespace)
+        let mut file = Inputs::default();
+        file.add_yaml(&text, namespace)
             .map_err(|source| Error::Manifest {
                 path: path.clone(),
                 source,
             })?;
+        admit(&file).map_err(|violations| Error::Invalid {
+            path: path.clone(),
+            violations,
+        })?;
+        inputs.extend(file);
     }
     Ok(inputs)
+}
+
+/// What the API server's admission would check with the CRDs' CEL rules, so a manifest that
+/// a cluster would reject is rejected here too, with the same messages.
+fn admit(inputs: &Inputs) -> std::result::Result<(), String> {
+    fn check<K>(kind: &str, objects: &[std::sync::Arc<K>], violations: &mut Vec<String>)
+    where
+        K: kube::CustomResourceExt + kube::Resource + serde::Serialize,
+    {
+        for o in objects {
+            if let Err(errors) = kube::core::cel::validate_cel(&**o) {
+                let name = o.meta().name.as_deref().unwrap_or("?");
+                violations.push(format!("{kind} {name}: {errors}"));
+            }
+        }
+    }
+    let mut violations = Vec::new();
+    check("McpServer", &inputs.servers, &mut violations);
+    check("VirtualMcpServer", &inputs.virtual_servers, &mut violations);
+    check("McpCollaborator", &inputs.collaborators, &mut violations);
+    check("AuthOverride", &inputs.overrides, &mut violations);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations.join("; "))
+    }
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {

@@ -197,3 +197,76 @@ where
         Err(e) => Err(Error::kube("patch status", key)(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reasons::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn diagnostic(resolved: bool) -> Diagnostic {
+        let resolved_refs = if resolved {
+            Check::pass(REASON_RESOLVED, "ok")
+        } else {
+            Check::fail(REASON_SECRET_NOT_FOUND, "Secret ns/x not found")
+        };
+        Diagnostic {
+            generation: Some(3),
+            accepted: Check::pass(REASON_ACCEPTED, "valid"),
+            ready: if resolved {
+                Check::pass(REASON_READY, "in")
+            } else {
+                Check::fail(REASON_REFS_NOT_RESOLVED, "Secret ns/x not found")
+            },
+            resolved_refs,
+            url: Some("/ns/mcp/x/server".into()),
+            tool_count: Some(2),
+            subject_count: Some(1),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let first = conditions(&diagnostic(false), &[], &at(100));
+        assert!(
+            first
+                .iter()
+                .all(|c| c.last_transition_time == at(100) && c.observed_generation == Some(3))
+        );
+
+        // Same statuses later: times kept, even if a message changed.
+        let mut changed = diagnostic(false);
+        changed.resolved_refs.message = "Secret ns/y not found".into();
+        let second = conditions(&changed, &first, &at(200));
+        assert!(second.iter().all(|c| c.last_transition_time == at(100)));
+        assert_eq!(second[1].message, "Secret ns/y not found");
+
+        // ResolvedRefs and Ready flip; Accepted does not.
+        let third = conditions(&diagnostic(true), &second, &at(300));
+        let time = |t: &str| {
+            third
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time(ACCEPTED), at(100));
+        assert_eq!(time(RESOLVED_REFS), at(300));
+        assert_eq!(time(READY), at(300));
+    }
+
+    #[test]
+    fn server_status_carries_url_and_counts_collaborator_status_does_not() {
+        let server = desired(Kind::McpServer, &diagnostic(true), &[], &at(1));
+        assert_eq!(server["url"], "/ns/mcp/x/server");
+        assert_eq!(server["toolCount"], 2);
+        assert_eq!(server["observedGeneration"], 3);
+        let collaborator = desired(Kind::McpCollaborator, &diagnostic(true), &[], &at(1));
+        assert!(collaborator.get("url").is_none() && collaborator.get("toolCount").is_none());
+        assert_eq!(collaborator["conditions"].as_array().unwrap().len(), 3);
+    }
+}

@@ -155,6 +155,17 @@ impl Inputs {
         Ok(())
     }
 
+    /// Moves everything of `other` into `self`.
+    pub fn extend(&mut self, other: Inputs) {
+        self.servers.extend(other.servers);
+        self.virtual_servers.extend(other.virtual_servers);
+        self.collaborators.extend(other.collaborators);
+        self.overrides.extend(other.overrides);
+        self.secrets.extend(other.secrets);
+        self.config_maps.extend(other.config_maps);
+        self.discovered_tools.extend(other.discovered_tools);
+    }
+
     /// Looks up one key of a Secret: `Err(reason)` names what is missing.
     pub(crate) fn secret_value(
         &self,

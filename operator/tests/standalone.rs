@@ -1,0 +1,182 @@
+//! `mcpgate-operator standalone`: manifests in a directory -> files, re-rendered on change,
+//! keeping the last good output when a manifest breaks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_config(output: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(output.join("config.json")).ok()?).ok()
+}
+
+const SERVER: &str = "apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: keyed}
+spec:
+  remote: {url: \"http://127.0.0.1:9/mcp\"}
+  auth:
+    type: ApiKey
+    apiKey: {secretKeyRef: {name: key, key: token}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: key}
+stringData: {token: s3cret}
+";
+
+#[test]
+fn renders_on_change_and_keeps_the_last_good_output() {
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    std::fs::write(input.path().join("server.yaml"), SERVER).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
+        .args(["standalone", "--watch", "--namespace", "laptop", "--input"])
+        .arg(input.path())
+        .arg("--output")
+        .arg(output.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = Killed(child);
+
+    let first = wait_for("first render", || read_config(output.path()));
+    assert_eq!(first["servers"][0]["path"], "/laptop/mcp/keyed/server");
+    let credential = output
+        .path()
+        .join("credentials/mcpgate-cred.laptop.keyed/api-key");
+    assert_eq!(std::fs::read_to_string(&credential).unwrap(), "s3cret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&credential).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !std::fs::read_to_string(output.path().join("config.json"))
+            .unwrap()
+            .contains("s3cret")
+    );
+
+    // An edit re-renders.
+    std::fs::write(
+        input.path().join("server.yaml"),
+        SERVER.replace("  remote:", "  timeoutSeconds: 5\n  remote:"),
+    )
+    .unwrap();
+    let second = wait_for("re-render", || {
+        read_config(output.path()).filter(|c| c["servers"][0]["timeoutMs"] == 5000)
+    });
+    assert_ne!(first["version"], second["version"]);
+
+    // A broken manifest leaves the last good output alone.
+    std::fs::write(input.path().join("broken.yaml"), "kind: [not, valid").unwrap();
+    std::fs::write(
+        input.path().join("server.yaml"),
+        SERVER.replace("  remote:", "  timeoutSeconds: 6\n  remote:"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        read_config(output.path()).unwrap()["servers"][0]["timeoutMs"],
+        5000
+    );
+
+    // Fixed again, and the server removed: its credentials go too.
+    std::fs::remove_file(input.path().join("broken.yaml")).unwrap();
+    std::fs::write(input.path().join("server.yaml"), "").unwrap();
+    wait_for("server removed", || {
+        read_config(output.path()).filter(|c| c["servers"].as_array().is_some_and(Vec::is_empty))
+    });
+    assert!(!credential.exists(), "stale credentials kept");
+}
+
+#[test]
+fn one_shot_render_of_the_demo_directory() {
+    let output = tempfile::tempdir().unwrap();
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/standalone");
+    let status = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
+        .args(["standalone", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(output.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = read_config(output.path()).unwrap();
+    assert_eq!(config["servers"][0]["path"], "/demo/mcp/everything/server");
+    assert_eq!(
+        config["virtualServers"][0]["members"][0]["tools"]["add"],
+        "sum"
+    );
+}
+
+#[test]
+fn invalid_input_fails_with_the_file_and_document() {
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    std::fs::write(
+        input.path().join("pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
+        .args(["standalone", "--input"])
+        .arg(input.path())
+        .arg("--output")
+        .arg(output.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pod.yaml: document 0: unsupported v1/Pod"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn manifests_a_cluster_would_reject_are_rejected_with_the_same_message() {
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    std::fs::write(
+        input.path().join("bad.yaml"),
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: both}\nspec: {remote: {url: \"http://a/mcp\"}, openapi: {url: \"http://a/o\", baseUrl: \"http://a\"}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
+        .args(["standalone", "--input"])
+        .arg(input.path())
+        .arg("--output")
+        .arg(output.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("McpServer both") && stderr.contains("set exactly one of spec.remote"),
+        "{stderr}"
+    );
+    assert!(!output.path().join("config.json").exists());
+}

@@ -46,5 +46,6 @@ check-gen:
 
 ## bench: prints render time, converge time and operator peak RSS
 bench:
+	$(CARGO) build --release -p mcpgate-operator -p mcpgate-e2e
 	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
-	$(CARGO) run --release -p mcpgate-e2e --bin operator-bench
+	./target/release/operator-bench

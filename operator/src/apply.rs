@@ -15,12 +15,14 @@ use crate::render::Rendered;
 use crate::watch::{Caches, key};
 
 const COMPONENT_CONFIG: &str = "config";
+/// What the API server accepts in one ConfigMap, less room for metadata.
+const CONFIG_MAP_LIMIT: usize = 1024 * 1024 - 16 * 1024;
 const COMPONENT_CREDENTIALS: &str = "credentials";
 
 /// The objects the gateway namespace should hold. Pure.
 pub fn desired(rendered: &Rendered, namespace: &str) -> (ConfigMap, Vec<Secret>) {
-    // Serializing plain data cannot fail.
-    let json = serde_json::to_string_pretty(&rendered.config).unwrap_or_default();
+    // Compact: the ConfigMap holds at most 1 MiB. Serializing plain data cannot fail.
+    let json = serde_json::to_string(&rendered.config).unwrap_or_default();
     let config_map = ConfigMap {
         metadata: meta(CONFIG_MAP_NAME, namespace, COMPONENT_CONFIG, None),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), json)])),
@@ -105,6 +107,18 @@ pub async fn gateway(
         metrics.write("Secret", "apply");
     }
 
+    let size = config_map
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.len())
+        .sum::<usize>();
+    if size > CONFIG_MAP_LIMIT {
+        return Err(Error::ConfigTooLarge {
+            bytes: size,
+            limit: CONFIG_MAP_LIMIT,
+        });
+    }
     let current = caches.owned_config_maps.get(&key(&config_map));
     if !current
         .is_some_and(|c| c.data == config_map.data && same_meta(&c.metadata, &config_map.metadata))

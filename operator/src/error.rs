@@ -40,6 +40,16 @@ pub enum Error {
         /// Each violation with its resource and message.
         violations: String,
     },
+    /// The rendered configuration does not fit in one ConfigMap.
+    #[error(
+        "the rendered configuration is {bytes} bytes, over the {limit} a ConfigMap holds: split the servers across gateways with --watch-namespaces"
+    )]
+    ConfigTooLarge {
+        /// Size of the configuration.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
@@ -52,6 +62,7 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::Io { .. } => "io",
             Error::Manifest { .. } | Error::Invalid { .. } => "manifest",
+            Error::ConfigTooLarge { .. } => "config_too_large",
             Error::Lease(_) => "lease",
         }
     }

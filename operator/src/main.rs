@@ -178,11 +178,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         (rx, None)
     };
 
+    // An empty MCPGATE_WATCH_NAMESPACES (as the chart sets by default) means all.
+    let watch_namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .cloned()
+        .collect();
     let settings = Settings {
-        scope: if args.watch_namespaces.is_empty() {
+        scope: if watch_namespaces.is_empty() {
             Scope::All
         } else {
-            Scope::Namespaces(args.watch_namespaces.clone())
+            Scope::Namespaces(watch_namespaces)
         },
         gateway_namespace: args.gateway_namespace.clone(),
         debounce: Duration::from_millis(args.debounce_ms),

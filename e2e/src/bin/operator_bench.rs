@@ -1,1 +1,231 @@
-fn main() {}
+//! `make bench` (operator part): render time for 1,000 McpServers + 100 VirtualMcpServers +
+//! 1,000 McpCollaborators in process; then, on a real kube-apiserver, the time from applying
+//! that set to the rendered ConfigMap being complete, and the operator's peak RSS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use mcpgate_e2e::{ControlPlane, Operator, wait_for};
+use mcpgate_operator::render::{Inputs, render};
+use serde_json::{Value, json};
+
+const NAMESPACES: usize = 10;
+const SERVERS_PER_NS: usize = 100;
+const VIRTUALS_PER_NS: usize = 10;
+
+/// The benchmark set as manifests: 1,000 servers (a quarter with a shared key Secret, a
+/// quarter per-user keys), 100 virtual servers of 5 servers x 2 tools, 1,000 collaborators
+/// (one in ten a Manager).
+fn manifests() -> Vec<Value> {
+    let mut objects = Vec::new();
+    for n in 0..NAMESPACES {
+        let ns = format!("bench-{n}");
+        for i in 0..SERVERS_PER_NS {
+            let name = format!("server-{i}");
+            let auth = match i % 4 {
+                0 => {
+                    objects.push(json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": format!("key-{i}"), "namespace": ns},
+                        "stringData": {"token": format!("token-{n}-{i}")}}));
+                    json!({"type": "ApiKey", "apiKey": {"scope": "Shared", "secretKeyRef": {"name": format!("key-{i}"), "key": "token"}}})
+                }
+                1 => {
+                    json!({"type": "ApiKey", "apiKey": {"scope": "PerUser", "valueTemplate": "Bearer {{API_KEY}}"}})
+                }
+                _ => json!({"type": "None"}),
+            };
+            objects.push(json!({"apiVersion": "mcpgate.dev/v1alpha1", "kind": "McpServer",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"remote": {"url": format!("http://upstream-{i}.tools.svc:8080/mcp")}, "auth": auth,
+                         "tools": {"allow": ["search", "read", "write"]}}}));
+            let manager = i % 10 == 0;
+            objects.push(
+                json!({"apiVersion": "mcpgate.dev/v1alpha1", "kind": "McpCollaborator",
+                "metadata": {"name": format!("collab-{i}"), "namespace": ns},
+                "spec": {"targetRef": {"kind": "McpServer", "name": name},
+                         "role": if manager { "Manager" } else { "User" },
+                         "subjects": [{"kind": "User", "name": format!("user-{i}@example.com")},
+                                      {"kind": "Group", "name": format!("team-{}", i % 7)},
+                                      {"kind": "ServiceAccount", "name": format!("agent-{i}")}]}}),
+            );
+        }
+        for v in 0..VIRTUALS_PER_NS {
+            let tools: Vec<Value> = (0..5)
+                .map(|k| json!({"server": format!("server-{}", v * 10 + k), "tools": ["search", "read"]}))
+                .collect();
+            objects.push(
+                json!({"apiVersion": "mcpgate.dev/v1alpha1", "kind": "VirtualMcpServer",
+                "metadata": {"name": format!("bundle-{v}"), "namespace": ns},
+                "spec": {"tools": tools}}),
+            );
+        }
+    }
+    objects
+}
+
+fn render_benchmark(objects: &[Value]) -> Result<()> {
+    let mut inputs = Inputs::default();
+    let yaml: String = objects
+        .iter()
+        .map(|o| format!("---\n{}\n", serde_json::to_string(o).unwrap_or_default()))
+        .collect();
+    inputs.add_yaml(&yaml, "default")?;
+    let mut times = Vec::new();
+    let mut rendered = render(&inputs);
+    for _ in 0..20 {
+        let started = Instant::now();
+        rendered = render(&inputs);
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "render: {} servers, {} virtual servers, {} collaborators -> median {:.1?}, min {:.1?}, max {:.1?} (target <= 50 ms); config {} KiB",
+        inputs.servers.len(),
+        inputs.virtual_servers.len(),
+        inputs.collaborators.len(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        serde_json::to_vec(&rendered.config)?.len() / 1024
+    );
+    Ok(())
+}
+
+fn api_resource(object: &Value) -> Result<ApiResource> {
+    let api_version = object["apiVersion"].as_str().context("apiVersion")?;
+    let kind = object["kind"].as_str().context("kind")?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "Secret" => "secrets".to_owned(),
+        other => format!("{}s", other.to_lowercase()),
+    };
+    Ok(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind),
+        &plural,
+    ))
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
+    let plane = ControlPlane::start()?;
+    plane.install_crds()?;
+    plane.kubectl(&["create", "namespace", "mcpgate-system"])?;
+    for n in 0..NAMESPACES {
+        plane.kubectl(&["create", "namespace", &format!("bench-{n}")])?;
+    }
+    let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("bench-{n}")).collect();
+    let ns_refs: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let operator = Operator::start(&plane, &ns_refs, "mcpgate-system", "bench")?;
+    let idle_rss = rss_kib(operator.process.pid(), "VmRSS:").unwrap_or(0);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = runtime.block_on(plane.client())?;
+    let started = Instant::now();
+    let count = objects.len();
+    runtime.block_on(async {
+        let client = Arc::new(client);
+        let results: Vec<Result<()>> = futures::stream::iter(objects)
+            .map(|object| {
+                let client = client.clone();
+                async move {
+                    let ar = api_resource(&object)?;
+                    let ns = object["metadata"]["namespace"]
+                        .as_str()
+                        .context("namespace")?
+                        .to_owned();
+                    let name = object["metadata"]["name"]
+                        .as_str()
+                        .context("name")?
+                        .to_owned();
+                    let api: kube::Api<DynamicObject> =
+                        kube::Api::namespaced_with((*client).clone(), &ns, &ar);
+                    api.patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&object))
+                        .await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>>>()
+    })?;
+    let applied = started.elapsed();
+
+    let want = NAMESPACES * SERVERS_PER_NS;
+    wait_for(
+        "the configuration to hold every server",
+        Duration::from_secs(300),
+        || {
+            let text = plane
+                .kubectl(&[
+                    "get",
+                    "configmap",
+                    "mcpgate-gateway-config",
+                    "-n",
+                    "mcpgate-system",
+                    "-o",
+                    "jsonpath={.data.config\\.json}",
+                ])
+                .ok()?;
+            let config: Value = serde_json::from_str(&text).ok()?;
+            (config["servers"].as_array()?.len() == want
+                && config["virtualServers"].as_array()?.len() == NAMESPACES * VIRTUALS_PER_NS)
+                .then_some(())
+        },
+    )
+    .map_err(|e| {
+        let log = operator.process.log();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        e.context(format!("operator log ends with:\n{}", tail.join("\n")))
+    })?;
+    let converged = started.elapsed();
+    wait_for("every status written", Duration::from_secs(600), || {
+        let pending = operator
+            .metric("mcpgate_operator_writes_total", &[("op", "status")])
+            .ok()?;
+        (pending >= (NAMESPACES * (SERVERS_PER_NS * 2 + VIRTUALS_PER_NS)) as f64).then_some(())
+    })?;
+    let statuses = started.elapsed();
+    let peak = rss_kib(operator.process.pid(), "VmHWM:").unwrap_or(0);
+    println!("apply: {count} objects with server-side apply (16 in flight) in {applied:.2?}");
+    println!(
+        "converge: from the first apply to a complete ConfigMap {converged:.2?} (target <= 10 s); {:.2?} after the last apply",
+        converged.saturating_sub(applied)
+    );
+    println!(
+        "status: all {} statuses written after {statuses:.2?}",
+        NAMESPACES * (SERVERS_PER_NS * 2 + VIRTUALS_PER_NS)
+    );
+    println!(
+        "operator RSS: idle {} MiB, peak {} MiB (target <= 100 MB)",
+        idle_rss / 1024,
+        peak / 1024
+    );
+    println!(
+        "operator reconciles: {}, API writes: {}",
+        operator.metric("mcpgate_operator_reconcile_duration_seconds_count", &[])?,
+        operator.metric("mcpgate_operator_writes_total", &[])?
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let objects = manifests();
+    render_benchmark(&objects)?;
+    converge_benchmark(objects)
+}

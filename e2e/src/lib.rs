@@ -237,6 +237,22 @@ impl ControlPlane {
         self.kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(yaml))
     }
 
+    /// The rendered gateway configuration in `gateway_namespace`, once written.
+    pub fn gateway_config(&self, gateway_namespace: &str) -> Option<serde_json::Value> {
+        let text = self
+            .kubectl(&[
+                "get",
+                "configmap",
+                mcpgate_crds::names::CONFIG_MAP_NAME,
+                "-n",
+                gateway_namespace,
+                "-o",
+                "jsonpath={.data.config\\.json}",
+            ])
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     /// A kube client for the admin.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;

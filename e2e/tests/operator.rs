@@ -84,20 +84,15 @@ fn namespaces(plane: &ControlPlane, test: &str) -> Result<(String, String)> {
     Ok((ns, gw))
 }
 
+/// `kubectl apply` of every file in config/samples/.
+fn apply_samples(plane: &ControlPlane, ns: &str) -> Result<String> {
+    let samples = workspace().join("config/samples");
+    plane.kubectl(&["apply", "-n", ns, "-f", samples.to_str().unwrap()])
+}
+
 /// The rendered configuration in the gateway namespace, if written.
 fn config(plane: &ControlPlane, gw: &str) -> Option<Value> {
-    let text = plane
-        .kubectl(&[
-            "get",
-            "configmap",
-            "mcpgate-gateway-config",
-            "-n",
-            gw,
-            "-o",
-            "jsonpath={.data.config\\.json}",
-        ])
-        .ok()?;
-    serde_json::from_str(&text).ok()
+    plane.gateway_config(gw)
 }
 
 fn server_names(config: &Value, list: &str) -> Vec<String> {
@@ -190,13 +185,7 @@ fn crds_are_established_and_explained(plane: &ControlPlane) -> Result<()> {
 
 fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "samples")?;
-    plane.kubectl(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        workspace().join("config/samples").to_str().unwrap(),
-    ])?;
+    apply_samples(plane, &ns)?;
     let _operator = Operator::start(plane, &[&ns], &gw, "samples")?;
     let config = wait_for("7 servers and 1 virtual server rendered", WAIT, || {
         config(plane, &gw).filter(|c| {
@@ -461,13 +450,7 @@ fn reconciled(operator: &Operator, at_least: f64) -> Result<()> {
 
 fn restart_writes_nothing_when_nothing_changed(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "restart")?;
-    plane.kubectl(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        workspace().join("config/samples").to_str().unwrap(),
-    ])?;
+    apply_samples(plane, &ns)?;
     let mut first = Operator::start(plane, &[&ns], &gw, "restart")?;
     wait_condition(plane, &ns, "vmcps/engineering", "Ready", "True")?;
     reconciled(&first, 1.0)?;

@@ -1,5 +1,7 @@
 //! Diagnostics -> `status` (pure), then a status patch only where it changed.
 
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
@@ -14,6 +16,9 @@ use crate::metrics::Metrics;
 use crate::reasons::{ACCEPTED, READY, RESOLVED_REFS};
 use crate::render::{Check, Diagnostic, Kind, Rendered};
 use crate::watch::{Caches, Stores};
+
+/// Status patches in flight at once.
+const PARALLEL_PATCHES: usize = 16;
 
 /// The three conditions. `lastTransitionTime` only moves when a condition's status flips.
 pub fn conditions(d: &Diagnostic, existing: &[Condition], now: &Time) -> Vec<Condition> {
@@ -70,60 +75,29 @@ pub async fn apply(
 ) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut ready = std::collections::BTreeMap::<(Kind, bool), i64>::new();
+    let mut patches: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
     for (resource, d) in &rendered.diagnostics {
         *ready.entry((resource.kind, d.ready.ok)).or_default() += 1;
-        let key = &resource.key;
-        match resource.kind {
-            Kind::McpServer => {
-                patch(
-                    client,
-                    &caches.servers,
-                    metrics,
-                    resource.kind,
-                    key,
-                    d,
-                    &now,
-                )
-                .await?
-            }
+        let (kind, key, now) = (resource.kind, &resource.key, &now);
+        patches.push(match kind {
+            Kind::McpServer => patch(client, &caches.servers, metrics, kind, key, d, now).boxed(),
             Kind::VirtualMcpServer => {
-                patch(
-                    client,
-                    &caches.virtual_servers,
-                    metrics,
-                    resource.kind,
-                    key,
-                    d,
-                    &now,
-                )
-                .await?
+                patch(client, &caches.virtual_servers, metrics, kind, key, d, now).boxed()
             }
             Kind::McpCollaborator => {
-                patch(
-                    client,
-                    &caches.collaborators,
-                    metrics,
-                    resource.kind,
-                    key,
-                    d,
-                    &now,
-                )
-                .await?
+                patch(client, &caches.collaborators, metrics, kind, key, d, now).boxed()
             }
             Kind::AuthOverride => {
-                patch(
-                    client,
-                    &caches.overrides,
-                    metrics,
-                    resource.kind,
-                    key,
-                    d,
-                    &now,
-                )
-                .await?
+                patch(client, &caches.overrides, metrics, kind, key, d, now).boxed()
             }
-        }
+        });
     }
+    // Unchanged statuses resolve at once; changed ones go to the API server a few at a time.
+    let results: Vec<Result<()>> = futures::stream::iter(patches)
+        .buffer_unordered(PARALLEL_PATCHES)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
     for kind in [
         Kind::McpServer,
         Kind::VirtualMcpServer,

@@ -26,6 +26,21 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// One `standalone` render (no watch): exit status and stderr.
+fn render_once(input: &Path, output: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
+        .args(["standalone", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn read_config(output: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(output.join("config.json")).ok()?).ok()
 }
@@ -115,15 +130,8 @@ fn renders_on_change_and_keeps_the_last_good_output() {
 fn one_shot_render_of_the_demo_directory() {
     let output = tempfile::tempdir().unwrap();
     let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/standalone");
-    let status = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
-        .args(["standalone", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(output.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (ok, stderr) = render_once(&input, output.path());
+    assert!(ok, "{stderr}");
     let config = read_config(output.path()).unwrap();
     assert_eq!(config["servers"][0]["path"], "/demo/mcp/everything/server");
     assert_eq!(
@@ -141,15 +149,8 @@ fn invalid_input_fails_with_the_file_and_document() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
-        .args(["standalone", "--input"])
-        .arg(input.path())
-        .arg("--output")
-        .arg(output.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = render_once(input.path(), output.path());
+    assert!(!ok);
     assert!(
         stderr.contains("pod.yaml: document 0: unsupported v1/Pod"),
         "{stderr}"
@@ -165,15 +166,8 @@ fn manifests_a_cluster_would_reject_are_rejected_with_the_same_message() {
         "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: both}\nspec: {remote: {url: \"http://a/mcp\"}, openapi: {url: \"http://a/o\", baseUrl: \"http://a\"}}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mcpgate-operator"))
-        .args(["standalone", "--input"])
-        .arg(input.path())
-        .arg("--output")
-        .arg(output.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = render_once(input.path(), output.path());
+    assert!(!ok);
     assert!(
         stderr.contains("McpServer both") && stderr.contains("set exactly one of spec.remote"),
         "{stderr}"

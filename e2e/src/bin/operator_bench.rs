@@ -171,18 +171,7 @@ fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
         "the configuration to hold every server",
         Duration::from_secs(300),
         || {
-            let text = plane
-                .kubectl(&[
-                    "get",
-                    "configmap",
-                    "mcpgate-gateway-config",
-                    "-n",
-                    "mcpgate-system",
-                    "-o",
-                    "jsonpath={.data.config\\.json}",
-                ])
-                .ok()?;
-            let config: Value = serde_json::from_str(&text).ok()?;
+            let config = plane.gateway_config("mcpgate-system")?;
             (config["servers"].as_array()?.len() == want
                 && config["virtualServers"].as_array()?.len() == NAMESPACES * VIRTUALS_PER_NS)
                 .then_some(())

@@ -1,7 +1,125 @@
-//! `mcpgate-proxy`: the MCP gateway agents and IDEs talk to. It serves the configuration the
-//! operator renders; the serving side is being built (see README).
+//! `mcpgate-proxy`: serves the MCP routes of the configuration in `--config-dir` (written by
+//! `mcpgate-operator standalone`, or a mounted ConfigMap and Secrets).
 
-fn main() {
-    eprintln!("mcpgate-proxy: the gateway is not part of this build yet; run `mcpgate-operator standalone` to render its configuration");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mcpgate_proxy::mcp::forward::Forwarder;
+use mcpgate_proxy::metrics::Metrics;
+use mcpgate_proxy::server::{self, App};
+use mcpgate_proxy::source::{self, Current};
+
+#[derive(Parser)]
+#[command(name = "mcpgate-proxy", version, about = "The mcpgate MCP gateway")]
+struct Args {
+    /// Directory with `config.json` and `credentials/` (re-read when it changes).
+    #[arg(long, env = "MCPGATE_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// Address MCP clients connect to.
+    #[arg(long, env = "MCPGATE_LISTEN", default_value = "0.0.0.0:8000")]
+    listen: SocketAddr,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "MCPGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "MCPGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Browser origins allowed to call the gateway, besides its own host (comma-separated).
+    #[arg(long, env = "MCPGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Seconds open connections may take to finish after SIGTERM.
+    #[arg(long, default_value_t = 25)]
+    drain_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let current = Arc::new(Current::default());
+    let watcher = tokio::spawn(source::watch_dir(
+        args.config_dir.clone(),
+        current.clone(),
+        metrics.clone(),
+    ));
+
+    let app = Arc::new(App {
+        current: current.clone(),
+        forwarder: Forwarder {
+            client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
+            max_body: args.max_body_bytes,
+        },
+        metrics: metrics.clone(),
+        allowed_origins: args
+            .allowed_origins
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", args.admin_listen))?;
+    tracing::info!(mcp = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin,
+        metrics,
+        current,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    server::serve(
+        listener,
+        app,
+        stopped(stop_rx),
+        Duration::from_secs(args.drain_seconds),
+    )
+    .await;
+    watcher.abort();
+    admin_task.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,0 +1,61 @@
+//! The one place failures become HTTP responses: JSON bodies everywhere, JSON-RPC errors for
+//! MCP requests, and never a status a client would take as "fall back to the old transport".
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use serde_json::{Value, json};
+
+/// The body type of every response.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// JSON-RPC error codes the gateway uses.
+pub mod code {
+    /// The body is not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The message is not a JSON-RPC request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Unknown tool and other bad parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The upstream failed or timed out.
+    pub const UPSTREAM: i64 = -32001;
+}
+
+/// A body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A JSON-RPC error answering request `id` (null when unknown).
+pub fn jsonrpc_error(
+    status: StatusCode,
+    id: Option<&Value>,
+    code: i64,
+    message: impl Into<String>,
+) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": {"code": code, "message": message.into()}}),
+    )
+}
+
+/// 404 for paths that are not a route, with a JSON body saying so.
+pub fn not_found(path: &str) -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": {"type": "NotFound", "message": format!("no MCP server is served at {path}; routes look like /{{namespace}}/mcp/{{name}}/server")}}),
+    )
+}

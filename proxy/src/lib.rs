@@ -1,0 +1,11 @@
+//! mcpgate-proxy: configuration in, MCP traffic out. It loads the operator's rendered
+//! configuration, swaps it atomically, and forwards each route's MCP traffic upstream with
+//! that route's credentials.
+
+pub mod error;
+pub mod mcp;
+pub mod metrics;
+pub mod path;
+pub mod server;
+pub mod source;
+pub mod upstream;

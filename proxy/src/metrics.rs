@@ -1,0 +1,61 @@
+//! Prometheus metrics of the proxy (prefix `mcpgate_`).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// What `/metrics` encodes.
+    pub registry: Registry,
+    /// 1 when the last configuration load succeeded.
+    pub config_synchronized: IntGauge,
+    /// Configuration loads by outcome.
+    pub config_reloads: IntCounterVec,
+    /// Proxied requests by route kind, method and status class.
+    pub requests: IntCounterVec,
+    /// Proxied request latency to the first response byte.
+    pub latency: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let m = Self {
+            registry: Registry::new(),
+            config_synchronized: IntGauge::new(
+                "mcpgate_config_synchronized",
+                "1 when the last configuration load succeeded",
+            )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_config_reloads_total",
+                    "Configuration loads by outcome",
+                ),
+                &["outcome"],
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_http_requests_total",
+                    "Requests by HTTP method and status",
+                ),
+                &["method", "status"],
+            )?,
+            latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "mcpgate_upstream_latency_seconds",
+                    "Time to the upstream's response headers",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
+                &["method"],
+            )?,
+        };
+        m.registry
+            .register(Box::new(m.config_synchronized.clone()))?;
+        m.registry.register(Box::new(m.config_reloads.clone()))?;
+        m.registry.register(Box::new(m.requests.clone()))?;
+        m.registry.register(Box::new(m.latency.clone()))?;
+        Ok(m)
+    }
+}

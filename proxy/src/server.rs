@@ -1,0 +1,210 @@
+//! Accept loops (HTTP/1.1 and h2c on the MCP port; health and metrics on the admin port),
+//! graceful drain, and the request path from URL to route to upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::{Encoder, TextEncoder};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
+use crate::mcp::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::path::route_key;
+use crate::source::{Current, Route};
+
+/// Everything a request needs.
+pub struct App {
+    /// The configuration in service.
+    pub current: Arc<Current>,
+    /// Upstream forwarding.
+    pub forwarder: Forwarder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Browser origins allowed besides the gateway's own host.
+    pub allowed_origins: Vec<String>,
+}
+
+/// One MCP request, start to finish.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let response = route(app, req).await;
+    app.metrics
+        .requests
+        .with_label_values(&[method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let Some(key) = route_key(&path) else {
+        return not_found(&path);
+    };
+    if let Some(origin) = req.headers().get(header::ORIGIN)
+        && !origin_allowed(
+            app,
+            origin.to_str().unwrap_or_default(),
+            req.headers().get(header::HOST),
+        )
+    {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": {"type": "OriginNotAllowed", "message": "this Origin may not call the gateway; add it to --allowed-origins"}}),
+        );
+    }
+    let Some(snapshot) = app.current.load() else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": {"type": "NotReady", "message": "the gateway has not loaded its configuration yet"}}),
+        );
+    };
+    match snapshot.route(key) {
+        None => not_found(&path),
+        Some(Route::Server(server)) => {
+            if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
+                return jsonrpc_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    None,
+                    crate::error::code::INVALID_REQUEST,
+                    "use POST, GET or DELETE",
+                );
+            }
+            let method = req.method().clone();
+            let (response, latency) = app.forwarder.forward(req, server).await;
+            if let Some(latency) = latency {
+                app.metrics
+                    .latency
+                    .with_label_values(&[method.as_str()])
+                    .observe(latency.as_secs_f64());
+            }
+            response
+        }
+        Some(Route::Virtual(v)) => jsonrpc_error(
+            StatusCode::OK,
+            None,
+            crate::error::code::UPSTREAM,
+            format!(
+                "{}/{}: virtual servers are not served by this gateway build",
+                v.namespace, v.name
+            ),
+        ),
+    }
+}
+
+fn origin_allowed(app: &App, origin: &str, host: Option<&http::HeaderValue>) -> bool {
+    let same_host = host.and_then(|h| h.to_str().ok()).is_some_and(|h| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            == Some(h)
+    });
+    same_host || app.allowed_origins.iter().any(|o| o == origin)
+}
+
+/// Serves MCP until `shutdown`, then lets connections finish (at most `drain`).
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => { tracing::warn!(%error, "accept failed"); continue; }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(handle(&app, req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("draining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// `/healthz`, `/readyz` (after the first good configuration) and `/metrics`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Metrics,
+    current: Arc<Current>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+            () = &mut shutdown => return,
+        };
+        let (metrics, current) = (metrics.clone(), current.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let response = admin(req.uri().path(), &metrics, &current);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn admin(path: &str, metrics: &Metrics, current: &Current) -> Response<Body> {
+    let (status, body) = match path {
+        "/healthz" => (StatusCode::OK, b"ok".to_vec()),
+        "/readyz" => match current.load() {
+            Some(snapshot) => (
+                StatusCode::OK,
+                format!("ok {}", snapshot.version).into_bytes(),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                b"no configuration loaded yet".to_vec(),
+            ),
+        },
+        "/metrics" => {
+            let mut buffer = Vec::new();
+            match TextEncoder::new().encode(&metrics.registry.gather(), &mut buffer) {
+                Ok(()) => (StatusCode::OK, buffer),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.to_string().into_bytes(),
+                ),
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, b"not found".to_vec()),
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}

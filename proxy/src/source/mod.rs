@@ -1,0 +1,81 @@
+//! Where configuration comes from, and the atomic swap that puts a new version in service.
+//! Requests hold the `Arc<Snapshot>` they started with; a failed load keeps the old one.
+
+pub mod dir;
+pub mod snapshot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+pub use snapshot::{Route, ServerRoute, Snapshot};
+
+use crate::metrics::Metrics;
+
+/// The configuration in service.
+#[derive(Default)]
+pub struct Current(ArcSwapOption<Snapshot>);
+
+impl Current {
+    /// The snapshot in service, if one has loaded.
+    pub fn load(&self) -> Option<Arc<Snapshot>> {
+        self.0.load_full()
+    }
+
+    fn store(&self, snapshot: Snapshot) {
+        self.0.store(Some(Arc::new(snapshot)));
+    }
+}
+
+/// Loads `dir` now and whenever it changes, until the watcher is dropped.
+pub async fn watch_dir(
+    dir: PathBuf,
+    current: Arc<Current>,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })?;
+    // Watch the parent too: the directory itself may be replaced (Kubernetes volumes swap a
+    // symlink; the standalone renderer may be started after us).
+    std::fs::create_dir_all(&dir)?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    reload(&dir, &current, &metrics);
+    loop {
+        // Also poll now and then: some volume updates do not produce events.
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return Ok(()) },
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while rx.try_recv().is_ok() {}
+        reload(&dir, &current, &metrics);
+    }
+}
+
+fn reload(dir: &std::path::Path, current: &Current, metrics: &Metrics) {
+    match dir::load(dir) {
+        Ok(snapshot) => {
+            // Stored even when the version is unchanged: credentials may have rotated.
+            if current
+                .load()
+                .is_none_or(|old| old.version != snapshot.version)
+            {
+                tracing::info!(version = %snapshot.version, routes = snapshot.len(), "configuration loaded");
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+            }
+            current.store(snapshot);
+            metrics.config_synchronized.set(1);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "configuration not loaded; keeping the last good one");
+            metrics.config_reloads.with_label_values(&["error"]).inc();
+            metrics.config_synchronized.set(0);
+        }
+    }
+}

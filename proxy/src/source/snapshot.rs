@@ -1,0 +1,175 @@
+//! A validated, immutable view of one configuration version: everything the request path
+//! needs, resolved once, off the request path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Uri};
+use mcpgate_crds::gateway_config::{
+    CredentialRef, GatewayConfig, SCHEMA_VERSION, ServerConfig, Upstream, UpstreamAuth,
+    VirtualServerConfig,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Credential values by Secret name and key.
+pub type Credentials = BTreeMap<String, BTreeMap<String, SecretString>>;
+
+/// Why a configuration could not be used (the previous one stays in service).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Written by a newer or older operator.
+    #[error(
+        "configuration schema {found} is not {SCHEMA_VERSION}: run an operator and proxy of the same release"
+    )]
+    Schema {
+        /// What the file said.
+        found: u32,
+    },
+    /// A route names a credential that was not delivered (yet).
+    #[error("{server}: credential {secret}/{key} is missing")]
+    MissingCredential {
+        /// namespace/name.
+        server: String,
+        /// Secret name.
+        secret: String,
+        /// Key.
+        key: String,
+    },
+    /// An upstream URL or header the operator should have rejected.
+    #[error("{server}: {what}")]
+    Invalid {
+        /// namespace/name.
+        server: String,
+        /// What is wrong (never a credential value).
+        what: String,
+    },
+}
+
+/// One server route, ready to forward.
+#[derive(Debug)]
+pub struct ServerRoute {
+    /// As rendered.
+    pub config: ServerConfig,
+    /// Parsed upstream endpoint, for remote servers.
+    pub upstream: Option<Uri>,
+    /// Headers injected on every upstream request (shared credentials), marked sensitive.
+    pub inject: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What a path leads to.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// An McpServer.
+    Server(Arc<ServerRoute>),
+    /// A VirtualMcpServer.
+    Virtual(Arc<VirtualServerConfig>),
+}
+
+/// One configuration version.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The operator's content hash.
+    pub version: String,
+    routes: HashMap<String, Route>,
+}
+
+impl Snapshot {
+    /// Resolves and checks everything, or says what is wrong.
+    pub fn build(config: GatewayConfig, credentials: &Credentials) -> Result<Self, SnapshotError> {
+        if config.schema != SCHEMA_VERSION {
+            return Err(SnapshotError::Schema {
+                found: config.schema,
+            });
+        }
+        let mut routes = HashMap::new();
+        for server in config.servers {
+            let key = format!("{}/{}", server.namespace, server.name);
+            let upstream = match &server.upstream {
+                Upstream::Remote { url, .. } => {
+                    Some(url.parse::<Uri>().map_err(|e| SnapshotError::Invalid {
+                        server: key.clone(),
+                        what: format!("upstream URL {url:?}: {e}"),
+                    })?)
+                }
+                Upstream::OpenApi { .. } => None,
+            };
+            let inject = match &server.auth {
+                UpstreamAuth::SharedApiKey {
+                    header,
+                    template,
+                    credential,
+                } => {
+                    let value = lookup(credentials, credential, &key)?;
+                    let value = match template {
+                        Some(t) => t.replace("{{API_KEY}}", value.expose_secret()),
+                        None => value.expose_secret().to_owned(),
+                    };
+                    let name = HeaderName::try_from(header.as_str()).map_err(|e| {
+                        SnapshotError::Invalid {
+                            server: key.clone(),
+                            what: format!("header name {header:?}: {e}"),
+                        }
+                    })?;
+                    let mut value =
+                        HeaderValue::try_from(value).map_err(|_| SnapshotError::Invalid {
+                            server: key.clone(),
+                            what: format!(
+                                "the value for header {header} is not a valid header value"
+                            ),
+                        })?;
+                    value.set_sensitive(true);
+                    vec![(name, value)]
+                }
+                _ => Vec::new(),
+            };
+            routes.insert(
+                server.path.clone(),
+                Route::Server(Arc::new(ServerRoute {
+                    config: server,
+                    upstream,
+                    inject,
+                })),
+            );
+        }
+        for virtual_server in config.virtual_servers {
+            routes.insert(
+                virtual_server.path.clone(),
+                Route::Virtual(Arc::new(virtual_server)),
+            );
+        }
+        Ok(Self {
+            version: config.version,
+            routes,
+        })
+    }
+
+    /// The route at an exact, already normalised path.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.get(path)
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+fn lookup<'a>(
+    credentials: &'a Credentials,
+    r: &CredentialRef,
+    server: &str,
+) -> Result<&'a SecretString, SnapshotError> {
+    credentials
+        .get(&r.secret)
+        .and_then(|s| s.get(&r.key))
+        .ok_or_else(|| SnapshotError::MissingCredential {
+            server: server.to_owned(),
+            secret: r.secret.clone(),
+            key: r.key.clone(),
+        })
+}

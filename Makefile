@@ -5,12 +5,9 @@ CARGO ?= cargo
 
 .PHONY: demo test unit e2e lint gen check-gen bench control-plane
 
-## demo: render config/standalone/ into target/demo-config (the proxy will serve it)
+## demo: a real MCP server, the operator's standalone rendering and the gateway in front
 demo:
-	$(CARGO) build --release -p mcpgate-operator
-	./target/release/mcpgate-operator standalone --input config/standalone --output target/demo-config
-	@echo "Rendered gateway configuration: target/demo-config/config.json"
-	@cat target/demo-config/config.json
+	scripts/demo.sh
 
 ## test: everything CI runs: generated files, lints, unit tests, end-to-end tests on a real control plane
 test: check-gen lint unit e2e
@@ -20,9 +17,9 @@ unit:
 
 ## e2e: builds (or reuses) kube-apiserver, etcd and kubectl, then runs the tests that start them
 e2e:
-	$(CARGO) build -p mcpgate-operator
-	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
-	$(CARGO) test -p mcpgate-e2e --test operator -- --ignored --test-threads=1
+	$(CARGO) build -p mcpgate-operator -p mcpgate-proxy
+	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)"; \
+	$(CARGO) test -p mcpgate-e2e -- --ignored --test-threads=1
 
 control-plane:
 	e2e/k8s/build.sh

@@ -311,26 +311,33 @@ pub fn wait_for<T>(
 
 /// The operator binary built by `cargo build -p mcpgate-operator`.
 pub fn operator_bin() -> Result<PathBuf> {
-    let path = std::env::var_os("MCPGATE_OPERATOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let profile = if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            };
-            workspace()
-                .join("target")
-                .join(profile)
-                .join("mcpgate-operator")
-        });
+    built_bin("mcpgate-operator")
+}
+
+/// A workspace binary built in this profile (`cargo build -p <name>`).
+pub fn built_bin(name: &str) -> Result<PathBuf> {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let path = workspace().join("target").join(profile).join(name);
     if !path.is_file() {
         bail!(
-            "{} not found: build it with `cargo build -p mcpgate-operator`",
+            "{} not found: build it with `cargo build -p {name}`",
             path.display()
         );
     }
     Ok(path)
+}
+
+/// The Python with the MCP peers installed (`e2e/peers/install.sh` prints it).
+pub fn python() -> Result<PathBuf> {
+    std::env::var_os("MCPGATE_PYTHON")
+        .map(PathBuf::from)
+        .context(
+            "MCPGATE_PYTHON is not set: run the tests with `make e2e` (it installs the MCP peers)",
+        )
 }
 
 /// A running `mcpgate-operator run`.

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
-use mcpgate_e2e::{CRD_NAMES, ControlPlane, Operator, wait_for, workspace};
+use mcpgate_e2e::{
+    CRD_NAMES, ControlPlane, Operator, Process, built_bin, free_port, http_get, python, wait_for,
+    workspace,
+};
 use serde_json::Value;
 
 type Shared = Arc<Mutex<Option<ControlPlane>>>;
@@ -48,6 +51,10 @@ fn main() {
         (
             "manager_collaborators_get_rbac_on_one_resource",
             manager_collaborators_get_rbac_on_one_resource,
+        ),
+        (
+            "the_proxy_serves_what_the_operator_renders",
+            the_proxy_serves_what_the_operator_renders,
         ),
     ];
     let trials = tests
@@ -686,4 +693,116 @@ fn manager_collaborators_get_rbac_on_one_resource(plane: &ControlPlane) -> Resul
         "pruning removed another collaborator's grant"
     );
     Ok(())
+}
+
+/// Runs the Python MCP client against `url`; returns its JSON output or its stderr.
+fn mcp_client(url: &str, mode: &str, args: &[&str]) -> std::result::Result<Value, String> {
+    let out = std::process::Command::new(python().map_err(|e| e.to_string())?)
+        .arg(workspace().join("e2e/peers/call.py"))
+        .args([url, mode])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()> {
+    let (ns, gw) = namespaces(plane, "proxy")?;
+    let logs = tempfile::tempdir()?;
+    let upstream_port = free_port();
+    let mut upstream = std::process::Command::new(python()?);
+    upstream
+        .arg(workspace().join("e2e/peers/demo_server.py"))
+        .arg(upstream_port.to_string());
+    let _upstream = Process::spawn(
+        "demo MCP server",
+        upstream,
+        logs.path().join("upstream.log"),
+    )?;
+    let server = |deny: &str| {
+        format!(
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [{deny}]}}\n  auth:\n    type: ApiKey\n    apiKey: {{secretKeyRef: {{name: demo-key, key: token}}}}\n  public: true\n"
+        )
+    };
+    plane.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "demo-key",
+        "-n",
+        &ns,
+        "--from-literal=token=k3y",
+    ])?;
+    plane.apply(&ns, &server("secret_tool"))?;
+    let _operator = Operator::start(plane, &[&ns], &gw, "proxy")?;
+
+    let (port, admin) = (free_port(), free_port());
+    let mut proxy = std::process::Command::new(built_bin("mcpgate-proxy")?);
+    proxy
+        .args(["--config-namespace", &gw])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .env("KUBECONFIG", &plane.kubeconfig);
+    let proxy = Process::spawn("mcpgate-proxy", proxy, logs.path().join("proxy.log"))?;
+    wait_for("proxy ready from the cluster's configuration", WAIT, || {
+        (http_get(&format!("http://127.0.0.1:{admin}/readyz"))
+            .ok()?
+            .0
+            == 200)
+            .then_some(())
+    })
+    .map_err(|e| e.context(proxy.log()))?;
+    wait_for("upstream listening", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
+    })?;
+
+    let url = format!("http://127.0.0.1:{port}/{ns}/mcp/demo/server");
+    for mode in ["legacy", "2026-07-28"] {
+        let sum = mcp_client(&url, mode, &["call", "add", r#"{"a": 1, "b": 2}"#])
+            .map_err(anyhow::Error::msg)?;
+        ensure!(sum["text"][0] == "3", "{mode}: {sum}");
+    }
+    // A spec change reaches the running proxy: `add` is denied from now on.
+    plane.apply(&ns, &server("secret_tool, add"))?;
+    wait_for("the deny list to reach the proxy", WAIT, || {
+        mcp_client(&url, "2026-07-28", &["call", "add", r#"{"a": 1, "b": 2}"#])
+            .err()
+            .filter(|e| e.contains("Unknown tool: add"))
+    })?;
+    // Deleting the server removes the route.
+    plane.kubectl(&["delete", "mcps/demo", "-n", &ns])?;
+    wait_for("the route to go", WAIT, || {
+        let (status, _) = post_json(port, &format!("/{ns}/mcp/demo/server"));
+        (status == 404).then_some(())
+    })?;
+    Ok(())
+}
+
+/// POSTs a ping to the gateway; (status, body).
+fn post_json(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let _ = write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
 }

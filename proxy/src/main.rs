@@ -1,5 +1,6 @@
-//! `mcpgate-proxy`: serves the MCP routes of the configuration in `--config-dir` (written by
-//! `mcpgate-operator standalone`, or a mounted ConfigMap and Secrets).
+//! `mcpgate-proxy`: serves the MCP routes of the operator's configuration, read from the
+//! Kubernetes API (`--config-namespace`) or a directory (`--config-dir`, as written by
+//! `mcpgate-operator standalone`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,8 +18,17 @@ use mcpgate_proxy::source::{self, Current};
 #[command(name = "mcpgate-proxy", version, about = "The mcpgate MCP gateway")]
 struct Args {
     /// Directory with `config.json` and `credentials/` (re-read when it changes).
-    #[arg(long, env = "MCPGATE_CONFIG_DIR")]
-    config_dir: PathBuf,
+    #[arg(
+        long,
+        env = "MCPGATE_CONFIG_DIR",
+        conflicts_with = "config_namespace",
+        required_unless_present = "config_namespace"
+    )]
+    config_dir: Option<PathBuf>,
+    /// Namespace holding the operator's ConfigMap and credential Secrets, read through the
+    /// Kubernetes API (kubeconfig or in-cluster service account).
+    #[arg(long, env = "MCPGATE_CONFIG_NAMESPACE")]
+    config_namespace: Option<String>,
     /// Address MCP clients connect to.
     #[arg(long, env = "MCPGATE_LISTEN", default_value = "0.0.0.0:8000")]
     listen: SocketAddr,
@@ -56,11 +66,25 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let current = Arc::new(Current::default());
-    let watcher = tokio::spawn(source::watch_dir(
-        args.config_dir.clone(),
-        current.clone(),
-        metrics.clone(),
-    ));
+    let watcher = match (&args.config_dir, &args.config_namespace) {
+        (Some(dir), _) => tokio::spawn(source::watch_dir(
+            dir.clone(),
+            current.clone(),
+            metrics.clone(),
+        )),
+        (None, Some(namespace)) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let (namespace, current, metrics) =
+                (namespace.clone(), current.clone(), metrics.clone());
+            tokio::spawn(async move {
+                source::kube::watch(client, namespace, current, metrics).await;
+                Ok(())
+            })
+        }
+        (None, None) => anyhow::bail!("set --config-dir or --config-namespace"),
+    };
 
     let app = Arc::new(App {
         current: current.clone(),

@@ -2,6 +2,7 @@
 //! Requests hold the `Arc<Snapshot>` they started with; a failed load keeps the old one.
 
 pub mod dir;
+pub mod kube;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -59,7 +60,16 @@ pub async fn watch_dir(
 }
 
 fn reload(dir: &std::path::Path, current: &Current, metrics: &Metrics) {
-    match dir::load(dir) {
+    apply_result(current, metrics, dir::load(dir));
+}
+
+/// Puts a freshly loaded snapshot in service, or keeps the old one and says why.
+fn apply_result<E: std::fmt::Display>(
+    current: &Current,
+    metrics: &Metrics,
+    loaded: Result<Snapshot, E>,
+) {
+    match loaded {
         Ok(snapshot) => {
             // Stored even when the version is unchanged: credentials may have rotated.
             if current

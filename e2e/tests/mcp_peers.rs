@@ -119,6 +119,12 @@ fn python_client_lists_and_calls_through_the_gateway_in_both_eras() -> Result<()
                 .is_some_and(|t| t.iter().any(|n| n == "add")),
             "tools: {tools}"
         );
+        ensure!(
+            !tools
+                .as_array()
+                .is_some_and(|t| t.iter().any(|n| n == "secret_tool")),
+            "a denied tool is listed: {tools}"
+        );
         let sum = client(
             &gateway.url,
             mode,

@@ -10,6 +10,7 @@ use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::filter;
 use crate::error::{Body, code, jsonrpc_error};
 use crate::source::ServerRoute;
 use crate::upstream::HttpClient;
@@ -140,7 +141,8 @@ impl Forwarder {
                     );
                 }
             }
-            Some((bytes, envelope.id))
+            let lists_tools = envelope.method.as_deref() == Some("tools/list");
+            Some((bytes, envelope.id, lists_tools))
         } else {
             None
         };
@@ -163,7 +165,7 @@ impl Forwarder {
                 headers.insert(name.clone(), value.clone());
             }
         }
-        let (bytes, id) = body.unwrap_or_default();
+        let (bytes, id, lists_tools) = body.unwrap_or_default();
         let upstream_req = match upstream_req.body(crate::error::full(bytes)) {
             Ok(r) => r,
             Err(e) => {
@@ -211,7 +213,36 @@ impl Forwarder {
         };
         let latency = started.elapsed();
         let (up_parts, up_body) = response.into_parts();
-        let mut out = Response::new(up_body.boxed());
+        let filtered = lists_tools
+            && !(route.config.tools.allow.is_empty() && route.config.tools.deny.is_empty());
+        let content_type = up_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let body = match (filtered, content_type) {
+            (true, t) if t.starts_with("text/event-stream") => {
+                filter::filter_sse(up_body, route.config.tools.clone())
+            }
+            (true, t) if t.starts_with("application/json") => {
+                match filter::filter_json(up_body, route.config.tools.clone()).await {
+                    Ok(body) => body,
+                    Err(error) => {
+                        tracing::warn!(%server, %error, "upstream body failed");
+                        return (
+                            upstream_failure(
+                                &parts.method,
+                                id.as_ref(),
+                                format!("upstream {server} broke off its answer"),
+                            ),
+                            None,
+                        );
+                    }
+                }
+            }
+            _ => up_body.boxed(),
+        };
+        let mut out = Response::new(body);
         *out.status_mut() = up_parts.status;
         for name in FORWARDED_RESPONSE {
             for value in up_parts.headers.get_all(name) {

@@ -1,0 +1,151 @@
+//! Tool allow/deny lists on the way back: `tools/list` results lose the tools a route does
+//! not expose, whether the upstream answered with JSON or with an SSE stream. Everything
+//! else in the message is kept as it was (field order included).
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use mcpgate_crds::gateway_config::ToolFilter;
+use serde_json::Value;
+
+use crate::error::Body;
+
+/// Removes unexposed tools from one JSON-RPC message; None when it is not a tools list.
+pub fn filter_message(bytes: &[u8], filter: &ToolFilter) -> Option<Vec<u8>> {
+    let mut message: Value = serde_json::from_slice(bytes).ok()?;
+    let tools = message
+        .get_mut("result")?
+        .get_mut("tools")?
+        .as_array_mut()?;
+    tools.retain(|tool| {
+        tool.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|name| filter.permits(name))
+    });
+    serde_json::to_vec(&message).ok()
+}
+
+/// Filters a JSON response body (buffered: list results are small).
+pub async fn filter_json(body: Incoming, filter: ToolFilter) -> Result<Body, hyper::Error> {
+    let bytes = body.collect().await?.to_bytes();
+    let out = filter_message(&bytes, &filter).map_or(bytes, Bytes::from);
+    Ok(crate::error::full(out))
+}
+
+/// Filters an SSE response body event by event, streaming: each event is passed on as soon as
+/// its terminating blank line arrives.
+pub fn filter_sse(body: Incoming, filter: ToolFilter) -> Body {
+    let mut buffer = BytesMut::new();
+    let frames = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk?;
+        buffer.extend_from_slice(&chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&buffer) {
+            let event = buffer.split_to(end);
+            out.extend_from_slice(&rewrite_event(&event, &filter));
+        }
+        Ok(Frame::data(out.freeze()))
+    });
+    // Bytes after the last blank line are an incomplete event the upstream never finished;
+    // they are dropped, as an SSE client would.
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
+/// Index just past the blank line ending the first complete event.
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One event with its `data` rewritten if it carries a tools list; otherwise as it came.
+fn rewrite_event(event: &[u8], filter: &ToolFilter) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return event.to_vec();
+    };
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("data:")
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        })
+        .collect();
+    if data.is_empty() {
+        return event.to_vec();
+    }
+    let Some(filtered) = filter_message(data.join("\n").as_bytes(), filter) else {
+        return event.to_vec();
+    };
+    let mut out = String::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("data:"))
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&String::from_utf8_lossy(&filtered));
+    out.push_str("\n\n");
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> ToolFilter {
+        ToolFilter {
+            allow: vec![],
+            deny: vec!["hidden".into()],
+        }
+    }
+
+    #[test]
+    fn drops_denied_tools_and_keeps_everything_else_in_order() {
+        let message = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a","x-extra":1},{"name":"hidden"}],"nextCursor":"c","_meta":{"k":true}}}"#;
+        let out = filter_message(message, &filter()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a","x-extra":1}],"nextCursor":"c","_meta":{"k":true}}}"#
+        );
+    }
+
+    #[test]
+    fn other_messages_are_left_alone() {
+        assert!(
+            filter_message(
+                br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+                &filter()
+            )
+            .is_none()
+        );
+        assert!(filter_message(b"not json", &filter()).is_none());
+    }
+
+    #[test]
+    fn sse_events_keep_their_id_and_event_lines() {
+        let event = b"event: message\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"hidden\"},{\"name\":\"b\"}]}}\n\n";
+        let out = String::from_utf8(rewrite_event(event, &filter())).unwrap();
+        assert_eq!(
+            out,
+            "event: message\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"b\"}]}}\n\n"
+        );
+        let priming = b"id: 0\ndata: \n\n";
+        assert_eq!(rewrite_event(priming, &filter()), priming.to_vec());
+    }
+
+    #[test]
+    fn event_boundaries_in_either_line_ending() {
+        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: a\n"), None);
+    }
+}

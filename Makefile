@@ -43,6 +43,7 @@ check-gen:
 
 ## bench: prints render time, converge time and operator peak RSS
 bench:
-	$(CARGO) build --release -p mcpgate-operator -p mcpgate-e2e
+	$(CARGO) build --release -p mcpgate-operator -p mcpgate-proxy -p mcpgate-e2e
+	./target/release/proxy-bench
 	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
 	./target/release/operator-bench

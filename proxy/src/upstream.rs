@@ -12,12 +12,16 @@ pub type HttpClient =
 
 /// Builds the client; fails only when the system's certificate store cannot be read.
 pub fn client() -> std::io::Result<HttpClient> {
+    let mut http = HttpConnector::new();
+    // MCP messages are small request/response pairs: never wait to coalesce them.
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()?
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build(https))

@@ -453,3 +453,61 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// A running `mcpgate-proxy` on free loopback ports, ready (its `/readyz` answered 200).
+pub struct Proxy {
+    /// The process.
+    pub process: Process,
+    /// MCP port.
+    pub port: u16,
+    /// Admin port (`/readyz`, `/metrics`).
+    pub admin: u16,
+}
+
+impl Proxy {
+    /// Starts the proxy with `source_args` (`--config-dir DIR` or `--config-namespace NS`),
+    /// `env` added, and its log in `log_dir`.
+    pub fn start(
+        source_args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let (port, admin) = (free_port(), free_port());
+        let mut command = Command::new(built_bin("mcpgate-proxy")?);
+        command
+            .args(source_args)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .envs(env.iter().map(|(k, v)| (*k, *v)));
+        let process = Process::spawn("mcpgate-proxy", command, log_dir.join("proxy.log"))?;
+        wait_for("proxy /readyz", Duration::from_secs(30), || {
+            (http_get(&format!("http://127.0.0.1:{admin}/readyz"))
+                .ok()?
+                .0
+                == 200)
+                .then_some(())
+        })
+        .map_err(|e| e.context(process.log()))?;
+        Ok(Self {
+            process,
+            port,
+            admin,
+        })
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`).
+pub fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

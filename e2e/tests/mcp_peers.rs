@@ -3,18 +3,19 @@
 //! server. Ignored by plain `cargo test`; `make e2e` installs the peers and runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mcpgate_e2e::{Process, built_bin, free_port, http_get, python, wait_for, workspace};
+use mcpgate_e2e::{Process, Proxy, built_bin, free_port, python, wait_for, workspace};
 use serde_json::Value;
 
 /// The demo server, the rendered configuration and the proxy, stopped on drop.
 struct Gateway {
     url: String,
     _upstream: Process,
-    _proxy: Process,
+    _proxy: Proxy,
     _dir: tempfile::TempDir,
 }
 
@@ -48,29 +49,12 @@ impl Gateway {
             .arg(&config)
             .status()?;
         ensure!(status.success(), "standalone render failed");
-        let (port, admin) = (free_port(), free_port());
-        let proxy = Process::spawn(
-            "mcpgate-proxy",
-            {
-                let mut c = Command::new(built_bin("mcpgate-proxy")?);
-                c.arg("--config-dir").arg(&config);
-                c.args([
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--admin-listen",
-                    &format!("127.0.0.1:{admin}"),
-                ]);
-                c
-            },
-            dir.path().join("proxy.log"),
+        let proxy = Proxy::start(
+            &[OsStr::new("--config-dir"), config.as_os_str()],
+            &[],
+            dir.path(),
         )?;
-        wait_for("proxy ready", Duration::from_secs(20), || {
-            (http_get(&format!("http://127.0.0.1:{admin}/readyz"))
-                .ok()?
-                .0
-                == 200)
-                .then_some(())
-        })?;
+        let port = proxy.port;
         wait_for("upstream listening", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
         })?;

@@ -3,14 +3,14 @@
 //! Marked ignored so plain `cargo test` needs no control plane: `make e2e` runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use mcpgate_e2e::{
-    CRD_NAMES, ControlPlane, Operator, Process, built_bin, free_port, http_get, python, wait_for,
-    workspace,
+    CRD_NAMES, ControlPlane, Operator, Process, Proxy, free_port, python, wait_for, workspace,
 };
 use serde_json::Value;
 
@@ -739,26 +739,12 @@ fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()
     plane.apply(&ns, &server("secret_tool"))?;
     let _operator = Operator::start(plane, &[&ns], &gw, "proxy")?;
 
-    let (port, admin) = (free_port(), free_port());
-    let mut proxy = std::process::Command::new(built_bin("mcpgate-proxy")?);
-    proxy
-        .args(["--config-namespace", &gw])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .env("KUBECONFIG", &plane.kubeconfig);
-    let proxy = Process::spawn("mcpgate-proxy", proxy, logs.path().join("proxy.log"))?;
-    wait_for("proxy ready from the cluster's configuration", WAIT, || {
-        (http_get(&format!("http://127.0.0.1:{admin}/readyz"))
-            .ok()?
-            .0
-            == 200)
-            .then_some(())
-    })
-    .map_err(|e| e.context(proxy.log()))?;
+    let proxy = Proxy::start(
+        &[OsStr::new("--config-namespace"), OsStr::new(&gw)],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+        logs.path(),
+    )?;
+    let port = proxy.port;
     wait_for("upstream listening", WAIT, || {
         std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
     })?;

@@ -99,6 +99,26 @@ fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
     );
 }
 
+/// Starts the proxy on `dir` with `extra` flags: (process, MCP port, admin port).
+fn start_proxy(dir: &Path, extra: &[&str]) -> (Killed, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
+        .arg("--config-dir")
+        .arg(dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Killed(child), port, admin)
+}
+
 fn config(upstream_port: u16, timeout_ms: u64) -> Value {
     let server = |name: &str, auth: Value, deny: Vec<&str>| {
         json!({
@@ -177,22 +197,7 @@ fn forwards_with_route_credentials_and_fails_clearly() {
     let (upstream, seen) = spawn_upstream();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &config(upstream, 1000));
-    let (port, admin) = (free_port(), free_port());
-    let proxy = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .args(["--max-body-bytes", "2048"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _proxy = Killed(proxy);
+    let (_proxy, port, admin) = start_proxy(dir.path(), &["--max-body-bytes", "2048"]);
     let get = |path: &str| {
         let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
         write!(
@@ -337,21 +342,7 @@ fn an_unreachable_upstream_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let dead = free_port();
     write_config(dir.path(), &config(dead, 2000));
-    let (port, admin) = (free_port(), free_port());
-    let proxy = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _proxy = Killed(proxy);
+    let (_proxy, port, _admin) = start_proxy(dir.path(), &[]);
     let body = wait_for("the proxy to answer", || {
         let (status, _, body) = post(port, "/team/mcp/plain/server", &[], &call("echo"));
         (status == 200).then_some(body)

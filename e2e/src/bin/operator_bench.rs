@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::discovery::ApiResource;
-use mcpgate_e2e::{ControlPlane, Operator, wait_for};
+use mcpgate_e2e::{ControlPlane, Operator, rss_kib, wait_for};
 use mcpgate_operator::render::{Inputs, render};
 use serde_json::{Value, json};
 
@@ -108,17 +108,6 @@ fn api_resource(object: &Value) -> Result<ApiResource> {
         &GroupVersionKind::gvk(group, version, kind),
         &plural,
     ))
-}
-
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn converge_benchmark(objects: Vec<Value>) -> Result<()> {

@@ -5,6 +5,7 @@
 //! figure that compares across machines.
 
 use std::convert::Infallible;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mcpgate_e2e::{Process, built_bin, free_port, http_get, wait_for};
+use mcpgate_e2e::{Proxy, rss_kib};
 use serde_json::json;
 
 const CALLS_PER_RUN: usize = 20_000;
@@ -118,17 +119,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -149,28 +139,14 @@ fn main() -> Result<()> {
             "public": true, "access": {"subjects": []}}]})
         .to_string(),
     )?;
-    let (port, admin) = (free_port(), free_port());
-    let mut command = std::process::Command::new(built_bin("mcpgate-proxy")?);
-    command
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .env("RUST_LOG", "warn");
-    let proxy = Process::spawn("mcpgate-proxy", command, dir.path().join("proxy.log"))?;
-    wait_for("proxy ready", Duration::from_secs(20), || {
-        (http_get(&format!("http://127.0.0.1:{admin}/readyz"))
-            .ok()?
-            .0
-            == 200)
-            .then_some(())
-    })?;
-    let gateway: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let idle_rss = rss_kib(proxy.pid(), "VmRSS:").unwrap_or(0);
+    let proxy = Proxy::start(
+        &[OsStr::new("--config-dir"), dir.path().as_os_str()],
+        &[("RUST_LOG", OsStr::new("warn"))],
+        dir.path(),
+    )?;
+    let proxy_pid = proxy.process.pid();
+    let gateway: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
+    let idle_rss = rss_kib(proxy_pid, "VmRSS:").unwrap_or(0);
 
     println!(
         "tools/call, 200-byte argument, {CALLS_PER_RUN} calls per row (loopback, 2 cores shared by load, proxy and upstream)"
@@ -179,7 +155,7 @@ fn main() -> Result<()> {
         "{:<10} {:>5} {:>10} {:>10} {:>10} {:>16}",
         "path", "conns", "req/s", "p50", "p99", "proxy CPU/call"
     );
-    let pid = proxy.pid();
+    let pid = proxy_pid;
     for concurrency in [1, 16, 64] {
         let (elapsed, latencies) =
             runtime.block_on(load(upstream_addr, "/mcp", concurrency, CALLS_PER_RUN))?;

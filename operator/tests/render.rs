@@ -50,7 +50,23 @@ fn summary(rendered: &Rendered) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"config": rendered.config, "secrets": secrets, "diagnostics": diagnostics})
+    sorted(json!({"config": rendered.config, "secrets": secrets, "diagnostics": diagnostics}))
+}
+
+/// Objects with their keys sorted, whether or not serde_json preserves insertion order (a
+/// feature another workspace crate may switch on), so snapshots do not depend on it.
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 #[test]

@@ -7,5 +7,6 @@ pub mod mcp;
 pub mod metrics;
 pub mod path;
 pub mod server;
+pub mod session;
 pub mod source;
 pub mod upstream;

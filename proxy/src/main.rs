@@ -12,6 +12,7 @@ use clap::Parser;
 use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::server::{self, App};
+use mcpgate_proxy::session::{SessionKeys, Sessions};
 use mcpgate_proxy::source::{self, Current};
 
 #[derive(Parser)]
@@ -41,6 +42,14 @@ struct Args {
     /// Browser origins allowed to call the gateway, besides its own host (comma-separated).
     #[arg(long, env = "MCPGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// File with the 32-byte key that seals session ids (raw, hex or base64). Replicas that
+    /// share it continue each other's sessions; without it a random key is used and sessions
+    /// end with the process.
+    #[arg(long, env = "MCPGATE_SESSION_KEY_FILE")]
+    session_key_file: Option<PathBuf>,
+    /// The key used before the last rotation: ids it sealed are still accepted.
+    #[arg(long, env = "MCPGATE_SESSION_PREVIOUS_KEY_FILE", requires = "session_key_file")]
+    session_previous_key_file: Option<PathBuf>,
     /// Seconds open connections may take to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     drain_seconds: u64,
@@ -86,11 +95,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("set --config-dir or --config-namespace"),
     };
 
+    let keys = match &args.session_key_file {
+        Some(path) => SessionKeys::load(path, args.session_previous_key_file.as_deref())?,
+        None => {
+            tracing::warn!(
+                "no --session-key-file: sessions are sealed with a random key and end when this process does"
+            );
+            SessionKeys::generate()?
+        }
+    };
     let app = Arc::new(App {
         current: current.clone(),
         forwarder: Forwarder {
             client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
             max_body: args.max_body_bytes,
+            sessions: Sessions::new(keys),
         },
         metrics: metrics.clone(),
         allowed_origins: args

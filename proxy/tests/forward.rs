@@ -174,7 +174,7 @@ fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, St
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    (status, head.to_owned(), body.to_owned())
 }
 
 fn call(tool: &str) -> String {
@@ -213,6 +213,24 @@ fn forwards_with_route_credentials_and_fails_clearly() {
         get("/readyz").filter(|r| r.starts_with("HTTP/1.1 200"))
     });
 
+    // The gateway mints its own sealed session id for the upstream's, and maps it back.
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let (status, head, body) = post(port, "/team/mcp/keyed/server", &[], &initialize);
+    assert_eq!(status, 200, "{body}");
+    let sid = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
+                .map(|(_, v)| v)
+        })
+        .expect("a session id")
+        .trim()
+        .to_owned();
+    assert!(sid.starts_with("g1.") && !sid.contains("up-1"), "{sid}");
+
     // A shared key is injected with its template; the caller's token and cookies stay here.
     let (status, head, body) = post(
         port,
@@ -220,7 +238,8 @@ fn forwards_with_route_credentials_and_fails_clearly() {
         &[
             ("Authorization", "Bearer caller"),
             ("Cookie", "c=1"),
-            ("Mcp-Session-Id", "abc"),
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "2025-11-25"),
         ],
         &call("echo"),
     );
@@ -232,15 +251,32 @@ fn forwards_with_route_credentials_and_fails_clearly() {
         headers.get("authorization").is_none() && headers.get("cookie").is_none(),
         "{headers}"
     );
-    assert_eq!(headers["mcp-session-id"], "abc");
+    assert_eq!(headers["mcp-session-id"], "up-1");
+    assert_eq!(headers["mcp-protocol-version"], "2025-11-25");
     assert_eq!(
         result["result"]["body"]["params"]["name"], "echo",
         "the body reaches the upstream verbatim"
     );
     assert!(
-        head.contains("mcp-session-id: up-1") && !head.contains("set-cookie"),
+        !head.to_ascii_lowercase().contains("mcp-session-id")
+            && !head.to_ascii_lowercase().contains("set-cookie"),
         "{head}"
     );
+
+    // Session ids the gateway did not mint, or minted for another route, are unknown: 404,
+    // so the client initializes again.
+    for (path, sid) in [
+        ("/team/mcp/keyed/server", "up-1"),
+        ("/team/mcp/plain/server", sid.as_str()),
+    ] {
+        let (status, _, body) = post(port, path, &[("Mcp-Session-Id", sid)], &call("echo"));
+        assert_eq!(status, 404, "{path} {sid}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["id"],
+            7,
+            "{body}"
+        );
+    }
 
     // Passthrough forwards the caller's token, and only there.
     let (_, _, body) = post(
@@ -293,7 +329,7 @@ fn forwards_with_route_credentials_and_fails_clearly() {
         let (status, head, body) = post(port, path, &[], &call("echo"));
         assert_eq!(status, 404, "{path}: {body}");
         assert!(
-            head.contains("application/json"),
+            head.to_ascii_lowercase().contains("application/json"),
             "{path}: 404 without a JSON body"
         );
     }

@@ -9,6 +9,7 @@ use hyper::body::{Frame, Incoming};
 use mcpgate_crds::gateway_config::ToolFilter;
 use serde_json::Value;
 
+use super::message::{Event, event_end};
 use crate::error::Body;
 
 /// Removes unexposed tools from one JSON-RPC message; None when it is not a tools list.
@@ -52,49 +53,19 @@ pub fn filter_sse(body: Incoming, filter: ToolFilter) -> Body {
     BodyExt::boxed(StreamBody::new(frames))
 }
 
-/// Index just past the blank line ending the first complete event.
-fn event_end(buffer: &[u8]) -> Option<usize> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// One event with its `data` rewritten if it carries a tools list; otherwise as it came.
 fn rewrite_event(event: &[u8], filter: &ToolFilter) -> Vec<u8> {
-    let Ok(text) = std::str::from_utf8(event) else {
+    let Some(parsed) = Event::parse(event) else {
         return event.to_vec();
     };
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("data:")
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        })
-        .collect();
-    if data.is_empty() {
-        return event.to_vec();
-    }
-    let Some(filtered) = filter_message(data.join("\n").as_bytes(), filter) else {
-        return event.to_vec();
-    };
-    let mut out = String::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("data:"))
+    match parsed
+        .data
+        .as_deref()
+        .and_then(|data| filter_message(data.as_bytes(), filter))
     {
-        out.push_str(line);
-        out.push('\n');
+        Some(filtered) => parsed.render(&filtered),
+        None => event.to_vec(),
     }
-    out.push_str("data: ");
-    out.push_str(&String::from_utf8_lossy(&filtered));
-    out.push_str("\n\n");
-    out.into_bytes()
 }
 
 #[cfg(test)]
@@ -140,12 +111,5 @@ mod tests {
         );
         let priming = b"id: 0\ndata: \n\n";
         assert_eq!(rewrite_event(priming, &filter()), priming.to_vec());
-    }
-
-    #[test]
-    fn event_boundaries_in_either_line_ending() {
-        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
-        assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: a\n"), None);
     }
 }

@@ -1,219 +1,209 @@
-//! Single-server routes: the client's MCP traffic forwarded to one upstream, JSON verbatim,
+//! Single-server routes: the client's MCP traffic forwarded to one upstream, JSON verbatim and
 //! streams streamed, with the route's credentials injected and the caller's own stripped.
+//! The gateway terminates the session: the client holds a sealed id carrying the upstream's,
+//! and an upstream that forgot its session is re-initialized transparently.
 
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::filter;
+use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
+use super::message::Envelope;
 use crate::error::{Body, code, jsonrpc_error};
+use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
 use crate::upstream::HttpClient;
 
-/// Request headers passed to the upstream; everything else (cookies, the caller's
-/// Authorization, hop-by-hop headers) stays at the gateway.
-const FORWARDED_REQUEST: [&str; 8] = [
-    "accept",
+/// Response headers passed back to the client (the session id is the gateway's own).
+const FORWARDED_RESPONSE: [&str; 4] = [
     "content-type",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "last-event-id",
-    "mcp-method",
-    "mcp-name",
-    "user-agent",
-];
-/// Response headers passed back to the client.
-const FORWARDED_RESPONSE: [&str; 5] = [
-    "content-type",
-    "mcp-session-id",
     "cache-control",
     "x-accel-buffering",
     "www-authenticate",
 ];
 
-/// Limits and clients shared by every forwarded request.
+/// Limits, clients and sessions shared by every forwarded request.
 pub struct Forwarder {
     /// The outbound HTTP client.
     pub client: HttpClient,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Session sealing.
+    pub sessions: Sessions,
 }
 
-/// Just enough of a JSON-RPC message to route and filter it; the body itself is forwarded
-/// as received.
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    params: Option<Params>,
-}
-
-#[derive(Deserialize)]
-struct Params {
-    #[serde(default)]
-    name: Option<String>,
+/// A request body read whole and checked.
+pub struct Message {
+    /// As received.
+    pub bytes: Bytes,
+    /// What routing needs.
+    pub envelope: Envelope,
 }
 
 impl Forwarder {
+    /// Reads and parses a POST body, or answers why not (413, -32700).
+    pub async fn read_message(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+    ) -> Result<Message, Response<Body>> {
+        if content_length(headers).is_some_and(|n| n > self.max_body) {
+            return Err(too_large(self.max_body));
+        }
+        let bytes = match Limited::new(body, self.max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return Err(too_large(self.max_body)),
+        };
+        match Envelope::parse(&bytes) {
+            Ok(envelope) => Ok(Message { bytes, envelope }),
+            Err(e) => Err(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::PARSE_ERROR,
+                format!("the body is not one JSON-RPC message: {e}"),
+            )),
+        }
+    }
+
+    /// Opens the caller's session, if it sent one: Ok(None) without a session id, Err(404)
+    /// for an id this gateway did not mint for this route (the client must initialize again).
+    pub fn session(
+        &self,
+        headers: &HeaderMap,
+        route: &str,
+        id: Option<&Value>,
+    ) -> Result<Option<(String, SessionState)>, Response<Body>> {
+        let Some(value) = headers.get(SESSION_ID) else {
+            return Ok(None);
+        };
+        let sid = value.to_str().unwrap_or_default();
+        match self.sessions.open(sid, route) {
+            Some(state) => Ok(Some((sid.to_owned(), state))),
+            None => Err(jsonrpc_error(
+                StatusCode::NOT_FOUND,
+                id,
+                code::INVALID_REQUEST,
+                "session not found or expired: initialize a new session",
+            )),
+        }
+    }
+
     /// Forwards one request to the route's upstream.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         route: &ServerRoute,
     ) -> (Response<Body>, Option<Duration>) {
-        let server = format!("{}/{}", route.config.namespace, route.config.name);
-        let Some(upstream) = &route.upstream else {
-            let kind = match route.config.upstream {
-                Upstream::OpenApi { .. } => "OpenAPI",
-                Upstream::Remote { .. } => "remote",
-            };
-            return (
-                jsonrpc_error(
-                    StatusCode::OK,
-                    None,
-                    code::UPSTREAM,
-                    format!("{server}: {kind} upstreams are not served by this gateway build"),
-                ),
-                None,
-            );
-        };
-        if !matches!(
-            route.config.auth,
-            UpstreamAuth::None | UpstreamAuth::SharedApiKey { .. } | UpstreamAuth::Passthrough
-        ) {
-            return (
-                jsonrpc_error(
-                    StatusCode::OK,
-                    None,
-                    code::UPSTREAM,
-                    format!("{server}: its outbound auth mode is not served by this gateway build"),
-                ),
-                None,
-            );
-        }
-
         let (parts, body) = req.into_parts();
-        let body = if parts.method == Method::POST {
-            if content_length(&parts.headers).is_some_and(|n| n > self.max_body) {
-                return (too_large(self.max_body), None);
+        let hop = Hop {
+            client: &self.client,
+            route,
+            caller: &parts.headers,
+        };
+        let message = if parts.method == Method::POST {
+            match self.read_message(&parts.headers, body).await {
+                Ok(m) => Some(m),
+                Err(response) => return (response, None),
             }
-            let bytes = match Limited::new(body, self.max_body).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => return (too_large(self.max_body), None),
-            };
-            let envelope: Envelope = match serde_json::from_slice(&bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    return (
-                        jsonrpc_error(
-                            StatusCode::BAD_REQUEST,
-                            None,
-                            code::PARSE_ERROR,
-                            format!("the body is not JSON-RPC: {e}"),
-                        ),
-                        None,
-                    );
-                }
-            };
-            if envelope.method.as_deref() == Some("tools/call") {
-                let name = envelope
-                    .params
-                    .as_ref()
-                    .and_then(|p| p.name.as_deref())
-                    .unwrap_or_default();
-                if !route.config.tools.permits(name) {
-                    return (
-                        jsonrpc_error(
-                            StatusCode::OK,
-                            envelope.id.as_ref(),
-                            code::INVALID_PARAMS,
-                            format!("Unknown tool: {name}"),
-                        ),
-                        None,
-                    );
-                }
-            }
-            let lists_tools = envelope.method.as_deref() == Some("tools/list");
-            Some((bytes, envelope.id, lists_tools))
         } else {
             None
         };
-
-        let mut upstream_req = Request::builder()
-            .method(parts.method.clone())
-            .uri(upstream.clone());
-        if let Some(headers) = upstream_req.headers_mut() {
-            for name in FORWARDED_REQUEST {
-                for value in parts.headers.get_all(name) {
-                    headers.append(HeaderName::from_static(name), value.clone());
-                }
-            }
-            if matches!(route.config.auth, UpstreamAuth::Passthrough)
-                && let Some(value) = parts.headers.get(header::AUTHORIZATION)
-            {
-                headers.insert(header::AUTHORIZATION, value.clone());
-            }
-            for (name, value) in &route.inject {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
-        let (bytes, id, lists_tools) = body.unwrap_or_default();
-        let upstream_req = match upstream_req.body(crate::error::full(bytes)) {
-            Ok(r) => r,
-            Err(e) => {
+        let envelope = message.as_ref().map(|m| &m.envelope);
+        let id = envelope.and_then(|e| e.id.as_ref());
+        let method = envelope.map(Envelope::method).unwrap_or_default();
+        if method == "tools/call" {
+            let name = envelope.map(Envelope::name).unwrap_or_default();
+            if !route.config.tools.permits(name) {
                 return (
                     jsonrpc_error(
-                        StatusCode::BAD_GATEWAY,
-                        id.as_ref(),
-                        code::UPSTREAM,
-                        format!("{server}: {e}"),
+                        StatusCode::OK,
+                        id,
+                        code::INVALID_PARAMS,
+                        format!("Unknown tool: {name}"),
                     ),
                     None,
                 );
             }
+        }
+        let session = if method == "initialize" {
+            None
+        } else {
+            match self.session(&parts.headers, &route.config.path, id) {
+                Ok(s) => s,
+                Err(response) => return (response, None),
+            }
         };
+        let mut upstream_session = session.as_ref().and_then(|(sid, state)| {
+            let mut up = self.sessions.upstream(sid, state, &route.config.name)?;
+            if let Some(v) = parts.headers.get(PROTOCOL_VERSION).and_then(|v| v.to_str().ok()) {
+                v.clone_into(&mut up.version);
+            }
+            Some(up)
+        });
+        let bytes = message.as_ref().map(|m| m.bytes.clone()).unwrap_or_default();
 
         let started = Instant::now();
-        let timeout = Duration::from_millis(route.config.timeout_ms.max(1));
-        let response = match tokio::time::timeout(timeout, self.client.request(upstream_req)).await
+        let mut attempt = self
+            .send(&hop, &parts.method, upstream_session.as_ref(), bytes.clone())
+            .await;
+        // The upstream forgot the session (restart, expiry): open a new one for the same
+        // client and send the request again, once.
+        if let (Ok(response), Some((sid, state))) = (&attempt, &session)
+            && response.status() == StatusCode::NOT_FOUND
+            && parts.method != Method::DELETE
         {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                tracing::warn!(%server, %error, "upstream request failed");
-                return (
-                    upstream_failure(
-                        &parts.method,
-                        id.as_ref(),
-                        format!("upstream {server} is unreachable"),
-                    ),
-                    None,
-                );
+            let version = upstream_session
+                .as_ref()
+                .map_or(state.version.as_str(), |u| u.version.as_str());
+            match hop
+                .initialize(version, &state.capabilities, &state.client_info)
+                .await
+            {
+                Ok((reopened, _)) => {
+                    tracing::info!(server = %hop.server(), "upstream session expired; re-initialized");
+                    self.sessions.reopened(sid, reopened.clone());
+                    upstream_session = Some(reopened);
+                    attempt = self
+                        .send(&hop, &parts.method, upstream_session.as_ref(), bytes.clone())
+                        .await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "re-initializing an expired upstream session failed");
+                    return (upstream_failure(&parts.method, id, error.to_string()), None);
+                }
             }
-            Err(_) => {
-                return (
-                    upstream_failure(
-                        &parts.method,
-                        id.as_ref(),
-                        format!(
-                            "upstream {server} did not answer within {}s",
-                            timeout.as_secs_f32()
-                        ),
-                    ),
-                    None,
-                );
-            }
+        }
+        let response = match attempt {
+            Ok(response) => response,
+            Err(error) => return (upstream_failure(&parts.method, id, error.to_string()), None),
         };
         let latency = started.elapsed();
+
         let (up_parts, up_body) = response.into_parts();
-        let filtered = lists_tools
+        let mut minted = None;
+        if method == "initialize" && up_parts.status.is_success() {
+            match self.mint(route, &bytes, &up_parts.headers) {
+                Ok(sid) => minted = Some(sid),
+                Err(error) => {
+                    return (
+                        upstream_failure(&parts.method, id, error.to_string()),
+                        None,
+                    );
+                }
+            }
+        }
+        if parts.method == Method::DELETE
+            && let Some((sid, _)) = &session
+        {
+            self.sessions.forget(sid);
+        }
+
+        let filtered = method == "tools/list"
             && !(route.config.tools.allow.is_empty() && route.config.tools.deny.is_empty());
         let content_type = up_parts
             .headers
@@ -228,12 +218,12 @@ impl Forwarder {
                 match filter::filter_json(up_body, route.config.tools.clone()).await {
                     Ok(body) => body,
                     Err(error) => {
-                        tracing::warn!(%server, %error, "upstream body failed");
+                        tracing::warn!(server = %hop.server(), %error, "upstream body failed");
                         return (
                             upstream_failure(
                                 &parts.method,
-                                id.as_ref(),
-                                format!("upstream {server} broke off its answer"),
+                                id,
+                                format!("upstream {} broke off its answer", hop.server()),
                             ),
                             None,
                         );
@@ -250,7 +240,52 @@ impl Forwarder {
                     .append(HeaderName::from_static(name), value.clone());
             }
         }
+        if let Some(sid) = minted.and_then(|s| HeaderValue::try_from(s).ok()) {
+            out.headers_mut().insert(SESSION_ID, sid);
+        }
         (out, Some(latency))
+    }
+
+    async fn send(
+        &self,
+        hop: &Hop<'_>,
+        method: &Method,
+        session: Option<&UpstreamSession>,
+        bytes: Bytes,
+    ) -> Result<Response<Incoming>, HopError> {
+        let request = hop.request(method.clone(), session, bytes)?;
+        hop.send(request).await
+    }
+
+    /// The client's session id for a successful `initialize`: its parameters and the
+    /// upstream's session, sealed.
+    fn mint(
+        &self,
+        route: &ServerRoute,
+        initialize: &[u8],
+        upstream: &HeaderMap,
+    ) -> Result<String, crate::session::KeyError> {
+        let request: Value = serde_json::from_slice(initialize).unwrap_or_default();
+        let params = request.get("params");
+        let field = |name: &str| params.and_then(|p| p.get(name)).cloned().unwrap_or_default();
+        let version = field("protocolVersion")
+            .as_str()
+            .unwrap_or(super::hop::LATEST_LEGACY)
+            .to_owned();
+        self.sessions.mint(&SessionState {
+            route: route.config.path.clone(),
+            version: version.clone(),
+            capabilities: field("capabilities"),
+            client_info: field("clientInfo"),
+            upstreams: vec![UpstreamSession {
+                server: route.config.name.clone(),
+                id: upstream
+                    .get(SESSION_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                version,
+            }],
+        })
     }
 }
 
@@ -274,7 +309,7 @@ fn too_large(limit: usize) -> Response<Body> {
 
 /// A JSON-RPC error for requests (so the calling tool sees which server failed), 502 for
 /// streams and notifications.
-fn upstream_failure(method: &Method, id: Option<&Value>, message: String) -> Response<Body> {
+pub fn upstream_failure(method: &Method, id: Option<&Value>, message: String) -> Response<Body> {
     match (method, id) {
         (&Method::POST, Some(id)) => {
             jsonrpc_error(StatusCode::OK, Some(id), code::UPSTREAM, message)

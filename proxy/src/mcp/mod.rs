@@ -1,5 +1,7 @@
-//! MCP traffic. Single-server routes forward verbatim (`forward`); aggregation of virtual
-//! servers, gateway-terminated sessions and relays build on the same pieces.
+//! MCP traffic. Single-server routes forward verbatim (`forward`); virtual servers aggregate
+//! their members (`aggregate`); both reach upstreams through `hop`.
 
 pub mod filter;
 pub mod forward;
+pub mod hop;
+pub mod message;

@@ -1,0 +1,278 @@
+//! The upstream hop: requests to one McpServer's upstream with its credentials, the caller's
+//! own headers reduced to an allowlist, and replies read as JSON or SSE.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use mcpgate_crds::gateway_config::UpstreamAuth;
+use serde_json::{Value, json};
+
+use super::message::{Event, event_end};
+use crate::error::{Body, full};
+use crate::session::UpstreamSession;
+use crate::source::ServerRoute;
+use crate::upstream::HttpClient;
+
+/// Caller headers passed to the upstream; everything else (cookies, the caller's
+/// Authorization, hop-by-hop headers, its session id) stays at the gateway.
+const FORWARDED_REQUEST: [&str; 6] = [
+    "accept",
+    "content-type",
+    "last-event-id",
+    "mcp-method",
+    "mcp-name",
+    "user-agent",
+];
+/// The session header, in the spelling of 2025-06-18 (header names are case-insensitive).
+pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+/// The protocol version header.
+pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// The newest protocol version of the `initialize` era.
+pub const LATEST_LEGACY: &str = "2025-11-25";
+
+/// Why an upstream request failed; every message names the server, never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum HopError {
+    /// No connection, or it broke.
+    #[error("upstream {0} is unreachable")]
+    Unreachable(String),
+    /// No answer in time.
+    #[error("upstream {0} did not answer within {1}s")]
+    Timeout(String, f32),
+    /// It answered, but not with what MCP says.
+    #[error("upstream {0} answered {1}")]
+    Answer(String, String),
+    /// The route cannot be served by this build.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// How an upstream request is addressed.
+pub struct Hop<'a> {
+    /// The outbound client.
+    pub client: &'a HttpClient,
+    /// The server.
+    pub route: &'a ServerRoute,
+    /// The caller's request headers.
+    pub caller: &'a HeaderMap,
+}
+
+impl Hop<'_> {
+    /// `namespace/name` of the server, for messages.
+    pub fn server(&self) -> String {
+        format!("{}/{}", self.route.config.namespace, self.route.config.name)
+    }
+
+    /// The route's timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.route.config.timeout_ms.max(1))
+    }
+
+    /// Builds a request to the upstream in `session` (or none).
+    pub fn request(
+        &self,
+        method: Method,
+        session: Option<&UpstreamSession>,
+        body: Bytes,
+    ) -> Result<Request<Body>, HopError> {
+        let Some(upstream) = &self.route.upstream else {
+            return Err(HopError::Unsupported(format!(
+                "{}: OpenAPI upstreams are not served by this gateway build",
+                self.server()
+            )));
+        };
+        if !matches!(
+            self.route.config.auth,
+            UpstreamAuth::None | UpstreamAuth::SharedApiKey { .. } | UpstreamAuth::Passthrough
+        ) {
+            return Err(HopError::Unsupported(format!(
+                "{}: its outbound auth mode is not served by this gateway build",
+                self.server()
+            )));
+        }
+        let mut builder = Request::builder().method(method.clone()).uri(upstream.clone());
+        if let Some(headers) = builder.headers_mut() {
+            for name in FORWARDED_REQUEST {
+                for value in self.caller.get_all(name) {
+                    headers.append(HeaderName::from_static(name), value.clone());
+                }
+            }
+            if !headers.contains_key(header::ACCEPT) {
+                headers.insert(
+                    header::ACCEPT,
+                    HeaderValue::from_static(if method == Method::GET {
+                        "text/event-stream"
+                    } else {
+                        "application/json, text/event-stream"
+                    }),
+                );
+            }
+            if method == Method::POST && !headers.contains_key(header::CONTENT_TYPE) {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            if let Some(session) = session {
+                if let Some(id) = session.id.as_deref().and_then(|i| HeaderValue::try_from(i).ok()) {
+                    headers.insert(SESSION_ID, id);
+                }
+                if let Ok(version) = HeaderValue::try_from(session.version.as_str()) {
+                    headers.insert(PROTOCOL_VERSION, version);
+                }
+            } else if let Some(version) = self.caller.get(PROTOCOL_VERSION) {
+                headers.insert(PROTOCOL_VERSION, version.clone());
+            }
+            if matches!(self.route.config.auth, UpstreamAuth::Passthrough)
+                && let Some(value) = self.caller.get(header::AUTHORIZATION)
+            {
+                headers.insert(header::AUTHORIZATION, value.clone());
+            }
+            for (name, value) in &self.route.inject {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        builder
+            .body(full(body))
+            .map_err(|e| HopError::Answer(self.server(), e.to_string()))
+    }
+
+    /// Sends a request; the answer's headers must arrive within the route's timeout.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, HopError> {
+        let timeout = self.timeout();
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                tracing::warn!(server = %self.server(), %error, "upstream request failed");
+                Err(HopError::Unreachable(self.server()))
+            }
+            Err(_) => Err(HopError::Timeout(self.server(), timeout.as_secs_f32())),
+        }
+    }
+
+    /// Sends one JSON-RPC request and reads its response, from JSON or an SSE stream (other
+    /// messages on the stream are skipped), within the route's timeout. Returns the HTTP
+    /// response headers with the message.
+    pub async fn call(
+        &self,
+        session: Option<&UpstreamSession>,
+        message: &Value,
+    ) -> Result<(HeaderMap, Value), HopError> {
+        let body = Bytes::from(message.to_string());
+        let request = self.request(Method::POST, session, body)?;
+        let timeout = self.timeout();
+        let server = self.server();
+        let exchange = async {
+            let response = self.send(request).await?;
+            let (parts, body) = response.into_parts();
+            if !parts.status.is_success() {
+                return Err(HopError::Answer(server.clone(), status_text(parts.status, body).await));
+            }
+            let reply = read_reply(&parts.headers, body, message.get("id"))
+                .await
+                .ok_or_else(|| HopError::Answer(server.clone(), "without a JSON-RPC response".into()))?;
+            Ok((parts.headers, reply))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(HopError::Timeout(server.clone(), timeout.as_secs_f32())))
+    }
+
+    /// Sends a notification (or a response to the upstream's own request); the answer's body
+    /// is drained.
+    pub async fn notify(&self, session: Option<&UpstreamSession>, message: Bytes) -> Result<StatusCode, HopError> {
+        let request = self.request(Method::POST, session, message)?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let _ = tokio::time::timeout(self.timeout(), response.into_body().collect()).await;
+        Ok(status)
+    }
+
+    /// Opens an upstream session for a client with `capabilities` and `client_info` that
+    /// asked for protocol `version`: `initialize`, then `notifications/initialized`.
+    /// Returns the session and the upstream's `InitializeResult`.
+    pub async fn initialize(
+        &self,
+        version: &str,
+        capabilities: &Value,
+        client_info: &Value,
+    ) -> Result<(UpstreamSession, Value), HopError> {
+        let request = json!({
+            "jsonrpc": "2.0",
+            "id": "mcpgate-initialize",
+            "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": capabilities, "clientInfo": client_info},
+        });
+        let (headers, mut reply) = self.call(None, &request).await?;
+        if let Some(error) = reply.get("error") {
+            return Err(HopError::Answer(self.server(), format!("initialize with an error: {error}")));
+        }
+        let result = reply.get_mut("result").map(Value::take).unwrap_or_default();
+        let session = UpstreamSession {
+            server: self.route.config.name.clone(),
+            id: headers
+                .get(SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            version: result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(version)
+                .to_owned(),
+        };
+        let initialized = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        self.notify(Some(&session), Bytes::from_static(initialized)).await?;
+        Ok((session, result))
+    }
+}
+
+/// "404 (first bytes of the body)", for messages.
+async fn status_text(status: StatusCode, body: Incoming) -> String {
+    let bytes = tokio::time::timeout(Duration::from_secs(1), body.collect())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+    format!("HTTP {} {}", status.as_u16(), text.trim())
+}
+
+/// The JSON-RPC response with `id` from a JSON body or an SSE stream.
+pub async fn read_reply(headers: &HeaderMap, body: Incoming, id: Option<&Value>) -> Option<Value> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/json") {
+        let bytes = body.collect().await.ok()?.to_bytes();
+        return serde_json::from_slice(&bytes).ok();
+    }
+    if !content_type.starts_with("text/event-stream") {
+        return None;
+    }
+    let mut stream = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        buffer.extend_from_slice(&chunk.ok()?);
+        while let Some(end) = event_end(&buffer) {
+            let event = buffer.split_to(end);
+            let Some(data) = Event::parse(&event).and_then(|e| e.data) else {
+                continue;
+            };
+            let Ok(message) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            let answers = message.get("method").is_none()
+                && (id.is_none() || message.get("id") == id);
+            if answers {
+                return Some(message);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,179 @@
+//! JSON-RPC messages as the gateway sees them: just enough of each to route it, the rest kept
+//! as received. Also the SSE framing shared by every place that reads upstream streams.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The routing-relevant parts of one JSON-RPC message.
+#[derive(Deserialize, Debug, Default)]
+pub struct Envelope {
+    /// Request or response id.
+    #[serde(default)]
+    pub id: Option<Value>,
+    /// Method, for requests and notifications.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Parameters.
+    #[serde(default)]
+    pub params: Option<Params>,
+    /// Present on success responses.
+    #[serde(default)]
+    pub result: Option<serde::de::IgnoredAny>,
+    /// Present on error responses.
+    #[serde(default)]
+    pub error: Option<serde::de::IgnoredAny>,
+}
+
+/// The parameters routing looks at.
+#[derive(Deserialize, Debug, Default)]
+pub struct Params {
+    /// Tool or prompt name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Resource URI.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Pagination cursor.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// What kind of message it is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Has a method and an id.
+    Request,
+    /// Has a method and no id.
+    Notification,
+    /// Has an id and a result or error.
+    Response,
+    /// Anything else.
+    Invalid,
+}
+
+impl Envelope {
+    /// Parses a message; arrays (2025-03-26 batches) and non-objects are errors.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Some(b'[') => Err("JSON-RPC batches are not part of MCP since 2025-06-18; send one message per request".into()),
+            _ => Err("expected a JSON object".into()),
+        }
+    }
+
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        match (&self.method, &self.id) {
+            (Some(_), Some(id)) if !id.is_null() => Kind::Request,
+            (Some(_), None) => Kind::Notification,
+            (None, Some(_)) if self.result.is_some() || self.error.is_some() => Kind::Response,
+            _ => Kind::Invalid,
+        }
+    }
+
+    /// The method, or "".
+    pub fn method(&self) -> &str {
+        self.method.as_deref().unwrap_or_default()
+    }
+
+    /// `params.name`, or "".
+    pub fn name(&self) -> &str {
+        self.params
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// Index just past the blank line ending the first complete SSE event in `buffer`.
+pub fn event_end(buffer: &[u8]) -> Option<usize> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One SSE event split into its data (lines joined with `\n`) and its other lines.
+pub struct Event<'a> {
+    /// `event:`, `id:`, `retry:` and comment lines, in order.
+    pub fields: Vec<&'a str>,
+    /// The data, if the event has any `data:` line.
+    pub data: Option<String>,
+}
+
+impl<'a> Event<'a> {
+    /// Splits one event (as delimited by [`event_end`]); None if it is not UTF-8.
+    pub fn parse(event: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(event).ok()?;
+        let mut fields = Vec::new();
+        let mut data: Option<String> = None;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(d) = line.strip_prefix("data:") {
+                let d = d.strip_prefix(' ').unwrap_or(d);
+                match &mut data {
+                    Some(all) => {
+                        all.push('\n');
+                        all.push_str(d);
+                    }
+                    None => data = Some(d.to_owned()),
+                }
+            } else {
+                fields.push(line);
+            }
+        }
+        Some(Self { fields, data })
+    }
+
+    /// The event written back out with `data` in place of its data.
+    pub fn render(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 32);
+        for line in &self.fields {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let kind = |s: &str| Envelope::parse(s.as_bytes()).unwrap().kind();
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Kind::Request);
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), Kind::Notification);
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), Kind::Response);
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#), Kind::Response);
+        assert_eq!(kind(r#"{"jsonrpc":"2.0"}"#), Kind::Invalid);
+        assert!(Envelope::parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn event_boundaries_in_either_line_ending() {
+        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: a\n"), None);
+    }
+
+    #[test]
+    fn events_keep_their_fields_and_join_data_lines() {
+        let event = Event::parse(b"event: message\nid: 7\ndata: {\"a\":\ndata: 1}\n\n").unwrap();
+        assert_eq!(event.fields, ["event: message", "id: 7"]);
+        assert_eq!(event.data.as_deref(), Some("{\"a\":\n1}"));
+        assert_eq!(
+            event.render(b"{}"),
+            b"event: message\nid: 7\ndata: {}\n\n".to_vec()
+        );
+        assert!(Event::parse(b": keep-alive\n\n").unwrap().data.is_none());
+    }
+}

@@ -1,0 +1,199 @@
+//! Sessions the gateway terminates. A client's `Mcp-Session-Id` is the sealed
+//! [`SessionState`]: which route it belongs to, what the client said at `initialize` (so an
+//! upstream session can be re-opened for it) and the upstream sessions opened for it. Any
+//! replica holding the key, and a restarted proxy, continues the session.
+//!
+//! An upstream session re-opened after the upstream forgot it (404) cannot be written back
+//! into the client's id; the replacement is remembered by this replica, and another replica
+//! re-opens its own the same way.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use keys::{KeyError, SessionKeys};
+
+/// Re-opened upstream sessions remembered per replica, at most this many (the oldest are
+/// forgotten first; forgetting one only costs another re-open).
+const REOPENED_CAPACITY: usize = 65_536;
+
+/// What is sealed into a client's session id. Short field names keep ids short.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SessionState {
+    /// The route path the session was opened on; the id is refused on any other.
+    #[serde(rename = "r")]
+    pub route: String,
+    /// The protocol version agreed with the client.
+    #[serde(rename = "v")]
+    pub version: String,
+    /// The client's `capabilities` at `initialize`, as sent.
+    #[serde(rename = "c", default)]
+    pub capabilities: Value,
+    /// The client's `clientInfo` at `initialize`, as sent.
+    #[serde(rename = "i", default)]
+    pub client_info: Value,
+    /// Upstream sessions, by McpServer name.
+    #[serde(rename = "u", default)]
+    pub upstreams: Vec<UpstreamSession>,
+}
+
+/// One upstream session of a client session.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UpstreamSession {
+    /// The McpServer's name.
+    #[serde(rename = "m")]
+    pub server: String,
+    /// The upstream's `Mcp-Session-Id`; None when the upstream issues none or could not be
+    /// reached at `initialize` (it is then opened when first needed).
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The protocol version the upstream agreed to.
+    #[serde(rename = "v")]
+    pub version: String,
+}
+
+impl SessionState {
+    /// The upstream session opened on `server`, if any.
+    pub fn upstream(&self, server: &str) -> Option<&UpstreamSession> {
+        self.upstreams.iter().find(|u| u.server == server)
+    }
+}
+
+/// Mints and opens session ids; remembers re-opened upstream sessions.
+#[derive(Debug)]
+pub struct Sessions {
+    keys: SessionKeys,
+    reopened: Mutex<Reopened>,
+}
+
+#[derive(Debug, Default)]
+struct Reopened {
+    by_key: HashMap<(String, String), UpstreamSession>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl Sessions {
+    /// Sessions sealed with `keys`.
+    pub fn new(keys: SessionKeys) -> Self {
+        Self {
+            keys,
+            reopened: Mutex::new(Reopened::default()),
+        }
+    }
+
+    /// A new session id holding `state`.
+    pub fn mint(&self, state: &SessionState) -> Result<String, KeyError> {
+        let plaintext = serde_json::to_vec(state).map_err(|_| KeyError::Random)?;
+        self.keys.seal(&plaintext)
+    }
+
+    /// The state in `id`, if this gateway minted it for `route`.
+    pub fn open(&self, id: &str, route: &str) -> Option<SessionState> {
+        let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
+        (state.route == route).then_some(state)
+    }
+
+    /// The upstream session to use for `server` in client session `id`: a replacement this
+    /// replica opened, else the sealed one.
+    pub fn upstream(&self, id: &str, state: &SessionState, server: &str) -> Option<UpstreamSession> {
+        let key = (id.to_owned(), server.to_owned());
+        if let Some(found) = self.lock().by_key.get(&key) {
+            return Some(found.clone());
+        }
+        state.upstream(server).cloned()
+    }
+
+    /// Remembers that `server`'s session for client session `id` is now `session`.
+    pub fn reopened(&self, id: &str, session: UpstreamSession) {
+        let key = (id.to_owned(), session.server.clone());
+        let mut reopened = self.lock();
+        if reopened.by_key.insert(key.clone(), session).is_none() {
+            reopened.order.push_back(key);
+        }
+        while reopened.order.len() > REOPENED_CAPACITY {
+            if let Some(old) = reopened.order.pop_front() {
+                reopened.by_key.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets what this replica re-opened for client session `id` (it was deleted).
+    pub fn forget(&self, id: &str) {
+        let mut reopened = self.lock();
+        reopened.by_key.retain(|(sid, _), _| sid != id);
+        reopened.order.retain(|(sid, _)| sid != id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reopened> {
+        self.reopened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> SessionState {
+        SessionState {
+            route: "/team/mcp/tools/server".into(),
+            version: "2025-11-25".into(),
+            capabilities: serde_json::json!({"elicitation": {}}),
+            client_info: serde_json::json!({"name": "ide", "version": "1"}),
+            upstreams: vec![UpstreamSession {
+                server: "github".into(),
+                id: Some("abc".into()),
+                version: "2025-06-18".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_session_opens_only_on_its_own_route() {
+        let sessions = Sessions::new(SessionKeys::new([3; 32], None));
+        let id = sessions.mint(&state()).unwrap();
+        assert_eq!(sessions.open(&id, "/team/mcp/tools/server"), Some(state()));
+        assert_eq!(sessions.open(&id, "/other/mcp/tools/server"), None);
+    }
+
+    #[test]
+    fn a_second_replica_with_the_key_opens_it() {
+        let a = Sessions::new(SessionKeys::new([3; 32], None));
+        let b = Sessions::new(SessionKeys::new([3; 32], None));
+        let id = a.mint(&state()).unwrap();
+        assert_eq!(b.open(&id, "/team/mcp/tools/server"), Some(state()));
+    }
+
+    #[test]
+    fn reopened_upstream_sessions_replace_the_sealed_one_until_forgotten() {
+        let sessions = Sessions::new(SessionKeys::new([3; 32], None));
+        let state = state();
+        let id = sessions.mint(&state).unwrap();
+        assert_eq!(
+            sessions.upstream(&id, &state, "github").unwrap().id.as_deref(),
+            Some("abc")
+        );
+        sessions.reopened(
+            &id,
+            UpstreamSession {
+                server: "github".into(),
+                id: Some("new".into()),
+                version: "2025-06-18".into(),
+            },
+        );
+        assert_eq!(
+            sessions.upstream(&id, &state, "github").unwrap().id.as_deref(),
+            Some("new")
+        );
+        sessions.forget(&id);
+        assert_eq!(
+            sessions.upstream(&id, &state, "github").unwrap().id.as_deref(),
+            Some("abc")
+        );
+    }
+}

@@ -454,6 +454,93 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// One MCP POST on loopback, answered with JSON or an SSE stream: (status, response headers
+/// with lower-case names, the JSON-RPC messages of the body).
+pub fn mcp_post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> Result<(u16, Vec<(String, String)>, Vec<serde_json::Value>)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("http:// URLs only")?;
+    let (host, path) = rest.split_once('/').context("no path")?;
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no header end")?;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let body = &response[end + 4..];
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    let body = String::from_utf8_lossy(&body);
+    let messages = if headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream"))
+    {
+        body.split("\n\n")
+            .filter_map(|event| {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
+                    .collect();
+                serde_json::from_str(&data.join("\n")).ok()
+            })
+            .collect()
+    } else {
+        serde_json::from_str(&body).into_iter().collect()
+    };
+    Ok((status, headers, messages))
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[line + 2..];
+        match size {
+            Some(size) if size > 0 && rest.len() >= size => {
+                out.extend_from_slice(&rest[..size]);
+                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 /// A running `mcpgate-proxy` on free loopback ports, ready (its `/readyz` answered 200).
 pub struct Proxy {
     /// The process.
@@ -472,7 +559,17 @@ impl Proxy {
         env: &[(&str, &std::ffi::OsStr)],
         log_dir: &Path,
     ) -> Result<Self> {
-        let (port, admin) = (free_port(), free_port());
+        Self::start_at(free_port(), free_port(), source_args, env, log_dir)
+    }
+
+    /// Like [`Proxy::start`], on given ports (to restart a proxy where clients expect it).
+    pub fn start_at(
+        port: u16,
+        admin: u16,
+        source_args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_dir: &Path,
+    ) -> Result<Self> {
         let mut command = Command::new(built_bin("mcpgate-proxy")?);
         command
             .args(source_args)
@@ -483,7 +580,11 @@ impl Proxy {
                 &format!("127.0.0.1:{admin}"),
             ])
             .envs(env.iter().map(|(k, v)| (*k, *v)));
-        let process = Process::spawn("mcpgate-proxy", command, log_dir.join("proxy.log"))?;
+        let process = Process::spawn(
+            "mcpgate-proxy",
+            command,
+            log_dir.join(format!("proxy-{port}.log")),
+        )?;
         wait_for("proxy /readyz", Duration::from_secs(30), || {
             (http_get(&format!("http://127.0.0.1:{admin}/readyz"))
                 .ok()?

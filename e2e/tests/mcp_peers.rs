@@ -8,31 +8,28 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mcpgate_e2e::{Process, Proxy, built_bin, free_port, python, wait_for, workspace};
+use mcpgate_e2e::{Process, Proxy, built_bin, free_port, mcp_post, python, wait_for, workspace};
 use serde_json::Value;
 
-/// The demo server, the rendered configuration and the proxy, stopped on drop.
+/// The demo server, the rendered configuration and proxies sharing one session key, stopped
+/// on drop.
 struct Gateway {
     url: String,
-    _upstream: Process,
-    _proxy: Proxy,
-    _dir: tempfile::TempDir,
+    upstream: Process,
+    upstream_port: u16,
+    proxies: Vec<Proxy>,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
     fn start() -> Result<Self> {
+        Self::with_proxies(1)
+    }
+
+    fn with_proxies(count: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let upstream_port = free_port();
-        let upstream = Process::spawn(
-            "demo MCP server",
-            {
-                let mut c = Command::new(python()?);
-                c.arg(workspace().join("e2e/peers/demo_server.py"))
-                    .arg(upstream_port.to_string());
-                c
-            },
-            dir.path().join("upstream.log"),
-        )?;
+        let upstream = start_upstream(dir.path(), upstream_port)?;
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests)?;
         std::fs::write(
@@ -41,30 +38,84 @@ impl Gateway {
                 "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo, namespace: peers}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [secret_tool]}}\n  public: true\n"
             ),
         )?;
-        let config = dir.path().join("config");
         let status = Command::new(built_bin("mcpgate-operator")?)
             .args(["standalone", "--input"])
             .arg(&manifests)
             .arg("--output")
-            .arg(&config)
+            .arg(dir.path().join("config"))
             .status()?;
         ensure!(status.success(), "standalone render failed");
-        let proxy = Proxy::start(
-            &[OsStr::new("--config-dir"), config.as_os_str()],
-            &[],
-            dir.path(),
-        )?;
-        let port = proxy.port;
-        wait_for("upstream listening", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
-        })?;
-        Ok(Self {
-            url: format!("http://127.0.0.1:{port}/peers/mcp/demo/server"),
-            _upstream: upstream,
-            _proxy: proxy,
-            _dir: dir,
-        })
+        std::fs::write(dir.path().join("session.key"), [0x5au8; 32])?;
+        let mut gateway = Self {
+            url: String::new(),
+            upstream,
+            upstream_port,
+            proxies: Vec::new(),
+            dir,
+        };
+        for _ in 0..count {
+            let proxy = gateway.proxy_at(free_port(), free_port())?;
+            gateway.proxies.push(proxy);
+        }
+        gateway.url = gateway.url_of(0);
+        Ok(gateway)
     }
+
+    fn proxy_at(&self, port: u16, admin: u16) -> Result<Proxy> {
+        let config = self.dir.path().join("config");
+        let key = self.dir.path().join("session.key");
+        Proxy::start_at(
+            port,
+            admin,
+            &[OsStr::new("--config-dir"), config.as_os_str()],
+            &[("MCPGATE_SESSION_KEY_FILE", key.as_os_str())],
+            self.dir.path(),
+        )
+    }
+
+    fn url_of(&self, proxy: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}/peers/mcp/demo/server",
+            self.proxies[proxy].port
+        )
+    }
+
+    /// Stops proxy `i` (SIGTERM) and starts a new process on the same ports.
+    fn restart_proxy(&mut self, i: usize) -> Result<()> {
+        let (port, admin) = (self.proxies[i].port, self.proxies[i].admin);
+        self.proxies[i].process.terminate();
+        self.proxies[i] = self.proxy_at(port, admin)?;
+        Ok(())
+    }
+
+    /// Restarts the upstream: it forgets every session it had.
+    fn restart_upstream(&mut self) -> Result<()> {
+        self.upstream.terminate();
+        self.upstream = start_upstream(self.dir.path(), self.upstream_port)?;
+        Ok(())
+    }
+}
+
+fn start_upstream(dir: &std::path::Path, port: u16) -> Result<Process> {
+    let upstream = Process::spawn(
+        "demo MCP server",
+        {
+            let mut c = Command::new(python()?);
+            c.arg(workspace().join("e2e/peers/demo_server.py"))
+                .arg(port.to_string());
+            c
+        },
+        dir.join(format!(
+            "upstream-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+        )),
+    )?;
+    wait_for("upstream listening", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })?;
+    Ok(upstream)
 }
 
 /// Runs the Python client; returns its JSON output.
@@ -167,6 +218,109 @@ fn a_five_megabyte_result_arrives_whole() -> Result<()> {
         text.len() == 5 * 1024 * 1024 && text.bytes().all(|b| b == b'x'),
         "got {} bytes",
         text.len()
+    );
+    Ok(())
+}
+
+/// The header `name` of a response.
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers: run `make e2e`"]
+fn one_session_across_two_replicas_restarts_and_an_upstream_that_forgot_it() -> Result<()> {
+    let mut gateway = Gateway::with_proxies(2)?;
+    let urls = [gateway.url_of(0), gateway.url_of(1)];
+
+    // initialize on one replica, everything else alternating between the two.
+    let (status, headers, _) = mcp_post(
+        &urls[0],
+        &[],
+        &serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"}}}),
+    )?;
+    ensure!(status == 200, "initialize: {status}");
+    let sid = header(&headers, "mcp-session-id")
+        .context("no session id")?
+        .to_owned();
+    let session = [
+        ("Mcp-Session-Id", sid.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let (status, _, _) = mcp_post(
+        &urls[1],
+        &session,
+        &serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )?;
+    ensure!(
+        status == 202,
+        "initialized through the other replica: {status}"
+    );
+    let add = |url: &str, id: u64| -> Result<Value> {
+        let (status, _, messages) = mcp_post(
+            url,
+            &session,
+            &serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "add", "arguments": {"a": id, "b": 1}}}),
+        )?;
+        ensure!(status == 200, "call {id}: {status}");
+        let answer = messages
+            .into_iter()
+            .find(|m| m["id"] == id)
+            .context("no answer")?;
+        Ok(answer["result"]["content"][0]["text"].clone())
+    };
+    for id in 1..=6 {
+        let url = &urls[usize::try_from(id % 2)?];
+        ensure!(
+            add(url, id)? == (id + 1).to_string(),
+            "call {id} through {url}"
+        );
+    }
+
+    // The upstream restarts and forgets the session: the gateway opens a new one for it.
+    gateway.restart_upstream()?;
+    ensure!(add(&urls[0], 10)? == "11", "after the upstream restarted");
+    ensure!(
+        add(&urls[1], 12)? == "13",
+        "the other replica re-opens its own"
+    );
+
+    // A tampered id is an unknown session.
+    let mut tampered = sid.clone();
+    tampered.pop();
+    tampered.push(if sid.ends_with('A') { 'B' } else { 'A' });
+    let (status, _, _) = mcp_post(
+        &urls[0],
+        &[("Mcp-Session-Id", tampered.as_str())],
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )?;
+    ensure!(status == 404, "tampered session id: {status}");
+
+    // A real client keeps its session while the proxy it talks to restarts.
+    let mut client = Command::new(python()?)
+        .arg(workspace().join("e2e/peers/session.py"))
+        .args([urls[0].as_str(), "legacy"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(client.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    ensure!(line.trim() == r#"["before"]"#, "before: {line}");
+    gateway.restart_proxy(0)?;
+    std::io::Write::write_all(client.stdin.as_mut().context("stdin")?, b"go\n")?;
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    let status = client.wait()?;
+    ensure!(
+        line.trim() == r#"["after"]"# && status.success(),
+        "after the proxy restarted: {line} ({status})"
     );
     Ok(())
 }

@@ -48,7 +48,11 @@ struct Args {
     #[arg(long, env = "MCPGATE_SESSION_KEY_FILE")]
     session_key_file: Option<PathBuf>,
     /// The key used before the last rotation: ids it sealed are still accepted.
-    #[arg(long, env = "MCPGATE_SESSION_PREVIOUS_KEY_FILE", requires = "session_key_file")]
+    #[arg(
+        long,
+        env = "MCPGATE_SESSION_PREVIOUS_KEY_FILE",
+        requires = "session_key_file"
+    )]
     session_previous_key_file: Option<PathBuf>,
     /// Seconds open connections may take to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]

@@ -140,16 +140,28 @@ impl Forwarder {
         };
         let mut upstream_session = session.as_ref().and_then(|(sid, state)| {
             let mut up = self.sessions.upstream(sid, state, &route.config.name)?;
-            if let Some(v) = parts.headers.get(PROTOCOL_VERSION).and_then(|v| v.to_str().ok()) {
+            if let Some(v) = parts
+                .headers
+                .get(PROTOCOL_VERSION)
+                .and_then(|v| v.to_str().ok())
+            {
                 v.clone_into(&mut up.version);
             }
             Some(up)
         });
-        let bytes = message.as_ref().map(|m| m.bytes.clone()).unwrap_or_default();
+        let bytes = message
+            .as_ref()
+            .map(|m| m.bytes.clone())
+            .unwrap_or_default();
 
         let started = Instant::now();
         let mut attempt = self
-            .send(&hop, &parts.method, upstream_session.as_ref(), bytes.clone())
+            .send(
+                &hop,
+                &parts.method,
+                upstream_session.as_ref(),
+                bytes.clone(),
+            )
             .await;
         // The upstream forgot the session (restart, expiry): open a new one for the same
         // client and send the request again, once.
@@ -169,7 +181,12 @@ impl Forwarder {
                     self.sessions.reopened(sid, reopened.clone());
                     upstream_session = Some(reopened);
                     attempt = self
-                        .send(&hop, &parts.method, upstream_session.as_ref(), bytes.clone())
+                        .send(
+                            &hop,
+                            &parts.method,
+                            upstream_session.as_ref(),
+                            bytes.clone(),
+                        )
                         .await;
                 }
                 Err(error) => {
@@ -190,10 +207,7 @@ impl Forwarder {
             match self.mint(route, &bytes, &up_parts.headers) {
                 Ok(sid) => minted = Some(sid),
                 Err(error) => {
-                    return (
-                        upstream_failure(&parts.method, id, error.to_string()),
-                        None,
-                    );
+                    return (upstream_failure(&parts.method, id, error.to_string()), None);
                 }
             }
         }
@@ -267,7 +281,12 @@ impl Forwarder {
     ) -> Result<String, crate::session::KeyError> {
         let request: Value = serde_json::from_slice(initialize).unwrap_or_default();
         let params = request.get("params");
-        let field = |name: &str| params.and_then(|p| p.get(name)).cloned().unwrap_or_default();
+        let field = |name: &str| {
+            params
+                .and_then(|p| p.get(name))
+                .cloned()
+                .unwrap_or_default()
+        };
         let version = field("protocolVersion")
             .as_str()
             .unwrap_or(super::hop::LATEST_LEGACY)

@@ -94,7 +94,9 @@ impl Hop<'_> {
                 self.server()
             )));
         }
-        let mut builder = Request::builder().method(method.clone()).uri(upstream.clone());
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(upstream.clone());
         if let Some(headers) = builder.headers_mut() {
             for name in FORWARDED_REQUEST {
                 for value in self.caller.get_all(name) {
@@ -118,7 +120,11 @@ impl Hop<'_> {
                 );
             }
             if let Some(session) = session {
-                if let Some(id) = session.id.as_deref().and_then(|i| HeaderValue::try_from(i).ok()) {
+                if let Some(id) = session
+                    .id
+                    .as_deref()
+                    .and_then(|i| HeaderValue::try_from(i).ok())
+                {
                     headers.insert(SESSION_ID, id);
                 }
                 if let Ok(version) = HeaderValue::try_from(session.version.as_str()) {
@@ -170,11 +176,16 @@ impl Hop<'_> {
             let response = self.send(request).await?;
             let (parts, body) = response.into_parts();
             if !parts.status.is_success() {
-                return Err(HopError::Answer(server.clone(), status_text(parts.status, body).await));
+                return Err(HopError::Answer(
+                    server.clone(),
+                    status_text(parts.status, body).await,
+                ));
             }
             let reply = read_reply(&parts.headers, body, message.get("id"))
                 .await
-                .ok_or_else(|| HopError::Answer(server.clone(), "without a JSON-RPC response".into()))?;
+                .ok_or_else(|| {
+                    HopError::Answer(server.clone(), "without a JSON-RPC response".into())
+                })?;
             Ok((parts.headers, reply))
         };
         tokio::time::timeout(timeout, exchange)
@@ -184,7 +195,11 @@ impl Hop<'_> {
 
     /// Sends a notification (or a response to the upstream's own request); the answer's body
     /// is drained.
-    pub async fn notify(&self, session: Option<&UpstreamSession>, message: Bytes) -> Result<StatusCode, HopError> {
+    pub async fn notify(
+        &self,
+        session: Option<&UpstreamSession>,
+        message: Bytes,
+    ) -> Result<StatusCode, HopError> {
         let request = self.request(Method::POST, session, message)?;
         let response = self.send(request).await?;
         let status = response.status();
@@ -209,7 +224,10 @@ impl Hop<'_> {
         });
         let (headers, mut reply) = self.call(None, &request).await?;
         if let Some(error) = reply.get("error") {
-            return Err(HopError::Answer(self.server(), format!("initialize with an error: {error}")));
+            return Err(HopError::Answer(
+                self.server(),
+                format!("initialize with an error: {error}"),
+            ));
         }
         let result = reply.get_mut("result").map(Value::take).unwrap_or_default();
         let session = UpstreamSession {
@@ -225,7 +243,8 @@ impl Hop<'_> {
                 .to_owned(),
         };
         let initialized = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        self.notify(Some(&session), Bytes::from_static(initialized)).await?;
+        self.notify(Some(&session), Bytes::from_static(initialized))
+            .await?;
         Ok((session, result))
     }
 }
@@ -267,8 +286,8 @@ pub async fn read_reply(headers: &HeaderMap, body: Incoming, id: Option<&Value>)
             let Ok(message) = serde_json::from_str::<Value>(&data) else {
                 continue;
             };
-            let answers = message.get("method").is_none()
-                && (id.is_none() || message.get("id") == id);
+            let answers =
+                message.get("method").is_none() && (id.is_none() || message.get("id") == id);
             if answers {
                 return Some(message);
             }

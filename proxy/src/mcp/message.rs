@@ -150,10 +150,22 @@ mod tests {
     #[test]
     fn kinds() {
         let kind = |s: &str| Envelope::parse(s.as_bytes()).unwrap().kind();
-        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Kind::Request);
-        assert_eq!(kind(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), Kind::Notification);
-        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), Kind::Response);
-        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#), Kind::Response);
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+            Kind::Request
+        );
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Kind::Notification
+        );
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
+            Kind::Response
+        );
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#),
+            Kind::Response
+        );
         assert_eq!(kind(r#"{"jsonrpc":"2.0"}"#), Kind::Invalid);
         assert!(Envelope::parse(b"[]").is_err());
     }

@@ -163,7 +163,10 @@ mod tests {
         let b = keys.seal(b"state").unwrap();
         assert_ne!(a, b, "a fresh nonce per seal");
         assert!(a.starts_with("g1."));
-        assert!(a.bytes().all(|c| (0x21..=0x7e).contains(&c)), "visible ASCII");
+        assert!(
+            a.bytes().all(|c| (0x21..=0x7e).contains(&c)),
+            "visible ASCII"
+        );
         assert_eq!(keys.open(&a).unwrap(), b"state");
     }
 
@@ -195,7 +198,10 @@ mod tests {
     fn key_files_in_every_documented_form() {
         let raw = [0xabu8; 32];
         assert_eq!(parse_key(&raw), Some(raw));
-        assert_eq!(parse_key(format!("{}\n", "ab".repeat(32)).as_bytes()), Some(raw));
+        assert_eq!(
+            parse_key(format!("{}\n", "ab".repeat(32)).as_bytes()),
+            Some(raw)
+        );
         assert_eq!(parse_key(STANDARD.encode(raw).as_bytes()), Some(raw));
         assert_eq!(parse_key(b"too short"), None);
         let dir = tempfile::tempdir().unwrap();

@@ -99,7 +99,12 @@ impl Sessions {
 
     /// The upstream session to use for `server` in client session `id`: a replacement this
     /// replica opened, else the sealed one.
-    pub fn upstream(&self, id: &str, state: &SessionState, server: &str) -> Option<UpstreamSession> {
+    pub fn upstream(
+        &self,
+        id: &str,
+        state: &SessionState,
+        server: &str,
+    ) -> Option<UpstreamSession> {
         let key = (id.to_owned(), server.to_owned());
         if let Some(found) = self.lock().by_key.get(&key) {
             return Some(found.clone());
@@ -175,7 +180,11 @@ mod tests {
         let state = state();
         let id = sessions.mint(&state).unwrap();
         assert_eq!(
-            sessions.upstream(&id, &state, "github").unwrap().id.as_deref(),
+            sessions
+                .upstream(&id, &state, "github")
+                .unwrap()
+                .id
+                .as_deref(),
             Some("abc")
         );
         sessions.reopened(
@@ -187,12 +196,20 @@ mod tests {
             },
         );
         assert_eq!(
-            sessions.upstream(&id, &state, "github").unwrap().id.as_deref(),
+            sessions
+                .upstream(&id, &state, "github")
+                .unwrap()
+                .id
+                .as_deref(),
             Some("new")
         );
         sessions.forget(&id);
         assert_eq!(
-            sessions.upstream(&id, &state, "github").unwrap().id.as_deref(),
+            sessions
+                .upstream(&id, &state, "github")
+                .unwrap()
+                .id
+                .as_deref(),
             Some("abc")
         );
     }

@@ -454,13 +454,12 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Status, headers (lower-case names) and JSON-RPC messages of an MCP response.
+pub type McpReply = (u16, Vec<(String, String)>, Vec<serde_json::Value>);
+
 /// One MCP POST on loopback, answered with JSON or an SSE stream: (status, response headers
 /// with lower-case names, the JSON-RPC messages of the body).
-pub fn mcp_post(
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &serde_json::Value,
-) -> Result<(u16, Vec<(String, String)>, Vec<serde_json::Value>)> {
+pub fn mcp_post(url: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> Result<McpReply> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("http:// URLs only")?;
     let (host, path) = rest.split_once('/').context("no path")?;

@@ -59,7 +59,7 @@ impl SessionKeys {
     pub fn new(current: [u8; KEY_LEN], previous: Option<[u8; KEY_LEN]>) -> Self {
         Self {
             current: key(&current),
-            previous: previous.as_ref().map(|k| key(k)),
+            previous: previous.as_ref().map(key),
             rng: SystemRandom::new(),
         }
     }

@@ -324,3 +324,142 @@ fn one_session_across_two_replicas_restarts_and_an_upstream_that_forgot_it() -> 
     );
     Ok(())
 }
+
+/// Two `mcp` SDK servers behind one virtual server: every tool of `alpha` (its deny list
+/// applied), `add` of `beta` renamed to `plus`.
+struct Bundle {
+    url: String,
+    _upstreams: Vec<Process>,
+    _proxy: Proxy,
+    _dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports = [free_port(), free_port()];
+        let upstreams = ports
+            .iter()
+            .map(|port| start_upstream(dir.path(), *port))
+            .collect::<Result<Vec<_>>>()?;
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        std::fs::write(
+            manifests.join("bundle.yaml"),
+            format!(
+                "apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: alpha, namespace: peers}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{}/mcp\"}}
+  tools: {{deny: [secret_tool]}}
+  public: true
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: beta, namespace: peers}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{}/mcp\"}}
+  public: true
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: VirtualMcpServer
+metadata: {{name: bundle, namespace: peers}}
+spec:
+  instructions: Two demo servers in one.
+  tools:
+  - server: alpha
+    tools: [\"*\"]
+  - server: beta
+    tools: [add]
+    rename: {{add: plus}}
+",
+                ports[0], ports[1]
+            ),
+        )?;
+        let config = dir.path().join("config");
+        let status = Command::new(built_bin("mcpgate-operator")?)
+            .args(["standalone", "--input"])
+            .arg(&manifests)
+            .arg("--output")
+            .arg(&config)
+            .status()?;
+        ensure!(status.success(), "standalone render failed");
+        let proxy = Proxy::start(
+            &[OsStr::new("--config-dir"), config.as_os_str()],
+            &[],
+            dir.path(),
+        )?;
+        Ok(Self {
+            url: format!("http://127.0.0.1:{}/peers/mcp/bundle/server", proxy.port),
+            _upstreams: upstreams,
+            _proxy: proxy,
+            _dir: dir,
+        })
+    }
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers: run `make e2e`"]
+fn a_virtual_server_aggregates_and_routes_to_its_members() -> Result<()> {
+    let bundle = Bundle::start()?;
+    for mode in ["legacy", "auto"] {
+        let tools = client(&bundle.url, mode, &["list"])?;
+        let expected = serde_json::json!([
+            "alpha_add",
+            "alpha_blob",
+            "alpha_echo",
+            "alpha_sleep",
+            "plus"
+        ]);
+        ensure!(tools == expected, "{mode}: tools {tools}");
+        let sum = client(&bundle.url, mode, &["call", "plus", r#"{"a": 40, "b": 2}"#])?;
+        ensure!(sum["text"][0] == "42", "{mode}: plus {sum}");
+        let echo = client(
+            &bundle.url,
+            mode,
+            &["call", "alpha_echo", r#"{"text": "through alpha"}"#],
+        )?;
+        ensure!(echo["text"][0] == "through alpha", "{mode}: echo {echo}");
+        for hidden in ["alpha_secret_tool", "beta_add", "beta_echo", "add"] {
+            let out = Command::new(python()?)
+                .arg(workspace().join("e2e/peers/call.py"))
+                .args([bundle.url.as_str(), mode, "call", hidden, "{}"])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                text.contains(&format!("Unknown tool: {hidden}")),
+                "{mode}: {hidden}: {text}"
+            );
+        }
+    }
+
+    // The merged initialize result, seen on the wire.
+    let (status, headers, messages) = mcp_post(
+        &bundle.url,
+        &[],
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"}}}),
+    )?;
+    ensure!(status == 200, "initialize: {status}");
+    ensure!(
+        header(&headers, "mcp-session-id").is_some(),
+        "no session id"
+    );
+    let result = &messages.first().context("no answer")?["result"];
+    ensure!(
+        result["protocolVersion"] == "2025-06-18"
+            && result["serverInfo"]["name"] == "peers/bundle"
+            && result["capabilities"]["tools"]["listChanged"] == true,
+        "initialize result: {result}"
+    );
+    let instructions = result["instructions"].as_str().unwrap_or_default();
+    ensure!(
+        instructions.starts_with("Two demo servers in one.")
+            && instructions.contains("A demo server behind mcpgate."),
+        "instructions: {instructions}"
+    );
+    Ok(())
+}

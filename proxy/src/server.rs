@@ -88,15 +88,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
             response
         }
-        Some(Route::Virtual(v)) => jsonrpc_error(
-            StatusCode::OK,
-            None,
-            crate::error::code::UPSTREAM,
-            format!(
-                "{}/{}: virtual servers are not served by this gateway build",
-                v.namespace, v.name
-            ),
-        ),
+        Some(Route::Virtual(v)) => crate::mcp::aggregate::handle(&app.forwarder, req, v).await,
     }
 }
 

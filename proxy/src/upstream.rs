@@ -1,14 +1,11 @@
 //! The outbound HTTP client (HTTP/1.1 and HTTP/2, TLS with the system's roots).
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// The client every upstream request goes through.
-pub type HttpClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody<Bytes, hyper::Error>>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, crate::error::Body>;
 
 /// Builds the client; fails only when the system's certificate store cannot be read.
 pub fn client() -> std::io::Result<HttpClient> {

@@ -50,7 +50,7 @@ pub fn filter_sse(body: Incoming, filter: ToolFilter) -> Body {
     });
     // Bytes after the last blank line are an incomplete event the upstream never finished;
     // they are dropped, as an SSE client would.
-    BodyExt::boxed(StreamBody::new(frames))
+    BodyExt::boxed_unsync(StreamBody::new(frames))
 }
 
 /// One event with its `data` rewritten if it carries a tools list; otherwise as it came.

@@ -138,63 +138,24 @@ impl Forwarder {
                 Err(response) => return (response, None),
             }
         };
-        let mut upstream_session = session.as_ref().and_then(|(sid, state)| {
-            let mut up = self.sessions.upstream(sid, state, &route.config.name)?;
-            if let Some(v) = parts
-                .headers
-                .get(PROTOCOL_VERSION)
-                .and_then(|v| v.to_str().ok())
-            {
-                v.clone_into(&mut up.version);
-            }
-            Some(up)
-        });
         let bytes = message
             .as_ref()
             .map(|m| m.bytes.clone())
             .unwrap_or_default();
-
+        let version = parts
+            .headers
+            .get(PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok());
         let started = Instant::now();
-        let mut attempt = self
-            .send(
+        let attempt = self
+            .exchange(
                 &hop,
+                session.as_ref().map(|(sid, state)| (sid.as_str(), state)),
+                version,
                 &parts.method,
-                upstream_session.as_ref(),
                 bytes.clone(),
             )
             .await;
-        // The upstream forgot the session (restart, expiry): open a new one for the same
-        // client and send the request again, once.
-        if let (Ok(response), Some((sid, state))) = (&attempt, &session)
-            && response.status() == StatusCode::NOT_FOUND
-            && parts.method != Method::DELETE
-        {
-            let version = upstream_session
-                .as_ref()
-                .map_or(state.version.as_str(), |u| u.version.as_str());
-            match hop
-                .initialize(version, &state.capabilities, &state.client_info)
-                .await
-            {
-                Ok((reopened, _)) => {
-                    tracing::info!(server = %hop.server(), "upstream session expired; re-initialized");
-                    self.sessions.reopened(sid, reopened.clone());
-                    upstream_session = Some(reopened);
-                    attempt = self
-                        .send(
-                            &hop,
-                            &parts.method,
-                            upstream_session.as_ref(),
-                            bytes.clone(),
-                        )
-                        .await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "re-initializing an expired upstream session failed");
-                    return (upstream_failure(&parts.method, id, error.to_string()), None);
-                }
-            }
-        }
         let response = match attempt {
             Ok(response) => response,
             Err(error) => return (upstream_failure(&parts.method, id, error.to_string()), None),
@@ -244,7 +205,7 @@ impl Forwarder {
                     }
                 }
             }
-            _ => up_body.boxed(),
+            _ => up_body.boxed_unsync(),
         };
         let mut out = Response::new(body);
         *out.status_mut() = up_parts.status;
@@ -260,15 +221,53 @@ impl Forwarder {
         (out, Some(latency))
     }
 
-    async fn send(
+    /// Sends a request to `hop`'s upstream within client session `session` (sid, state),
+    /// opening the upstream session first if it is not open yet, and once more if the
+    /// upstream answers 404 because it forgot it. Without a session the request goes
+    /// stateless. `version` overrides the protocol version header.
+    pub async fn exchange(
         &self,
         hop: &Hop<'_>,
+        session: Option<(&str, &SessionState)>,
+        version: Option<&str>,
         method: &Method,
-        session: Option<&UpstreamSession>,
         bytes: Bytes,
     ) -> Result<Response<Incoming>, HopError> {
-        let request = hop.request(method.clone(), session, bytes)?;
+        let Some((sid, state)) = session else {
+            let request = hop.request(method.clone(), None, bytes)?;
+            return hop.send(request).await;
+        };
+        let server = &hop.route.config.name;
+        let mut upstream = match self.sessions.upstream(sid, state, server) {
+            Some(open) if !open.version.is_empty() => open,
+            _ => self.reopen(hop, sid, state).await?,
+        };
+        if let Some(v) = version {
+            v.clone_into(&mut upstream.version);
+        }
+        let request = hop.request(method.clone(), Some(&upstream), bytes.clone())?;
+        let response = hop.send(request).await?;
+        if response.status() != StatusCode::NOT_FOUND || *method == Method::DELETE {
+            return Ok(response);
+        }
+        let upstream = self.reopen(hop, sid, state).await?;
+        let request = hop.request(method.clone(), Some(&upstream), bytes)?;
         hop.send(request).await
+    }
+
+    /// Opens a new upstream session for client session `sid` and remembers it.
+    async fn reopen(
+        &self,
+        hop: &Hop<'_>,
+        sid: &str,
+        state: &SessionState,
+    ) -> Result<UpstreamSession, HopError> {
+        let (session, _) = hop
+            .initialize(&state.version, &state.capabilities, &state.client_info)
+            .await?;
+        tracing::info!(server = %hop.server(), "opened an upstream session for an existing client session");
+        self.sessions.reopened(sid, session.clone());
+        Ok(session)
     }
 
     /// The client's session id for a successful `initialize`: its parameters and the

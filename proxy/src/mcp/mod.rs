@@ -1,6 +1,7 @@
 //! MCP traffic. Single-server routes forward verbatim (`forward`); virtual servers aggregate
 //! their members (`aggregate`); both reach upstreams through `hop`.
 
+pub mod aggregate;
 pub mod filter;
 pub mod forward;
 pub mod hop;

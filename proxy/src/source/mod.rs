@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-pub use snapshot::{Route, ServerRoute, Snapshot};
+pub use snapshot::{Member, Route, ServerRoute, Snapshot, VirtualRoute};
 
 use crate::metrics::Metrics;
 

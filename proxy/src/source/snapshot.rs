@@ -62,7 +62,70 @@ pub enum Route {
     /// An McpServer.
     Server(Arc<ServerRoute>),
     /// A VirtualMcpServer.
-    Virtual(Arc<VirtualServerConfig>),
+    Virtual(Arc<VirtualRoute>),
+}
+
+/// One virtual server, its members resolved to their server routes.
+#[derive(Debug)]
+pub struct VirtualRoute {
+    /// As rendered.
+    pub config: VirtualServerConfig,
+    /// Members whose McpServer is in the configuration, in configuration order.
+    pub members: Vec<Member>,
+}
+
+/// One McpServer of a virtual server and the tools taken from it.
+#[derive(Debug)]
+pub struct Member {
+    /// The server's route (upstream, credentials, its own tool filter).
+    pub server: Arc<ServerRoute>,
+    /// Every tool the server exposes, prefixed, unless renamed.
+    pub all: bool,
+    /// Upstream tool name -> exposed name.
+    pub renames: BTreeMap<String, String>,
+}
+
+impl Member {
+    /// The McpServer's name, which prefixes its tools, prompts and resource URIs.
+    pub fn name(&self) -> &str {
+        &self.server.config.name
+    }
+
+    /// The name under which upstream tool `tool` is exposed, if it is.
+    pub fn exposed_tool(&self, tool: &str) -> Option<String> {
+        if !self.server.config.tools.permits(tool) {
+            return None;
+        }
+        match self.renames.get(tool) {
+            Some(exposed) => Some(exposed.clone()),
+            None if self.all => Some(format!("{}_{tool}", self.name())),
+            None => None,
+        }
+    }
+}
+
+impl VirtualRoute {
+    /// The member serving exposed tool `exposed`, and the tool's upstream name.
+    pub fn resolve_tool(&self, exposed: &str) -> Option<(&Member, String)> {
+        for member in &self.members {
+            if let Some((tool, _)) = member.renames.iter().find(|(_, e)| *e == exposed) {
+                return member
+                    .server
+                    .config
+                    .tools
+                    .permits(tool)
+                    .then(|| (member, tool.clone()));
+            }
+        }
+        let (server, tool) = exposed.split_once('_')?;
+        let member = self.member(server)?;
+        (member.exposed_tool(tool).as_deref() == Some(exposed)).then(|| (member, tool.to_owned()))
+    }
+
+    /// The member named `server`.
+    pub fn member(&self, server: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name() == server)
+    }
 }
 
 /// One configuration version.
@@ -82,6 +145,7 @@ impl Snapshot {
             });
         }
         let mut routes = HashMap::new();
+        let mut servers = HashMap::new();
         for server in config.servers {
             let key = format!("{}/{}", server.namespace, server.name);
             let upstream = match &server.upstream {
@@ -122,19 +186,40 @@ impl Snapshot {
                 }
                 _ => Vec::new(),
             };
-            routes.insert(
-                server.path.clone(),
-                Route::Server(Arc::new(ServerRoute {
-                    config: server,
-                    upstream,
-                    inject,
-                })),
+            let route = Arc::new(ServerRoute {
+                config: server,
+                upstream,
+                inject,
+            });
+            servers.insert(
+                (route.config.namespace.clone(), route.config.name.clone()),
+                route.clone(),
             );
+            routes.insert(route.config.path.clone(), Route::Server(route));
         }
-        for virtual_server in config.virtual_servers {
+        for config in config.virtual_servers {
+            let members = config
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let server = servers.get(&(config.namespace.clone(), m.server.clone()));
+                    if server.is_none() {
+                        tracing::warn!(
+                            virtual_server = %format!("{}/{}", config.namespace, config.name),
+                            server = %m.server,
+                            "member server is not in the configuration; its tools are left out"
+                        );
+                    }
+                    Some(Member {
+                        server: server?.clone(),
+                        all: m.all,
+                        renames: m.tools.clone(),
+                    })
+                })
+                .collect();
             routes.insert(
-                virtual_server.path.clone(),
-                Route::Virtual(Arc::new(virtual_server)),
+                config.path.clone(),
+                Route::Virtual(Arc::new(VirtualRoute { config, members })),
             );
         }
         Ok(Self {

@@ -1,0 +1,755 @@
+//! Virtual servers: one MCP server made of several McpServers. The gateway answers
+//! `initialize` itself with merged capabilities and instructions, opens one upstream session
+//! per member, merges lists (every upstream page fetched), routes calls by the exposed name
+//! back to the owning member, and relays what upstreams send on their streams with request
+//! ids made unique per member.
+//!
+//! Names: tools `<server>_<tool>` unless renamed, prompts `<server>_<prompt>`, resource URIs
+//! `<server>+<uri>`. Server names are DNS labels, so the first `_` or `+` ends the prefix.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::join_all;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Map, Value, json};
+
+use super::forward::{Forwarder, Message, upstream_failure};
+use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID};
+use super::message::{Event, Kind, event_end};
+use crate::error::{Body, code, full, json_response, jsonrpc_error};
+use crate::session::{SessionState, UpstreamSession};
+use crate::source::{Member, VirtualRoute};
+
+/// Versions of the `initialize` era the gateway speaks downstream.
+const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+/// Upstream list pages fetched per member before giving up on a server that never ends.
+const MAX_PAGES: usize = 100;
+/// Server-to-client request ids are rewritten to `mcpgate:<server>:<original id as JSON>`.
+const RELAY_ID: &str = "mcpgate:";
+/// How often an idle merged stream gets an SSE comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// One list method and where its items' names live.
+struct Listing {
+    /// Key of the array in the result.
+    key: &'static str,
+    /// Field of each item that is namespaced.
+    field: &'static str,
+}
+
+fn listing(method: &str) -> Option<Listing> {
+    let (key, field) = match method {
+        "tools/list" => ("tools", "name"),
+        "prompts/list" => ("prompts", "name"),
+        "resources/list" => ("resources", "uri"),
+        "resources/templates/list" => ("resourceTemplates", "uriTemplate"),
+        _ => return None,
+    };
+    Some(Listing { key, field })
+}
+
+/// One request to a virtual server's route.
+pub async fn handle(
+    fwd: &Forwarder,
+    req: Request<Incoming>,
+    route: &VirtualRoute,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = &route.config.path;
+    let message = if parts.method == Method::POST {
+        match fwd.read_message(&parts.headers, body).await {
+            Ok(m) => Some(m),
+            Err(response) => return response,
+        }
+    } else {
+        None
+    };
+    let id = message.as_ref().and_then(|m| m.envelope.id.clone());
+    if message
+        .as_ref()
+        .is_some_and(|m| m.envelope.method() == "initialize")
+    {
+        return initialize(
+            fwd,
+            &parts.headers,
+            route,
+            message.as_ref().map(|m| &m.bytes[..]).unwrap_or_default(),
+            id.as_ref(),
+        )
+        .await;
+    }
+    let (sid, state) = match fwd.session(&parts.headers, path, id.as_ref()) {
+        Ok(Some(session)) => session,
+        Ok(None) => {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                id.as_ref(),
+                code::INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id missing; a virtual server serves sessions opened with initialize",
+            );
+        }
+        Err(response) => return response,
+    };
+    let ctx = Ctx {
+        fwd,
+        route,
+        caller: &parts.headers,
+        sid: &sid,
+        state: &state,
+    };
+    match (&parts.method, message) {
+        (&Method::POST, Some(message)) => ctx.post(message).await,
+        (&Method::GET, _) => ctx.stream().await,
+        (&Method::DELETE, _) => ctx.delete().await,
+        _ => jsonrpc_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            code::INVALID_REQUEST,
+            "use POST, GET or DELETE",
+        ),
+    }
+}
+
+/// Opens every member's upstream session, merges what they say, and mints the client's
+/// session id.
+async fn initialize(
+    fwd: &Forwarder,
+    caller: &HeaderMap,
+    route: &VirtualRoute,
+    bytes: &[u8],
+    id: Option<&Value>,
+) -> Response<Body> {
+    let request: Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let params = &request["params"];
+    let asked = params["protocolVersion"].as_str().unwrap_or_default();
+    let version = if LEGACY_VERSIONS.contains(&asked) {
+        asked
+    } else {
+        LATEST_LEGACY
+    };
+    let capabilities = params
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let client_info = params
+        .get("clientInfo")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let opened = join_all(route.members.iter().map(|member| {
+        let (capabilities, client_info) = (&capabilities, &client_info);
+        async move {
+            let hop = Hop { client: &fwd.client, route: &member.server, caller };
+            match hop.initialize(version, capabilities, client_info).await {
+                Ok((session, result)) => (session, Some(result)),
+                Err(error) => {
+                    tracing::warn!(%error, "a member did not initialize; it is opened again when used");
+                    let session = UpstreamSession { server: member.name().to_owned(), id: None, version: String::new() };
+                    (session, None)
+                }
+            }
+        }
+    }))
+    .await;
+
+    let mut instructions: Vec<String> = route.config.instructions.iter().cloned().collect();
+    let has = |capability: &str| {
+        opened.iter().any(|(_, r)| {
+            r.as_ref()
+                .is_some_and(|r| r["capabilities"].get(capability).is_some())
+        })
+    };
+    let mut merged = Map::new();
+    merged.insert("tools".into(), json!({"listChanged": true}));
+    if has("prompts") {
+        merged.insert("prompts".into(), json!({"listChanged": true}));
+    }
+    if has("resources") {
+        merged.insert(
+            "resources".into(),
+            json!({"listChanged": true, "subscribe": true}),
+        );
+    }
+    for capability in ["logging", "completions"] {
+        if has(capability) {
+            merged.insert(capability.into(), json!({}));
+        }
+    }
+    for (session, result) in &opened {
+        if let Some(text) = result
+            .as_ref()
+            .and_then(|r| r["instructions"].as_str())
+            .filter(|t| !t.is_empty())
+        {
+            instructions.push(format!(
+                "Tools prefixed `{}_` come from a server that says: {text}",
+                session.server
+            ));
+        }
+    }
+    let state = SessionState {
+        route: route.config.path.clone(),
+        version: version.to_owned(),
+        capabilities,
+        client_info,
+        upstreams: opened.into_iter().map(|(s, _)| s).collect(),
+    };
+    let sid = match fwd.sessions.mint(&state).map(HeaderValue::try_from) {
+        Ok(Ok(sid)) => sid,
+        _ => return upstream_failure(&Method::POST, id, "could not seal the session".into()),
+    };
+    let mut result = json!({
+        "protocolVersion": version,
+        "capabilities": merged,
+        "serverInfo": {
+            "name": format!("{}/{}", route.config.namespace, route.config.name),
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+    });
+    if !instructions.is_empty() {
+        result["instructions"] = Value::String(instructions.join("\n\n"));
+    }
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+    );
+    response.headers_mut().insert(SESSION_ID, sid);
+    response
+}
+
+/// One request within an open client session.
+struct Ctx<'a> {
+    fwd: &'a Forwarder,
+    route: &'a VirtualRoute,
+    caller: &'a HeaderMap,
+    sid: &'a str,
+    state: &'a SessionState,
+}
+
+impl Ctx<'_> {
+    fn hop<'b>(&'b self, member: &'b Member, caller: &'b HeaderMap) -> Hop<'b> {
+        Hop {
+            client: &self.fwd.client,
+            route: &member.server,
+            caller,
+        }
+    }
+
+    async fn post(&self, message: Message) -> Response<Body> {
+        let envelope = &message.envelope;
+        let id = envelope.id.as_ref();
+        match envelope.kind() {
+            Kind::Request => {}
+            Kind::Notification => return self.notification(&message).await,
+            Kind::Response => return self.answer(&message).await,
+            Kind::Invalid => {
+                return jsonrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    id,
+                    code::INVALID_REQUEST,
+                    "not a JSON-RPC request, notification or response",
+                );
+            }
+        }
+        let method = envelope.method();
+        if method == "ping" {
+            return json_response(
+                StatusCode::OK,
+                &json!({"jsonrpc": "2.0", "id": id, "result": {}}),
+            );
+        }
+        if let Some(listing) = listing(method) {
+            if envelope.params.as_ref().is_some_and(|p| p.cursor.is_some()) {
+                return jsonrpc_error(
+                    StatusCode::OK,
+                    id,
+                    code::INVALID_PARAMS,
+                    "Invalid cursor: this server returns every item on the first page",
+                );
+            }
+            return self.list(method, &listing, id).await;
+        }
+        if method == "logging/setLevel" {
+            return self.broadcast_request(&message).await;
+        }
+        let mut request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
+        let routed = match method {
+            "tools/call" => {
+                let name = envelope.name();
+                match self.route.resolve_tool(name) {
+                    Some((member, tool)) => Some((member, "/params/name", Value::String(tool))),
+                    None => {
+                        return jsonrpc_error(
+                            StatusCode::OK,
+                            id,
+                            code::INVALID_PARAMS,
+                            format!("Unknown tool: {name}"),
+                        );
+                    }
+                }
+            }
+            "prompts/get" => self
+                .by_prefix(envelope.name(), '_')
+                .map(|(m, n)| (m, "/params/name", n)),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = envelope
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.uri.as_deref())
+                    .unwrap_or_default();
+                self.by_prefix(uri, '+').map(|(m, u)| (m, "/params/uri", u))
+            }
+            "completion/complete" => {
+                let reference = &request["params"]["ref"];
+                match reference["type"].as_str() {
+                    Some("ref/prompt") => self
+                        .by_prefix(reference["name"].as_str().unwrap_or_default(), '_')
+                        .map(|(m, n)| (m, "/params/ref/name", n)),
+                    Some("ref/resource") => self
+                        .by_prefix(reference["uri"].as_str().unwrap_or_default(), '+')
+                        .map(|(m, u)| (m, "/params/ref/uri", u)),
+                    _ => None,
+                }
+            }
+            _ => {
+                return jsonrpc_error(
+                    StatusCode::OK,
+                    id,
+                    -32601,
+                    format!("Method not found: {method}"),
+                );
+            }
+        };
+        let Some((member, pointer, original)) = routed else {
+            return jsonrpc_error(
+                StatusCode::OK,
+                id,
+                code::INVALID_PARAMS,
+                format!("{method}: no server of this virtual server has that name or URI"),
+            );
+        };
+        let mut caller = self.caller.clone();
+        if let (Some(_), Ok(name)) = (
+            caller.get("mcp-name"),
+            HeaderValue::try_from(original.as_str().unwrap_or_default()),
+        ) {
+            caller.insert("mcp-name", name);
+        }
+        if let Some(slot) = request.pointer_mut(pointer) {
+            *slot = original;
+        }
+        let hop = self.hop(member, &caller);
+        let bytes = Bytes::from(request.to_string());
+        let response = match self
+            .fwd
+            .exchange(
+                &hop,
+                Some((self.sid, self.state)),
+                None,
+                &Method::POST,
+                bytes,
+            )
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => return upstream_failure(&Method::POST, id, error.to_string()),
+        };
+        relay(response, member.name())
+    }
+
+    /// The member named by the prefix of `name` (before `separator`), and the rest.
+    fn by_prefix(&self, name: &str, separator: char) -> Option<(&Member, Value)> {
+        let (server, rest) = name.split_once(separator)?;
+        Some((self.route.member(server)?, Value::String(rest.to_owned())))
+    }
+
+    /// Every member's items, all pages, names made the virtual server's.
+    async fn list(&self, method: &str, listing: &Listing, id: Option<&Value>) -> Response<Body> {
+        let lists = join_all(
+            self.route
+                .members
+                .iter()
+                .map(|member| self.list_member(member, method, listing)),
+        )
+        .await;
+        let mut items = Vec::new();
+        for (member, list) in self.route.members.iter().zip(lists) {
+            match list {
+                Ok(list) => items.extend(list),
+                Err(error) => {
+                    tracing::warn!(server = %member.name(), %error, "{method} left out a server that failed")
+                }
+            }
+        }
+        let mut result = Map::new();
+        result.insert(listing.key.into(), Value::Array(items));
+        json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        )
+    }
+
+    async fn list_member(
+        &self,
+        member: &Member,
+        method: &str,
+        listing: &Listing,
+    ) -> Result<Vec<Value>, HopError> {
+        let hop = self.hop(member, self.caller);
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for page in 0..MAX_PAGES {
+            let mut request = json!({"jsonrpc": "2.0", "id": format!("mcpgate-list-{page}"), "method": method, "params": {}});
+            if let Some(cursor) = &cursor {
+                request["params"]["cursor"] = Value::String(cursor.clone());
+            }
+            let reply = self.call(&hop, &request).await?;
+            if let Some(error) = reply.get("error") {
+                return Err(HopError::Answer(
+                    hop.server(),
+                    format!("{method} with an error: {error}"),
+                ));
+            }
+            let result = &reply["result"];
+            for mut item in result[listing.key].as_array().cloned().unwrap_or_default() {
+                let Some(name) = item[listing.field].as_str() else {
+                    continue;
+                };
+                let exposed = match listing.key {
+                    "tools" => member.exposed_tool(name),
+                    "prompts" => Some(format!("{}_{name}", member.name())),
+                    _ => Some(format!("{}+{name}", member.name())),
+                };
+                if let Some(exposed) = exposed {
+                    item[listing.field] = Value::String(exposed);
+                    items.push(item);
+                }
+            }
+            match result["nextCursor"].as_str() {
+                Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
+                _ => return Ok(items),
+            }
+        }
+        Err(HopError::Answer(
+            hop.server(),
+            format!("more than {MAX_PAGES} pages of {method}"),
+        ))
+    }
+
+    /// One JSON-RPC request to a member in this session; its response.
+    async fn call(&self, hop: &Hop<'_>, request: &Value) -> Result<Value, HopError> {
+        let timeout = hop.timeout();
+        let exchange = async {
+            let response = self
+                .fwd
+                .exchange(
+                    hop,
+                    Some((self.sid, self.state)),
+                    None,
+                    &Method::POST,
+                    Bytes::from(request.to_string()),
+                )
+                .await?;
+            let (parts, body) = response.into_parts();
+            if !parts.status.is_success() {
+                return Err(HopError::Answer(
+                    hop.server(),
+                    format!("HTTP {}", parts.status.as_u16()),
+                ));
+            }
+            super::hop::read_reply(&parts.headers, body, request.get("id"))
+                .await
+                .ok_or_else(|| HopError::Answer(hop.server(), "without a JSON-RPC response".into()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(HopError::Timeout(hop.server(), timeout.as_secs_f32())))
+    }
+
+    /// A request every member gets (`logging/setLevel`); answered once all have.
+    async fn broadcast_request(&self, message: &Message) -> Response<Body> {
+        let request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
+        let results = join_all(self.route.members.iter().map(|member| {
+            let request = &request;
+            async move { self.call(&self.hop(member, self.caller), request).await }
+        }))
+        .await;
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            tracing::warn!(%error, "{} failed on a member", message.envelope.method());
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": message.envelope.id, "result": {}}),
+        )
+    }
+
+    /// Client notifications: `initialized` was sent upstream at initialize; the others
+    /// (cancellation, roots changes, progress of answers) go to every member.
+    async fn notification(&self, message: &Message) -> Response<Body> {
+        if message.envelope.method() != "notifications/initialized" {
+            join_all(self.route.members.iter().map(|member| async move {
+                let hop = self.hop(member, self.caller);
+                if let Err(error) = self
+                    .fwd
+                    .exchange(
+                        &hop,
+                        Some((self.sid, self.state)),
+                        None,
+                        &Method::POST,
+                        message.bytes.clone(),
+                    )
+                    .await
+                {
+                    tracing::warn!(%error, "a notification did not reach a member");
+                }
+            }))
+            .await;
+        }
+        accepted()
+    }
+
+    /// The client's answer to an upstream's request: back to that upstream, original id.
+    async fn answer(&self, message: &Message) -> Response<Body> {
+        let target = message
+            .envelope
+            .id
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|id| id.strip_prefix(RELAY_ID))
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(server, original)| {
+                Some((
+                    self.route.member(server)?,
+                    serde_json::from_str::<Value>(original).ok()?,
+                ))
+            });
+        let Some((member, original)) = target else {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::INVALID_REQUEST,
+                "a response to a request this session never sent",
+            );
+        };
+        let mut response: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
+        response["id"] = original;
+        let hop = self.hop(member, self.caller);
+        match self
+            .fwd
+            .exchange(
+                &hop,
+                Some((self.sid, self.state)),
+                None,
+                &Method::POST,
+                Bytes::from(response.to_string()),
+            )
+            .await
+        {
+            Ok(_) => accepted(),
+            Err(error) => jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                code::UPSTREAM,
+                error.to_string(),
+            ),
+        }
+    }
+
+    /// The session's stream: every member's stream merged, with keep-alives.
+    async fn stream(&self) -> Response<Body> {
+        let opened = join_all(self.route.members.iter().map(|member| async move {
+            let hop = self.hop(member, self.caller);
+            let response = self
+                .fwd
+                .exchange(
+                    &hop,
+                    Some((self.sid, self.state)),
+                    None,
+                    &Method::GET,
+                    Bytes::new(),
+                )
+                .await;
+            match response {
+                Ok(r) if r.status().is_success() => {
+                    Some(relay_stream(r.into_body(), member.name().to_owned()))
+                }
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::debug!(%error, "a member has no stream");
+                    None
+                }
+            }
+        }))
+        .await;
+        let keep_alive = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(KEEP_ALIVE).await;
+            Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
+        })
+        .boxed();
+        let streams = opened
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(keep_alive));
+        let merged = futures::stream::select_all(streams).map(|chunk| chunk.map(Frame::data));
+        let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(merged)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+
+    /// Ends every member's session.
+    async fn delete(&self) -> Response<Body> {
+        join_all(self.route.members.iter().map(|member| async move {
+            let hop = self.hop(member, self.caller);
+            let _ = self
+                .fwd
+                .exchange(
+                    &hop,
+                    Some((self.sid, self.state)),
+                    None,
+                    &Method::DELETE,
+                    Bytes::new(),
+                )
+                .await;
+        }))
+        .await;
+        self.fwd.sessions.forget(self.sid);
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = StatusCode::OK;
+        response
+    }
+}
+
+fn accepted() -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+}
+
+/// A member's answer to a routed request, back to the client: JSON as it came, SSE with
+/// the member's own requests given ids the client's answers can be routed by.
+fn relay(response: Response<Incoming>, server: &str) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let body = if sse {
+        BodyExt::boxed_unsync(StreamBody::new(
+            relay_stream(body, server.to_owned()).map(|c| c.map(Frame::data)),
+        ))
+    } else {
+        body.boxed_unsync()
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+        if let Some(value) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
+}
+
+type Chunks = futures::stream::BoxStream<'static, Result<Bytes, hyper::Error>>;
+
+/// An upstream SSE body, event by event, with server-to-client request ids rewritten and
+/// resource URIs in notifications namespaced. Upstream event ids are dropped: a merged
+/// stream cannot be resumed from one upstream's position.
+fn relay_stream(body: Incoming, server: String) -> Chunks {
+    let mut buffer = BytesMut::new();
+    body.into_data_stream()
+        .map(move |chunk| {
+            buffer.extend_from_slice(&chunk?);
+            let mut out = BytesMut::new();
+            while let Some(end) = event_end(&buffer) {
+                let event = buffer.split_to(end);
+                out.extend_from_slice(&relay_event(&event, &server));
+            }
+            Ok(out.freeze())
+        })
+        .boxed()
+}
+
+fn relay_event(event: &[u8], server: &str) -> Vec<u8> {
+    let Some(parsed) = Event::parse(event) else {
+        return Vec::new();
+    };
+    let Some(data) = parsed.data.as_deref().filter(|d| !d.trim().is_empty()) else {
+        // Priming events and comments carry nothing a client needs from a merged stream.
+        return Vec::new();
+    };
+    let Ok(mut message) = serde_json::from_str::<Value>(data) else {
+        return Vec::new();
+    };
+    if message.get("method").is_some()
+        && let Some(id) = message.get_mut("id")
+    {
+        *id = Value::String(format!("{RELAY_ID}{server}:{id}"));
+    }
+    if message["method"] == "notifications/resources/updated"
+        && let Some(uri) = message.pointer_mut("/params/uri")
+        && let Some(text) = uri.as_str()
+    {
+        *uri = Value::String(format!("{server}+{text}"));
+    }
+    let fields = Event {
+        fields: parsed
+            .fields
+            .into_iter()
+            .filter(|f| !f.starts_with("id:"))
+            .collect(),
+        data: None,
+    };
+    fields.render(message.to_string().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_requests_get_routable_ids_and_notifications_pass() {
+        let event = b"event: message\nid: 5\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\",\"params\":{}}\n\n";
+        let out = String::from_utf8(relay_event(event, "github")).unwrap();
+        assert_eq!(
+            out,
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"mcpgate:github:0\",\"method\":\"elicitation/create\",\"params\":{}}\n\n"
+        );
+        let progress = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+        assert_eq!(relay_event(progress, "github"), progress.to_vec());
+        let updated = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"file:///a\"}}\n\n";
+        assert!(
+            String::from_utf8(relay_event(updated, "fs"))
+                .unwrap()
+                .contains("\"uri\":\"fs+file:///a\"")
+        );
+        assert!(
+            relay_event(b"id: 1\ndata: \n\n", "x").is_empty(),
+            "priming events are dropped"
+        );
+    }
+
+    #[test]
+    fn string_ids_survive_the_round_trip() {
+        let event = b"data: {\"jsonrpc\":\"2.0\",\"id\":\"a:b\",\"method\":\"roots/list\"}\n\n";
+        let out = String::from_utf8(relay_event(event, "s")).unwrap();
+        let message: Value =
+            serde_json::from_str(out.trim().strip_prefix("data: ").unwrap()).unwrap();
+        let id = message["id"].as_str().unwrap();
+        let (server, original) = id.strip_prefix(RELAY_ID).unwrap().split_once(':').unwrap();
+        assert_eq!(
+            (server, serde_json::from_str::<Value>(original).unwrap()),
+            ("s", json!("a:b"))
+        );
+    }
+}

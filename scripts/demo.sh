@@ -26,7 +26,15 @@ echo
 echo "mcpgate is serving $url"
 echo "call a tool through it:"
 echo "  $cmd"
-echo "  -> $(eval "$cmd")"
+result=$(eval "$cmd") # fails the demo (and CI) when the call does
+echo "  -> $result"
+bundle=http://127.0.0.1:8000/demo/mcp/toolbox/server
+cmd="$py e2e/peers/call.py $bundle legacy call sum '{\"a\": 20, \"b\": 22}'"
+echo
+echo "and the virtual server $bundle (tools: echo, sum):"
+echo "  $cmd"
+result=$(eval "$cmd") # fails the demo (and CI) when the call does
+echo "  -> $result"
 echo
 if [ "${DEMO_ONCE:-0}" = 1 ]; then exit 0; fi
 echo "Ctrl-C stops the demo. Logs: target/demo-*.log"

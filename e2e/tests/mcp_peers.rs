@@ -403,7 +403,7 @@ spec:
 #[ignore = "needs the Python MCP peers: run `make e2e`"]
 fn a_virtual_server_aggregates_and_routes_to_its_members() -> Result<()> {
     let bundle = Bundle::start()?;
-    for mode in ["legacy", "auto"] {
+    for mode in ["legacy", "auto", "2026-07-28"] {
         let tools = client(&bundle.url, mode, &["list"])?;
         let expected = serde_json::json!([
             "alpha_add",

@@ -47,7 +47,8 @@ struct Args {
     /// end with the process.
     #[arg(long, env = "MCPGATE_SESSION_KEY_FILE")]
     session_key_file: Option<PathBuf>,
-    /// The key used before the last rotation: ids it sealed are still accepted.
+    /// The key used before the last rotation: ids it sealed are still accepted. A file that
+    /// does not exist means no previous key (a mounted Secret has it only while rotating).
     #[arg(
         long,
         env = "MCPGATE_SESSION_PREVIOUS_KEY_FILE",
@@ -100,7 +101,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let keys = match &args.session_key_file {
-        Some(path) => SessionKeys::load(path, args.session_previous_key_file.as_deref())?,
+        Some(path) => {
+            let previous = args
+                .session_previous_key_file
+                .as_deref()
+                .filter(|p| p.exists());
+            SessionKeys::load(path, previous)?
+        }
         None => {
             tracing::warn!(
                 "no --session-key-file: sessions are sealed with a random key and end when this process does"
@@ -108,12 +115,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             SessionKeys::generate()?
         }
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(App {
         current: current.clone(),
         forwarder: Forwarder {
             client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
             max_body: args.max_body_bytes,
             sessions: Sessions::new(keys),
+            eras: Default::default(),
+            stopping: stop_rx.clone(),
         },
         metrics: metrics.clone(),
         allowed_origins: args
@@ -130,7 +140,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.admin_listen))?;
     tracing::info!(mcp = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

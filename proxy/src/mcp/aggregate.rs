@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -17,9 +17,11 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Map, Value, json};
 
+use super::era;
 use super::forward::{Forwarder, Message, upstream_failure};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID};
-use super::message::{Event, Kind, event_end};
+use super::message::Kind;
+use super::relay::{self, Rewrite};
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::{Member, VirtualRoute};
@@ -82,24 +84,43 @@ pub async fn handle(
         )
         .await;
     }
-    let (sid, state) = match fwd.session(&parts.headers, path, id.as_ref()) {
-        Ok(Some(session)) => session,
-        Ok(None) => {
+    let session = match fwd.session(&parts.headers, path, id.as_ref()) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let via = match (&session, &message) {
+        (Some((sid, state)), _) => Via::Session { sid, state },
+        (None, Some(m)) if era::is_modern(&parts.headers, &m.envelope) => {
+            if let Err(response) = era::check(&parts.headers, &m.envelope) {
+                return response;
+            }
+            let request: Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+            Via::Stateless {
+                meta: request["params"]["_meta"].clone(),
+            }
+        }
+        (None, Some(_)) => {
             return jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 id.as_ref(),
                 code::INVALID_REQUEST,
-                "Bad Request: Mcp-Session-Id missing; a virtual server serves sessions opened with initialize",
+                "Bad Request: Missing session ID (initialize first, or send a 2026-07-28 request with its _meta)",
             );
         }
-        Err(response) => return response,
+        (None, None) => {
+            return jsonrpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                code::INVALID_REQUEST,
+                "no session: GET and DELETE need the Mcp-Session-Id of an initialized session",
+            );
+        }
     };
     let ctx = Ctx {
         fwd,
         route,
         caller: &parts.headers,
-        sid: &sid,
-        state: &state,
+        via,
     };
     match (&parts.method, message) {
         (&Method::POST, Some(message)) => ctx.post(message).await,
@@ -204,10 +225,7 @@ async fn initialize(
     let mut result = json!({
         "protocolVersion": version,
         "capabilities": merged,
-        "serverInfo": {
-            "name": format!("{}/{}", route.config.namespace, route.config.name),
-            "version": env!("CARGO_PKG_VERSION"),
-        },
+        "serverInfo": server_info(route),
     });
     if !instructions.is_empty() {
         result["instructions"] = Value::String(instructions.join("\n\n"));
@@ -220,16 +238,33 @@ async fn initialize(
     response
 }
 
-/// One request within an open client session.
+/// How a request reaches the members.
+enum Via<'a> {
+    /// Within an initialized client session and its upstream sessions.
+    Session {
+        sid: &'a str,
+        state: &'a SessionState,
+    },
+    /// A stateless request; requests the gateway makes for it carry the client's `_meta`.
+    Stateless { meta: Value },
+}
+
+/// One request to a virtual server.
 struct Ctx<'a> {
     fwd: &'a Forwarder,
     route: &'a VirtualRoute,
     caller: &'a HeaderMap,
-    sid: &'a str,
-    state: &'a SessionState,
+    via: Via<'a>,
 }
 
 impl Ctx<'_> {
+    fn session(&self) -> Option<(&str, &SessionState)> {
+        match &self.via {
+            Via::Session { sid, state } => Some((sid, state)),
+            Via::Stateless { .. } => None,
+        }
+    }
+
     fn hop<'b>(&'b self, member: &'b Member, caller: &'b HeaderMap) -> Hop<'b> {
         Hop {
             client: &self.fwd.client,
@@ -260,6 +295,9 @@ impl Ctx<'_> {
                 StatusCode::OK,
                 &json!({"jsonrpc": "2.0", "id": id, "result": {}}),
             );
+        }
+        if method == "server/discover" {
+            return self.discover(id);
         }
         if let Some(listing) = listing(method) {
             if envelope.params.as_ref().is_some_and(|p| p.cursor.is_some()) {
@@ -342,22 +380,25 @@ impl Ctx<'_> {
             *slot = original;
         }
         let hop = self.hop(member, &caller);
-        let bytes = Bytes::from(request.to_string());
-        let response = match self
-            .fwd
-            .exchange(
-                &hop,
-                Some((self.sid, self.state)),
-                None,
-                &Method::POST,
-                bytes,
-            )
-            .await
-        {
-            Ok(response) => response,
-            Err(error) => return upstream_failure(&Method::POST, id, error.to_string()),
+        let rewrite = from_member(member.name().to_owned());
+        let response = match &self.via {
+            Via::Stateless { .. } => self.fwd.eras.send(&hop, request, rewrite).await,
+            Via::Session { .. } => {
+                let bytes = Bytes::from(request.to_string());
+                match self
+                    .fwd
+                    .exchange(&hop, self.session(), None, &Method::POST, bytes)
+                    .await
+                {
+                    Ok(response) => Ok(relay::response(response, rewrite).await),
+                    Err(error) => Err(error),
+                }
+            }
         };
-        relay(response, member.name())
+        match response {
+            Ok(response) => response,
+            Err(error) => upstream_failure(&Method::POST, id, error.to_string()),
+        }
     }
 
     /// The member named by the prefix of `name` (before `separator`), and the rest.
@@ -386,6 +427,12 @@ impl Ctx<'_> {
         }
         let mut result = Map::new();
         result.insert(listing.key.into(), Value::Array(items));
+        if matches!(self.via, Via::Stateless { .. }) {
+            // Per-user policy makes lists uncacheable across callers.
+            result.insert("resultType".into(), "complete".into());
+            result.insert("ttlMs".into(), 0.into());
+            result.insert("cacheScope".into(), "private".into());
+        }
         json_response(
             StatusCode::OK,
             &json!({"jsonrpc": "2.0", "id": id, "result": result}),
@@ -439,15 +486,20 @@ impl Ctx<'_> {
         ))
     }
 
-    /// One JSON-RPC request to a member in this session; its response.
+    /// One JSON-RPC request to a member; its response.
     async fn call(&self, hop: &Hop<'_>, request: &Value) -> Result<Value, HopError> {
+        if let Via::Stateless { meta } = &self.via {
+            let mut request = request.clone();
+            request["params"]["_meta"] = meta.clone();
+            return self.fwd.eras.call(hop, &request).await;
+        }
         let timeout = hop.timeout();
         let exchange = async {
             let response = self
                 .fwd
                 .exchange(
                     hop,
-                    Some((self.sid, self.state)),
+                    self.session(),
                     None,
                     &Method::POST,
                     Bytes::from(request.to_string()),
@@ -488,7 +540,39 @@ impl Ctx<'_> {
 
     /// Client notifications: `initialized` was sent upstream at initialize; the others
     /// (cancellation, roots changes, progress of answers) go to every member.
+    /// `server/discover`: what the gateway serves on this route.
+    fn discover(&self, id: Option<&Value>) -> Response<Body> {
+        let mut result = json!({
+            "supportedVersions": era::MODERN_VERSIONS,
+            "capabilities": {
+                "tools": {"listChanged": true},
+                "prompts": {"listChanged": true},
+                "resources": {"listChanged": true, "subscribe": true},
+                "completions": {},
+            },
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": {"io.modelcontextprotocol/serverInfo": self.server_info()},
+        });
+        if let Some(instructions) = &self.route.config.instructions {
+            result["instructions"] = Value::String(instructions.clone());
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        )
+    }
+
+    fn server_info(&self) -> Value {
+        server_info(self.route)
+    }
+
     async fn notification(&self, message: &Message) -> Response<Body> {
+        if matches!(self.via, Via::Stateless { .. }) {
+            // Stateless clients cancel by closing the stream; nothing to pass on.
+            return accepted();
+        }
         if message.envelope.method() != "notifications/initialized" {
             join_all(self.route.members.iter().map(|member| async move {
                 let hop = self.hop(member, self.caller);
@@ -496,7 +580,7 @@ impl Ctx<'_> {
                     .fwd
                     .exchange(
                         &hop,
-                        Some((self.sid, self.state)),
+                        self.session(),
                         None,
                         &Method::POST,
                         message.bytes.clone(),
@@ -541,7 +625,7 @@ impl Ctx<'_> {
             .fwd
             .exchange(
                 &hop,
-                Some((self.sid, self.state)),
+                self.session(),
                 None,
                 &Method::POST,
                 Bytes::from(response.to_string()),
@@ -564,18 +648,13 @@ impl Ctx<'_> {
             let hop = self.hop(member, self.caller);
             let response = self
                 .fwd
-                .exchange(
-                    &hop,
-                    Some((self.sid, self.state)),
-                    None,
-                    &Method::GET,
-                    Bytes::new(),
-                )
+                .exchange(&hop, self.session(), None, &Method::GET, Bytes::new())
                 .await;
             match response {
-                Ok(r) if r.status().is_success() => {
-                    Some(relay_stream(r.into_body(), member.name().to_owned()))
-                }
+                Ok(r) if r.status().is_success() => Some(relay::sse(
+                    r.into_body(),
+                    from_member(member.name().to_owned()),
+                )),
                 Ok(_) => None,
                 Err(error) => {
                     tracing::debug!(%error, "a member has no stream");
@@ -594,7 +673,10 @@ impl Ctx<'_> {
             .flatten()
             .chain(std::iter::once(keep_alive));
         let merged = futures::stream::select_all(streams).map(|chunk| chunk.map(Frame::data));
-        let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(merged)));
+        let body = self
+            .fwd
+            .until_stopping(BodyExt::boxed_unsync(StreamBody::new(merged)));
+        let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -611,21 +693,24 @@ impl Ctx<'_> {
             let hop = self.hop(member, self.caller);
             let _ = self
                 .fwd
-                .exchange(
-                    &hop,
-                    Some((self.sid, self.state)),
-                    None,
-                    &Method::DELETE,
-                    Bytes::new(),
-                )
+                .exchange(&hop, self.session(), None, &Method::DELETE, Bytes::new())
                 .await;
         }))
         .await;
-        self.fwd.sessions.forget(self.sid);
+        if let Some((sid, _)) = self.session() {
+            self.fwd.sessions.forget(sid);
+        }
         let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::OK;
         response
     }
+}
+
+fn server_info(route: &VirtualRoute) -> Value {
+    json!({
+        "name": format!("{}/{}", route.config.namespace, route.config.name),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
 }
 
 fn accepted() -> Response<Body> {
@@ -634,118 +719,64 @@ fn accepted() -> Response<Body> {
     response
 }
 
-/// A member's answer to a routed request, back to the client: JSON as it came, SSE with
-/// the member's own requests given ids the client's answers can be routed by.
-fn relay(response: Response<Incoming>, server: &str) -> Response<Body> {
-    let (parts, body) = response.into_parts();
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("text/event-stream"));
-    let body = if sse {
-        BodyExt::boxed_unsync(StreamBody::new(
-            relay_stream(body, server.to_owned()).map(|c| c.map(Frame::data)),
-        ))
-    } else {
-        body.boxed_unsync()
-    };
-    let mut out = Response::new(body);
-    *out.status_mut() = parts.status;
-    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
-        if let Some(value) = parts.headers.get(&name) {
-            out.headers_mut().insert(name, value.clone());
+/// What a member's messages need on their way to a client of the virtual server: its own
+/// requests get ids that route the client's answer back, resource URIs get its prefix.
+fn from_member(server: String) -> impl Rewrite {
+    move |message: &mut Value| {
+        if message.get("method").is_some()
+            && let Some(id) = message.get_mut("id")
+        {
+            *id = Value::String(format!("{RELAY_ID}{server}:{id}"));
         }
+        if message["method"] == "notifications/resources/updated"
+            && let Some(uri) = message.pointer_mut("/params/uri")
+            && let Some(text) = uri.as_str()
+        {
+            *uri = Value::String(format!("{server}+{text}"));
+        }
+        true
     }
-    out
-}
-
-type Chunks = futures::stream::BoxStream<'static, Result<Bytes, hyper::Error>>;
-
-/// An upstream SSE body, event by event, with server-to-client request ids rewritten and
-/// resource URIs in notifications namespaced. Upstream event ids are dropped: a merged
-/// stream cannot be resumed from one upstream's position.
-fn relay_stream(body: Incoming, server: String) -> Chunks {
-    let mut buffer = BytesMut::new();
-    body.into_data_stream()
-        .map(move |chunk| {
-            buffer.extend_from_slice(&chunk?);
-            let mut out = BytesMut::new();
-            while let Some(end) = event_end(&buffer) {
-                let event = buffer.split_to(end);
-                out.extend_from_slice(&relay_event(&event, &server));
-            }
-            Ok(out.freeze())
-        })
-        .boxed()
-}
-
-fn relay_event(event: &[u8], server: &str) -> Vec<u8> {
-    let Some(parsed) = Event::parse(event) else {
-        return Vec::new();
-    };
-    let Some(data) = parsed.data.as_deref().filter(|d| !d.trim().is_empty()) else {
-        // Priming events and comments carry nothing a client needs from a merged stream.
-        return Vec::new();
-    };
-    let Ok(mut message) = serde_json::from_str::<Value>(data) else {
-        return Vec::new();
-    };
-    if message.get("method").is_some()
-        && let Some(id) = message.get_mut("id")
-    {
-        *id = Value::String(format!("{RELAY_ID}{server}:{id}"));
-    }
-    if message["method"] == "notifications/resources/updated"
-        && let Some(uri) = message.pointer_mut("/params/uri")
-        && let Some(text) = uri.as_str()
-    {
-        *uri = Value::String(format!("{server}+{text}"));
-    }
-    let fields = Event {
-        fields: parsed
-            .fields
-            .into_iter()
-            .filter(|f| !f.starts_with("id:"))
-            .collect(),
-        data: None,
-    };
-    fields.render(message.to_string().as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn through(server: &str, message: Value) -> Value {
+        let mut message = message;
+        assert!(from_member(server.to_owned())(&mut message));
+        message
+    }
+
     #[test]
-    fn upstream_requests_get_routable_ids_and_notifications_pass() {
-        let event = b"event: message\nid: 5\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\",\"params\":{}}\n\n";
-        let out = String::from_utf8(relay_event(event, "github")).unwrap();
+    fn member_requests_get_routable_ids_and_notifications_pass() {
+        let request = through(
+            "github",
+            json!({"jsonrpc": "2.0", "id": 0, "method": "elicitation/create", "params": {}}),
+        );
+        assert_eq!(request["id"], "mcpgate:github:0");
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}});
+        assert_eq!(through("github", progress.clone()), progress);
+        let updated = through(
+            "fs",
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "file:///a"}}),
+        );
+        assert_eq!(updated["params"]["uri"], "fs+file:///a");
+        let response = json!({"jsonrpc": "2.0", "id": 3, "result": {}});
         assert_eq!(
-            out,
-            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"mcpgate:github:0\",\"method\":\"elicitation/create\",\"params\":{}}\n\n"
-        );
-        let progress = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
-        assert_eq!(relay_event(progress, "github"), progress.to_vec());
-        let updated = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"file:///a\"}}\n\n";
-        assert!(
-            String::from_utf8(relay_event(updated, "fs"))
-                .unwrap()
-                .contains("\"uri\":\"fs+file:///a\"")
-        );
-        assert!(
-            relay_event(b"id: 1\ndata: \n\n", "x").is_empty(),
-            "priming events are dropped"
+            through("fs", response.clone()),
+            response,
+            "responses keep the client's id"
         );
     }
 
     #[test]
     fn string_ids_survive_the_round_trip() {
-        let event = b"data: {\"jsonrpc\":\"2.0\",\"id\":\"a:b\",\"method\":\"roots/list\"}\n\n";
-        let out = String::from_utf8(relay_event(event, "s")).unwrap();
-        let message: Value =
-            serde_json::from_str(out.trim().strip_prefix("data: ").unwrap()).unwrap();
-        let id = message["id"].as_str().unwrap();
+        let request = through(
+            "s",
+            json!({"jsonrpc": "2.0", "id": "a:b", "method": "roots/list"}),
+        );
+        let id = request["id"].as_str().unwrap();
         let (server, original) = id.strip_prefix(RELAY_ID).unwrap().split_once(':').unwrap();
         assert_eq!(
             (server, serde_json::from_str::<Value>(original).unwrap()),

@@ -15,6 +15,12 @@ use crate::error::Body;
 /// Removes unexposed tools from one JSON-RPC message; None when it is not a tools list.
 pub fn filter_message(bytes: &[u8], filter: &ToolFilter) -> Option<Vec<u8>> {
     let mut message: Value = serde_json::from_slice(bytes).ok()?;
+    filter_value(&mut message, filter)?;
+    serde_json::to_vec(&message).ok()
+}
+
+/// Removes unexposed tools from a parsed message; None when it is not a tools list.
+pub fn filter_value(message: &mut Value, filter: &ToolFilter) -> Option<()> {
     let tools = message
         .get_mut("result")?
         .get_mut("tools")?
@@ -24,7 +30,7 @@ pub fn filter_message(bytes: &[u8], filter: &ToolFilter) -> Option<Vec<u8>> {
             .and_then(Value::as_str)
             .is_some_and(|name| filter.permits(name))
     });
-    serde_json::to_vec(&message).ok()
+    Some(())
 }
 
 /// Filters a JSON response body (buffered: list results are small).

@@ -6,11 +6,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use super::era;
 use super::filter;
 use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
 use super::message::Envelope;
@@ -35,6 +37,10 @@ pub struct Forwarder {
     pub max_body: usize,
     /// Session sealing.
     pub sessions: Sessions,
+    /// Upstream eras and the gateway's own sessions for stateless clients.
+    pub eras: super::era::Eras,
+    /// Turns true at shutdown: long-lived streams end so connections can drain.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A request body read whole and checked.
@@ -142,6 +148,25 @@ impl Forwarder {
             .as_ref()
             .map(|m| m.bytes.clone())
             .unwrap_or_default();
+        // A stateless client in front of an upstream that only knows sessions: the gateway
+        // holds a session for it.
+        if session.is_none()
+            && let Some(message) = &message
+            && method != "initialize"
+            && era::is_modern(&parts.headers, &message.envelope)
+            && self.eras.era(&hop).await == era::Era::Legacy
+        {
+            let request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
+            let tools = route.config.tools.clone();
+            let rewrite = move |m: &mut Value| {
+                filter::filter_value(m, &tools);
+                true
+            };
+            return match self.eras.send(&hop, request, rewrite).await {
+                Ok(response) => (response, None),
+                Err(error) => (upstream_failure(&parts.method, id, error.to_string()), None),
+            };
+        }
         let version = parts
             .headers
             .get(PROTOCOL_VERSION)
@@ -205,6 +230,7 @@ impl Forwarder {
                     }
                 }
             }
+            _ if parts.method == Method::GET => self.until_stopping(up_body.boxed_unsync()),
             _ => up_body.boxed_unsync(),
         };
         let mut out = Response::new(body);
@@ -219,6 +245,19 @@ impl Forwarder {
             out.headers_mut().insert(SESSION_ID, sid);
         }
         (out, Some(latency))
+    }
+
+    /// `body`, ended early when the proxy starts shutting down (for streams that would
+    /// otherwise hold the drain open; clients re-open them on another replica).
+    pub fn until_stopping(&self, body: Body) -> Body {
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let frames = body.into_data_stream().take_until(Box::pin(stopped));
+        BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            frames.map(|c| c.map(hyper::body::Frame::data)),
+        ))
     }
 
     /// Sends a request to `hop`'s upstream within client session `session` (sid, state),

@@ -31,6 +31,8 @@ const FORWARDED_REQUEST: [&str; 6] = [
 pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 /// The protocol version header.
 pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// The `_meta` key of a stateless request's protocol version.
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 /// The newest protocol version of the `initialize` era.
 pub const LATEST_LEGACY: &str = "2025-11-25";
 
@@ -43,6 +45,9 @@ pub enum HopError {
     /// No answer in time.
     #[error("upstream {0} did not answer within {1}s")]
     Timeout(String, f32),
+    /// It answered with an HTTP error.
+    #[error("upstream {0} answered HTTP {1} {2}")]
+    Status(String, u16, String),
     /// It answered, but not with what MCP says.
     #[error("upstream {0} answered {1}")]
     Answer(String, String),
@@ -169,16 +174,40 @@ impl Hop<'_> {
         message: &Value,
     ) -> Result<(HeaderMap, Value), HopError> {
         let body = Bytes::from(message.to_string());
-        let request = self.request(Method::POST, session, body)?;
+        let mut request = self.request(Method::POST, session, body)?;
+        // The headers describe this message, not the caller's.
+        let headers = request.headers_mut();
+        headers.remove("mcp-name");
+        headers.remove("mcp-method");
+        if session.is_none() {
+            headers.remove(PROTOCOL_VERSION);
+        }
+        if let Some(version) = message
+            .pointer(&format!(
+                "/params/_meta/{}",
+                META_VERSION.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+            .and_then(|v| HeaderValue::try_from(v).ok())
+        {
+            headers.insert(PROTOCOL_VERSION, version);
+            if let Some(method) = message["method"]
+                .as_str()
+                .and_then(|m| HeaderValue::try_from(m).ok())
+            {
+                headers.insert("mcp-method", method);
+            }
+        }
         let timeout = self.timeout();
         let server = self.server();
         let exchange = async {
             let response = self.send(request).await?;
             let (parts, body) = response.into_parts();
             if !parts.status.is_success() {
-                return Err(HopError::Answer(
+                return Err(HopError::Status(
                     server.clone(),
-                    status_text(parts.status, body).await,
+                    parts.status.as_u16(),
+                    status_text(body).await,
                 ));
             }
             let reply = read_reply(&parts.headers, body, message.get("id"))
@@ -249,8 +278,8 @@ impl Hop<'_> {
     }
 }
 
-/// "404 (first bytes of the body)", for messages.
-async fn status_text(status: StatusCode, body: Incoming) -> String {
+/// The first bytes of an error body, for messages.
+async fn status_text(body: Incoming) -> String {
     let bytes = tokio::time::timeout(Duration::from_secs(1), body.collect())
         .await
         .ok()
@@ -258,7 +287,7 @@ async fn status_text(status: StatusCode, body: Incoming) -> String {
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-    format!("HTTP {} {}", status.as_u16(), text.trim())
+    text.trim().to_owned()
 }
 
 /// The JSON-RPC response with `id` from a JSON body or an SSE stream.

@@ -36,6 +36,17 @@ pub struct Params {
     /// Pagination cursor.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Request metadata (stateless requests carry their protocol version here).
+    #[serde(default, rename = "_meta")]
+    pub meta: Option<Meta>,
+}
+
+/// The `_meta` keys routing looks at.
+#[derive(Deserialize, Debug, Default)]
+pub struct Meta {
+    /// The stateless era's per-request protocol version.
+    #[serde(default, rename = "io.modelcontextprotocol/protocolVersion")]
+    pub protocol_version: Option<String>,
 }
 
 /// What kind of message it is.
@@ -74,6 +85,16 @@ impl Envelope {
     /// The method, or "".
     pub fn method(&self) -> &str {
         self.method.as_deref().unwrap_or_default()
+    }
+
+    /// The protocol version in `_meta`, if any.
+    pub fn meta_version(&self) -> Option<&str> {
+        self.params
+            .as_ref()?
+            .meta
+            .as_ref()?
+            .protocol_version
+            .as_deref()
     }
 
     /// `params.name`, or "".

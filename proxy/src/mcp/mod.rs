@@ -2,7 +2,9 @@
 //! their members (`aggregate`); both reach upstreams through `hop`.
 
 pub mod aggregate;
+pub mod era;
 pub mod filter;
 pub mod forward;
 pub mod hop;
 pub mod message;
+pub mod relay;

@@ -1,0 +1,316 @@
+//! The stateless 2026-07-28 era. A client that speaks it sends each request on its own, with
+//! its protocol version, capabilities and identity in `_meta` and the method and name
+//! mirrored in headers. Upstreams that speak it get the request as it is; upstreams of the
+//! `initialize` era are probed once and served through one gateway-held session per
+//! upstream, with request ids made unique and restored on the way back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::hop::{Hop, HopError, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION};
+use super::message::Envelope;
+use super::relay::{self, Rewrite};
+use crate::error::{Body, json_response};
+use crate::session::UpstreamSession;
+
+/// The stateless protocol version.
+pub const MODERN: &str = "2026-07-28";
+/// Versions served statelessly.
+pub const MODERN_VERSIONS: [&str; 1] = [MODERN];
+/// How long a probed era is trusted before the upstream is asked again.
+const PROBE_TTL: Duration = Duration::from_secs(300);
+/// Header and body disagree.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// The client's version is not served.
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+
+/// Which protocol an upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Era {
+    /// `server/discover` and stateless requests.
+    Modern,
+    /// `initialize` and sessions only.
+    Legacy,
+}
+
+/// Whether a request without a session is a stateless one: its version header or `_meta`
+/// names a version of 2026-07-28 or later.
+pub fn is_modern(headers: &HeaderMap, envelope: &Envelope) -> bool {
+    let header = headers.get(PROTOCOL_VERSION).and_then(|v| v.to_str().ok());
+    header
+        .or(envelope.meta_version())
+        .is_some_and(|v| v >= MODERN)
+}
+
+/// Checks a stateless request before the gateway acts on its body: a version it serves, and
+/// headers that say what the body says.
+pub fn check(headers: &HeaderMap, envelope: &Envelope) -> Result<(), Response<Body>> {
+    let id = envelope.id.as_ref();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let version = header("mcp-protocol-version")
+        .or(envelope.meta_version())
+        .unwrap_or_default();
+    if !MODERN_VERSIONS.contains(&version) {
+        return Err(error(
+            id,
+            UNSUPPORTED_VERSION,
+            format!("protocol version {version} is not supported"),
+            Some(json!({"supported": MODERN_VERSIONS, "requested": version})),
+        ));
+    }
+    if let (Some(h), Some(m)) = (header("mcp-protocol-version"), envelope.meta_version())
+        && h != m
+    {
+        return Err(mismatch(id, "MCP-Protocol-Version", h, m));
+    }
+    if let Some(h) = header("mcp-method")
+        && h != envelope.method()
+    {
+        return Err(mismatch(id, "Mcp-Method", h, envelope.method()));
+    }
+    let named = matches!(
+        envelope.method(),
+        "tools/call" | "prompts/get" | "resources/read"
+    );
+    if named {
+        let body = envelope
+            .params
+            .as_ref()
+            .and_then(|p| p.name.as_deref().or(p.uri.as_deref()))
+            .unwrap_or_default();
+        match header("mcp-name") {
+            Some(h) if h == body || decode_header(h).as_deref() == Some(body) => {}
+            Some(h) => return Err(mismatch(id, "Mcp-Name", h, body)),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// `=?base64?...?=` header values, decoded.
+fn decode_header(value: &str) -> Option<String> {
+    use base64::Engine;
+    let inner = value.strip_prefix("=?base64?")?.strip_suffix("?=")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(inner)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn mismatch(id: Option<&Value>, name: &str, header: &str, body: &str) -> Response<Body> {
+    error(
+        id,
+        HEADER_MISMATCH,
+        format!("the {name} header ({header:?}) does not match the request body ({body:?})"),
+        None,
+    )
+}
+
+fn error(id: Option<&Value>, code: i64, message: String, data: Option<Value>) -> Response<Body> {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"jsonrpc": "2.0", "id": id, "error": error}),
+    )
+}
+
+/// Probed eras and gateway-held sessions, per upstream, for this replica.
+#[derive(Debug, Default)]
+pub struct Eras {
+    probed: Mutex<HashMap<String, (Era, Instant)>>,
+    pooled: Mutex<HashMap<String, UpstreamSession>>,
+    next_id: AtomicU64,
+}
+
+impl Eras {
+    /// The era `hop`'s upstream speaks, probed with `server/discover` when not known.
+    pub async fn era(&self, hop: &Hop<'_>) -> Era {
+        let key = &hop.route.config.path;
+        if let Some((era, at)) = lock(&self.probed).get(key)
+            && at.elapsed() < PROBE_TTL
+        {
+            return *era;
+        }
+        let discover = json!({
+            "jsonrpc": "2.0", "id": "mcpgate-discover", "method": "server/discover",
+            "params": {"_meta": {
+                META_VERSION: MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "mcpgate", "version": env!("CARGO_PKG_VERSION")},
+            }},
+        });
+        let era = match hop.call(None, &discover).await {
+            Ok((_, reply))
+                if reply["result"]["supportedVersions"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|v| v == MODERN)) =>
+            {
+                Era::Modern
+            }
+            Ok(_) | Err(HopError::Answer(..)) => Era::Legacy,
+            // Unreachable now: do not remember anything.
+            Err(_) => return Era::Legacy,
+        };
+        tracing::debug!(server = %hop.server(), ?era, "probed upstream era");
+        lock(&self.probed).insert(key.clone(), (era, Instant::now()));
+        era
+    }
+
+    /// Sends a stateless client's request (names already the upstream's) in the era the
+    /// upstream speaks; the answer comes back through `rewrite`.
+    pub async fn send(
+        &self,
+        hop: &Hop<'_>,
+        mut request: Value,
+        mut rewrite: impl Rewrite,
+    ) -> Result<Response<Body>, HopError> {
+        if self.era(hop).await == Era::Modern {
+            let response = hop
+                .send(hop.request(Method::POST, None, Bytes::from(request.to_string()))?)
+                .await?;
+            return Ok(relay::response(response, rewrite).await);
+        }
+        let original = request["id"].take();
+        let ours = Value::String(format!(
+            "mcpgate-{}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        ));
+        request["id"] = ours.clone();
+        let bytes = Bytes::from(request.to_string());
+        let mut session = self.pooled(hop, false).await?;
+        let mut response = hop
+            .send(hop.request(Method::POST, Some(&session), bytes.clone())?)
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            session = self.pooled(hop, true).await?;
+            response = hop
+                .send(hop.request(Method::POST, Some(&session), bytes)?)
+                .await?;
+        }
+        let restore = move |message: &mut Value| {
+            if message.get("method").is_some() && message.get("id").is_some() {
+                // A request for the client (sampling, elicitation): a stateless client has
+                // no way to answer it on this stream.
+                return false;
+            }
+            if message.get("id") == Some(&ours) {
+                message["id"] = original.clone();
+                if let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) {
+                    result
+                        .entry("resultType")
+                        .or_insert_with(|| "complete".into());
+                }
+            }
+            rewrite(message)
+        };
+        Ok(relay::response(response, restore).await)
+    }
+
+    /// One request the gateway makes for a stateless client (`_meta` already the client's);
+    /// its response.
+    pub async fn call(&self, hop: &Hop<'_>, request: &Value) -> Result<Value, HopError> {
+        if self.era(hop).await == Era::Modern {
+            return hop.call(None, request).await.map(|(_, reply)| reply);
+        }
+        let session = self.pooled(hop, false).await?;
+        match hop.call(Some(&session), request).await {
+            Err(HopError::Status(_, 404, _)) => {
+                let session = self.pooled(hop, true).await?;
+                hop.call(Some(&session), request)
+                    .await
+                    .map(|(_, reply)| reply)
+            }
+            other => other.map(|(_, reply)| reply),
+        }
+    }
+
+    /// The gateway's session with an `initialize`-era upstream; a new one when `fresh`.
+    async fn pooled(&self, hop: &Hop<'_>, fresh: bool) -> Result<UpstreamSession, HopError> {
+        let key = &hop.route.config.path;
+        if !fresh && let Some(session) = lock(&self.pooled).get(key) {
+            return Ok(session.clone());
+        }
+        let info = json!({"name": "mcpgate", "version": env!("CARGO_PKG_VERSION")});
+        let (session, _) = hop.initialize(LATEST_LEGACY, &json!({}), &info).await?;
+        lock(&self.pooled).insert(key.clone(), session.clone());
+        Ok(session)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(body: &str) -> Envelope {
+        Envelope::parse(body.as_bytes()).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"gh_search","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+
+    #[test]
+    fn stateless_requests_are_told_apart() {
+        assert!(is_modern(&HeaderMap::new(), &envelope(CALL)));
+        assert!(is_modern(
+            &headers(&[("mcp-protocol-version", "2026-07-28")]),
+            &envelope(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        ));
+        assert!(!is_modern(
+            &headers(&[("mcp-protocol-version", "2025-11-25")]),
+            &envelope(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        ));
+        assert!(!is_modern(
+            &HeaderMap::new(),
+            &envelope(r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#)
+        ));
+    }
+
+    #[test]
+    fn headers_must_say_what_the_body_says() {
+        let ok = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "gh_search"),
+        ]);
+        assert!(check(&ok, &envelope(CALL)).is_ok());
+        let encoded = headers(&[("mcp-name", "=?base64?Z2hfc2VhcmNo?=")]);
+        assert!(check(&encoded, &envelope(CALL)).is_ok());
+        for bad in [
+            headers(&[("mcp-method", "tools/list")]),
+            headers(&[("mcp-name", "other")]),
+            headers(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-name", "other"),
+            ]),
+        ] {
+            let response = check(&bad, &envelope(CALL)).unwrap_err();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        }
+        let future = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01"}}}"#;
+        assert_eq!(
+            check(&HeaderMap::new(), &envelope(future))
+                .unwrap_err()
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the Python environment with the MCP peers and prints its python path.
+# Creates (or reuses) the test peers: the Python environment with the MCP SDKs (its python
+# path is printed) and the Node peers in .cache/npm (node_modules/.bin).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+peers=$root/e2e/peers
+
 venv=${MCPGATE_VENV:-$root/.cache/venv}
 stamp="$venv/.requirements.sha256"
-want=$(sha256sum "$root/e2e/peers/requirements.txt" | cut -d' ' -f1)
+want=$(sha256sum "$peers/requirements.txt" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/e2e/peers/requirements.txt" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$peers/requirements.txt" >&2
   echo "$want" > "$stamp"
 fi
+
+npm_dir=$root/.cache/npm
+npm_stamp="$npm_dir/.lock.sha256"
+npm_want=$(cat "$peers/package.json" "$peers/package-lock.json" | sha256sum | cut -d' ' -f1)
+if [ ! -d "$npm_dir/node_modules" ] || [ "$(cat "$npm_stamp" 2>/dev/null)" != "$npm_want" ]; then
+  mkdir -p "$npm_dir"
+  cp "$peers/package.json" "$peers/package-lock.json" "$npm_dir/"
+  (cd "$npm_dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  echo "$npm_want" > "$npm_stamp"
+fi
+
 echo "$venv/bin/python"

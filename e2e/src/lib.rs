@@ -540,6 +540,43 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The npm reference server `@modelcontextprotocol/server-everything` (initialize era only)
+/// on 127.0.0.1:`port`, from the peers `e2e/peers/install.sh` put in `.cache/npm`. Its
+/// environment is cleared: one of its tools returns it.
+pub fn everything_server(log_dir: &Path, port: u16) -> Result<Process> {
+    let bin = workspace().join(".cache/npm/node_modules/.bin/mcp-server-everything");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run e2e/peers/install.sh",
+        bin.display()
+    );
+    let mut command = Command::new(bin);
+    command
+        .arg("streamableHttp")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env(
+            "NODE_OPTIONS",
+            format!(
+                "--require={}",
+                workspace().join("e2e/peers/loopback.cjs").display()
+            ),
+        );
+    let process = Process::spawn(
+        "server-everything",
+        command,
+        log_dir.join(format!("everything-{port}.log")),
+    )?;
+    wait_for(
+        "server-everything listening",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    )
+    .map_err(|e| e.context(process.log()))?;
+    Ok(process)
+}
+
 /// A running `mcpgate-proxy` on free loopback ports, ready (its `/readyz` answered 200).
 pub struct Proxy {
     /// The process.

@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mcpgate_e2e::{Process, Proxy, built_bin, free_port, mcp_post, python, wait_for, workspace};
+use mcpgate_e2e::{
+    Process, Proxy, built_bin, everything_server, free_port, mcp_post, python, wait_for, workspace,
+};
 use serde_json::Value;
 
 /// The demo server, the rendered configuration and proxies sharing one session key, stopped
@@ -460,6 +462,134 @@ fn a_virtual_server_aggregates_and_routes_to_its_members() -> Result<()> {
         instructions.starts_with("Two demo servers in one.")
             && instructions.contains("A demo server behind mcpgate."),
         "instructions: {instructions}"
+    );
+    Ok(())
+}
+
+/// Runs `e2e/peers/relay.py`; returns its JSON output.
+fn relay(url: &str, mode: &str, tools: &[&str]) -> Result<Value> {
+    let out = Command::new(python()?)
+        .arg(workspace().join("e2e/peers/relay.py"))
+        .args([url, mode])
+        .args(tools)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "relay client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+#[ignore = "needs the Python and Node MCP peers: run `make e2e`"]
+fn relays_with_the_reference_server_in_both_eras() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (everything_port, demo_port) = (free_port(), free_port());
+    let _everything = everything_server(dir.path(), everything_port)?;
+    let _demo = start_upstream(dir.path(), demo_port)?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("servers.yaml"),
+        format!(
+            "apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: everything, namespace: peers}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{everything_port}/mcp\"}}
+  public: true
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: demo, namespace: peers}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{demo_port}/mcp\"}}
+  public: true
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: VirtualMcpServer
+metadata: {{name: mixed, namespace: peers}}
+spec:
+  tools:
+  - server: everything
+    tools: [\"*\"]
+  - server: demo
+    tools: [add]
+"
+        ),
+    )?;
+    let config = dir.path().join("config");
+    let status = Command::new(built_bin("mcpgate-operator")?)
+        .args(["standalone", "--input"])
+        .arg(&manifests)
+        .arg("--output")
+        .arg(&config)
+        .status()?;
+    ensure!(status.success(), "standalone render failed");
+    let proxy = Proxy::start(
+        &[OsStr::new("--config-dir"), config.as_os_str()],
+        &[],
+        dir.path(),
+    )?;
+    let single = format!(
+        "http://127.0.0.1:{}/peers/mcp/everything/server",
+        proxy.port
+    );
+    let mixed = format!("http://127.0.0.1:{}/peers/mcp/mixed/server", proxy.port);
+
+    // Initialize era: progress, and an elicitation the upstream sends mid-call answered by
+    // the client through the gateway, on a server route and through the virtual server.
+    for (url, prefix) in [(&single, ""), (&mixed, "everything_")] {
+        let out = relay(
+            url,
+            "legacy",
+            &[
+                &format!("{prefix}trigger-long-running-operation"),
+                &format!("{prefix}trigger-elicitation-request"),
+            ],
+        )?;
+        ensure!(
+            out["progress"].as_array().map(Vec::len) == Some(3),
+            "{url}: progress {out}"
+        );
+        let elicited = out["elicitation"].to_string();
+        ensure!(
+            elicited.contains("Name: mcpgate") && out["asked"].as_array().map(Vec::len) == Some(1),
+            "{url}: elicitation {out}"
+        );
+    }
+
+    // Stateless era in front of an initialize-only upstream: the gateway holds the session.
+    for (url, prefix) in [(&single, ""), (&mixed, "everything_")] {
+        let out = relay(
+            url,
+            "2026-07-28",
+            &[&format!("{prefix}trigger-long-running-operation")],
+        )?;
+        ensure!(
+            out["progress"].as_array().map(Vec::len) == Some(3),
+            "{url}: stateless progress {out}"
+        );
+        let sum = client(
+            url,
+            "2026-07-28",
+            &["call", &format!("{prefix}get-sum"), r#"{"a": 40, "b": 2}"#],
+        )?;
+        ensure!(
+            sum["text"][0].as_str().unwrap_or_default().contains("42"),
+            "{url}: stateless get-sum {sum}"
+        );
+    }
+    let tools = client(&mixed, "2026-07-28", &["list"])?;
+    ensure!(
+        tools
+            .as_array()
+            .is_some_and(|t| t.iter().any(|n| n == "everything_echo")
+                && t.iter().any(|n| n == "demo_add")
+                && !t.iter().any(|n| n == "demo_echo")),
+        "mixed tools: {tools}"
     );
     Ok(())
 }

@@ -179,6 +179,16 @@ impl Eras {
                 .await?;
             return Ok(relay::response(response, rewrite).await);
         }
+        let cached = matches!(
+            request["method"].as_str(),
+            Some(
+                "tools/list"
+                    | "prompts/list"
+                    | "resources/list"
+                    | "resources/templates/list"
+                    | "resources/read"
+            )
+        );
         let original = request["id"].take();
         let ours = Value::String(format!(
             "mcpgate-{}",
@@ -208,6 +218,14 @@ impl Eras {
                     result
                         .entry("resultType")
                         .or_insert_with(|| "complete".into());
+                    if cached {
+                        // The stateless era requires cache hints on these results; per-user
+                        // policy makes them uncacheable across callers.
+                        result.entry("ttlMs").or_insert_with(|| 0.into());
+                        result
+                            .entry("cacheScope")
+                            .or_insert_with(|| "private".into());
+                    }
                 }
             }
             rewrite(message)

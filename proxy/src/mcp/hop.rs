@@ -182,13 +182,16 @@ impl Hop<'_> {
         if session.is_none() {
             headers.remove(PROTOCOL_VERSION);
         }
-        if let Some(version) = message
-            .pointer(&format!(
-                "/params/_meta/{}",
-                META_VERSION.replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-            .and_then(|v| HeaderValue::try_from(v).ok())
+        // A stateless request says its version in `_meta`; within a session the session's
+        // version stands.
+        if session.is_none()
+            && let Some(version) = message
+                .pointer(&format!(
+                    "/params/_meta/{}",
+                    META_VERSION.replace('/', "~1")
+                ))
+                .and_then(Value::as_str)
+                .and_then(|v| HeaderValue::try_from(v).ok())
         {
             headers.insert(PROTOCOL_VERSION, version);
             if let Some(method) = message["method"]

@@ -333,7 +333,7 @@ struct Bundle {
     url: String,
     _upstreams: Vec<Process>,
     _proxy: Proxy,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Bundle {
@@ -396,7 +396,7 @@ spec:
             url: format!("http://127.0.0.1:{}/peers/mcp/bundle/server", proxy.port),
             _upstreams: upstreams,
             _proxy: proxy,
-            _dir: dir,
+            dir,
         })
     }
 }
@@ -590,6 +590,46 @@ spec:
                 && t.iter().any(|n| n == "demo_add")
                 && !t.iter().any(|n| n == "demo_echo")),
         "mixed tools: {tools}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers: run `make e2e`"]
+fn a_configuration_change_tells_open_sessions_their_tools_changed() -> Result<()> {
+    let bundle = Bundle::start()?;
+    let mut listener = Command::new(python()?)
+        .arg(workspace().join("e2e/peers/listen.py"))
+        .arg(&bundle.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(listener.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    ensure!(line.contains("\"plus\""), "before: {line}");
+
+    // The platform team renames beta's tool; the operator re-renders; the proxy reloads.
+    let manifests = bundle.dir.path().join("manifests");
+    let yaml = std::fs::read_to_string(manifests.join("bundle.yaml"))?;
+    std::fs::write(
+        manifests.join("bundle.yaml"),
+        yaml.replace("{add: plus}", "{add: beta_sum}"),
+    )?;
+    let status = Command::new(built_bin("mcpgate-operator")?)
+        .args(["standalone", "--input"])
+        .arg(&manifests)
+        .arg("--output")
+        .arg(bundle.dir.path().join("config"))
+        .status()?;
+    ensure!(status.success(), "standalone render failed");
+
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    let status = listener.wait()?;
+    ensure!(
+        status.success() && line.contains("\"beta_sum\"") && !line.contains("\"plus\""),
+        "after the change: {line} ({status})"
     );
     Ok(())
 }

@@ -123,6 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_body: args.max_body_bytes,
             sessions: Sessions::new(keys),
             eras: Default::default(),
+            current: current.clone(),
             stopping: stop_rx.clone(),
         },
         metrics: metrics.clone(),

@@ -24,7 +24,7 @@ use super::message::Kind;
 use super::relay::{self, Rewrite};
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
 use crate::session::{SessionState, UpstreamSession};
-use crate::source::{Member, VirtualRoute};
+use crate::source::{Current, Member, VirtualRoute};
 
 /// Versions of the `initialize` era the gateway speaks downstream.
 const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
@@ -668,10 +668,8 @@ impl Ctx<'_> {
             Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
         })
         .boxed();
-        let streams = opened
-            .into_iter()
-            .flatten()
-            .chain(std::iter::once(keep_alive));
+        let changes = list_changes(self.fwd.current.clone(), self.route.config.path.clone());
+        let streams = opened.into_iter().flatten().chain([keep_alive, changes]);
         let merged = futures::stream::select_all(streams).map(|chunk| chunk.map(Frame::data));
         let body = self
             .fwd
@@ -704,6 +702,30 @@ impl Ctx<'_> {
         *response.status_mut() = StatusCode::OK;
         response
     }
+}
+
+/// List-changed notifications each time the configuration in service changes what the
+/// route at `path` offers; ends when the route is gone.
+fn list_changes(current: std::sync::Arc<Current>, path: String) -> relay::Chunks {
+    const CHANGED: &[u8] = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/prompts/list_changed\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n\n";
+    let stored = current.subscribe();
+    let last = current.load().and_then(|s| s.surface(&path));
+    futures::stream::unfold(
+        (stored, last, current, path),
+        |(mut stored, mut last, current, path)| async move {
+            loop {
+                stored.changed().await.ok()?;
+                let now = current.load().and_then(|s| s.surface(&path));
+                now.as_ref()?;
+                if now != last {
+                    last = now;
+                    let event = Ok(Bytes::from_static(CHANGED));
+                    return Some((event, (stored, last, current, path)));
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 fn server_info(route: &VirtualRoute) -> Value {

@@ -39,6 +39,8 @@ pub struct Forwarder {
     pub sessions: Sessions,
     /// Upstream eras and the gateway's own sessions for stateless clients.
     pub eras: super::era::Eras,
+    /// The configuration in service (streams watch it for changes).
+    pub current: std::sync::Arc<crate::source::Current>,
     /// Turns true at shutdown: long-lived streams end so connections can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }

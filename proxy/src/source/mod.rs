@@ -14,18 +14,35 @@ pub use snapshot::{Member, Route, ServerRoute, Snapshot, VirtualRoute};
 
 use crate::metrics::Metrics;
 
-/// The configuration in service.
-#[derive(Default)]
-pub struct Current(ArcSwapOption<Snapshot>);
+/// The configuration in service, and a signal each time it is replaced.
+pub struct Current {
+    snapshot: ArcSwapOption<Snapshot>,
+    stored: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Current {
+    fn default() -> Self {
+        Self {
+            snapshot: ArcSwapOption::default(),
+            stored: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
 
 impl Current {
     /// The snapshot in service, if one has loaded.
     pub fn load(&self) -> Option<Arc<Snapshot>> {
-        self.0.load_full()
+        self.snapshot.load_full()
+    }
+
+    /// Changes each time a new snapshot goes into service.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stored.subscribe()
     }
 
     fn store(&self, snapshot: Snapshot) {
-        self.0.store(Some(Arc::new(snapshot)));
+        self.snapshot.store(Some(Arc::new(snapshot)));
+        self.stored.send_modify(|n| *n += 1);
     }
 }
 

@@ -233,6 +233,23 @@ impl Snapshot {
         self.routes.get(path)
     }
 
+    /// What a client of the route at `path` is offered (members, their tool filters and
+    /// renames), as a comparable string; None when there is no such route.
+    pub fn surface(&self, path: &str) -> Option<String> {
+        let value = match self.routes.get(path)? {
+            Route::Server(server) => serde_json::to_string(&server.config.tools),
+            Route::Virtual(v) => {
+                let members: Vec<_> = v
+                    .members
+                    .iter()
+                    .map(|m| (m.name(), m.all, &m.renames, &m.server.config.tools))
+                    .collect();
+                serde_json::to_string(&(&v.config.members, members))
+            }
+        };
+        value.ok()
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.routes.len()

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
-    Process, Proxy, built_bin, everything_server, free_port, mcp_post, python, wait_for, workspace,
+    Process, Proxy, built_bin, everything_server, free_port, http_get, mcp_post, python,
+    sum_metric, wait_for, workspace,
 };
 use serde_json::Value;
 
@@ -631,5 +632,93 @@ fn a_configuration_change_tells_open_sessions_their_tools_changed() -> Result<()
         status.success() && line.contains("\"beta_sum\"") && !line.contains("\"plus\""),
         "after the change: {line} ({status})"
     );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers: run `make e2e`"]
+fn configuration_reloads_under_load_fail_no_request() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let gateway = Gateway::start()?;
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let manifests = gateway.dir.path().join("manifests");
+    let config = gateway.dir.path().join("config");
+    let reloads = || -> Result<f64> {
+        let (_, metrics) = http_get(&format!(
+            "http://127.0.0.1:{}/metrics",
+            gateway.proxies[0].admin
+        ))?;
+        Ok(sum_metric(
+            &metrics,
+            "mcpgate_config_reloads_total",
+            &[("outcome", "ok")],
+        ))
+    };
+    let before = reloads()?;
+    std::thread::scope(|scope| -> Result<()> {
+        for worker in 0..4u64 {
+            let (stop, ok, failed, url) = (&stop, &ok, &failed, &gateway.url);
+            scope.spawn(move || {
+                let mut id = worker * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let request = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                        "params": {"name": "add", "arguments": {"a": id, "b": 1},
+                            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                      "io.modelcontextprotocol/clientCapabilities": {}}}});
+                    let headers = [
+                        ("MCP-Protocol-Version", "2026-07-28"),
+                        ("Mcp-Method", "tools/call"),
+                        ("Mcp-Name", "add"),
+                    ];
+                    let answered = mcp_post(url, &headers, &request).is_ok_and(|(status, _, m)| {
+                        status == 200
+                            && m.first().is_some_and(|m| {
+                                m["result"]["content"][0]["text"] == (id + 1).to_string()
+                            })
+                    });
+                    let counter = if answered { ok } else { failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        // Ten new configurations while the calls run: the deny list flips each time.
+        for round in 0..10 {
+            let deny = if round % 2 == 0 {
+                "[secret_tool, blob]"
+            } else {
+                "[secret_tool]"
+            };
+            let path = manifests.join("server.yaml");
+            let yaml = std::fs::read_to_string(&path)?;
+            let (head, _) = yaml.split_once("  tools:").context("no tools line")?;
+            std::fs::write(
+                &path,
+                format!("{head}  tools: {{deny: {deny}}}\n  public: true\n"),
+            )?;
+            let status = Command::new(built_bin("mcpgate-operator")?)
+                .args(["standalone", "--input"])
+                .arg(&manifests)
+                .arg("--output")
+                .arg(&config)
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            ensure!(status.success(), "render {round} failed");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        stop.store(true, Ordering::Relaxed);
+        Ok(())
+    })?;
+    let (ok, failed) = (ok.into_inner(), failed.into_inner());
+    let reloaded = reloads()? - before;
+    eprintln!("{ok} calls answered, {failed} failed, {reloaded} reloads");
+    ensure!(
+        failed == 0,
+        "{failed} of {} calls failed during reloads",
+        ok + failed
+    );
+    ensure!(ok > 100, "only {ok} calls ran");
+    ensure!(reloaded >= 10.0, "only {reloaded} reloads happened");
     Ok(())
 }

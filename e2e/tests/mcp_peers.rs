@@ -675,7 +675,7 @@ fn configuration_reloads_under_load_fail_no_request() -> Result<()> {
                     let answered = mcp_post(url, &headers, &request).is_ok_and(|(status, _, m)| {
                         status == 200
                             && m.first().is_some_and(|m| {
-                                m["result"]["content"][0]["text"] == (id + 1).to_string()
+                                m["result"]["content"][0]["text"].as_str().and_then(|t| t.parse::<u64>().ok()) == Some(id + 1)
                             })
                     });
                     let counter = if answered { ok } else { failed };

@@ -1,6 +1,8 @@
-//! `make bench` (proxy part): `tools/call` with a 200-byte argument, direct to a fast
-//! loopback upstream and through `mcpgate-proxy`, at 1, 16 and 64 concurrent connections:
-//! req/s, p50, p99, the proxy's CPU time per proxied call, and its peak RSS.
+//! `make bench` (proxy part): `tools/call` with a 200-byte argument in one initialized
+//! session, direct to a fast loopback upstream, through `mcpgate-proxy` on a server route,
+//! and through a virtual server over three upstreams, at 1, 16 and 64 concurrent
+//! connections: req/s, p50, p99, the proxy's CPU time per proxied call, its peak RSS; then
+//! the cost of opening a session and the proxy's RSS with 10,000 idle sessions.
 //! Load generator, proxy and upstream share this machine's cores, so CPU per call is the
 //! figure that compares across machines.
 
@@ -39,12 +41,33 @@ async fn upstream(listener: tokio::net::TcpListener) {
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    let id = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .map(|v| v["id"].clone())
-                        .unwrap_or_default();
-                    let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}], "isError": false}});
+                    let message =
+                        serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+                    let id = message["id"].clone();
+                    let result = match message["method"].as_str().unwrap_or_default() {
+                        "initialize" => {
+                            json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                                               "serverInfo": {"name": "fast", "version": "1"}})
+                        }
+                        "server/discover" => {
+                            json!({"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}}})
+                        }
+                        "tools/list" => {
+                            json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
+                        }
+                        m if m.starts_with("notifications/") => {
+                            let mut accepted = Response::new(Full::new(Bytes::new()));
+                            *accepted.status_mut() = hyper::StatusCode::ACCEPTED;
+                            return Ok::<_, Infallible>(accepted);
+                        }
+                        _ => json!({"content": [{"type": "text", "text": "ok"}], "isError": false}),
+                    };
+                    let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
                     let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+                    response.headers_mut().insert(
+                        "mcp-session-id",
+                        hyper::header::HeaderValue::from_static("upstream-session"),
+                    );
                     response.headers_mut().insert(
                         "content-type",
                         "application/json"
@@ -65,6 +88,8 @@ async fn upstream(listener: tokio::net::TcpListener) {
 async fn load(
     addr: SocketAddr,
     path: &str,
+    session: &str,
+    tool: &str,
     concurrency: usize,
     calls: usize,
 ) -> Result<(Duration, Vec<Duration>)> {
@@ -73,7 +98,12 @@ async fn load(
     let per_worker = calls / concurrency;
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (path, argument) = (path.to_owned(), argument.clone());
+        let (path, argument, session, tool) = (
+            path.to_owned(),
+            argument.clone(),
+            session.to_owned(),
+            tool.to_owned(),
+        );
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
@@ -84,15 +114,14 @@ async fn load(
             for i in 0..per_worker {
                 let body =
                     json!({"jsonrpc": "2.0", "id": w * per_worker + i, "method": "tools/call",
-                                  "params": {"name": "echo", "arguments": {"text": argument}}})
+                                  "params": {"name": tool, "arguments": {"text": argument}}})
                     .to_string();
                 let request = Request::post(path.as_str())
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json")
                     .header("accept", "application/json, text/event-stream")
-                    .header("mcp-protocol-version", "2026-07-28")
-                    .header("mcp-method", "tools/call")
-                    .header("mcp-name", "echo")
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .header("mcp-session-id", session.as_str())
                     .body(Full::new(Bytes::from(body)))?;
                 let sent = Instant::now();
                 let response = sender.send_request(request).await?;
@@ -112,6 +141,58 @@ async fn load(
     Ok((started.elapsed(), all))
 }
 
+/// Opens a session at `path` (initialize + initialized); returns its id.
+async fn open_session(addr: SocketAddr, path: &str) -> Result<String> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let post = |body: serde_json::Value, session: Option<&str>| {
+        let mut request = Request::post(path)
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.body(Full::new(Bytes::from(body.to_string())))
+    };
+    let response = sender
+        .send_request(post(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}),
+            None,
+        )?)
+        .await
+        .context("initialize")?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "initialize: {}",
+        response.status()
+    );
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .context("no session id")?
+        .to_str()?
+        .to_owned();
+    response.into_body().collect().await?;
+    sender
+        .ready()
+        .await
+        .context("connection after initialize")?;
+    let response = sender
+        .send_request(post(
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(&session),
+        )?)
+        .await
+        .context("notifications/initialized")?;
+    response.into_body().collect().await?;
+    Ok(session)
+}
+
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
@@ -124,72 +205,137 @@ fn main() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let upstream_listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let upstream_addr = upstream_listener.local_addr()?;
-    runtime.spawn(upstream(upstream_listener));
+    let mut upstreams = Vec::new();
+    for _ in 0..3 {
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        upstreams.push(listener.local_addr()?);
+        runtime.spawn(upstream(listener));
+    }
+    let upstream_addr = upstreams[0];
 
     let dir = tempfile::tempdir()?;
-    std::fs::write(
-        dir.path().join("config.json"),
-        json!({"schema": 1, "version": "bench", "virtualServers": [], "servers": [{
-            "namespace": "bench", "name": "fast", "path": "/bench/mcp/fast/server",
-            "upstream": {"type": "remote", "url": format!("http://{upstream_addr}/mcp"), "transport": "StreamableHttp"},
+    let server = |name: &str, addr: SocketAddr| {
+        json!({
+            "namespace": "bench", "name": name, "path": format!("/bench/mcp/{name}/server"),
+            "upstream": {"type": "remote", "url": format!("http://{addr}/mcp"), "transport": "StreamableHttp"},
             "auth": {"type": "none"}, "tools": {"allow": [], "deny": ["never"]}, "timeoutMs": 30000,
             "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
-            "public": true, "access": {"subjects": []}}]})
+            "public": true, "access": {"subjects": []}})
+    };
+    let members: Vec<_> = ["fast", "second", "third"]
+        .iter()
+        .map(|name| json!({"server": name, "all": true, "tools": {}}))
+        .collect();
+    std::fs::write(
+        dir.path().join("config.json"),
+        json!({"schema": 1, "version": "bench",
+            "servers": [server("fast", upstreams[0]), server("second", upstreams[1]), server("third", upstreams[2])],
+            "virtualServers": [{"namespace": "bench", "name": "bundle", "path": "/bench/mcp/bundle/server",
+                "description": null, "instructions": null, "members": members, "access": {"subjects": []}}]})
         .to_string(),
     )?;
+    std::fs::write(dir.path().join("session.key"), [7u8; 32])?;
+    let key = dir.path().join("session.key");
     let proxy = Proxy::start(
         &[OsStr::new("--config-dir"), dir.path().as_os_str()],
-        &[("RUST_LOG", OsStr::new("warn"))],
+        &[
+            ("RUST_LOG", OsStr::new("warn")),
+            ("MCPGATE_SESSION_KEY_FILE", key.as_os_str()),
+        ],
         dir.path(),
     )?;
-    let proxy_pid = proxy.process.pid();
+    let pid = proxy.process.pid();
     let gateway: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
-    let idle_rss = rss_kib(proxy_pid, "VmRSS:").unwrap_or(0);
+    let idle_rss = rss_kib(pid, "VmRSS:").unwrap_or(0);
 
     println!(
-        "tools/call, 200-byte argument, {CALLS_PER_RUN} calls per row (loopback, 2 cores shared by load, proxy and upstream)"
+        "tools/call, 200-byte argument, one session, {CALLS_PER_RUN} calls per row (loopback, 2 cores shared by load, proxy and upstreams)"
     );
     println!(
         "{:<10} {:>5} {:>10} {:>10} {:>10} {:>16}",
         "path", "conns", "req/s", "p50", "p99", "proxy CPU/call"
     );
-    let pid = proxy_pid;
+    let direct_session = runtime.block_on(open_session(upstream_addr, "/mcp"))?;
+    let server_session = runtime.block_on(open_session(gateway, "/bench/mcp/fast/server"))?;
+    let bundle_session = runtime.block_on(open_session(gateway, "/bench/mcp/bundle/server"))?;
     for concurrency in [1, 16, 64] {
-        let (elapsed, latencies) =
-            runtime.block_on(load(upstream_addr, "/mcp", concurrency, CALLS_PER_RUN))?;
-        let rps = latencies.len() as f64 / elapsed.as_secs_f64();
-        print_row("direct", concurrency, rps, &latencies, None);
-
-        let before = cpu_seconds(pid).context("proxy CPU")?;
         let (elapsed, latencies) = runtime.block_on(load(
-            gateway,
-            "/bench/mcp/fast/server",
+            upstream_addr,
+            "/mcp",
+            &direct_session,
+            "echo",
             concurrency,
             CALLS_PER_RUN,
         ))?;
-        let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
-        let rps_gw = latencies.len() as f64 / elapsed.as_secs_f64();
-        print_row(
-            "gateway",
-            concurrency,
-            rps_gw,
-            &latencies,
-            Some(cpu / latencies.len() as f64),
-        );
+        let rps = latencies.len() as f64 / elapsed.as_secs_f64();
+        print_row("direct", concurrency, rps, &latencies, None);
+        for (label, path, session, tool) in [
+            ("gateway", "/bench/mcp/fast/server", &server_session, "echo"),
+            (
+                "virtual",
+                "/bench/mcp/bundle/server",
+                &bundle_session,
+                "second_echo",
+            ),
+        ] {
+            let before = cpu_seconds(pid).context("proxy CPU")?;
+            let (elapsed, latencies) = runtime.block_on(load(
+                gateway,
+                path,
+                session,
+                tool,
+                concurrency,
+                CALLS_PER_RUN,
+            ))?;
+            let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
+            let rps_gw = latencies.len() as f64 / elapsed.as_secs_f64();
+            print_row(
+                label,
+                concurrency,
+                rps_gw,
+                &latencies,
+                Some(cpu / latencies.len() as f64),
+            );
+            println!("{:<10} {:>5} {:>9.2}x of direct", "", "", rps_gw / rps);
+        }
         println!(
-            "{:<10} {:>5} {:>9.2}x   (upstream connections so far: {})",
-            "ratio",
-            concurrency,
-            rps_gw / rps,
+            "           (upstream connections so far: {})",
             ACCEPTED.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
     println!(
-        "proxy RSS: idle {} KiB, peak {} KiB (target <= 20 MB under the 64-connection load)",
+        "proxy RSS: idle {} KiB, peak {} KiB under the 64-connection load (target <= 20 MB)",
         idle_rss,
         rss_kib(pid, "VmHWM:").unwrap_or(0)
+    );
+
+    // Opening sessions, and keeping 10,000 of them open.
+    const SESSIONS: usize = 10_000;
+    for (label, path) in [
+        ("server route", "/bench/mcp/fast/server"),
+        ("virtual, 3 upstreams", "/bench/mcp/bundle/server"),
+    ] {
+        let before = cpu_seconds(pid).context("proxy CPU")?;
+        let started = Instant::now();
+        let opened: Vec<String> = runtime.block_on(async {
+            let mut ids = Vec::with_capacity(SESSIONS);
+            for _ in 0..SESSIONS / 2 {
+                ids.push(open_session(gateway, path).await?);
+            }
+            Ok::<_, anyhow::Error>(ids)
+        })?;
+        let elapsed = started.elapsed();
+        let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
+        println!(
+            "new session ({label}): {:.0} us wall, {:.0} us proxy CPU each ({} opened)",
+            elapsed.as_secs_f64() * 1e6 / opened.len() as f64,
+            cpu * 1e6 / opened.len() as f64,
+            opened.len()
+        );
+    }
+    println!(
+        "proxy RSS with {SESSIONS} idle sessions: {} KiB (target <= 50 MB; sessions live in the clients' sealed ids)",
+        rss_kib(pid, "VmRSS:").unwrap_or(0)
     );
     Ok(())
 }

@@ -9,4 +9,5 @@ pub mod path;
 pub mod server;
 pub mod session;
 pub mod source;
+pub mod tls;
 pub mod upstream;

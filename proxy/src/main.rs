@@ -55,6 +55,12 @@ struct Args {
         requires = "session_key_file"
     )]
     session_previous_key_file: Option<PathBuf>,
+    /// PEM certificate chain: the MCP port then serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN).
+    #[arg(long, env = "MCPGATE_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `--tls-cert-file`.
+    #[arg(long, env = "MCPGATE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
     /// Seconds open connections may take to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     drain_seconds: u64,
@@ -133,13 +139,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .filter(|o| !o.is_empty())
             .collect(),
     });
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(mcpgate_proxy::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding {}", args.admin_listen))?;
-    tracing::info!(mcp = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
+    tracing::info!(mcp = %listener.local_addr()?, admin = %admin.local_addr()?, tls = tls.is_some(), "listening");
 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -158,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     server::serve(
         listener,
         app,
+        tls,
         stopped(stop_rx),
         Duration::from_secs(args.drain_seconds),
     )

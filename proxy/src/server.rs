@@ -102,14 +102,16 @@ fn origin_allowed(app: &App, origin: &str, host: Option<&http::HeaderValue>) -> 
     same_host || app.allowed_origins.iter().any(|o| o == origin)
 }
 
-/// Serves MCP until `shutdown`, then lets connections finish (at most `drain`).
+/// Serves MCP until `shutdown`, then lets connections finish (at most `drain`); over TLS
+/// when `tls` is set.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -126,10 +128,32 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(handle(&app, req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => {
+                    // A client that never finishes its handshake must not hold a task forever.
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

@@ -393,3 +393,68 @@ fn an_unreachable_upstream_is_named() {
         "{body}"
     );
 }
+
+#[test]
+fn serves_https_with_http2_and_http1() {
+    let (upstream, _seen) = spawn_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &config(upstream, 2000));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "openssl could not make a test certificate"
+    );
+    let (_proxy, port, _admin) = start_proxy(
+        dir.path(),
+        &[
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let curl = |version: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", version, "--cacert"])
+            .arg(&cert)
+            .args(["-H", "content-type: application/json"])
+            .args(["-H", "accept: application/json, text/event-stream"])
+            .args(["-w", "\n%{http_version} %{http_code}"])
+            .args(["-d", &call("echo")])
+            .arg(format!("https://127.0.0.1:{port}/team/mcp/plain/server"))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("200").then_some(text)
+    };
+    let h2 = wait_for("HTTPS over HTTP/2", || curl("--http2"));
+    assert!(h2.ends_with("2 200"), "{h2}");
+    assert!(
+        h2.contains("\"name\":\"echo\""),
+        "the call reached the upstream: {h2}"
+    );
+    let h1 = curl("--http1.1").expect("HTTPS over HTTP/1.1");
+    assert!(h1.ends_with("1.1 200"), "{h1}");
+
+    // Plain HTTP on the TLS port gets no MCP answer.
+    let (status, _, _) = post(port, "/team/mcp/plain/server", &[], &call("echo"));
+    assert_ne!(status, 200);
+}

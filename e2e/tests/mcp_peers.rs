@@ -41,13 +41,7 @@ impl Gateway {
                 "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo, namespace: peers}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [secret_tool]}}\n  public: true\n"
             ),
         )?;
-        let status = Command::new(built_bin("mcpgate-operator")?)
-            .args(["standalone", "--input"])
-            .arg(&manifests)
-            .arg("--output")
-            .arg(dir.path().join("config"))
-            .status()?;
-        ensure!(status.success(), "standalone render failed");
+        render(&manifests, &dir.path().join("config")).context("standalone render failed")?;
         std::fs::write(dir.path().join("session.key"), [0x5au8; 32])?;
         let mut gateway = Self {
             url: String::new(),
@@ -119,6 +113,22 @@ fn start_upstream(dir: &std::path::Path, port: u16) -> Result<Process> {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })?;
     Ok(upstream)
+}
+
+/// `mcpgate-operator standalone`: renders the manifests in `input` into `output`.
+fn render(input: &std::path::Path, output: &std::path::Path) -> Result<()> {
+    let out = Command::new(built_bin("mcpgate-operator")?)
+        .args(["standalone", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// Runs the Python client; returns its JSON output.
@@ -381,13 +391,7 @@ spec:
             ),
         )?;
         let config = dir.path().join("config");
-        let status = Command::new(built_bin("mcpgate-operator")?)
-            .args(["standalone", "--input"])
-            .arg(&manifests)
-            .arg("--output")
-            .arg(&config)
-            .status()?;
-        ensure!(status.success(), "standalone render failed");
+        render(&manifests, &config).context("standalone render failed")?;
         let proxy = Proxy::start(
             &[OsStr::new("--config-dir"), config.as_os_str()],
             &[],
@@ -522,13 +526,7 @@ spec:
         ),
     )?;
     let config = dir.path().join("config");
-    let status = Command::new(built_bin("mcpgate-operator")?)
-        .args(["standalone", "--input"])
-        .arg(&manifests)
-        .arg("--output")
-        .arg(&config)
-        .status()?;
-    ensure!(status.success(), "standalone render failed");
+    render(&manifests, &config).context("standalone render failed")?;
     let proxy = Proxy::start(
         &[OsStr::new("--config-dir"), config.as_os_str()],
         &[],
@@ -617,13 +615,7 @@ fn a_configuration_change_tells_open_sessions_their_tools_changed() -> Result<()
         manifests.join("bundle.yaml"),
         yaml.replace("{add: plus}", "{add: beta_sum}"),
     )?;
-    let status = Command::new(built_bin("mcpgate-operator")?)
-        .args(["standalone", "--input"])
-        .arg(&manifests)
-        .arg("--output")
-        .arg(bundle.dir.path().join("config"))
-        .status()?;
-    ensure!(status.success(), "standalone render failed");
+    render(&manifests, &bundle.dir.path().join("config")).context("standalone render failed")?;
 
     line.clear();
     std::io::BufRead::read_line(&mut stdout, &mut line)?;
@@ -697,14 +689,7 @@ fn configuration_reloads_under_load_fail_no_request() -> Result<()> {
                 &path,
                 format!("{head}  tools: {{deny: {deny}}}\n  public: true\n"),
             )?;
-            let status = Command::new(built_bin("mcpgate-operator")?)
-                .args(["standalone", "--input"])
-                .arg(&manifests)
-                .arg("--output")
-                .arg(&config)
-                .stderr(std::process::Stdio::null())
-                .status()?;
-            ensure!(status.success(), "render {round} failed");
+            render(&manifests, &config).with_context(|| format!("render {round} failed"))?;
             std::thread::sleep(Duration::from_millis(300));
         }
         stop.store(true, Ordering::Relaxed);

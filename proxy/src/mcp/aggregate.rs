@@ -265,6 +265,18 @@ impl Ctx<'_> {
         }
     }
 
+    /// Sends to a member within this request's session.
+    async fn send(
+        &self,
+        hop: &Hop<'_>,
+        method: &Method,
+        bytes: Bytes,
+    ) -> Result<Response<Incoming>, HopError> {
+        self.fwd
+            .exchange(hop, self.session(), None, method, bytes)
+            .await
+    }
+
     fn hop<'b>(&'b self, member: &'b Member, caller: &'b HeaderMap) -> Hop<'b> {
         Hop {
             client: &self.fwd.client,
@@ -385,11 +397,7 @@ impl Ctx<'_> {
             Via::Stateless { .. } => self.fwd.eras.send(&hop, request, rewrite).await,
             Via::Session { .. } => {
                 let bytes = Bytes::from(request.to_string());
-                match self
-                    .fwd
-                    .exchange(&hop, self.session(), None, &Method::POST, bytes)
-                    .await
-                {
+                match self.send(&hop, &Method::POST, bytes).await {
                     Ok(response) => Ok(relay::response(response, rewrite).await),
                     Err(error) => Err(error),
                 }
@@ -496,14 +504,7 @@ impl Ctx<'_> {
         let timeout = hop.timeout();
         let exchange = async {
             let response = self
-                .fwd
-                .exchange(
-                    hop,
-                    self.session(),
-                    None,
-                    &Method::POST,
-                    Bytes::from(request.to_string()),
-                )
+                .send(hop, &Method::POST, Bytes::from(request.to_string()))
                 .await?;
             let (parts, body) = response.into_parts();
             if !parts.status.is_success() {
@@ -576,17 +577,7 @@ impl Ctx<'_> {
         if message.envelope.method() != "notifications/initialized" {
             join_all(self.route.members.iter().map(|member| async move {
                 let hop = self.hop(member, self.caller);
-                if let Err(error) = self
-                    .fwd
-                    .exchange(
-                        &hop,
-                        self.session(),
-                        None,
-                        &Method::POST,
-                        message.bytes.clone(),
-                    )
-                    .await
-                {
+                if let Err(error) = self.send(&hop, &Method::POST, message.bytes.clone()).await {
                     tracing::warn!(%error, "a notification did not reach a member");
                 }
             }))
@@ -622,14 +613,7 @@ impl Ctx<'_> {
         response["id"] = original;
         let hop = self.hop(member, self.caller);
         match self
-            .fwd
-            .exchange(
-                &hop,
-                self.session(),
-                None,
-                &Method::POST,
-                Bytes::from(response.to_string()),
-            )
+            .send(&hop, &Method::POST, Bytes::from(response.to_string()))
             .await
         {
             Ok(_) => accepted(),
@@ -646,10 +630,7 @@ impl Ctx<'_> {
     async fn stream(&self) -> Response<Body> {
         let opened = join_all(self.route.members.iter().map(|member| async move {
             let hop = self.hop(member, self.caller);
-            let response = self
-                .fwd
-                .exchange(&hop, self.session(), None, &Method::GET, Bytes::new())
-                .await;
+            let response = self.send(&hop, &Method::GET, Bytes::new()).await;
             match response {
                 Ok(r) if r.status().is_success() => Some(relay::sse(
                     r.into_body(),
@@ -689,10 +670,7 @@ impl Ctx<'_> {
     async fn delete(&self) -> Response<Body> {
         join_all(self.route.members.iter().map(|member| async move {
             let hop = self.hop(member, self.caller);
-            let _ = self
-                .fwd
-                .exchange(&hop, self.session(), None, &Method::DELETE, Bytes::new())
-                .await;
+            let _ = self.send(&hop, &Method::DELETE, Bytes::new()).await;
         }))
         .await;
         if let Some((sid, _)) = self.session() {

@@ -179,14 +179,8 @@ mod tests {
         let sessions = Sessions::new(SessionKeys::new([3; 32], None));
         let state = state();
         let id = sessions.mint(&state).unwrap();
-        assert_eq!(
-            sessions
-                .upstream(&id, &state, "github")
-                .unwrap()
-                .id
-                .as_deref(),
-            Some("abc")
-        );
+        let upstream_id = || sessions.upstream(&id, &state, "github").unwrap().id;
+        assert_eq!(upstream_id().as_deref(), Some("abc"));
         sessions.reopened(
             &id,
             UpstreamSession {
@@ -195,22 +189,8 @@ mod tests {
                 version: "2025-06-18".into(),
             },
         );
-        assert_eq!(
-            sessions
-                .upstream(&id, &state, "github")
-                .unwrap()
-                .id
-                .as_deref(),
-            Some("new")
-        );
+        assert_eq!(upstream_id().as_deref(), Some("new"));
         sessions.forget(&id);
-        assert_eq!(
-            sessions
-                .upstream(&id, &state, "github")
-                .unwrap()
-                .id
-                .as_deref(),
-            Some("abc")
-        );
+        assert_eq!(upstream_id().as_deref(), Some("abc"));
     }
 }

@@ -3,6 +3,7 @@
 //! that route's credentials.
 
 pub mod error;
+pub mod guard;
 pub mod mcp;
 pub mod metrics;
 pub mod path;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::server::{self, App};
@@ -42,6 +43,10 @@ struct Args {
     /// Browser origins allowed to call the gateway, besides its own host (comma-separated).
     #[arg(long, env = "MCPGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Host names a loopback-only gateway answers besides localhost and loopback addresses
+    /// (comma-separated); other names are refused against DNS rebinding.
+    #[arg(long, env = "MCPGATE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     /// File with the 32-byte key that seals session ids (raw, hex or base64). Replicas that
     /// share it continue each other's sessions; without it a random key is used and sessions
     /// end with the process.
@@ -133,11 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             stopping: stop_rx.clone(),
         },
         metrics: metrics.clone(),
-        allowed_origins: args
-            .allowed_origins
-            .into_iter()
-            .filter(|o| !o.is_empty())
-            .collect(),
+        guard: RequestGuard::new(args.listen, &args.allowed_origins, &args.allowed_hosts),
     });
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => Some(mcpgate_proxy::tls::acceptor(cert, key)?),

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
+use crate::guard::RequestGuard;
 use crate::mcp::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::path::route_key;
@@ -29,8 +30,8 @@ pub struct App {
     pub forwarder: Forwarder,
     /// Metrics.
     pub metrics: Metrics,
-    /// Browser origins allowed besides the gateway's own host.
-    pub allowed_origins: Vec<String>,
+    /// Origin and Host checks.
+    pub guard: RequestGuard,
 }
 
 /// One MCP request, start to finish.
@@ -49,16 +50,12 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let Some(key) = route_key(&path) else {
         return not_found(&path);
     };
-    if let Some(origin) = req.headers().get(header::ORIGIN)
-        && !origin_allowed(
-            app,
-            origin.to_str().unwrap_or_default(),
-            req.headers().get(header::HOST),
-        )
-    {
-        return json_response(
+    if let Err(refusal) = app.guard.check(req.uri(), req.headers()) {
+        return jsonrpc_error(
             StatusCode::FORBIDDEN,
-            &json!({"error": {"type": "OriginNotAllowed", "message": "this Origin may not call the gateway; add it to --allowed-origins"}}),
+            None,
+            crate::error::code::INVALID_REQUEST,
+            refusal.message(),
         );
     }
     let Some(snapshot) = app.current.load() else {
@@ -90,16 +87,6 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         Some(Route::Virtual(v)) => crate::mcp::aggregate::handle(&app.forwarder, req, v).await,
     }
-}
-
-fn origin_allowed(app: &App, origin: &str, host: Option<&http::HeaderValue>) -> bool {
-    let same_host = host.and_then(|h| h.to_str().ok()).is_some_and(|h| {
-        origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            == Some(h)
-    });
-    same_host || app.allowed_origins.iter().any(|o| o == origin)
 }
 
 /// Serves MCP until `shutdown`, then lets connections finish (at most `drain`); over TLS

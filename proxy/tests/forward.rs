@@ -156,13 +156,18 @@ fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, St
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or_else(|| format!("127.0.0.1:{port}"), |(_, v)| (*v).to_owned());
     let extra: String = headers
         .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -340,6 +345,26 @@ fn forwards_with_route_credentials_and_fails_clearly() {
         &call("echo"),
     );
     assert_eq!(status, 403);
+    // Listening on loopback: a DNS-rebinding page (foreign Host and Origin) is refused, a
+    // page on this machine is not.
+    let (status, _, body) = post(
+        port,
+        "/team/mcp/plain/server",
+        &[
+            ("Host", "rebound.example"),
+            ("Origin", "http://rebound.example"),
+        ],
+        &call("echo"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--allowed-hosts"), "{body}");
+    let (status, _, body) = post(
+        port,
+        "/team/mcp/plain/server",
+        &[("Origin", "http://localhost:6274")],
+        &call("echo"),
+    );
+    assert_eq!(status, 200, "{body}");
 
     // A slow upstream: a JSON-RPC error naming the server within the timeout.
     let started = Instant::now();

@@ -674,7 +674,7 @@ impl Ctx<'_> {
         }))
         .await;
         if let Some((sid, _)) = self.session() {
-            self.fwd.sessions.forget(sid);
+            self.fwd.sessions.end(sid);
         }
         let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::OK;

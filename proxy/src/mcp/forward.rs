@@ -202,7 +202,7 @@ impl Forwarder {
         if parts.method == Method::DELETE
             && let Some((sid, _)) = &session
         {
-            self.sessions.forget(sid);
+            self.sessions.end(sid);
         }
 
         let filtered = method == "tools/list"

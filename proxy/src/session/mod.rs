@@ -5,11 +5,14 @@
 //!
 //! An upstream session re-opened after the upstream forgot it (404) cannot be written back
 //! into the client's id; the replacement is remembered by this replica, and another replica
-//! re-opens its own the same way.
+//! re-opens its own the same way. Likewise a session the client ended with DELETE is
+//! refused (404) by the replica that ended it; another replica finds the upstream sessions
+//! gone and opens fresh ones.
 
 pub mod keys;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,9 @@ pub use keys::{KeyError, SessionKeys};
 /// Re-opened upstream sessions remembered per replica, at most this many (the oldest are
 /// forgotten first; forgetting one only costs another re-open).
 const REOPENED_CAPACITY: usize = 65_536;
+
+/// Ended sessions remembered per replica, at most this many (8 bytes each).
+const ENDED_CAPACITY: usize = 262_144;
 
 /// What is sealed into a client's session id. Short field names keep ids short.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -63,17 +69,22 @@ impl SessionState {
     }
 }
 
-/// Mints and opens session ids; remembers re-opened upstream sessions.
+/// Mints and opens session ids; remembers re-opened upstream sessions and ended sessions.
 #[derive(Debug)]
 pub struct Sessions {
     keys: SessionKeys,
-    reopened: Mutex<Reopened>,
+    local: Mutex<Local>,
+    /// Hashes ended ids (keyed per process, so ids cannot be chosen to collide).
+    hasher: std::collections::hash_map::RandomState,
 }
 
+/// What this replica remembers beyond the sealed ids.
 #[derive(Debug, Default)]
-struct Reopened {
-    by_key: HashMap<(String, String), UpstreamSession>,
-    order: std::collections::VecDeque<(String, String)>,
+struct Local {
+    reopened: HashMap<(String, String), UpstreamSession>,
+    reopened_order: VecDeque<(String, String)>,
+    ended: HashSet<u64>,
+    ended_order: VecDeque<u64>,
 }
 
 impl Sessions {
@@ -81,7 +92,8 @@ impl Sessions {
     pub fn new(keys: SessionKeys) -> Self {
         Self {
             keys,
-            reopened: Mutex::new(Reopened::default()),
+            local: Mutex::default(),
+            hasher: Default::default(),
         }
     }
 
@@ -91,10 +103,11 @@ impl Sessions {
         self.keys.seal(&plaintext)
     }
 
-    /// The state in `id`, if this gateway minted it for `route`.
+    /// The state in `id`, if this gateway minted it for `route` and it was not ended here.
     pub fn open(&self, id: &str, route: &str) -> Option<SessionState> {
         let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
-        (state.route == route).then_some(state)
+        let ended = self.lock().ended.contains(&self.hasher.hash_one(id));
+        (state.route == route && !ended).then_some(state)
     }
 
     /// The upstream session to use for `server` in client session `id`: a replacement this
@@ -106,7 +119,7 @@ impl Sessions {
         server: &str,
     ) -> Option<UpstreamSession> {
         let key = (id.to_owned(), server.to_owned());
-        if let Some(found) = self.lock().by_key.get(&key) {
+        if let Some(found) = self.lock().reopened.get(&key) {
             return Some(found.clone());
         }
         state.upstream(server).cloned()
@@ -115,26 +128,36 @@ impl Sessions {
     /// Remembers that `server`'s session for client session `id` is now `session`.
     pub fn reopened(&self, id: &str, session: UpstreamSession) {
         let key = (id.to_owned(), session.server.clone());
-        let mut reopened = self.lock();
-        if reopened.by_key.insert(key.clone(), session).is_none() {
-            reopened.order.push_back(key);
+        let mut local = self.lock();
+        if local.reopened.insert(key.clone(), session).is_none() {
+            local.reopened_order.push_back(key);
         }
-        while reopened.order.len() > REOPENED_CAPACITY {
-            if let Some(old) = reopened.order.pop_front() {
-                reopened.by_key.remove(&old);
+        while local.reopened_order.len() > REOPENED_CAPACITY {
+            if let Some(old) = local.reopened_order.pop_front() {
+                local.reopened.remove(&old);
             }
         }
     }
 
-    /// Forgets what this replica re-opened for client session `id` (it was deleted).
-    pub fn forget(&self, id: &str) {
-        let mut reopened = self.lock();
-        reopened.by_key.retain(|(sid, _), _| sid != id);
-        reopened.order.retain(|(sid, _)| sid != id);
+    /// Ends client session `id`: this replica refuses it from now on and forgets what it
+    /// re-opened for it.
+    pub fn end(&self, id: &str) {
+        let hash = self.hasher.hash_one(id);
+        let mut local = self.lock();
+        local.reopened.retain(|(sid, _), _| sid != id);
+        local.reopened_order.retain(|(sid, _)| sid != id);
+        if local.ended.insert(hash) {
+            local.ended_order.push_back(hash);
+        }
+        while local.ended_order.len() > ENDED_CAPACITY {
+            if let Some(old) = local.ended_order.pop_front() {
+                local.ended.remove(&old);
+            }
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Reopened> {
-        self.reopened
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -175,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn reopened_upstream_sessions_replace_the_sealed_one_until_forgotten() {
+    fn reopened_upstream_sessions_replace_the_sealed_one_until_the_session_ends() {
         let sessions = Sessions::new(SessionKeys::new([3; 32], None));
         let state = state();
         let id = sessions.mint(&state).unwrap();
@@ -190,7 +213,20 @@ mod tests {
             },
         );
         assert_eq!(upstream_id().as_deref(), Some("new"));
-        sessions.forget(&id);
+        sessions.end(&id);
         assert_eq!(upstream_id().as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn an_ended_session_no_longer_opens_here() {
+        let sessions = Sessions::new(SessionKeys::new([3; 32], None));
+        let id = sessions.mint(&state()).unwrap();
+        let other = sessions.mint(&state()).unwrap();
+        sessions.end(&id);
+        assert_eq!(sessions.open(&id, "/team/mcp/tools/server"), None);
+        assert_eq!(
+            sessions.open(&other, "/team/mcp/tools/server"),
+            Some(state())
+        );
     }
 }

@@ -540,6 +540,46 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `mcpgate-operator standalone`: renders the manifests in `input` into `output`.
+pub fn render(input: &Path, output: &Path) -> Result<()> {
+    let out = Command::new(built_bin("mcpgate-operator")?)
+        .args(["standalone", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A Python MCP server from `e2e/peers/` (`script PORT`) on 127.0.0.1:`port`, listening.
+/// Each start logs to its own file in `log_dir` (a restarted peer keeps the old log).
+pub fn python_peer(script: &str, port: u16, log_dir: &Path) -> Result<Process> {
+    let mut command = Command::new(python()?);
+    command
+        .arg(workspace().join("e2e/peers").join(script))
+        .arg(port.to_string());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let process = Process::spawn(
+        script,
+        command,
+        log_dir.join(format!("{script}-{port}-{stamp}.log")),
+    )?;
+    wait_for(
+        &format!("{script} listening"),
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    )
+    .map_err(|e| e.context(process.log()))?;
+    Ok(process)
+}
+
 /// The npm reference server `@modelcontextprotocol/server-everything` (initialize era only)
 /// on 127.0.0.1:`port`, from the peers `e2e/peers/install.sh` put in `.cache/npm`. Its
 /// environment is cleared: one of its tools returns it.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
-    Process, Proxy, built_bin, everything_server, free_port, http_get, mcp_post, python,
-    sum_metric, wait_for, workspace,
+    Process, Proxy, everything_server, free_port, http_get, mcp_post, python, python_peer, render,
+    sum_metric, workspace,
 };
 use serde_json::Value;
 
@@ -94,41 +94,7 @@ impl Gateway {
 }
 
 fn start_upstream(dir: &std::path::Path, port: u16) -> Result<Process> {
-    let upstream = Process::spawn(
-        "demo MCP server",
-        {
-            let mut c = Command::new(python()?);
-            c.arg(workspace().join("e2e/peers/demo_server.py"))
-                .arg(port.to_string());
-            c
-        },
-        dir.join(format!(
-            "upstream-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_millis()
-        )),
-    )?;
-    wait_for("upstream listening", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })?;
-    Ok(upstream)
-}
-
-/// `mcpgate-operator standalone`: renders the manifests in `input` into `output`.
-fn render(input: &std::path::Path, output: &std::path::Path) -> Result<()> {
-    let out = Command::new(built_bin("mcpgate-operator")?)
-        .args(["standalone", "--input"])
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    python_peer("demo_server.py", port, dir)
 }
 
 /// Runs the Python client; returns its JSON output.

@@ -17,7 +17,8 @@ use crate::session::UpstreamSession;
 use crate::source::ServerRoute;
 use crate::upstream::HttpClient;
 
-/// Caller headers passed to the upstream; everything else (cookies, the caller's
+/// Caller headers passed to the upstream, with every `Mcp-Param-*` header (tool parameters a
+/// tool's schema mirrors into headers); everything else (cookies, the caller's
 /// Authorization, hop-by-hop headers, its session id) stays at the gateway.
 const FORWARDED_REQUEST: [&str; 6] = [
     "accept",
@@ -27,6 +28,8 @@ const FORWARDED_REQUEST: [&str; 6] = [
     "mcp-name",
     "user-agent",
 ];
+/// Headers carrying tool parameters (`Mcp-Param-{Name}`), lower-cased as `http` stores them.
+const PARAM_HEADER_PREFIX: &str = "mcp-param-";
 /// The session header, in the spelling of 2025-06-18 (header names are case-insensitive).
 pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 /// The protocol version header.
@@ -106,6 +109,11 @@ impl Hop<'_> {
             for name in FORWARDED_REQUEST {
                 for value in self.caller.get_all(name) {
                     headers.append(HeaderName::from_static(name), value.clone());
+                }
+            }
+            for (name, value) in self.caller {
+                if name.as_str().starts_with(PARAM_HEADER_PREFIX) {
+                    headers.append(name.clone(), value.clone());
                 }
             }
             if !headers.contains_key(header::ACCEPT) {

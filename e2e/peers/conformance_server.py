@@ -388,14 +388,19 @@ def test_input_required_result_list_roots(ctx: Context) -> CallToolResult | Inpu
     return CallToolResult(content=[text(json.dumps([str(r.uri) for r in got["roots"].roots]))])
 
 
-@server.tool()
-def test_input_required_result_request_state(ctx: Context) -> CallToolResult | InputRequiredResult:
-    """Asks for a confirmation and keeps state the client echoes back."""
+def confirm_with_state(ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks for a confirmation with signed state; an altered state is an error."""
     state = unseal(ctx.request_state)
     got = answered(ctx, "confirm")
     if got is None or state is None:
         return ask({"confirm": form("Please confirm", "ok", "boolean")}, {"round": 1})
     return CallToolResult(content=[text(f"confirmed={content(got['confirm']).get('ok')} state={state}")])
+
+
+@server.tool()
+def test_input_required_result_request_state(ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks for a confirmation and keeps state the client echoes back."""
+    return confirm_with_state(ctx)
 
 
 @server.tool()
@@ -434,11 +439,7 @@ def test_input_required_result_multi_round(ctx: Context) -> CallToolResult | Inp
 @server.tool()
 def test_input_required_result_tampered_state(ctx: Context) -> CallToolResult | InputRequiredResult:
     """Signs its state; an altered state is an error."""
-    state = unseal(ctx.request_state)
-    got = answered(ctx, "confirm")
-    if got is None or state is None:
-        return ask({"confirm": form("Please confirm", "ok", "boolean")}, {"round": 1})
-    return CallToolResult(content=[text("state verified")])
+    return confirm_with_state(ctx)
 
 
 @server.tool()

@@ -556,6 +556,36 @@ pub fn render(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `yaml` as `<dir>/manifests/<file>`, renders `<dir>/manifests` into `<dir>/config`
+/// with the operator's standalone mode, and starts a proxy on that configuration.
+pub fn gateway_for(dir: &Path, file: &str, yaml: &str) -> Result<Proxy> {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(manifests.join(file), yaml)?;
+    let config = dir.join("config");
+    render(&manifests, &config).context("standalone render failed")?;
+    Proxy::start(
+        &[std::ffi::OsStr::new("--config-dir"), config.as_os_str()],
+        &[],
+        dir,
+    )
+}
+
+/// Runs the peer script `e2e/peers/<script>` with `args`; returns the JSON it prints.
+pub fn run_peer(script: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new(python()?)
+        .arg(workspace().join("e2e/peers").join(script))
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{script}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// A Python MCP server from `e2e/peers/` (`script PORT`) on 127.0.0.1:`port`, listening.
 /// Each start logs to its own file in `log_dir` (a restarted peer keeps the old log).
 pub fn python_peer(script: &str, port: u16, log_dir: &Path) -> Result<Process> {

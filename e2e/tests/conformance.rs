@@ -7,12 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use mcpgate_e2e::{Proxy, free_port, python_peer, render, workspace};
+use mcpgate_e2e::{free_port, gateway_for, python_peer, workspace};
 use serde_json::Value;
 
 const REVISIONS: [&str; 2] = ["2025-11-25", "2026-07-28"];
@@ -30,20 +29,12 @@ fn the_gateway_passes_the_conformance_suite() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let upstream_port = free_port();
     let _upstream = python_peer("conformance_server.py", upstream_port, dir.path())?;
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("server.yaml"),
-        format!(
+    let proxy = gateway_for(
+        dir.path(),
+        "server.yaml",
+        &format!(
             "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: fixture, namespace: conformance}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  public: true\n"
         ),
-    )?;
-    let config = dir.path().join("config");
-    render(&manifests, &config).context("standalone render failed")?;
-    let proxy = Proxy::start(
-        &[OsStr::new("--config-dir"), config.as_os_str()],
-        &[],
-        dir.path(),
     )?;
     let url = format!(
         "http://127.0.0.1:{}/conformance/mcp/fixture/server",

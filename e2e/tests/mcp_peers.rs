@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
-    Process, Proxy, everything_server, free_port, http_get, mcp_post, python, python_peer, render,
-    sum_metric, workspace,
+    Process, Proxy, everything_server, free_port, gateway_for, http_get, mcp_post, python,
+    python_peer, render, run_peer, sum_metric, workspace,
 };
 use serde_json::Value;
 
@@ -99,18 +99,7 @@ fn start_upstream(dir: &std::path::Path, port: u16) -> Result<Process> {
 
 /// Runs the Python client; returns its JSON output.
 fn client(url: &str, mode: &str, args: &[&str]) -> Result<Value> {
-    let out = Command::new(python()?)
-        .arg(workspace().join("e2e/peers/call.py"))
-        .args([url, mode])
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    run_peer("call.py", &[&[url, mode], args].concat())
 }
 
 /// Runs `check` with the client in the initialize-based era and in the stateless one.
@@ -321,11 +310,10 @@ impl Bundle {
             .iter()
             .map(|port| start_upstream(dir.path(), *port))
             .collect::<Result<Vec<_>>>()?;
-        let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests)?;
-        std::fs::write(
-            manifests.join("bundle.yaml"),
-            format!(
+        let proxy = gateway_for(
+            dir.path(),
+            "bundle.yaml",
+            &format!(
                 "apiVersion: mcpgate.dev/v1alpha1
 kind: McpServer
 metadata: {{name: alpha, namespace: peers}}
@@ -355,13 +343,6 @@ spec:
 ",
                 ports[0], ports[1]
             ),
-        )?;
-        let config = dir.path().join("config");
-        render(&manifests, &config).context("standalone render failed")?;
-        let proxy = Proxy::start(
-            &[OsStr::new("--config-dir"), config.as_os_str()],
-            &[],
-            dir.path(),
         )?;
         Ok(Self {
             url: format!("http://127.0.0.1:{}/peers/mcp/bundle/server", proxy.port),
@@ -460,11 +441,10 @@ fn relays_with_the_reference_server_in_both_eras() -> Result<()> {
     let (everything_port, demo_port) = (free_port(), free_port());
     let _everything = everything_server(dir.path(), everything_port)?;
     let _demo = start_upstream(dir.path(), demo_port)?;
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("servers.yaml"),
-        format!(
+    let proxy = gateway_for(
+        dir.path(),
+        "servers.yaml",
+        &format!(
             "apiVersion: mcpgate.dev/v1alpha1
 kind: McpServer
 metadata: {{name: everything, namespace: peers}}
@@ -490,13 +470,6 @@ spec:
     tools: [add]
 "
         ),
-    )?;
-    let config = dir.path().join("config");
-    render(&manifests, &config).context("standalone render failed")?;
-    let proxy = Proxy::start(
-        &[OsStr::new("--config-dir"), config.as_os_str()],
-        &[],
-        dir.path(),
     )?;
     let single = format!(
         "http://127.0.0.1:{}/peers/mcp/everything/server",
@@ -563,33 +536,48 @@ spec:
 #[ignore = "needs the Python MCP peers: run `make e2e`"]
 fn a_configuration_change_tells_open_sessions_their_tools_changed() -> Result<()> {
     let bundle = Bundle::start()?;
-    let mut listener = Command::new(python()?)
-        .arg(workspace().join("e2e/peers/listen.py"))
-        .arg(&bundle.url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdout = std::io::BufReader::new(listener.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    ensure!(line.contains("\"plus\""), "before: {line}");
+    // The session's GET stream in the initialize era, a subscriptions/listen stream in
+    // 2026-07-28; each time the platform team renames beta's tool, the operator re-renders
+    // and the proxy reloads.
+    for (mode, before, after) in [
+        ("legacy", "plus", "beta_sum"),
+        ("2026-07-28", "beta_sum", "plus"),
+    ] {
+        let mut listener = Command::new(python()?)
+            .arg(workspace().join("e2e/peers/listen.py"))
+            .args([&bundle.url, mode])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdout = std::io::BufReader::new(listener.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line)?;
+        ensure!(
+            line.contains(&format!("\"{before}\"")),
+            "{mode} before: {line}"
+        );
 
-    // The platform team renames beta's tool; the operator re-renders; the proxy reloads.
-    let manifests = bundle.dir.path().join("manifests");
-    let yaml = std::fs::read_to_string(manifests.join("bundle.yaml"))?;
-    std::fs::write(
-        manifests.join("bundle.yaml"),
-        yaml.replace("{add: plus}", "{add: beta_sum}"),
-    )?;
-    render(&manifests, &bundle.dir.path().join("config")).context("standalone render failed")?;
+        let manifests = bundle.dir.path().join("manifests");
+        let yaml = std::fs::read_to_string(manifests.join("bundle.yaml"))?;
+        std::fs::write(
+            manifests.join("bundle.yaml"),
+            yaml.replace(&format!("{{add: {before}}}"), &format!("{{add: {after}}}")),
+        )?;
+        render(&manifests, &bundle.dir.path().join("config"))
+            .context("standalone render failed")?;
 
-    line.clear();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    let status = listener.wait()?;
-    ensure!(
-        status.success() && line.contains("\"beta_sum\"") && !line.contains("\"plus\""),
-        "after the change: {line} ({status})"
-    );
+        line.clear();
+        std::io::BufRead::read_line(&mut stdout, &mut line)?;
+        let output = listener.wait_with_output()?;
+        ensure!(
+            output.status.success()
+                && line.contains(&format!("\"{after}\""))
+                && !line.contains(&format!("\"{before}\"")),
+            "{mode} after the change: {line} ({}) {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     Ok(())
 }
 

@@ -697,16 +697,7 @@ fn manager_collaborators_get_rbac_on_one_resource(plane: &ControlPlane) -> Resul
 
 /// Runs the Python MCP client against `url`; returns its JSON output or its stderr.
 fn mcp_client(url: &str, mode: &str, args: &[&str]) -> std::result::Result<Value, String> {
-    let out = std::process::Command::new(python().map_err(|e| e.to_string())?)
-        .arg(workspace().join("e2e/peers/call.py"))
-        .args([url, mode])
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    mcpgate_e2e::run_peer("call.py", &[&[url, mode], args].concat()).map_err(|e| format!("{e:#}"))
 }
 
 fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()> {

@@ -34,6 +34,31 @@ const MAX_PAGES: usize = 100;
 const RELAY_ID: &str = "mcpgate:";
 /// How often an idle merged stream gets an SSE comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Where listen-stream notifications name their subscription.
+const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// A list a client can be told has changed.
+struct ListKind {
+    /// Its flag in a `subscriptions/listen` filter.
+    filter: &'static str,
+    /// Its notification.
+    method: &'static str,
+}
+
+const LIST_CHANGED: [ListKind; 3] = [
+    ListKind {
+        filter: "toolsListChanged",
+        method: "notifications/tools/list_changed",
+    },
+    ListKind {
+        filter: "promptsListChanged",
+        method: "notifications/prompts/list_changed",
+    },
+    ListKind {
+        filter: "resourcesListChanged",
+        method: "notifications/resources/list_changed",
+    },
+];
 
 /// One list method and where its items' names live.
 struct Listing {
@@ -326,6 +351,9 @@ impl Ctx<'_> {
             return self.broadcast_request(&message).await;
         }
         let mut request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
+        if method == "subscriptions/listen" {
+            return self.listen(&request, id).await;
+        }
         let routed = match method {
             "tools/call" => {
                 let name = envelope.name();
@@ -644,26 +672,106 @@ impl Ctx<'_> {
             }
         }))
         .await;
-        let keep_alive = futures::stream::unfold((), |()| async {
-            tokio::time::sleep(KEEP_ALIVE).await;
-            Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
-        })
-        .boxed();
-        let changes = list_changes(self.fwd.current.clone(), self.route.config.path.clone());
-        let streams = opened.into_iter().flatten().chain([keep_alive, changes]);
-        let merged = futures::stream::select_all(streams).map(|chunk| chunk.map(Frame::data));
-        let body = self
-            .fwd
-            .until_stopping(BodyExt::boxed_unsync(StreamBody::new(merged)));
-        let mut response = Response::new(body);
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
+        let changes = list_changes(
+            self.fwd.current.clone(),
+            self.route.config.path.clone(),
+            LIST_CHANGED.iter().map(|k| k.method),
+            None,
         );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        response
+        let streams = opened.into_iter().flatten().chain([keep_alive(), changes]);
+        event_stream(self.fwd, futures::stream::select_all(streams))
+    }
+
+    /// A 2026-07-28 `subscriptions/listen` stream: acknowledged first, then what every
+    /// member streams for the filter the client asked for (its resource URIs sent to the
+    /// member that owns them), and the gateway's own list changes when the configuration
+    /// changes the route; every notification tagged with the listen request's id.
+    async fn listen(&self, request: &Value, id: Option<&Value>) -> Response<Body> {
+        let Via::Stateless { meta } = &self.via else {
+            return jsonrpc_error(
+                StatusCode::OK,
+                id,
+                -32601,
+                "subscriptions/listen is a 2026-07-28 method; initialized sessions receive notifications on their GET stream",
+            );
+        };
+        let subscription = id.cloned().unwrap_or(Value::Null);
+        let wanted = &request["params"]["notifications"];
+        let mut honored = Map::new();
+        for kind in LIST_CHANGED {
+            if wanted[kind.filter] == true {
+                honored.insert(kind.filter.into(), true.into());
+            }
+        }
+        let uris: Vec<&str> = wanted["resourceSubscriptions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|uri| self.by_prefix(uri, '+').is_some())
+            .collect();
+        if !uris.is_empty() {
+            honored.insert("resourceSubscriptions".into(), json!(uris));
+        }
+        let opened = join_all(self.route.members.iter().map(|member| {
+            let (honored, subscription) = (&honored, &subscription);
+            let uris = &uris;
+            async move {
+                let mut filter = honored.clone();
+                let prefix = format!("{}+", member.name());
+                let own: Vec<&str> = uris
+                    .iter()
+                    .filter_map(|u| u.strip_prefix(&prefix))
+                    .collect();
+                filter.remove("resourceSubscriptions");
+                if !own.is_empty() {
+                    filter.insert("resourceSubscriptions".into(), json!(own));
+                }
+                let listen = json!({
+                    "jsonrpc": "2.0", "id": subscription, "method": "subscriptions/listen",
+                    "params": {"notifications": filter, "_meta": meta},
+                });
+                let mut from = from_member(member.name().to_owned());
+                let tag = subscription.clone();
+                let rewrite = move |message: &mut Value| {
+                    if message["method"] == "notifications/subscriptions/acknowledged" {
+                        return false;
+                    }
+                    if message.get("method").is_some() && message.get("id").is_none() {
+                        message["params"]["_meta"][SUBSCRIPTION_ID] = tag.clone();
+                    }
+                    from(message)
+                };
+                let hop = self.hop(member, self.caller);
+                match self.fwd.eras.listen(&hop, &listen, rewrite).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(%error, "a member has no listen stream");
+                        None
+                    }
+                }
+            }
+        }))
+        .await;
+        let ack = json!({
+            "jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": honored, "_meta": {SUBSCRIPTION_ID: subscription}},
+        });
+        let first =
+            futures::stream::iter([Ok(Bytes::from(format!("event: message\ndata: {ack}\n\n")))])
+                .boxed();
+        let kinds = LIST_CHANGED
+            .iter()
+            .filter(|k| honored.contains_key(k.filter));
+        let changes = list_changes(
+            self.fwd.current.clone(),
+            self.route.config.path.clone(),
+            kinds.map(|k| k.method),
+            Some(&subscription),
+        );
+        let streams = opened.into_iter().flatten().chain([changes, keep_alive()]);
+        let merged = first.chain(futures::stream::select_all(streams));
+        event_stream(self.fwd, merged)
     }
 
     /// Ends every member's session.
@@ -682,23 +790,71 @@ impl Ctx<'_> {
     }
 }
 
-/// List-changed notifications each time the configuration in service changes what the
-/// route at `path` offers; ends when the route is gone.
-fn list_changes(current: std::sync::Arc<Current>, path: String) -> relay::Chunks {
-    const CHANGED: &[u8] = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/prompts/list_changed\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n\n";
+/// An SSE response made of `chunks`, ended when the gateway stops.
+fn event_stream(
+    fwd: &Forwarder,
+    chunks: impl futures::Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+) -> Response<Body> {
+    let body = fwd.until_stopping(BodyExt::boxed_unsync(StreamBody::new(
+        chunks.map(|chunk| chunk.map(Frame::data)),
+    )));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// An SSE comment every [`KEEP_ALIVE`], so idle streams survive proxies.
+fn keep_alive() -> relay::Chunks {
+    futures::stream::unfold((), |()| async {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
+    })
+    .boxed()
+}
+
+/// The `notifications/<x>/list_changed` notifications each time the configuration in service
+/// changes what the route at `path` offers (`methods` of them, tagged with `subscription`
+/// when set); ends when the route is gone.
+fn list_changes<'a>(
+    current: std::sync::Arc<Current>,
+    path: String,
+    methods: impl Iterator<Item = &'a str>,
+    subscription: Option<&Value>,
+) -> relay::Chunks {
+    let mut events = String::new();
+    for method in methods {
+        let mut message = json!({"jsonrpc": "2.0", "method": method});
+        if let Some(id) = subscription {
+            message["params"] = json!({"_meta": {SUBSCRIPTION_ID: id}});
+        }
+        events.push_str(&format!("event: message\ndata: {message}\n\n"));
+    }
+    if events.is_empty() {
+        return futures::stream::empty().boxed();
+    }
+    let changed = Bytes::from(events);
     let stored = current.subscribe();
     let last = current.load().and_then(|s| s.surface(&path));
     futures::stream::unfold(
         (stored, last, current, path),
-        |(mut stored, mut last, current, path)| async move {
-            loop {
-                stored.changed().await.ok()?;
-                let now = current.load().and_then(|s| s.surface(&path));
-                now.as_ref()?;
-                if now != last {
-                    last = now;
-                    let event = Ok(Bytes::from_static(CHANGED));
-                    return Some((event, (stored, last, current, path)));
+        move |(mut stored, mut last, current, path)| {
+            let changed = changed.clone();
+            async move {
+                loop {
+                    stored.changed().await.ok()?;
+                    let now = current.load().and_then(|s| s.surface(&path));
+                    now.as_ref()?;
+                    if now != last {
+                        last = now;
+                        let event = Ok(changed.clone());
+                        return Some((event, (stored, last, current, path)));
+                    }
                 }
             }
         },

@@ -233,6 +233,26 @@ impl Eras {
         Ok(relay::response(response, restore).await)
     }
 
+    /// A `subscriptions/listen` stream from `hop`'s upstream, every message through
+    /// `rewrite`; None when the upstream speaks only the `initialize` era or refuses.
+    pub async fn listen(
+        &self,
+        hop: &Hop<'_>,
+        request: &Value,
+        rewrite: impl Rewrite,
+    ) -> Result<Option<relay::Chunks>, HopError> {
+        if self.era(hop).await != Era::Modern {
+            return Ok(None);
+        }
+        let response = hop
+            .send(hop.request(Method::POST, None, Bytes::from(request.to_string()))?)
+            .await?;
+        if !response.status().is_success() || !relay::is_sse(response.headers()) {
+            return Ok(None);
+        }
+        Ok(Some(relay::sse(response.into_body(), rewrite)))
+    }
+
     /// One request the gateway makes for a stateless client (`_meta` already the client's);
     /// its response.
     pub async fn call(&self, hop: &Hop<'_>, request: &Value) -> Result<Value, HopError> {

@@ -611,9 +611,10 @@ pub fn python_peer(script: &str, port: u16, log_dir: &Path) -> Result<Process> {
 }
 
 /// The npm reference server `@modelcontextprotocol/server-everything` (initialize era only)
-/// on 127.0.0.1:`port`, from the peers `e2e/peers/install.sh` put in `.cache/npm`. Its
-/// environment is cleared: one of its tools returns it.
-pub fn everything_server(log_dir: &Path, port: u16) -> Result<Process> {
+/// on 127.0.0.1:`port` with `transport` (`streamableHttp` at `/mcp`, or `sse`: the
+/// 2024-11-05 HTTP+SSE transport at `/sse`), from the peers `e2e/peers/install.sh` put in
+/// `.cache/npm`. Its environment is cleared: one of its tools returns it.
+pub fn everything_server(log_dir: &Path, port: u16, transport: &str) -> Result<Process> {
     let bin = workspace().join(".cache/npm/node_modules/.bin/mcp-server-everything");
     anyhow::ensure!(
         bin.exists(),
@@ -622,7 +623,7 @@ pub fn everything_server(log_dir: &Path, port: u16) -> Result<Process> {
     );
     let mut command = Command::new(bin);
     command
-        .arg("streamableHttp")
+        .arg(transport)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("PORT", port.to_string())
@@ -636,7 +637,7 @@ pub fn everything_server(log_dir: &Path, port: u16) -> Result<Process> {
     let process = Process::spawn(
         "server-everything",
         command,
-        log_dir.join(format!("everything-{port}.log")),
+        log_dir.join(format!("everything-{port}-{transport}.log")),
     )?;
     wait_for(
         "server-everything listening",

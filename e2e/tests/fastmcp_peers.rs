@@ -30,7 +30,7 @@ impl Peers {
         let upstreams = vec![
             python_peer("fastmcp_server.py", ports[0], dir.path())?,
             python_peer("demo_server.py", ports[1], dir.path())?,
-            everything_server(dir.path(), ports[2])?,
+            everything_server(dir.path(), ports[2], "streamableHttp")?,
             python_peer("conformance_server.py", ports[3], dir.path())?,
         ];
         let server = |name: &str, port: u16| {

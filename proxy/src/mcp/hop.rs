@@ -8,7 +8,8 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mcpgate_crds::gateway_config::UpstreamAuth;
+use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
+use mcpgate_crds::v1alpha1::Transport;
 use serde_json::{Value, json};
 
 use super::message::{Event, event_end};
@@ -102,9 +103,14 @@ impl Hop<'_> {
                 self.server()
             )));
         }
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(upstream.clone());
+        let target = match &self.route.config.upstream {
+            Upstream::Remote {
+                transport: Transport::Sse,
+                ..
+            } => super::sse::address(upstream).map_err(HopError::Unsupported)?,
+            _ => upstream.clone(),
+        };
+        let mut builder = Request::builder().method(method.clone()).uri(target);
         if let Some(headers) = builder.headers_mut() {
             for name in FORWARDED_REQUEST {
                 for value in self.caller.get_all(name) {

@@ -8,3 +8,4 @@ pub mod forward;
 pub mod hop;
 pub mod message;
 pub mod relay;
+pub mod sse;

@@ -69,10 +69,10 @@ struct Args {
     /// Seconds open connections may take to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     drain_seconds: u64,
-    /// Threads serving requests (default: one per CPU). One thread spends the least CPU per
+    /// Threads serving requests; 0 means one per CPU. One thread spends the least CPU per
     /// request when the proxy shares a small node with its upstreams.
-    #[arg(long, env = "MCPGATE_WORKER_THREADS")]
-    worker_threads: Option<usize>,
+    #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,8 +84,8 @@ fn main() -> std::process::ExitCode {
         .init();
     let args = Args::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.worker_threads {
-        runtime.worker_threads(threads.max(1));
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
     }
     let result = runtime
         .enable_all()

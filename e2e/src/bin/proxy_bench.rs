@@ -236,11 +236,16 @@ fn main() -> Result<()> {
     )?;
     std::fs::write(dir.path().join("session.key"), [7u8; 32])?;
     let key = dir.path().join("session.key");
+    // One worker thread unless told otherwise: on two cores shared with the load and the
+    // upstreams it spends the least CPU per call (MCPGATE_WORKER_THREADS=0, one per CPU,
+    // compares).
+    let threads = std::env::var("MCPGATE_WORKER_THREADS").unwrap_or_else(|_| "1".into());
     let proxy = Proxy::start(
         &[OsStr::new("--config-dir"), dir.path().as_os_str()],
         &[
             ("RUST_LOG", OsStr::new("warn")),
             ("MCPGATE_SESSION_KEY_FILE", key.as_os_str()),
+            ("MCPGATE_WORKER_THREADS", OsStr::new(&threads)),
         ],
         dir.path(),
     )?;
@@ -249,7 +254,12 @@ fn main() -> Result<()> {
     let idle_rss = rss_kib(pid, "VmRSS:").unwrap_or(0);
 
     println!(
-        "tools/call, 200-byte argument, one session, {CALLS_PER_RUN} calls per row (loopback, 2 cores shared by load, proxy and upstreams)"
+        "tools/call, 200-byte argument, one session, {CALLS_PER_RUN} calls per row (loopback, 2 cores shared by load, proxy and upstreams; proxy worker threads: {})",
+        if threads == "0" {
+            "one per CPU"
+        } else {
+            &threads
+        }
     );
     println!(
         "{:<10} {:>5} {:>10} {:>10} {:>10} {:>16}",

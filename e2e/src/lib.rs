@@ -460,19 +460,30 @@ pub type McpReply = (u16, Vec<(String, String)>, Vec<serde_json::Value>);
 /// One MCP POST on loopback, answered with JSON or an SSE stream: (status, response headers
 /// with lower-case names, the JSON-RPC messages of the body).
 pub fn mcp_post(url: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> Result<McpReply> {
+    mcp_request("POST", url, headers, Some(body))
+}
+
+/// One MCP request (`POST` with a body, `DELETE`, a `GET` that ends) on loopback; as
+/// [`mcp_post`].
+pub fn mcp_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> Result<McpReply> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("http:// URLs only")?;
     let (host, path) = rest.split_once('/').context("no path")?;
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.to_string();
+    let body = body.map(ToString::to_string).unwrap_or_default();
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
     write!(
         stream,
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = Vec::new();

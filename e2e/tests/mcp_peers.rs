@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
-    Process, Proxy, everything_server, free_port, gateway_for, http_get, mcp_post, python,
-    python_peer, render, run_peer, sum_metric, workspace,
+    Process, Proxy, everything_server, free_port, gateway_for, http_get, mcp_post, mcp_request,
+    python, python_peer, render, run_peer, sum_metric, workspace,
 };
 use serde_json::Value;
 
@@ -418,6 +418,84 @@ fn a_virtual_server_aggregates_and_routes_to_its_members() -> Result<()> {
     Ok(())
 }
 
+/// McpServer `first` at `url` (with `extra` remote fields), the demo server, and the virtual
+/// server `mixed`: every tool of `first`, `add` of the demo server.
+fn mixed_manifests(first: &str, url: &str, extra: &str, demo_port: u16) -> String {
+    format!(
+        "apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: {first}, namespace: peers}}
+spec:
+  remote: {{url: \"{url}\"{extra}}}
+  public: true
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: demo, namespace: peers}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{demo_port}/mcp\"}}
+  public: true
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: VirtualMcpServer
+metadata: {{name: mixed, namespace: peers}}
+spec:
+  tools:
+  - server: {first}
+    tools: [\"*\"]
+  - server: demo
+    tools: [add]
+"
+    )
+}
+
+/// Through `url` in `mode`: the reference server's long-running operation reports three
+/// progress events, and its `get-sum` adds (tool names after `prefix`).
+fn progress_and_sum(url: &str, mode: &str, prefix: &str) -> Result<()> {
+    let out = relay(
+        url,
+        mode,
+        &[&format!("{prefix}trigger-long-running-operation")],
+    )?;
+    ensure!(
+        out["progress"].as_array().map(Vec::len) == Some(3),
+        "{mode} progress at {url}: {out}"
+    );
+    let sum = client(
+        url,
+        mode,
+        &["call", &format!("{prefix}get-sum"), r#"{"a": 40, "b": 2}"#],
+    )?;
+    ensure!(
+        sum["text"][0].as_str().unwrap_or_default().contains("42"),
+        "{mode} get-sum at {url}: {sum}"
+    );
+    Ok(())
+}
+
+/// Through `url` in the initialize era: progress, and an elicitation the reference server
+/// sends mid-call, answered by the client (tool names after `prefix`).
+fn progress_and_elicitation(url: &str, prefix: &str) -> Result<()> {
+    let out = relay(
+        url,
+        "legacy",
+        &[
+            &format!("{prefix}trigger-long-running-operation"),
+            &format!("{prefix}trigger-elicitation-request"),
+        ],
+    )?;
+    ensure!(
+        out["progress"].as_array().map(Vec::len) == Some(3),
+        "{url}: progress {out}"
+    );
+    let elicited = out["elicitation"].to_string();
+    ensure!(
+        elicited.contains("Name: mcpgate") && out["asked"].as_array().map(Vec::len) == Some(1),
+        "{url}: elicitation {out}"
+    );
+    Ok(())
+}
+
 /// Runs `e2e/peers/relay.py`; returns its JSON output.
 fn relay(url: &str, mode: &str, tools: &[&str]) -> Result<Value> {
     run_peer("relay.py", &[&[url, mode], tools].concat())
@@ -433,31 +511,11 @@ fn relays_with_the_reference_server_in_both_eras() -> Result<()> {
     let proxy = gateway_for(
         dir.path(),
         "servers.yaml",
-        &format!(
-            "apiVersion: mcpgate.dev/v1alpha1
-kind: McpServer
-metadata: {{name: everything, namespace: peers}}
-spec:
-  remote: {{url: \"http://127.0.0.1:{everything_port}/mcp\"}}
-  public: true
----
-apiVersion: mcpgate.dev/v1alpha1
-kind: McpServer
-metadata: {{name: demo, namespace: peers}}
-spec:
-  remote: {{url: \"http://127.0.0.1:{demo_port}/mcp\"}}
-  public: true
----
-apiVersion: mcpgate.dev/v1alpha1
-kind: VirtualMcpServer
-metadata: {{name: mixed, namespace: peers}}
-spec:
-  tools:
-  - server: everything
-    tools: [\"*\"]
-  - server: demo
-    tools: [add]
-"
+        &mixed_manifests(
+            "everything",
+            &format!("http://127.0.0.1:{everything_port}/mcp"),
+            "",
+            demo_port,
         ),
     )?;
     let single = format!(
@@ -469,45 +527,12 @@ spec:
     // Initialize era: progress, and an elicitation the upstream sends mid-call answered by
     // the client through the gateway, on a server route and through the virtual server.
     for (url, prefix) in [(&single, ""), (&mixed, "everything_")] {
-        let out = relay(
-            url,
-            "legacy",
-            &[
-                &format!("{prefix}trigger-long-running-operation"),
-                &format!("{prefix}trigger-elicitation-request"),
-            ],
-        )?;
-        ensure!(
-            out["progress"].as_array().map(Vec::len) == Some(3),
-            "{url}: progress {out}"
-        );
-        let elicited = out["elicitation"].to_string();
-        ensure!(
-            elicited.contains("Name: mcpgate") && out["asked"].as_array().map(Vec::len) == Some(1),
-            "{url}: elicitation {out}"
-        );
+        progress_and_elicitation(url, prefix)?;
     }
 
     // Stateless era in front of an initialize-only upstream: the gateway holds the session.
     for (url, prefix) in [(&single, ""), (&mixed, "everything_")] {
-        let out = relay(
-            url,
-            "2026-07-28",
-            &[&format!("{prefix}trigger-long-running-operation")],
-        )?;
-        ensure!(
-            out["progress"].as_array().map(Vec::len) == Some(3),
-            "{url}: stateless progress {out}"
-        );
-        let sum = client(
-            url,
-            "2026-07-28",
-            &["call", &format!("{prefix}get-sum"), r#"{"a": 40, "b": 2}"#],
-        )?;
-        ensure!(
-            sum["text"][0].as_str().unwrap_or_default().contains("42"),
-            "{url}: stateless get-sum {sum}"
-        );
+        progress_and_sum(url, "2026-07-28", prefix)?;
     }
     let tools = client(&mixed, "2026-07-28", &["list"])?;
     ensure!(
@@ -661,78 +686,100 @@ fn an_http_sse_upstream_through_server_and_virtual_routes() -> Result<()> {
     let proxy = gateway_for(
         dir.path(),
         "servers.yaml",
-        &format!(
-            "apiVersion: mcpgate.dev/v1alpha1
-kind: McpServer
-metadata: {{name: old, namespace: peers}}
-spec:
-  remote: {{url: \"http://127.0.0.1:{old_port}/sse\", transport: Sse}}
-  public: true
----
-apiVersion: mcpgate.dev/v1alpha1
-kind: McpServer
-metadata: {{name: demo, namespace: peers}}
-spec:
-  remote: {{url: \"http://127.0.0.1:{demo_port}/mcp\"}}
-  public: true
----
-apiVersion: mcpgate.dev/v1alpha1
-kind: VirtualMcpServer
-metadata: {{name: mixed, namespace: peers}}
-spec:
-  tools:
-  - server: old
-    tools: [\"*\"]
-  - server: demo
-    tools: [add]
-"
+        &mixed_manifests(
+            "old",
+            &format!("http://127.0.0.1:{old_port}/sse"),
+            ", transport: Sse",
+            demo_port,
         ),
     )?;
     let single = format!("http://127.0.0.1:{}/peers/mcp/old/server", proxy.port);
     let mixed = format!("http://127.0.0.1:{}/peers/mcp/mixed/server", proxy.port);
-    let sum = |url: &str, mode: &str, tool: &str| -> Result<()> {
-        let out = client(url, mode, &["call", tool, r#"{"a": 40, "b": 2}"#])?;
-        ensure!(
-            out["text"][0].as_str().unwrap_or_default().contains("42"),
-            "{mode} {tool} at {url}: {out}"
-        );
-        Ok(())
-    };
     for (url, prefix) in [(&single, ""), (&mixed, "old_")] {
         for mode in ["legacy", "2026-07-28"] {
-            sum(url, mode, &format!("{prefix}get-sum"))?;
-            let out = relay(
-                url,
-                mode,
-                &[&format!("{prefix}trigger-long-running-operation")],
-            )?;
-            ensure!(
-                out["progress"].as_array().map(Vec::len) == Some(3),
-                "{mode} progress at {url}: {out}"
-            );
+            progress_and_sum(url, mode, prefix)?;
         }
         // The upstream asks the client mid-call; the answer goes back over the old transport.
-        let out = relay(
-            url,
-            "legacy",
-            &[
-                &format!("{prefix}trigger-long-running-operation"),
-                &format!("{prefix}trigger-elicitation-request"),
-            ],
-        )?;
-        ensure!(
-            out["elicitation"].to_string().contains("Name: mcpgate"),
-            "elicitation at {url}: {out}"
-        );
+        progress_and_elicitation(url, prefix)?;
     }
-    sum(&mixed, "legacy", "demo_add")?;
+    let add = client(
+        &mixed,
+        "legacy",
+        &["call", "demo_add", r#"{"a": 40, "b": 2}"#],
+    )?;
+    ensure!(add["text"][0] == "42", "demo_add: {add}");
 
     // The upstream restarts and forgets its sessions: the gateway opens new ones.
     old.terminate();
     let _old = everything_server(dir.path(), old_port, "sse")?;
     for mode in ["legacy", "2026-07-28"] {
-        sum(&single, mode, "get-sum")?;
-        sum(&mixed, mode, "old_get-sum")?;
+        progress_and_sum(&single, mode, "")?;
+        progress_and_sum(&mixed, mode, "old_")?;
+    }
+    Ok(())
+}
+
+/// Opens a session's GET stream on `url`; the socket, to read until the gateway ends it.
+fn open_stream(url: &str, sid: &str) -> Result<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("http:// URLs only")?;
+    let (host, path) = rest.split_once('/').context("no path")?;
+    let mut stream = std::net::TcpStream::connect(host)?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n\r\n"
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "GET stream: {:?}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(stream)
+}
+
+/// Whether the gateway ends `stream` within 10 s.
+fn ended(mut stream: std::net::TcpStream) -> bool {
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut sink).is_ok()
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers: run `make e2e`"]
+fn a_reopened_stream_replaces_the_old_one_and_delete_ends_it() -> Result<()> {
+    let gateway = Gateway::start()?;
+    let bundle = Bundle::start()?;
+    for url in [&gateway.url, &bundle.url] {
+        let (status, headers, _) = mcp_post(
+            url,
+            &[],
+            &serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "e2e", "version": "1"}}}),
+        )?;
+        ensure!(status == 200, "initialize at {url}: {status}");
+        let sid = header(&headers, "mcp-session-id").context("no session id")?;
+        let first = open_stream(url, sid)?;
+        let second = open_stream(url, sid)?;
+        ensure!(ended(first), "{url}: the old stream stayed open");
+        let session = [
+            ("Mcp-Session-Id", sid),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ];
+        let (status, _, _) = mcp_request("DELETE", url, &session, None)?;
+        ensure!(status < 300, "DELETE at {url}: {status}");
+        ensure!(ended(second), "{url}: the stream outlived its session");
+        let (status, _, _) = mcp_post(
+            url,
+            &[
+                ("Mcp-Session-Id", sid),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )?;
+        ensure!(status == 404, "{url}: a deleted session answered {status}");
     }
     Ok(())
 }

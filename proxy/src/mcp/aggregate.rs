@@ -654,8 +654,12 @@ impl Ctx<'_> {
         }
     }
 
-    /// The session's stream: every member's stream merged, with keep-alives.
+    /// The session's stream: every member's stream merged, with keep-alives. It replaces the
+    /// stream the session had open here.
     async fn stream(&self) -> Response<Body> {
+        let replaced = self
+            .session()
+            .map(|(sid, _)| self.fwd.sessions.open_stream(sid));
         let opened = join_all(self.route.members.iter().map(|member| async move {
             let hop = self.hop(member, self.caller);
             let response = self.send(&hop, &Method::GET, Bytes::new()).await;
@@ -679,7 +683,7 @@ impl Ctx<'_> {
             None,
         );
         let streams = opened.into_iter().flatten().chain([keep_alive(), changes]);
-        event_stream(self.fwd, futures::stream::select_all(streams))
+        event_stream(self.fwd, replaced, futures::stream::select_all(streams))
     }
 
     /// A 2026-07-28 `subscriptions/listen` stream: acknowledged first, then what every
@@ -771,7 +775,7 @@ impl Ctx<'_> {
         );
         let streams = opened.into_iter().flatten().chain([changes, keep_alive()]);
         let merged = first.chain(futures::stream::select_all(streams));
-        event_stream(self.fwd, merged)
+        event_stream(self.fwd, None, merged)
     }
 
     /// Ends every member's session.
@@ -790,14 +794,17 @@ impl Ctx<'_> {
     }
 }
 
-/// An SSE response made of `chunks`, ended when the gateway stops.
+/// An SSE response made of `chunks`, ended when `replaced` fires (see
+/// [`Forwarder::long_lived`]) or the gateway stops.
 fn event_stream(
     fwd: &Forwarder,
+    replaced: Option<tokio::sync::oneshot::Receiver<()>>,
     chunks: impl futures::Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
 ) -> Response<Body> {
-    let body = fwd.until_stopping(BodyExt::boxed_unsync(StreamBody::new(
-        chunks.map(|chunk| chunk.map(Frame::data)),
-    )));
+    let body = fwd.long_lived(
+        replaced,
+        BodyExt::boxed_unsync(StreamBody::new(chunks.map(|chunk| chunk.map(Frame::data)))),
+    );
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(

@@ -173,6 +173,12 @@ impl Forwarder {
             .headers
             .get(PROTOCOL_VERSION)
             .and_then(|v| v.to_str().ok());
+        // A new GET stream replaces the one this session has open here: end that one first,
+        // so the upstream's single stream is free for this one.
+        let replaced = match (&parts.method, &session) {
+            (&Method::GET, Some((sid, _))) => Some(self.sessions.open_stream(sid)),
+            _ => None,
+        };
         let started = Instant::now();
         let attempt = self
             .exchange(
@@ -232,7 +238,7 @@ impl Forwarder {
                     }
                 }
             }
-            _ if parts.method == Method::GET => self.until_stopping(up_body.boxed_unsync()),
+            _ if parts.method == Method::GET => self.long_lived(replaced, up_body.boxed_unsync()),
             _ => up_body.boxed_unsync(),
         };
         let mut out = Response::new(body);
@@ -249,12 +255,25 @@ impl Forwarder {
         (out, Some(latency))
     }
 
-    /// `body`, ended early when the proxy starts shutting down (for streams that would
-    /// otherwise hold the drain open; clients re-open them on another replica).
-    pub fn until_stopping(&self, body: Body) -> Body {
+    /// A session's GET stream: ended early when `replaced` fires (the session opened another
+    /// one here, see [`Sessions::open_stream`], or ended), and when the proxy starts shutting
+    /// down (so it does not hold the drain open; clients re-open it on another replica).
+    pub fn long_lived(
+        &self,
+        replaced: Option<tokio::sync::oneshot::Receiver<()>>,
+        body: Body,
+    ) -> Body {
         let mut stopping = self.stopping.clone();
         let stopped = async move {
-            let _ = stopping.wait_for(|s| *s).await;
+            let stopping = stopping.wait_for(|s| *s);
+            match replaced {
+                Some(replaced) => {
+                    tokio::select! { _ = stopping => {}, _ = replaced => {} }
+                }
+                None => {
+                    let _ = stopping.await;
+                }
+            }
         };
         let frames = body.into_data_stream().take_until(Box::pin(stopped));
         BodyExt::boxed_unsync(http_body_util::StreamBody::new(
@@ -286,8 +305,22 @@ impl Forwarder {
         if let Some(v) = version {
             v.clone_into(&mut upstream.version);
         }
-        let request = hop.request(method.clone(), Some(&upstream), bytes.clone())?;
-        let response = hop.send(request).await?;
+        let mut response = hop
+            .send(hop.request(method.clone(), Some(&upstream), bytes.clone())?)
+            .await?;
+        // A stream this session opened before (just ended, to be replaced) can hold the
+        // upstream's one GET stream for a moment after the gateway let go of it.
+        let mut pause = Duration::from_millis(25);
+        while *method == Method::GET
+            && response.status() == StatusCode::CONFLICT
+            && pause < Duration::from_secs(2)
+        {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            response = hop
+                .send(hop.request(method.clone(), Some(&upstream), Bytes::new())?)
+                .await?;
+        }
         if response.status() != StatusCode::NOT_FOUND || *method == Method::DELETE {
             return Ok(response);
         }

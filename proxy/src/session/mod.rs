@@ -26,6 +26,8 @@ const REOPENED_CAPACITY: usize = 65_536;
 
 /// Ended sessions remembered per replica, at most this many (8 bytes each).
 const ENDED_CAPACITY: usize = 262_144;
+/// Open GET streams tracked before closed ones are swept out.
+const STREAMS_SWEEP: usize = 4_096;
 
 /// What is sealed into a client's session id. Short field names keep ids short.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -85,6 +87,8 @@ struct Local {
     reopened_order: VecDeque<(String, String)>,
     ended: HashSet<u64>,
     ended_order: VecDeque<u64>,
+    /// The open GET stream of each session, ended when a new one replaces it.
+    streams: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Sessions {
@@ -139,11 +143,29 @@ impl Sessions {
         }
     }
 
-    /// Ends client session `id`: this replica refuses it from now on and forgets what it
-    /// re-opened for it.
+    /// Registers a new GET stream for client session `id`, ending the one it had on this
+    /// replica; the returned receiver fires when this stream is replaced in turn or the
+    /// session ends.
+    pub fn open_stream(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (replaced, receiver) = tokio::sync::oneshot::channel();
+        let mut local = self.lock();
+        if let Some(previous) = local.streams.insert(self.hasher.hash_one(id), replaced) {
+            let _ = previous.send(());
+        }
+        if local.streams.len() >= STREAMS_SWEEP && local.streams.len().is_power_of_two() {
+            local.streams.retain(|_, s| !s.is_closed());
+        }
+        receiver
+    }
+
+    /// Ends client session `id`: this replica refuses it from now on, ends its GET stream
+    /// and forgets what it re-opened for it.
     pub fn end(&self, id: &str) {
         let hash = self.hasher.hash_one(id);
         let mut local = self.lock();
+        if let Some(stream) = local.streams.remove(&hash) {
+            let _ = stream.send(());
+        }
         local.reopened.retain(|(sid, _), _| sid != id);
         local.reopened_order.retain(|(sid, _)| sid != id);
         if local.ended.insert(hash) {
@@ -215,6 +237,20 @@ mod tests {
         assert_eq!(upstream_id().as_deref(), Some("new"));
         sessions.end(&id);
         assert_eq!(upstream_id().as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_new_stream_ends_the_previous_one_and_ending_the_session_ends_the_last() {
+        let sessions = Sessions::new(SessionKeys::new([3; 32], None));
+        let mut first = sessions.open_stream("a");
+        let mut other = sessions.open_stream("b");
+        assert!(first.try_recv().is_err(), "open until replaced");
+        let mut second = sessions.open_stream("a");
+        assert!(first.try_recv().is_ok(), "replaced");
+        assert!(second.try_recv().is_err());
+        sessions.end("a");
+        assert!(second.try_recv().is_ok(), "ended with the session");
+        assert!(other.try_recv().is_err(), "other sessions keep theirs");
     }
 
     #[test]

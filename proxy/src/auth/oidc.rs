@@ -1,0 +1,342 @@
+//! OIDC JWTs: the issuer's keys found by discovery (`/.well-known/openid-configuration`,
+//! whose `issuer` must be the configured one) and cached; an unknown `kid` fetches the key
+//! set again, at most once per [`REFETCH_INTERVAL`] per issuer. Only asymmetric algorithms
+//! are accepted (RS*, PS*, ES*, EdDSA), and only with a key of their own family, so neither
+//! `none` nor an HMAC token "signed" with a public key gets through. `iss`, `aud`, `exp` and
+//! `nbf` are checked with [`LEEWAY`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt, Limited};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::{AuthError, Identity, Method};
+use crate::error::full;
+use crate::upstream::HttpClient;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY: u64 = 30;
+/// An issuer's keys are fetched again on an unknown `kid` at most this often.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Keys are fetched again after this long even when every `kid` is known (rotation).
+const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
+/// Largest discovery document or key set read.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+/// How long the identity provider may take to answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ACCEPTED: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// One trusted issuer, as configured.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The `iss` value, also the base of discovery.
+    pub issuer: String,
+    /// Accepted `aud` values (any one suffices).
+    pub audiences: Vec<String>,
+    /// The claim naming the user (`sub` by default; `email` or `preferred_username` are common).
+    pub user_claim: String,
+    /// The claim listing the user's groups (`groups` by default).
+    pub groups_claim: String,
+}
+
+impl IssuerConfig {
+    /// Checks what a typo would break, with a message saying what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let uri: Uri = self
+            .issuer
+            .parse()
+            .map_err(|e| format!("OIDC issuer {:?} is not a URL: {e}", self.issuer))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if is_loopback(&uri) => {}
+            _ => {
+                return Err(format!(
+                    "OIDC issuer {:?} must be an https:// URL (http:// only on loopback)",
+                    self.issuer
+                ));
+            }
+        }
+        if self.audiences.iter().all(|a| a.trim().is_empty()) {
+            return Err(format!(
+                "OIDC issuer {:?} needs at least one audience (the gateway's URL or client id its tokens are minted for)",
+                self.issuer
+            ));
+        }
+        if self.user_claim.is_empty() || self.groups_claim.is_empty() {
+            return Err(format!(
+                "OIDC issuer {:?}: the user and groups claim names must not be empty",
+                self.issuer
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_loopback(uri: &Uri) -> bool {
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Verifies tokens of every configured issuer.
+pub struct OidcVerifier {
+    client: HttpClient,
+    issuers: Vec<Issuer>,
+    refetch_interval: Duration,
+}
+
+struct Issuer {
+    config: IssuerConfig,
+    keys: Mutex<Keys>,
+    /// Serialises fetches, so a burst of unknown `kid`s fetches once.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, Jwk>,
+    fetched: Option<Instant>,
+}
+
+impl OidcVerifier {
+    /// A verifier for `issuers` (already validated); keys are fetched when first needed.
+    pub fn new(client: HttpClient, issuers: Vec<IssuerConfig>) -> Self {
+        Self {
+            client,
+            issuers: issuers
+                .into_iter()
+                .map(|config| Issuer {
+                    config,
+                    keys: Mutex::default(),
+                    fetching: tokio::sync::Mutex::new(()),
+                })
+                .collect(),
+            refetch_interval: REFETCH_INTERVAL,
+        }
+    }
+
+    /// The same verifier, refetching keys for unknown `kid`s at most once per `interval`.
+    pub fn with_refetch_interval(mut self, interval: Duration) -> Self {
+        self.refetch_interval = interval;
+        self
+    }
+
+    /// Whether any issuer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+
+    /// The identity in `token`, or why it is refused.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(AuthError::Algorithm);
+        }
+        let claimed_issuer = unverified_issuer(token).ok_or(AuthError::Malformed)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == claimed_issuer)
+            .ok_or(AuthError::Issuer)?;
+        let kid = header.kid.as_deref().unwrap_or_default();
+        let jwk = match issuer.key(kid) {
+            Some(jwk) => jwk,
+            None => {
+                self.refresh(issuer).await?;
+                issuer.key(kid).ok_or(AuthError::UnknownKey)?
+            }
+        };
+        let key = decoding_key(&jwk, header.alg).ok_or(AuthError::Algorithm)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuer.config.issuer]);
+        validation.set_audience(&issuer.config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => AuthError::Audience,
+                ErrorKind::InvalidIssuer => AuthError::Issuer,
+                ErrorKind::MissingRequiredClaim(claim) => AuthError::Claim(claim.clone()),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthError::Algorithm
+                }
+                ErrorKind::InvalidSignature => AuthError::Signature,
+                _ => AuthError::Malformed,
+            }
+        })?;
+        identity(&issuer.config, &data.claims)
+    }
+
+    /// Fetches `issuer`'s keys again, unless that happened less than the refetch interval
+    /// ago (an unknown `kid` must not let callers make the gateway hammer the provider).
+    async fn refresh(&self, issuer: &Issuer) -> Result<(), AuthError> {
+        let _one_at_a_time = issuer.fetching.lock().await;
+        let recent = issuer
+            .lock()
+            .fetched
+            .is_some_and(|at| at.elapsed() < self.refetch_interval);
+        if recent {
+            return Ok(());
+        }
+        let keys = self.fetch_keys(&issuer.config.issuer).await.map_err(|error| {
+            tracing::warn!(issuer = %issuer.config.issuer, %error, "could not fetch the issuer's keys");
+            AuthError::Unavailable
+        })?;
+        let mut cached = issuer.lock();
+        cached.by_kid = keys
+            .keys
+            .into_iter()
+            .map(|jwk| (jwk.common.key_id.clone().unwrap_or_default(), jwk))
+            .collect();
+        cached.fetched = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn fetch_keys(&self, issuer: &str) -> Result<JwkSet, String> {
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let document = self.get_json(&discovery).await?;
+        if document["issuer"].as_str() != Some(issuer) {
+            return Err(format!(
+                "discovery at {discovery} names issuer {}, not {issuer}",
+                document["issuer"]
+            ));
+        }
+        let jwks_uri = document["jwks_uri"]
+            .as_str()
+            .ok_or_else(|| format!("discovery at {discovery} has no jwks_uri"))?;
+        serde_json::from_value(self.get_json(jwks_uri).await?)
+            .map_err(|e| format!("key set at {jwks_uri}: {e}"))
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        let request = Request::get(url)
+            .header(header::ACCEPT, "application/json")
+            .body(full(Bytes::new()))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let fetch = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("{url}: HTTP {}", response.status().as_u16()));
+            }
+            let body = Limited::new(response.into_body(), MAX_DOCUMENT)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(format!("{url}: no answer in time")))
+    }
+}
+
+impl Issuer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached key `kid`, unless the cache is too old to trust for rotation.
+    fn key(&self, kid: &str) -> Option<Jwk> {
+        let keys = self.lock();
+        keys.fetched.filter(|at| at.elapsed() < MAX_KEY_AGE)?;
+        keys.by_kid.get(kid).cloned()
+    }
+}
+
+/// The `iss` of a token before its signature is checked (only to pick the issuer's keys).
+fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims["iss"].as_str().map(str::to_owned)
+}
+
+/// A verification key for `alg` from `jwk`, only when the key is of the algorithm's family
+/// (and names the same algorithm, if it names one).
+fn decoding_key(jwk: &Jwk, alg: Algorithm) -> Option<DecodingKey> {
+    if let Some(named) = jwk.common.key_algorithm
+        && format!("{named:?}") != format!("{alg:?}")
+    {
+        return None;
+    }
+    let family_matches = matches!(
+        (&jwk.algorithm, alg),
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512,
+        ) | (
+            AlgorithmParameters::EllipticCurve(_),
+            Algorithm::ES256 | Algorithm::ES384
+        ) | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
+    );
+    if !family_matches {
+        return None;
+    }
+    DecodingKey::from_jwk(jwk).ok()
+}
+
+fn identity(config: &IssuerConfig, claims: &Value) -> Result<Identity, AuthError> {
+    let user = claims[config.user_claim.as_str()]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| AuthError::Claim(config.user_claim.clone()))?
+        .to_owned();
+    let groups = match &claims[config.groups_claim.as_str()] {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Value::String(one) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    Ok(Identity {
+        user,
+        email: claims["email"].as_str().map(str::to_owned),
+        groups,
+        method: Method::Oidc {
+            issuer: config.issuer.clone(),
+        },
+    })
+}

@@ -269,6 +269,9 @@ pub struct VirtualServerConfig {
     pub instructions: Option<String>,
     /// The selected tools, by server (McpServers of the same namespace).
     pub members: Vec<VirtualMember>,
+    /// No inbound authentication.
+    #[serde(default)]
+    pub public: bool,
     /// Who may list and call tools.
     pub access: AccessList,
 }

@@ -73,7 +73,7 @@ impl Peers {
 /// The virtual server: every fastmcp tool, some of demo's, two of the fixture's.
 fn bundle_yaml(demo_tools: &str) -> String {
     format!(
-        "apiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {{name: bundle, namespace: peers}}\nspec:\n  tools:\n  - server: fast\n    tools: [\"*\"]\n  - server: demo\n    tools: {demo_tools}\n  - server: fixture\n    tools: [test_elicitation, test_simple_text]\n"
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {{name: bundle, namespace: peers}}\nspec:\n  public: true\n  tools:\n  - server: fast\n    tools: [\"*\"]\n  - server: demo\n    tools: {demo_tools}\n  - server: fixture\n    tools: [test_elicitation, test_simple_text]\n"
     )
 }
 

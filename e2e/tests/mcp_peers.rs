@@ -333,6 +333,7 @@ apiVersion: mcpgate.dev/v1alpha1
 kind: VirtualMcpServer
 metadata: {{name: bundle, namespace: peers}}
 spec:
+  public: true
   instructions: Two demo servers in one.
   tools:
   - server: alpha
@@ -440,6 +441,7 @@ apiVersion: mcpgate.dev/v1alpha1
 kind: VirtualMcpServer
 metadata: {{name: mixed, namespace: peers}}
 spec:
+  public: true
   tools:
   - server: {first}
     tools: [\"*\"]

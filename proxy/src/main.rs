@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mcpgate_proxy::auth::inbound::Inbound;
+use mcpgate_proxy::auth::oidc::{IssuerConfig, OidcVerifier};
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::metrics::Metrics;
@@ -69,6 +71,38 @@ struct Args {
     /// Seconds open connections may take to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     drain_seconds: u64,
+    /// OIDC issuers whose tokens are accepted on servers that are not public (repeat the flag
+    /// or separate with commas). Each is discovered at `<issuer>/.well-known/openid-configuration`.
+    #[arg(
+        long = "oidc-issuer",
+        env = "MCPGATE_OIDC_ISSUERS",
+        value_delimiter = ','
+    )]
+    oidc_issuers: Vec<String>,
+    /// Token audiences accepted (the gateway's URL or the client id tokens are minted for).
+    #[arg(
+        long = "oidc-audience",
+        env = "MCPGATE_OIDC_AUDIENCES",
+        value_delimiter = ','
+    )]
+    oidc_audiences: Vec<String>,
+    /// The claim that names the user.
+    #[arg(long, env = "MCPGATE_OIDC_USER_CLAIM", default_value = "sub")]
+    oidc_user_claim: String,
+    /// The claim that lists the user's groups.
+    #[arg(long, env = "MCPGATE_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+    /// The gateway's external base URL (`https://mcp.example.com`), used in resource metadata
+    /// and challenges; without it, the request's Host.
+    #[arg(long, env = "MCPGATE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Authorization servers named in resource metadata (default: the OIDC issuers).
+    #[arg(
+        long = "authorization-server",
+        env = "MCPGATE_AUTHORIZATION_SERVERS",
+        value_delimiter = ','
+    )]
+    authorization_servers: Vec<String>,
     /// Threads serving requests; 0 means one per CPU. One thread spends the least CPU per
     /// request when the proxy shares a small node with its upstreams.
     #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
@@ -139,6 +173,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             SessionKeys::generate()?
         }
     };
+    let inbound = inbound(&args)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(App {
         current: current.clone(),
@@ -152,6 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         metrics: metrics.clone(),
         guard: RequestGuard::new(args.listen, &args.allowed_origins, &args.allowed_hosts),
+        inbound,
     });
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => Some(mcpgate_proxy::tls::acceptor(cert, key)?),
@@ -190,6 +226,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
     watcher.abort();
     admin_task.abort();
     Ok(())
+}
+
+/// Inbound authentication from the flags, checked with messages that say what to fix.
+fn inbound(args: &Args) -> anyhow::Result<Inbound> {
+    let issuers: Vec<IssuerConfig> = args
+        .oidc_issuers
+        .iter()
+        .filter(|i| !i.trim().is_empty())
+        .map(|issuer| IssuerConfig {
+            issuer: issuer.trim().to_owned(),
+            audiences: args.oidc_audiences.clone(),
+            user_claim: args.oidc_user_claim.clone(),
+            groups_claim: args.oidc_groups_claim.clone(),
+        })
+        .collect();
+    for issuer in &issuers {
+        issuer.validate().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(url) = &args.public_url {
+        let parsed: http::Uri = url
+            .parse()
+            .with_context(|| format!("--public-url {url:?} is not a URL"))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme_str(), Some("https" | "http")) && parsed.host().is_some(),
+            "--public-url {url:?} must be an absolute http(s) URL such as https://mcp.example.com"
+        );
+    }
+    let authorization_servers = if args.authorization_servers.is_empty() {
+        issuers.iter().map(|i| i.issuer.clone()).collect()
+    } else {
+        args.authorization_servers.clone()
+    };
+    if issuers.is_empty() {
+        tracing::info!("no --oidc-issuer: only servers marked public can be called");
+    }
+    Ok(Inbound {
+        oidc: OidcVerifier::new(
+            mcpgate_proxy::upstream::client().context("loading TLS roots")?,
+            issuers,
+        ),
+        public_url: args.public_url.clone(),
+        authorization_servers,
+        scheme: if args.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+    })
 }
 
 async fn shutdown_signal() {

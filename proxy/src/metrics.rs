@@ -15,6 +15,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Proxied request latency to the first response byte.
     pub latency: HistogramVec,
+    /// Refused bearer tokens by reason (a fixed set).
+    pub auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,12 +52,20 @@ impl Metrics {
                 ]),
                 &["method"],
             )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_auth_failures_total",
+                    "Requests refused for their bearer token, by reason",
+                ),
+                &["reason"],
+            )?,
         };
         m.registry
             .register(Box::new(m.config_synchronized.clone()))?;
         m.registry.register(Box::new(m.config_reloads.clone()))?;
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.latency.clone()))?;
+        m.registry.register(Box::new(m.auth_failures.clone()))?;
         Ok(m)
     }
 }

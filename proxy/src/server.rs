@@ -15,6 +15,7 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth::inbound::{Inbound, METADATA_PREFIX};
 use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
 use crate::guard::RequestGuard;
 use crate::mcp::forward::Forwarder;
@@ -32,6 +33,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Origin and Host checks.
     pub guard: RequestGuard,
+    /// Bearer tokens for routes that are not public, and resource metadata.
+    pub inbound: Inbound,
 }
 
 /// One MCP request, start to finish.
@@ -47,6 +50,9 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
 
 async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix(METADATA_PREFIX) {
+        return resource_metadata(app, req.headers(), rest);
+    }
     let Some(key) = route_key(&path) else {
         return not_found(&path);
     };
@@ -64,9 +70,22 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             &json!({"error": {"type": "NotReady", "message": "the gateway has not loaded its configuration yet"}}),
         );
     };
-    match snapshot.route(key) {
-        None => not_found(&path),
-        Some(Route::Server(server)) => {
+    let Some(route) = snapshot.route(key) else {
+        return not_found(&path);
+    };
+    let public = match route {
+        Route::Server(server) => server.config.public,
+        Route::Virtual(v) => v.config.public,
+    };
+    if !public && let Err(error) = app.inbound.authenticate(req.headers()).await {
+        app.metrics
+            .auth_failures
+            .with_label_values(&[error.reason()])
+            .inc();
+        return app.inbound.challenge(req.headers(), key, &error);
+    }
+    match route {
+        Route::Server(server) => {
             if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
                 return jsonrpc_error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -85,7 +104,29 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
             response
         }
-        Some(Route::Virtual(v)) => crate::mcp::aggregate::handle(&app.forwarder, req, v).await,
+        Route::Virtual(v) => crate::mcp::aggregate::handle(&app.forwarder, req, v).await,
+    }
+}
+
+/// RFC 9728 metadata: `rest` empty for the gateway, else a route's path; JSON 404 otherwise.
+fn resource_metadata(app: &App, headers: &http::HeaderMap, rest: &str) -> Response<Body> {
+    if rest.is_empty() || rest == "/" {
+        return json_response(StatusCode::OK, &app.inbound.metadata(headers, None, None));
+    }
+    let route = route_key(rest).and_then(|key| {
+        let snapshot = app.current.load()?;
+        let name = match snapshot.route(key)? {
+            Route::Server(s) => format!("{}/{}", s.config.namespace, s.config.name),
+            Route::Virtual(v) => format!("{}/{}", v.config.namespace, v.config.name),
+        };
+        Some((key, name))
+    });
+    match route {
+        Some((key, name)) => json_response(
+            StatusCode::OK,
+            &app.inbound.metadata(headers, Some(key), Some(&name)),
+        ),
+        None => not_found(rest),
     }
 }
 

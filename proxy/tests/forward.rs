@@ -2,6 +2,8 @@
 //! credential injection, header hygiene, errors, limits and hot reload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -119,15 +121,27 @@ fn start_proxy(dir: &Path, extra: &[&str]) -> (Killed, u16, u16) {
     (Killed(child), port, admin)
 }
 
+/// A rendered server `team/<name>` in front of the upstream on `upstream_port`.
+fn server_config(
+    upstream_port: u16,
+    name: &str,
+    auth: Value,
+    deny: Vec<&str>,
+    timeout_ms: u64,
+    public: bool,
+) -> Value {
+    json!({
+        "namespace": "team", "name": name, "path": format!("/team/mcp/{name}/server"),
+        "upstream": {"type": "remote", "url": format!("http://127.0.0.1:{upstream_port}/mcp"), "transport": "StreamableHttp"},
+        "auth": auth, "tools": {"allow": [], "deny": deny}, "timeoutMs": timeout_ms,
+        "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
+        "public": public, "access": {"subjects": []}
+    })
+}
+
 fn config(upstream_port: u16, timeout_ms: u64) -> Value {
     let server = |name: &str, auth: Value, deny: Vec<&str>| {
-        json!({
-            "namespace": "team", "name": name, "path": format!("/team/mcp/{name}/server"),
-            "upstream": {"type": "remote", "url": format!("http://127.0.0.1:{upstream_port}/mcp"), "transport": "StreamableHttp"},
-            "auth": auth, "tools": {"allow": [], "deny": deny}, "timeoutMs": timeout_ms,
-            "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
-            "public": true, "access": {"subjects": []}
-        })
+        server_config(upstream_port, name, auth, deny, timeout_ms, true)
     };
     json!({
         "schema": 1, "version": format!("v{timeout_ms}"),
@@ -482,4 +496,161 @@ fn serves_https_with_http2_and_http1() {
     // Plain HTTP on the TLS port gets no MCP answer.
     let (status, _, _) = post(port, "/team/mcp/plain/server", &[], &call("echo"));
     assert_ne!(status, 200);
+}
+
+/// A plain HTTP GET on the MCP port: (status, head, body).
+fn get(port: u16, path: &str) -> (u16, String, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new(), String::new());
+    };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn servers_that_are_not_public_need_a_valid_bearer_token() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let idp = runtime.block_on(common::provider());
+    let key = common::es256("k1");
+    idp.publish(&[&key]);
+    let (upstream, _seen) = spawn_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let none = || json!({"type": "none"});
+    write_config(
+        dir.path(),
+        &json!({
+            "schema": 1, "version": "auth",
+            "servers": [
+                server_config(upstream, "open", none(), vec![], 5000, true),
+                server_config(upstream, "closed", none(), vec![], 5000, false),
+            ],
+            "virtualServers": [{"namespace": "team", "name": "bundle", "path": "/team/mcp/bundle/server",
+                "description": null, "instructions": null, "access": {"subjects": []},
+                "members": [{"server": "open", "all": true, "tools": {}}]}],
+        }),
+    );
+    let (_proxy, port, admin) = start_proxy(
+        dir.path(),
+        &[
+            "--oidc-issuer",
+            &idp.issuer,
+            "--oidc-audience",
+            common::AUDIENCE,
+            "--oidc-user-claim",
+            "email",
+            "--public-url",
+            "https://gw.example/",
+        ],
+    );
+    wait_for("the proxy", || {
+        (get(port, "/.well-known/oauth-protected-resource").0 == 200).then_some(())
+    });
+    let closed = "/team/mcp/closed/server";
+    let metadata_url =
+        "https://gw.example/.well-known/oauth-protected-resource/team/mcp/closed/server";
+
+    // No token: 401 with a challenge naming the route's resource metadata, and a JSON body.
+    let (status, head, body) = post(port, closed, &[], &call("echo"));
+    assert_eq!(status, 401, "{body}");
+    let challenge = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .unwrap_or_default();
+    assert!(
+        challenge.contains(&format!("Bearer resource_metadata=\"{metadata_url}\""))
+            && !challenge.contains("invalid_token"),
+        "{challenge}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        -32001
+    );
+
+    // The metadata the challenge points at, per route and for the gateway.
+    let (status, _, body) = get(
+        port,
+        "/.well-known/oauth-protected-resource/team/mcp/closed/server",
+    );
+    let document: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        document["resource"],
+        "https://gw.example/team/mcp/closed/server"
+    );
+    assert_eq!(document["authorization_servers"], json!([idp.issuer]));
+    assert_eq!(document["bearer_methods_supported"], json!(["header"]));
+    let (_, _, body) = get(port, "/.well-known/oauth-protected-resource");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["resource"],
+        "https://gw.example"
+    );
+    let (status, head, _) = get(
+        port,
+        "/.well-known/oauth-protected-resource/team/mcp/nope/server",
+    );
+    assert_eq!(status, 404);
+    assert!(head.to_ascii_lowercase().contains("application/json"));
+
+    // A valid token passes, and the caller's token is not forwarded.
+    let token = common::sign(&key, &idp.claims());
+    let bearer = format!("Bearer {token}");
+    let (status, _, body) = post(port, closed, &[("Authorization", &bearer)], &call("echo"));
+    assert_eq!(status, 200, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert!(result["result"]["headers"].get("authorization").is_none());
+
+    // Refused: a token in the query string, an expired one, one for another audience, a
+    // virtual server without a token. A public server needs none.
+    let (status, _, _) = post(
+        port,
+        &format!("{closed}?access_token={token}"),
+        &[],
+        &call("echo"),
+    );
+    assert_eq!(status, 401);
+    let mut claims = idp.claims();
+    claims["exp"] = json!(common::now() - 600);
+    let expired = format!("Bearer {}", common::sign(&key, &claims));
+    let (status, head, _) = post(port, closed, &[("Authorization", &expired)], &call("echo"));
+    assert_eq!(status, 401);
+    assert!(head.contains("error=\"invalid_token\""), "{head}");
+    let mut claims = idp.claims();
+    claims["aud"] = json!("https://upstream.example/mcp");
+    let foreign = format!("Bearer {}", common::sign(&key, &claims));
+    let (status, _, _) = post(port, closed, &[("Authorization", &foreign)], &call("echo"));
+    assert_eq!(status, 401);
+    let (status, _, _) = post(port, "/team/mcp/bundle/server", &[], &call("open_echo"));
+    assert_eq!(status, 401);
+    let (status, _, body) = post(port, "/team/mcp/open/server", &[], &call("echo"));
+    assert_eq!(status, 200, "{body}");
+
+    // Refusals are counted by reason.
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    for reason in ["missing", "expired", "audience"] {
+        assert!(
+            metrics.contains(&format!(
+                "mcpgate_auth_failures_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}"
+        );
+    }
 }

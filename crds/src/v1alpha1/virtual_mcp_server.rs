@@ -41,6 +41,11 @@ pub struct VirtualMcpServerSpec {
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["server"]))]
     pub tools: Vec<ToolSelection>,
+    /// Serve this bundle without inbound authentication: anyone who can reach the gateway
+    /// can list and call its tools. Independent of its servers' own `public`. Defaults to
+    /// false.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// Tools taken from one McpServer.

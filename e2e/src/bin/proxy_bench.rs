@@ -231,7 +231,7 @@ fn main() -> Result<()> {
         json!({"schema": 1, "version": "bench",
             "servers": [server("fast", upstreams[0]), server("second", upstreams[1]), server("third", upstreams[2])],
             "virtualServers": [{"namespace": "bench", "name": "bundle", "path": "/bench/mcp/bundle/server",
-                "description": null, "instructions": null, "members": members, "access": {"subjects": []}}]})
+                "description": null, "instructions": null, "members": members, "public": true, "access": {"subjects": []}}]})
         .to_string(),
     )?;
     std::fs::write(dir.path().join("session.key"), [7u8; 32])?;

@@ -81,6 +81,7 @@ pub(super) fn render(
                 description: virtual_server.spec.description.clone(),
                 instructions: virtual_server.spec.instructions.clone(),
                 members: plan.members,
+                public: virtual_server.spec.public,
                 access: access_list,
             });
         }

@@ -1,7 +1,8 @@
 //! Who is calling: identities verified from the caller's bearer token. OIDC JWTs are checked
-//! against their issuer's published keys (`oidc`); the identity is what access decisions and
-//! audit records use.
+//! against their issuer's published keys (`oidc`); `inbound` asks for tokens on routes that
+//! are not public and serves the resource metadata clients discover the identity provider by.
 
+pub mod inbound;
 pub mod oidc;
 
 /// A verified caller.
@@ -64,6 +65,11 @@ pub enum AuthError {
     /// The issuer's keys could not be fetched.
     #[error("the identity provider could not be reached")]
     Unavailable,
+    /// The route is not public and the gateway has no identity provider to check tokens.
+    #[error(
+        "this server is not public and the gateway has no identity provider configured (--oidc-issuer)"
+    )]
+    NotConfigured,
 }
 
 impl AuthError {
@@ -81,6 +87,7 @@ impl AuthError {
             Self::Audience => "audience",
             Self::Claim(_) => "claim",
             Self::Unavailable => "unavailable",
+            Self::NotConfigured => "not_configured",
         }
     }
 }

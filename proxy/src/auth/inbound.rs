@@ -1,0 +1,128 @@
+//! The gateway as an OAuth protected resource (RFC 9728): routes that are not public need a
+//! bearer token in the `Authorization` header (never the query string); a request without a
+//! valid one gets 401 with a `WWW-Authenticate` challenge naming the route's resource
+//! metadata, which the gateway serves per route and at the root.
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::oidc::OidcVerifier;
+use super::{AuthError, Identity};
+use crate::error::{Body, json_response};
+
+/// Where RFC 9728 metadata lives.
+pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+/// Inbound authentication settings and verifiers.
+pub struct Inbound {
+    /// OIDC issuers.
+    pub oidc: OidcVerifier,
+    /// The gateway's external base URL (`https://mcp.example.com`); else the request's host.
+    pub public_url: Option<String>,
+    /// Authorization servers named in resource metadata (default: the OIDC issuers).
+    pub authorization_servers: Vec<String>,
+    /// The scheme clients use when no public URL is set.
+    pub scheme: &'static str,
+}
+
+impl Inbound {
+    /// The caller of a request to a route that is not public.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        let token = bearer(headers)?;
+        if self.oidc.is_empty() {
+            return Err(AuthError::NotConfigured);
+        }
+        self.oidc.verify(token).await
+    }
+
+    /// The 401 for `error` on the route at `path`.
+    pub fn challenge(&self, headers: &HeaderMap, path: &str, error: &AuthError) -> Response<Body> {
+        let metadata = format!("{}{METADATA_PREFIX}{path}", self.base(headers));
+        let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
+        if !matches!(error, AuthError::Missing | AuthError::NotConfigured) {
+            challenge.push_str(&format!(
+                ", error=\"invalid_token\", error_description=\"{error}\""
+            ));
+        }
+        let mut response = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": format!("Unauthorized: {error}")}}),
+        );
+        if let Ok(value) = HeaderValue::try_from(challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+
+    /// The resource metadata of the route at `path` (`None` for the gateway as a whole).
+    pub fn metadata(&self, headers: &HeaderMap, path: Option<&str>, name: Option<&str>) -> Value {
+        let base = self.base(headers);
+        let mut document = json!({
+            "resource": format!("{base}{}", path.unwrap_or_default()),
+            "authorization_servers": self.authorization_servers,
+            "bearer_methods_supported": ["header"],
+        });
+        if let Some(name) = name {
+            document["resource_name"] = Value::String(name.to_owned());
+        }
+        document
+    }
+
+    fn base(&self, headers: &HeaderMap) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let host = headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                format!("{}://{host}", self.scheme)
+            }
+        }
+    }
+}
+
+/// The bearer token of the `Authorization` header (exactly one, scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::AUTHORIZATION, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_one_bearer_header_counts() {
+        assert_eq!(bearer(&headers(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer(&headers(&["bearer  abc "])), Ok("abc"));
+        assert_eq!(bearer(&headers(&[])), Err(AuthError::Missing));
+        assert_eq!(bearer(&headers(&["Basic abc"])), Err(AuthError::Malformed));
+        assert_eq!(bearer(&headers(&["Bearer "])), Err(AuthError::Malformed));
+        assert_eq!(
+            bearer(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthError::Malformed)
+        );
+    }
+}

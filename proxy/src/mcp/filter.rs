@@ -2,14 +2,14 @@
 //! not expose, whether the upstream answered with JSON or with an SSE stream. Everything
 //! else in the message is kept as it was (field order included).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use mcpgate_crds::gateway_config::ToolFilter;
 use serde_json::Value;
 
-use super::message::{Event, event_end};
+use super::message::{Event, events};
 use crate::error::Body;
 
 /// Removes unexposed tools from one JSON-RPC message; None when it is not a tools list.
@@ -43,19 +43,8 @@ pub async fn filter_json(body: Incoming, filter: ToolFilter) -> Result<Body, hyp
 /// Filters an SSE response body event by event, streaming: each event is passed on as soon as
 /// its terminating blank line arrives.
 pub fn filter_sse(body: Incoming, filter: ToolFilter) -> Body {
-    let mut buffer = BytesMut::new();
-    let frames = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk?;
-        buffer.extend_from_slice(&chunk);
-        let mut out = BytesMut::new();
-        while let Some(end) = event_end(&buffer) {
-            let event = buffer.split_to(end);
-            out.extend_from_slice(&rewrite_event(&event, &filter));
-        }
-        Ok(Frame::data(out.freeze()))
-    });
-    // Bytes after the last blank line are an incomplete event the upstream never finished;
-    // they are dropped, as an SSE client would.
+    let frames = events(body)
+        .map(move |event| event.map(|e| Frame::data(Bytes::from(rewrite_event(&e, &filter)))));
     BodyExt::boxed_unsync(StreamBody::new(frames))
 }
 

@@ -12,7 +12,7 @@ use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
 use mcpgate_crds::v1alpha1::Transport;
 use serde_json::{Value, json};
 
-use super::message::{Event, event_end};
+use super::message::{Event, events};
 use crate::error::{Body, full};
 use crate::session::UpstreamSession;
 use crate::source::ServerRoute;
@@ -320,23 +320,18 @@ pub async fn read_reply(headers: &HeaderMap, body: Incoming, id: Option<&Value>)
     if !content_type.starts_with("text/event-stream") {
         return None;
     }
-    let mut stream = body.into_data_stream();
-    let mut buffer = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        buffer.extend_from_slice(&chunk.ok()?);
-        while let Some(end) = event_end(&buffer) {
-            let event = buffer.split_to(end);
-            let Some(data) = Event::parse(&event).and_then(|e| e.data) else {
-                continue;
-            };
-            let Ok(message) = serde_json::from_str::<Value>(&data) else {
-                continue;
-            };
-            let answers =
-                message.get("method").is_none() && (id.is_none() || message.get("id") == id);
-            if answers {
-                return Some(message);
-            }
+    let mut events = events(body);
+    while let Some(event) = events.next().await {
+        let event = event.ok()?;
+        let Some(data) = Event::parse(&event).and_then(|e| e.data) else {
+            continue;
+        };
+        let Ok(message) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        let answers = message.get("method").is_none() && (id.is_none() || message.get("id") == id);
+        if answers {
+            return Some(message);
         }
     }
     None

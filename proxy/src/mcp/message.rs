@@ -1,6 +1,9 @@
 //! JSON-RPC messages as the gateway sees them: just enough of each to route it, the rest kept
 //! as received. Also the SSE framing shared by every place that reads upstream streams.
 
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -104,6 +107,27 @@ impl Envelope {
             .and_then(|p| p.name.as_deref())
             .unwrap_or_default()
     }
+}
+
+/// The complete events of an SSE body, each as its raw bytes (terminating blank line
+/// included), as soon as each arrives. Bytes after the last blank line are an event the
+/// sender never finished and are dropped, as an SSE client would.
+pub fn events(body: hyper::body::Incoming) -> BoxStream<'static, Result<Bytes, hyper::Error>> {
+    use http_body_util::BodyExt;
+    let state = (body.into_data_stream(), BytesMut::new());
+    futures::stream::unfold(state, |(mut chunks, mut buffer)| async move {
+        loop {
+            if let Some(end) = event_end(&buffer) {
+                let event = buffer.split_to(end).freeze();
+                return Some((Ok(event), (chunks, buffer)));
+            }
+            match chunks.next().await? {
+                Ok(chunk) => buffer.extend_from_slice(&chunk),
+                Err(error) => return Some((Err(error), (chunks, buffer))),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Index just past the blank line ending the first complete SSE event in `buffer`.

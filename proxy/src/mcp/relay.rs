@@ -1,7 +1,7 @@
 //! Upstream answers passed to the client with each JSON-RPC message rewritten on the way:
 //! JSON bodies whole, SSE streams event by event as they arrive.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::{Response, header};
@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 
-use super::message::{Event, event_end};
+use super::message::{Event, events};
 use crate::error::Body;
 
 /// A stream of body chunks.
@@ -70,17 +70,8 @@ pub async fn response(response: Response<Incoming>, mut rewrite: impl Rewrite) -
 /// rewritten stream cannot be resumed from the upstream's position), and so are events
 /// without a JSON message (priming events, comments).
 pub fn sse(body: Incoming, mut rewrite: impl Rewrite) -> Chunks {
-    let mut buffer = BytesMut::new();
-    body.into_data_stream()
-        .map(move |chunk| {
-            buffer.extend_from_slice(&chunk?);
-            let mut out = BytesMut::new();
-            while let Some(end) = event_end(&buffer) {
-                let event = buffer.split_to(end);
-                out.extend_from_slice(&event_through(&event, &mut rewrite));
-            }
-            Ok(out.freeze())
-        })
+    events(body)
+        .map(move |event| event.map(|e| Bytes::from(event_through(&e, &mut rewrite))))
         .boxed()
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, StreamBody};
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::hop::SESSION_ID;
-use super::message::{Event, event_end};
+use super::message::{Event, events};
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
 use crate::upstream::HttpClient;
 
@@ -429,33 +429,23 @@ fn resolve(upstream: &Uri, endpoint: &str) -> Result<Uri, String> {
         .map_err(|e| format!("endpoint {endpoint:?}: {e}"))
 }
 
-/// The events of an SSE body as (event type, data).
+/// The events of an SSE body as (event type, data); events without data are skipped.
 fn sse_messages(
     body: Incoming,
 ) -> futures::stream::BoxStream<'static, Result<(Option<String>, String), hyper::Error>> {
-    let mut buffer = BytesMut::new();
-    body.into_data_stream()
-        .map(move |chunk| {
-            buffer.extend_from_slice(&chunk?);
-            let mut out = Vec::new();
-            while let Some(end) = event_end(&buffer) {
-                let raw = buffer.split_to(end);
-                if let Some(event) = Event::parse(&raw)
-                    && let Some(data) = event.data
-                {
-                    let kind = event
-                        .fields
-                        .iter()
-                        .find_map(|f| f.strip_prefix("event:"))
-                        .map(|k| k.trim().to_owned());
-                    out.push(Ok((kind, data)));
-                }
-            }
-            Ok::<_, hyper::Error>(futures::stream::iter(out))
-        })
-        .flat_map(|batch| match batch {
-            Ok(events) => events.boxed(),
-            Err(error) => futures::stream::iter([Err(error)]).boxed(),
+    events(body)
+        .filter_map(|event| async move {
+            let raw = match event {
+                Ok(raw) => raw,
+                Err(error) => return Some(Err(error)),
+            };
+            let event = Event::parse(&raw)?;
+            let kind = event
+                .fields
+                .iter()
+                .find_map(|f| f.strip_prefix("event:"))
+                .map(|k| k.trim().to_owned());
+            Some(Ok((kind, event.data?)))
         })
         .boxed()
 }

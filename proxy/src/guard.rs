@@ -58,10 +58,9 @@ impl RequestGuard {
         let authority = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.authority().map(|a| a.as_str()))
-            .map(str::to_ascii_lowercase);
+            .or_else(|| uri.authority().map(|a| a.as_str()));
         if self.loopback
-            && let Some(authority) = &authority
+            && let Some(authority) = authority
             && !self.host_allowed(hostname(authority))
         {
             return Err(Refusal::Host);
@@ -69,6 +68,8 @@ impl RequestGuard {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(());
         };
+        // Browsers only from here on (rare): lower-casing allocates.
+        let authority = authority.map(str::to_ascii_lowercase);
         let origin = origin
             .to_str()
             .map_err(|_| Refusal::Origin)?
@@ -88,7 +89,11 @@ impl RequestGuard {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        is_loopback_name(host) || self.allowed_hosts.iter().any(|h| h == host)
+        is_loopback_name(host)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
     }
 }
 
@@ -101,7 +106,8 @@ fn hostname(authority: &str) -> &str {
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

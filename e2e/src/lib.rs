@@ -597,6 +597,42 @@ pub fn run_peer(script: &str, args: &[&str]) -> Result<serde_json::Value> {
         .with_context(|| format!("{script}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Runs the peer script `e2e/peers/<script>` that prints one line when it is ready and
+/// another when it has seen what it waits for: `change` gets the first line (and makes the
+/// change the peer waits for); the second is returned once the peer exited successfully.
+pub fn peer_around(
+    script: &str,
+    args: &[&str],
+    change: impl FnOnce(&str) -> Result<()>,
+) -> Result<String> {
+    use std::io::BufRead;
+    let mut peer = Command::new(python()?)
+        .arg(workspace().join("e2e/peers").join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(peer.stdout.take().context("stdout")?);
+    let mut ready = String::new();
+    stdout.read_line(&mut ready)?;
+    let changed = change(&ready);
+    let mut seen = String::new();
+    if changed.is_ok() {
+        stdout.read_line(&mut seen)?;
+    } else {
+        let _ = peer.kill();
+    }
+    let output = peer.wait_with_output()?;
+    changed?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{script} {args:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(seen)
+}
+
 /// A Python MCP server from `e2e/peers/` (`script PORT`) on 127.0.0.1:`port`, listening.
 /// Each start logs to its own file in `log_dir` (a restarted peer keeps the old log).
 pub fn python_peer(script: &str, port: u16, log_dir: &Path) -> Result<Process> {

@@ -4,12 +4,10 @@
 //! list_changed. Ignored by plain `cargo test`; `make e2e` installs the peers and runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
-    Process, Proxy, everything_server, free_port, gateway_for, python, python_peer, render,
-    run_peer, workspace,
+    Process, Proxy, everything_server, free_port, gateway_for, peer_around, python_peer, render,
+    run_peer,
 };
 use serde_json::Value;
 
@@ -185,34 +183,21 @@ fn fastmcp_clients_in_both_eras_through_server_routes_and_a_virtual_server() -> 
     // list_changed on an open session when the configuration changes the bundle (fastmcp 4
     // has no subscriptions/listen, so the initialize era; the 2026 listen stream is covered
     // with the `mcp` client in mcp_peers).
-    let mut listener = Command::new(python()?)
-        .arg(workspace().join("e2e/peers/fastmcp_client.py"))
-        .args([
-            &bundle,
-            "legacy",
-            "list-changed",
-            "fast_echo",
-            r#"{"text": "x"}"#,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdout = std::io::BufReader::new(listener.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    ensure!(
-        line.contains("ready"),
-        "the listener did not connect: {line}"
-    );
-    peers.bundle_demo_tools("[add, echo]")?;
-    line.clear();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    let out = listener.wait_with_output()?;
-    ensure!(
-        out.status.success() && line.contains("\"changed\": true"),
-        "list_changed: {line} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        bundle.as_str(),
+        "legacy",
+        "list-changed",
+        "fast_echo",
+        r#"{"text": "x"}"#,
+    ];
+    let line = peer_around("fastmcp_client.py", &args, |first| {
+        ensure!(
+            first.contains("ready"),
+            "the listener did not connect: {first}"
+        );
+        peers.bundle_demo_tools("[add, echo]")
+    })?;
+    ensure!(line.contains("\"changed\": true"), "list_changed: {line}");
     let tools = fastmcp(&bundle, "legacy", &["list"])?;
     ensure!(
         tools.as_array().unwrap().iter().any(|t| t == "demo_echo"),

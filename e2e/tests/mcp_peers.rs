@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
     Process, Proxy, everything_server, free_port, gateway_for, http_get, mcp_post, mcp_request,
-    python, python_peer, render, run_peer, sum_metric, workspace,
+    peer_around, python, python_peer, render, run_peer, sum_metric, workspace,
 };
 use serde_json::Value;
 
@@ -559,39 +559,23 @@ fn a_configuration_change_tells_open_sessions_their_tools_changed() -> Result<()
         ("legacy", "plus", "beta_sum"),
         ("2026-07-28", "beta_sum", "plus"),
     ] {
-        let mut listener = Command::new(python()?)
-            .arg(workspace().join("e2e/peers/listen.py"))
-            .args([&bundle.url, mode])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let mut stdout = std::io::BufReader::new(listener.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line)?;
+        let line = peer_around("listen.py", &[&bundle.url, mode], |first| {
+            ensure!(
+                first.contains(&format!("\"{before}\"")),
+                "{mode} before: {first}"
+            );
+            let manifests = bundle.dir.path().join("manifests");
+            let yaml = std::fs::read_to_string(manifests.join("bundle.yaml"))?;
+            std::fs::write(
+                manifests.join("bundle.yaml"),
+                yaml.replace(&format!("{{add: {before}}}"), &format!("{{add: {after}}}")),
+            )?;
+            render(&manifests, &bundle.dir.path().join("config"))
+                .context("standalone render failed")
+        })?;
         ensure!(
-            line.contains(&format!("\"{before}\"")),
-            "{mode} before: {line}"
-        );
-
-        let manifests = bundle.dir.path().join("manifests");
-        let yaml = std::fs::read_to_string(manifests.join("bundle.yaml"))?;
-        std::fs::write(
-            manifests.join("bundle.yaml"),
-            yaml.replace(&format!("{{add: {before}}}"), &format!("{{add: {after}}}")),
-        )?;
-        render(&manifests, &bundle.dir.path().join("config"))
-            .context("standalone render failed")?;
-
-        line.clear();
-        std::io::BufRead::read_line(&mut stdout, &mut line)?;
-        let output = listener.wait_with_output()?;
-        ensure!(
-            output.status.success()
-                && line.contains(&format!("\"{after}\""))
-                && !line.contains(&format!("\"{before}\"")),
-            "{mode} after the change: {line} ({}) {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
+            line.contains(&format!("\"{after}\"")) && !line.contains(&format!("\"{before}\"")),
+            "{mode} after the change: {line}"
         );
     }
     Ok(())

@@ -164,6 +164,18 @@ fn write_config(dir: &Path, config: &Value) {
 
 /// POST a body; returns (status, headers, body).
 fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    request(port, "POST", path, headers, body)
+}
+
+/// One HTTP/1.1 request on loopback (`Host` overridable in `headers`): (status, head, body);
+/// status 0 when nothing listens.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new(), String::new());
     };
@@ -179,9 +191,14 @@ fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, St
         .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
+    let content = if method == "POST" {
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+    } else {
+        ""
+    };
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -500,23 +517,7 @@ fn serves_https_with_http2_and_http1() {
 
 /// A plain HTTP GET on the MCP port: (status, head, body).
 fn get(port: u16, path: &str) -> (u16, String, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new(), String::new());
-    };
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
+    request(port, "GET", path, &[], "")
 }
 
 #[test]
@@ -637,14 +638,7 @@ fn servers_that_are_not_public_need_a_valid_bearer_token() {
     assert_eq!(status, 200, "{body}");
 
     // Refusals are counted by reason.
-    let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut metrics = String::new();
-    s.read_to_string(&mut metrics).unwrap();
+    let (_, _, metrics) = get(admin, "/metrics");
     for reason in ["missing", "expired", "audience"] {
         assert!(
             metrics.contains(&format!(

@@ -17,6 +17,8 @@ pub mod code {
     pub const INVALID_REQUEST: i64 = -32600;
     /// Unknown tool and other bad parameters.
     pub const INVALID_PARAMS: i64 = -32602;
+    /// The caller is authenticated but not granted access to the route.
+    pub const FORBIDDEN: i64 = -32003;
     /// The upstream failed or timed out.
     pub const UPSTREAM: i64 = -32001;
 }

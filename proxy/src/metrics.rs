@@ -17,6 +17,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// Refused bearer tokens by reason (a fixed set).
     pub auth_failures: IntCounterVec,
+    /// Authenticated requests refused because no collaborator grants access, by route.
+    pub access_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +61,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            access_denied: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_access_denied_total",
+                    "Authenticated requests refused because no collaborator grants access",
+                ),
+                &["namespace", "server"],
+            )?,
         };
         m.registry
             .register(Box::new(m.config_synchronized.clone()))?;
@@ -66,6 +75,7 @@ impl Metrics {
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.latency.clone()))?;
         m.registry.register(Box::new(m.auth_failures.clone()))?;
+        m.registry.register(Box::new(m.access_denied.clone()))?;
         Ok(m)
     }
 }

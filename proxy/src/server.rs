@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::auth::inbound::{Inbound, METADATA_PREFIX};
+use crate::auth::{Identity, Method as AuthMethod};
 use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
 use crate::guard::RequestGuard;
 use crate::mcp::forward::Forwarder;
@@ -73,16 +74,30 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let Some(route) = snapshot.route(key) else {
         return not_found(&path);
     };
-    let public = match route {
-        Route::Server(server) => server.config.public,
-        Route::Virtual(v) => v.config.public,
+    let caller = if route.public() {
+        None
+    } else {
+        match app.inbound.authenticate(req.headers()).await {
+            Ok(identity) => Some(identity),
+            Err(error) => {
+                app.metrics
+                    .auth_failures
+                    .with_label_values(&[error.reason()])
+                    .inc();
+                return app.inbound.challenge(req.headers(), key, &error);
+            }
+        }
     };
-    if !public && let Err(error) = app.inbound.authenticate(req.headers()).await {
+    if let Some(identity) = &caller
+        && !route.access().permits(identity)
+    {
+        let (namespace, name) = route.name();
         app.metrics
-            .auth_failures
-            .with_label_values(&[error.reason()])
+            .access_denied
+            .with_label_values(&[namespace, name])
             .inc();
-        return app.inbound.challenge(req.headers(), key, &error);
+        tracing::info!(user = %identity.user, namespace, name, "access denied: not a collaborator");
+        return forbidden(identity, route);
     }
     match route {
         Route::Server(server) => {
@@ -108,6 +123,29 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// 403 for an authenticated caller the route's collaborators do not include. It names the
+/// caller and the route they asked for, nothing about who does have access.
+fn forbidden(caller: &Identity, route: &Route) -> Response<Body> {
+    let (namespace, name) = route.name();
+    let kind = match route {
+        Route::Server(_) => "McpServer",
+        Route::Virtual(_) => "VirtualMcpServer",
+    };
+    let granted_by = match caller.method {
+        AuthMethod::ServiceAccount => "this ServiceAccount",
+        AuthMethod::Oidc { .. } => "this user (subject or email) or one of its groups",
+    };
+    jsonrpc_error(
+        StatusCode::FORBIDDEN,
+        None,
+        crate::error::code::FORBIDDEN,
+        format!(
+            "Forbidden: {} may not use {kind} {namespace}/{name}: an McpCollaborator with role User or Manager must name {granted_by}",
+            caller.user
+        ),
+    )
+}
+
 /// RFC 9728 metadata: `rest` empty for the gateway, else a route's path; JSON 404 otherwise.
 fn resource_metadata(app: &App, headers: &http::HeaderMap, rest: &str) -> Response<Body> {
     if rest.is_empty() || rest == "/" {
@@ -115,11 +153,8 @@ fn resource_metadata(app: &App, headers: &http::HeaderMap, rest: &str) -> Respon
     }
     let route = route_key(rest).and_then(|key| {
         let snapshot = app.current.load()?;
-        let name = match snapshot.route(key)? {
-            Route::Server(s) => format!("{}/{}", s.config.namespace, s.config.name),
-            Route::Virtual(v) => format!("{}/{}", v.config.namespace, v.config.name),
-        };
-        Some((key, name))
+        let (namespace, name) = snapshot.route(key)?.name();
+        Some((key, format!("{namespace}/{name}")))
     });
     match route {
         Some((key, name)) => json_response(

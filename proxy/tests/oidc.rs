@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{b64, ed25519, es256, now, provider, sign};
+use common::idp::{b64, ed25519, es256, now, provider, sign};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mcpgate_proxy::auth::oidc::IssuerConfig;
 use mcpgate_proxy::auth::{AuthError, Method};

@@ -2,6 +2,7 @@
 //! against their issuer's published keys (`oidc`); `inbound` asks for tokens on routes that
 //! are not public and serves the resource metadata clients discover the identity provider by.
 
+pub mod access;
 pub mod inbound;
 pub mod oidc;
 
@@ -26,6 +27,19 @@ pub enum Method {
         /// The token's issuer.
         issuer: String,
     },
+    /// A Kubernetes ServiceAccount token, reviewed by the API server; the user is
+    /// `system:serviceaccount:<namespace>:<name>`.
+    ServiceAccount,
+}
+
+impl Method {
+    /// The method as a metric label and in audit records.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Oidc { .. } => "oidc",
+            Self::ServiceAccount => "serviceaccount",
+        }
+    }
 }
 
 /// Why a token was refused. Reasons are a bounded set (metric labels); the messages never

@@ -11,6 +11,8 @@ use mcpgate_crds::gateway_config::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::auth::access::Access;
+
 /// Credential values by Secret name and key.
 pub type Credentials = BTreeMap<String, BTreeMap<String, SecretString>>;
 
@@ -54,6 +56,8 @@ pub struct ServerRoute {
     pub upstream: Option<Uri>,
     /// Headers injected on every upstream request (shared credentials), marked sensitive.
     pub inject: Vec<(HeaderName, HeaderValue)>,
+    /// Who may use it.
+    pub access: Access,
 }
 
 /// What a path leads to.
@@ -72,6 +76,8 @@ pub struct VirtualRoute {
     pub config: VirtualServerConfig,
     /// Members whose McpServer is in the configuration, in configuration order.
     pub members: Vec<Member>,
+    /// Who may use it (its own collaborators, not its members').
+    pub access: Access,
 }
 
 /// One McpServer of a virtual server and the tools taken from it.
@@ -83,6 +89,32 @@ pub struct Member {
     pub all: bool,
     /// Upstream tool name -> exposed name.
     pub renames: BTreeMap<String, String>,
+}
+
+impl Route {
+    /// Whether callers skip inbound authentication.
+    pub fn public(&self) -> bool {
+        match self {
+            Self::Server(s) => s.config.public,
+            Self::Virtual(v) => v.config.public,
+        }
+    }
+
+    /// Who may use the route.
+    pub fn access(&self) -> &Access {
+        match self {
+            Self::Server(s) => &s.access,
+            Self::Virtual(v) => &v.access,
+        }
+    }
+
+    /// `(namespace, name)` of the McpServer or VirtualMcpServer.
+    pub fn name(&self) -> (&str, &str) {
+        match self {
+            Self::Server(s) => (&s.config.namespace, &s.config.name),
+            Self::Virtual(v) => (&v.config.namespace, &v.config.name),
+        }
+    }
 }
 
 impl Member {
@@ -187,6 +219,7 @@ impl Snapshot {
                 _ => Vec::new(),
             };
             let route = Arc::new(ServerRoute {
+                access: Access::new(&server.access),
                 config: server,
                 upstream,
                 inject,
@@ -219,7 +252,11 @@ impl Snapshot {
                 .collect();
             routes.insert(
                 config.path.clone(),
-                Route::Virtual(Arc::new(VirtualRoute { config, members })),
+                Route::Virtual(Arc::new(VirtualRoute {
+                    access: Access::new(&config.access),
+                    config,
+                    members,
+                })),
             );
         }
         Ok(Self {

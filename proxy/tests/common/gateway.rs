@@ -1,0 +1,232 @@
+//! The proxy as a process on loopback, and the plain-socket HTTP the tests speak to it: a
+//! recording upstream, rendered configuration written to a directory, raw requests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream that answers every POST with a JSON-RPC result holding the request's headers
+/// and body, and `sleep` requests only after 3 s.
+pub fn spawn_upstream() -> (u16, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || serve_one(stream, &tx));
+        }
+    });
+    (port, rx)
+}
+
+pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body) = loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while buffer.len() < end + 4 + length {
+            let n = stream.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        break (
+            head,
+            String::from_utf8_lossy(&buffer[end + 4..]).into_owned(),
+        );
+    };
+    let _ = seen.send(());
+    let headers: serde_json::Map<String, Value> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.trim().to_owned())))
+        .collect();
+    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if request["params"]["name"] == "sleep" {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let answer = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"headers": headers, "body": request}}).to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: up-1\r\nSet-Cookie: upstream=1\r\nContent-Length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+}
+
+/// Starts the proxy on `dir` with `extra` flags: (process, MCP port, admin port).
+pub fn start_proxy(dir: &Path, extra: &[&str]) -> (Killed, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
+        .arg("--config-dir")
+        .arg(dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Killed(child), port, admin)
+}
+
+/// A rendered server `team/<name>` in front of the upstream on `upstream_port`.
+pub fn server_config(
+    upstream_port: u16,
+    name: &str,
+    auth: Value,
+    deny: Vec<&str>,
+    timeout_ms: u64,
+    public: bool,
+) -> Value {
+    json!({
+        "namespace": "team", "name": name, "path": format!("/team/mcp/{name}/server"),
+        "upstream": {"type": "remote", "url": format!("http://127.0.0.1:{upstream_port}/mcp"), "transport": "StreamableHttp"},
+        "auth": auth, "tools": {"allow": [], "deny": deny}, "timeoutMs": timeout_ms,
+        "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
+        "public": public, "access": {"subjects": []}
+    })
+}
+
+pub fn config(upstream_port: u16, timeout_ms: u64) -> Value {
+    let server = |name: &str, auth: Value, deny: Vec<&str>| {
+        server_config(upstream_port, name, auth, deny, timeout_ms, true)
+    };
+    json!({
+        "schema": 1, "version": format!("v{timeout_ms}"),
+        "servers": [
+            server("plain", json!({"type": "none"}), vec!["hidden"]),
+            server("keyed", json!({"type": "sharedApiKey", "header": "X-Api-Key", "template": "Key {{API_KEY}}",
+                                   "credential": {"secret": "cred", "key": "api-key"}}), vec![]),
+            server("relay", json!({"type": "passthrough"}), vec![]),
+        ],
+        "virtualServers": []
+    })
+}
+
+pub fn write_config(dir: &Path, config: &Value) {
+    std::fs::create_dir_all(dir.join("credentials/cred")).unwrap();
+    std::fs::write(dir.join("credentials/cred/api-key"), "s3cret").unwrap();
+    std::fs::write(dir.join("config.json.tmp"), config.to_string()).unwrap();
+    std::fs::rename(dir.join("config.json.tmp"), dir.join("config.json")).unwrap();
+}
+
+/// POST a body; returns (status, headers, body).
+pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    request(port, "POST", path, headers, body)
+}
+
+/// One HTTP/1.1 request on loopback (`Host` overridable in `headers`): (status, head, body);
+/// status 0 when nothing listens.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new(), String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or_else(|| format!("127.0.0.1:{port}"), |(_, v)| (*v).to_owned());
+    let extra: String = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let content = if method == "POST" {
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+    } else {
+        ""
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+pub fn call(tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).to_string()
+}
+
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP GET on the MCP port: (status, head, body).
+pub fn get(port: u16, path: &str) -> (u16, String, String) {
+    request(port, "GET", path, &[], "")
+}

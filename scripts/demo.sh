@@ -14,7 +14,7 @@ trap cleanup EXIT INT TERM
 
 "$py" e2e/peers/demo_server.py 3001 >target/demo-upstream.log 2>&1 & pids+=($!)
 ./target/release/mcpgate-operator standalone --watch --input config/standalone --output "$out" 2>target/demo-operator.log & pids+=($!)
-./target/release/mcpgate-proxy --config-dir "$out" --listen 127.0.0.1:8000 --admin-listen 127.0.0.1:9090 2>target/demo-proxy.log & pids+=($!)
+./target/release/mcpgate-proxy --config-dir "$out" --listen 127.0.0.1:8000 --admin-listen 127.0.0.1:9090 --audit-log target/demo-audit.log 2>target/demo-proxy.log & pids+=($!)
 
 ready() { curl -sf http://127.0.0.1:9090/readyz >/dev/null && curl -s -o /dev/null http://127.0.0.1:3001/mcp; }
 for _ in $(seq 100); do ready && break; sleep 0.2; done
@@ -35,6 +35,10 @@ echo "and the virtual server $bundle (tools: echo, sum):"
 echo "  $cmd"
 result=$(eval "$cmd") # fails the demo (and CI) when the call does
 echo "  -> $result"
+echo
+echo "the audit trail records each call (target/demo-audit.log), e.g.:"
+sleep 0.2
+echo "  $(tail -n 1 target/demo-audit.log)"
 echo
 if [ "${DEMO_ONCE:-0}" = 1 ]; then exit 0; fi
 echo "Ctrl-C stops the demo. Logs: target/demo-*.log"

@@ -2,6 +2,7 @@
 //! configuration, swaps it atomically, and forwards each route's MCP traffic upstream with
 //! that route's credentials.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod guard;

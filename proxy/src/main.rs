@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mcpgate_proxy::audit::Audit;
 use mcpgate_proxy::auth::inbound::Inbound;
 use mcpgate_proxy::auth::oidc::{IssuerConfig, OidcVerifier};
 use mcpgate_proxy::guard::RequestGuard;
@@ -103,6 +104,10 @@ struct Args {
         value_delimiter = ','
     )]
     authorization_servers: Vec<String>,
+    /// Where the audit trail goes, one JSON line per tool call: `-` for stdout (the
+    /// diagnostic log is on stderr), a file path (appended to), or `off`.
+    #[arg(long, env = "MCPGATE_AUDIT_LOG", default_value = "-")]
+    audit_log: String,
     /// Threads serving requests; 0 means one per CPU. One thread spends the least CPU per
     /// request when the proxy shares a small node with its upstreams.
     #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
@@ -184,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             eras: Default::default(),
             current: current.clone(),
             stopping: stop_rx.clone(),
+            audit: audit(&args.audit_log, &metrics)?,
         },
         metrics: metrics.clone(),
         guard: RequestGuard::new(args.listen, &args.allowed_origins, &args.allowed_hosts),
@@ -288,4 +294,20 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The audit trail's sink, from `--audit-log`.
+fn audit(target: &str, metrics: &Metrics) -> anyhow::Result<Audit> {
+    let sink: Box<dyn std::io::Write + Send> = match target {
+        "off" => return Ok(Audit::metrics_only(metrics.clone())),
+        "-" => Box::new(std::io::stdout()),
+        path => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the audit log {path} (--audit-log)"))?,
+        ),
+    };
+    Audit::new(sink, metrics.clone()).context("starting the audit log writer")
 }

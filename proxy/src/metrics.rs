@@ -1,6 +1,8 @@
 //! Prometheus metrics of the proxy (prefix `mcpgate_`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Every metric, registered in one registry.
 #[derive(Clone)]
@@ -19,6 +21,12 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Authenticated requests refused because no collaborator grants access, by route.
     pub access_denied: IntCounterVec,
+    /// Tool calls by namespace, server, tool and outcome.
+    pub tool_calls: IntCounterVec,
+    /// Tool call latency to the answer, by namespace, server, tool and outcome.
+    pub tool_call_duration: HistogramVec,
+    /// Audit records dropped because the writer fell behind.
+    pub audit_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +76,27 @@ impl Metrics {
                 ),
                 &["namespace", "server"],
             )?,
+            tool_calls: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_tool_calls_total",
+                    "Tool calls by namespace, server, tool and outcome",
+                ),
+                &["namespace", "server", "tool", "outcome"],
+            )?,
+            tool_call_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "mcpgate_tool_call_duration_seconds",
+                    "Tool call latency to the answer",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+                ]),
+                &["namespace", "server", "tool", "outcome"],
+            )?,
+            audit_dropped: IntCounter::new(
+                "mcpgate_audit_records_dropped_total",
+                "Audit records dropped because the audit log writer fell behind",
+            )?,
         };
         m.registry
             .register(Box::new(m.config_synchronized.clone()))?;
@@ -76,6 +105,10 @@ impl Metrics {
         m.registry.register(Box::new(m.latency.clone()))?;
         m.registry.register(Box::new(m.auth_failures.clone()))?;
         m.registry.register(Box::new(m.access_denied.clone()))?;
+        m.registry.register(Box::new(m.tool_calls.clone()))?;
+        m.registry
+            .register(Box::new(m.tool_call_duration.clone()))?;
+        m.registry.register(Box::new(m.audit_dropped.clone()))?;
         Ok(m)
     }
 }

@@ -110,7 +110,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
                 );
             }
             let method = req.method().clone();
-            let (response, latency) = app.forwarder.forward(req, server).await;
+            let (response, latency) = app.forwarder.forward(req, server, caller).await;
             if let Some(latency) = latency {
                 app.metrics
                     .latency
@@ -119,7 +119,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
             response
         }
-        Route::Virtual(v) => crate::mcp::aggregate::handle(&app.forwarder, req, v).await,
+        Route::Virtual(v) => crate::mcp::aggregate::handle(&app.forwarder, req, v, caller).await,
     }
 }
 

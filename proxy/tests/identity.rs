@@ -10,10 +10,7 @@ use serde_json::{Value, json};
 
 #[test]
 fn servers_that_are_not_public_need_a_valid_bearer_token() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let idp = runtime.block_on(idp::provider());
-    let key = idp::es256("k1");
-    idp.publish(&[&key]);
+    let (_runtime, idp, key) = idp::with_one_key();
     let (upstream, _seen) = spawn_upstream();
     let dir = tempfile::tempdir().unwrap();
     let none = || json!({"type": "none"});
@@ -32,16 +29,7 @@ fn servers_that_are_not_public_need_a_valid_bearer_token() {
     );
     let (_proxy, port, admin) = start_proxy(
         dir.path(),
-        &[
-            "--oidc-issuer",
-            &idp.issuer,
-            "--oidc-audience",
-            idp::AUDIENCE,
-            "--oidc-user-claim",
-            "email",
-            "--public-url",
-            "https://gw.example/",
-        ],
+        &idp.proxy_flags(&["--public-url", "https://gw.example/"]),
     );
     wait_for("the proxy", || {
         (get(port, "/.well-known/oauth-protected-resource").0 == 200).then_some(())
@@ -163,10 +151,7 @@ fn initialize() -> String {
 
 #[test]
 fn collaborators_decide_who_may_use_each_route() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let idp = runtime.block_on(idp::provider());
-    let key = idp::es256("k1");
-    idp.publish(&[&key]);
+    let (_runtime, idp, key) = idp::with_one_key();
     let (upstream, seen) = spawn_upstream();
     let dir = tempfile::tempdir().unwrap();
     let server = |namespace: &str, name: &str| {
@@ -194,17 +179,7 @@ fn collaborators_decide_who_may_use_each_route() {
         })
     };
     write_config(dir.path(), &routes(true));
-    let (_proxy, port, admin) = start_proxy(
-        dir.path(),
-        &[
-            "--oidc-issuer",
-            &idp.issuer,
-            "--oidc-audience",
-            idp::AUDIENCE,
-            "--oidc-user-claim",
-            "email",
-        ],
-    );
+    let (_proxy, port, admin) = start_proxy(dir.path(), &idp.proxy_flags(&[]));
     wait_for("the proxy", || {
         (get(admin, "/readyz").0 == 200).then_some(())
     });

@@ -22,6 +22,8 @@ use super::forward::{Forwarder, Message, upstream_failure};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID};
 use super::message::Kind;
 use super::relay::{self, Rewrite};
+use crate::audit::{Pending, ToolCall};
+use crate::auth::Identity;
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::{Current, Member, VirtualRoute};
@@ -84,9 +86,9 @@ pub async fn handle(
     fwd: &Forwarder,
     req: Request<Incoming>,
     route: &VirtualRoute,
+    caller: Option<Identity>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let path = &route.config.path;
     let message = if parts.method == Method::POST {
         match fwd.read_message(&parts.headers, body).await {
             Ok(m) => Some(m),
@@ -95,6 +97,26 @@ pub async fn handle(
     } else {
         None
     };
+    let audit = fwd.audit_call(message.as_ref(), |envelope| {
+        let config = &route.config;
+        let call = ToolCall::new(caller, &config.namespace, &config.name, "virtual", envelope);
+        match route.resolve_tool(envelope.name()) {
+            Some((member, tool)) => call.served_by(&member.server.config, &tool),
+            None => call,
+        }
+    });
+    let response = dispatch(fwd, parts, message, route).await;
+    Pending::observe_some(audit, response)
+}
+
+/// [`handle`] once the body is read.
+async fn dispatch(
+    fwd: &Forwarder,
+    parts: http::request::Parts,
+    message: Option<Message>,
+    route: &VirtualRoute,
+) -> Response<Body> {
+    let path = &route.config.path;
     let id = message.as_ref().and_then(|m| m.envelope.id.clone());
     if message
         .as_ref()

@@ -16,6 +16,8 @@ use super::era;
 use super::filter;
 use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
 use super::message::Envelope;
+use crate::audit::{Audit, Pending, ToolCall};
+use crate::auth::Identity;
 use crate::error::{Body, code, jsonrpc_error};
 use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
@@ -43,6 +45,8 @@ pub struct Forwarder {
     pub current: std::sync::Arc<crate::source::Current>,
     /// Turns true at shutdown: long-lived streams end so connections can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The audit trail of tool calls.
+    pub audit: Audit,
 }
 
 /// A request body read whole and checked.
@@ -101,18 +105,14 @@ impl Forwarder {
         }
     }
 
-    /// Forwards one request to the route's upstream.
+    /// Forwards one request from `caller` to the route's upstream; a tool call is audited.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         route: &ServerRoute,
+        caller: Option<Identity>,
     ) -> (Response<Body>, Option<Duration>) {
         let (parts, body) = req.into_parts();
-        let hop = Hop {
-            client: &self.client,
-            route,
-            caller: &parts.headers,
-        };
         let message = if parts.method == Method::POST {
             match self.read_message(&parts.headers, body).await {
                 Ok(m) => Some(m),
@@ -120,6 +120,37 @@ impl Forwarder {
             }
         } else {
             None
+        };
+        let audit = self.audit_call(message.as_ref(), |envelope| {
+            let config = &route.config;
+            ToolCall::new(caller, &config.namespace, &config.name, "server", envelope)
+                .served_by(config, envelope.name())
+        });
+        let (response, latency) = self.deliver(parts, message, route).await;
+        (Pending::observe_some(audit, response), latency)
+    }
+
+    /// Starts the audit record of `message` if it is a `tools/call`; `call` describes it.
+    pub fn audit_call(
+        &self,
+        message: Option<&Message>,
+        call: impl FnOnce(&Envelope) -> ToolCall,
+    ) -> Option<Pending> {
+        let envelope = &message?.envelope;
+        (envelope.method() == "tools/call").then(|| self.audit.start(call(envelope)))
+    }
+
+    /// [`Self::forward`] once the body is read.
+    async fn deliver(
+        &self,
+        parts: http::request::Parts,
+        message: Option<Message>,
+        route: &ServerRoute,
+    ) -> (Response<Body>, Option<Duration>) {
+        let hop = Hop {
+            client: &self.client,
+            route,
+            caller: &parts.headers,
         };
         let envelope = message.as_ref().map(|m| &m.envelope);
         let id = envelope.and_then(|e| e.id.as_ref());

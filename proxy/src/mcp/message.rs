@@ -39,6 +39,9 @@ pub struct Params {
     /// Pagination cursor.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Tool arguments, as sent (the audit trail measures them).
+    #[serde(default)]
+    pub arguments: Option<Box<serde_json::value::RawValue>>,
     /// Request metadata (stateless requests carry their protocol version here).
     #[serde(default, rename = "_meta")]
     pub meta: Option<Meta>,

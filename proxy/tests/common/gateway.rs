@@ -29,7 +29,7 @@ pub fn free_port() -> u16 {
 }
 
 /// An upstream that answers every POST with a JSON-RPC result holding the request's headers
-/// and body, and `sleep` requests only after 3 s.
+/// and body (`isError` for tool `fail`), and `sleep` requests only after 3 s.
 pub fn spawn_upstream() -> (u16, mpsc::Receiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -91,10 +91,14 @@ pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
     if request["params"]["name"] == "sleep" {
         std::thread::sleep(Duration::from_secs(3));
     }
-    let answer = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"headers": headers, "body": request}}).to_string();
+    // `fail` is a tool that runs and reports failure.
+    let failed = request["params"]["name"] == "fail";
+    let answer = json!({"jsonrpc": "2.0", "id": request["id"],
+        "result": {"headers": headers, "body": request, "isError": failed}})
+    .to_string();
     let _ = write!(
         stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: up-1\r\nSet-Cookie: upstream=1\r\nContent-Length: {}\r\n\r\n{answer}",
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: up-1\r\nSet-Cookie: upstream=1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{answer}",
         answer.len()
     );
 }

@@ -132,7 +132,31 @@ pub async fn provider() -> Provider {
     }
 }
 
+/// A provider publishing one ES256 key (`k1`), served by a runtime of its own that the
+/// caller keeps alive.
+pub fn with_one_key() -> (tokio::runtime::Runtime, Provider, Key) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let provider = runtime.block_on(provider());
+    let key = es256("k1");
+    provider.publish(&[&key]);
+    (runtime, provider, key)
+}
+
 impl Provider {
+    /// Proxy flags that trust this provider for [`AUDIENCE`], users named by email, then `extra`.
+    pub fn proxy_flags<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut flags = vec![
+            "--oidc-issuer",
+            &self.issuer,
+            "--oidc-audience",
+            AUDIENCE,
+            "--oidc-user-claim",
+            "email",
+        ];
+        flags.extend(extra);
+        flags
+    }
+
     pub fn publish(&self, keys: &[&Key]) {
         *self.keys.lock().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
     }

@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mcpgate_proxy::audit::Audit;
+use mcpgate_proxy::auth::cache::TokenCache;
 use mcpgate_proxy::auth::inbound::Inbound;
 use mcpgate_proxy::auth::oidc::{IssuerConfig, OidcVerifier};
+use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::metrics::Metrics;
@@ -97,6 +99,15 @@ struct Args {
     /// and challenges; without it, the request's Host.
     #[arg(long, env = "MCPGATE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Accept Kubernetes ServiceAccount tokens minted for this audience (repeat or separate
+    /// with commas), checked with the API server's TokenReview. Agents mount a projected
+    /// token with this audience; tokens for other audiences are refused.
+    #[arg(
+        long = "serviceaccount-audience",
+        env = "MCPGATE_SERVICEACCOUNT_AUDIENCES",
+        value_delimiter = ','
+    )]
+    serviceaccount_audiences: Vec<String>,
     /// Authorization servers named in resource metadata (default: the OIDC issuers).
     #[arg(
         long = "authorization-server",
@@ -178,7 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             SessionKeys::generate()?
         }
     };
-    let inbound = inbound(&args)?;
+    let inbound = inbound(&args).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(App {
         current: current.clone(),
@@ -235,7 +246,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Inbound authentication from the flags, checked with messages that say what to fix.
-fn inbound(args: &Args) -> anyhow::Result<Inbound> {
+async fn inbound(args: &Args) -> anyhow::Result<Inbound> {
     let issuers: Vec<IssuerConfig> = args
         .oidc_issuers
         .iter()
@@ -264,10 +275,28 @@ fn inbound(args: &Args) -> anyhow::Result<Inbound> {
     } else {
         args.authorization_servers.clone()
     };
-    if issuers.is_empty() {
-        tracing::info!("no --oidc-issuer: only servers marked public can be called");
+    let audiences: Vec<String> = args
+        .serviceaccount_audiences
+        .iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let service_accounts = if audiences.is_empty() {
+        None
+    } else {
+        let client = kube::Client::try_default().await.context(
+            "--serviceaccount-audience needs the Kubernetes API to review tokens (run in a cluster or set KUBECONFIG)",
+        )?;
+        Some(TokenReviewer::new(client, audiences))
+    };
+    if issuers.is_empty() && service_accounts.is_none() {
+        tracing::info!(
+            "no --oidc-issuer or --serviceaccount-audience: only servers marked public can be called"
+        );
     }
     Ok(Inbound {
+        service_accounts,
+        cache: TokenCache::default(),
         oidc: OidcVerifier::new(
             mcpgate_proxy::upstream::client().context("loading TLS roots")?,
             issuers,

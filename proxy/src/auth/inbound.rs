@@ -6,8 +6,10 @@
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::cache::TokenCache;
 use super::oidc::OidcVerifier;
-use super::{AuthError, Identity};
+use super::service_account::TokenReviewer;
+use super::{AuthError, Identity, Unverified};
 use crate::error::{Body, json_response};
 
 /// Where RFC 9728 metadata lives.
@@ -17,6 +19,10 @@ pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
 pub struct Inbound {
     /// OIDC issuers.
     pub oidc: OidcVerifier,
+    /// ServiceAccount tokens, when enabled (`--serviceaccount-audience`).
+    pub service_accounts: Option<TokenReviewer>,
+    /// Verified tokens and recent refusals.
+    pub cache: TokenCache,
     /// The gateway's external base URL (`https://mcp.example.com`); else the request's host.
     pub public_url: Option<String>,
     /// Authorization servers named in resource metadata (default: the OIDC issuers).
@@ -26,13 +32,28 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// The caller of a request to a route that is not public.
+    /// The caller of a request to a route that is not public. A token from a configured OIDC
+    /// issuer is checked against its keys; any other goes to TokenReview when ServiceAccount
+    /// tokens are enabled.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         let token = bearer(headers)?;
-        if self.oidc.is_empty() {
-            return Err(AuthError::NotConfigured);
+        let key = TokenCache::key(token);
+        if let Some(known) = self.cache.get(&key) {
+            return known;
         }
-        self.oidc.verify(token).await
+        let claims = Unverified::peek(token).ok_or(AuthError::Malformed)?;
+        if claims.expired() {
+            return Err(AuthError::Expired);
+        }
+        let oidc = claims.iss.as_deref().is_some_and(|i| self.oidc.trusts(i));
+        let result = match &self.service_accounts {
+            _ if oidc => self.oidc.verify(token).await,
+            Some(reviewer) => reviewer.review(token).await,
+            None if self.oidc.is_empty() => Err(AuthError::NotConfigured),
+            None => Err(AuthError::Issuer),
+        };
+        self.cache.put(key, &result, claims.exp);
+        result
     }
 
     /// The 401 for `error` on the route at `path`.

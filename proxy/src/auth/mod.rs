@@ -1,10 +1,16 @@
 //! Who is calling: identities verified from the caller's bearer token. OIDC JWTs are checked
-//! against their issuer's published keys (`oidc`); `inbound` asks for tokens on routes that
-//! are not public and serves the resource metadata clients discover the identity provider by.
+//! against their issuer's published keys (`oidc`), Kubernetes ServiceAccount tokens by the
+//! API server's TokenReview (`service_account`); verified tokens are remembered until they
+//! expire (`cache`). `inbound` asks for tokens on routes that are not public and serves the
+//! resource metadata clients discover the identity provider by.
 
 pub mod access;
+pub mod cache;
 pub mod inbound;
 pub mod oidc;
+pub mod service_account;
+
+use base64::Engine;
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +48,43 @@ impl Method {
     }
 }
 
+/// The claims that decide how a JWT is checked, read before anything is verified: they
+/// only pick the verifier and bound how long a verified result is cached.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Unverified {
+    /// Issuer.
+    #[serde(default)]
+    pub iss: Option<String>,
+    /// Expiry, seconds since the epoch.
+    #[serde(default)]
+    pub exp: Option<u64>,
+}
+
+impl Unverified {
+    /// The payload of `token` if it is shaped like a JWT (three parts, base64url JSON).
+    pub fn peek(token: &str) -> Option<Self> {
+        let mut parts = token.split('.');
+        let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether `exp` is past, beyond the clock skew any verifier tolerates: such a token is
+    /// refused without checking its signature or asking the API server.
+    pub fn expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.exp
+            .is_some_and(|exp| exp.saturating_add(oidc::LEEWAY) < now)
+    }
+}
+
 /// Why a token was refused. Reasons are a bounded set (metric labels); the messages never
 /// repeat the token or its claims' values.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -76,9 +119,13 @@ pub enum AuthError {
     /// A required claim is missing or of the wrong type.
     #[error("the token lacks the {0} claim")]
     Claim(String),
-    /// The issuer's keys could not be fetched.
+    /// The issuer's keys could not be fetched, or the API server could not review the token.
     #[error("the identity provider could not be reached")]
     Unavailable,
+    /// The Kubernetes API server did not authenticate the token, or it is not a
+    /// ServiceAccount's.
+    #[error("the token is not a valid ServiceAccount token")]
+    Rejected,
     /// The route is not public and the gateway has no identity provider to check tokens.
     #[error(
         "this server is not public and the gateway has no identity provider configured (--oidc-issuer)"
@@ -101,6 +148,7 @@ impl AuthError {
             Self::Audience => "audience",
             Self::Claim(_) => "claim",
             Self::Unavailable => "unavailable",
+            Self::Rejected => "rejected",
             Self::NotConfigured => "not_configured",
         }
     }

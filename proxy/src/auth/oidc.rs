@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Limited};
@@ -146,17 +145,22 @@ impl OidcVerifier {
         self.issuers.is_empty()
     }
 
+    /// Whether `issuer` is one of the configured issuers.
+    pub fn trusts(&self, issuer: &str) -> bool {
+        self.issuers.iter().any(|i| i.config.issuer == issuer)
+    }
+
     /// The identity in `token`, or why it is refused.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(AuthError::Algorithm);
         }
-        let claimed_issuer = unverified_issuer(token).ok_or(AuthError::Malformed)?;
+        let claimed = super::Unverified::peek(token).ok_or(AuthError::Malformed)?;
         let issuer = self
             .issuers
             .iter()
-            .find(|i| i.config.issuer == claimed_issuer)
+            .find(|i| Some(i.config.issuer.as_str()) == claimed.iss.as_deref())
             .ok_or(AuthError::Issuer)?;
         let kid = header.kid.as_deref().unwrap_or_default();
         let jwk = match issuer.key(kid) {
@@ -275,16 +279,6 @@ impl Issuer {
         keys.fetched.filter(|at| at.elapsed() < MAX_KEY_AGE)?;
         keys.by_kid.get(kid).cloned()
     }
-}
-
-/// The `iss` of a token before its signature is checked (only to pick the issuer's keys).
-fn unverified_issuer(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims["iss"].as_str().map(str::to_owned)
 }
 
 /// A verification key for `alg` from `jwk`, only when the key is of the algorithm's family

@@ -3,18 +3,26 @@
 usage: call.py URL MODE list
        call.py URL MODE call TOOL JSON_ARGUMENTS
 MODE is `legacy` (initialize handshake) or a protocol version such as `2026-07-28`.
+With MCPGATE_BEARER set, every request carries `Authorization: Bearer <it>`.
 """
 
 import asyncio
 import json
+import os
 import sys
 
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 
 async def main() -> None:
     url, mode, action = sys.argv[1], sys.argv[2], sys.argv[3]
-    async with Client(url, mode=mode) as client:
+    server = url
+    if token := os.environ.get("MCPGATE_BEARER"):
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        server = streamable_http_client(url, http_client=http)
+    async with Client(server, mode=mode) as client:
         if action == "list":
             result = await client.list_tools()
             print(json.dumps(sorted(t.name for t in result.tools)))

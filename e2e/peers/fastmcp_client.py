@@ -1,7 +1,8 @@
 """A real MCP client built with fastmcp 4: runs one scenario against URL and prints JSON.
 
 usage: fastmcp_client.py URL MODE SCENARIO [ARGS...]
-MODE is `legacy`, `auto` or `2026-07-28`. Scenarios:
+MODE is `legacy`, `auto` or `2026-07-28`; with MCPGATE_BEARER set, every request carries
+that bearer token. Scenarios:
   list                         -> sorted tool names
   call TOOL JSON_ARGUMENTS     -> {"isError": ..., "text": [...]}
   progress TOOL JSON_ARGUMENTS -> {"progress": [values], "text": [...]}
@@ -16,6 +17,7 @@ MODE is `legacy`, `auto` or `2026-07-28`. Scenarios:
 
 import asyncio
 import json
+import os
 import sys
 
 from fastmcp import Client
@@ -43,7 +45,7 @@ async def main() -> None:
             changed.set()
 
     client = Client(
-        StreamableHttpTransport(url),
+        StreamableHttpTransport(url, auth=os.environ.get("MCPGATE_BEARER")),
         mode=mode,
         elicitation_handler=on_elicit,
         message_handler=OnChange(),

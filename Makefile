@@ -41,9 +41,9 @@ check-gen:
 	diff -u crds/yaml/crds.yaml charts/mcpgate/crds/crds.yaml \
 	  || { echo "charts/mcpgate/crds/crds.yaml is stale: run 'make gen' and commit"; exit 1; }
 
-## bench: prints render time, converge time and operator peak RSS
+## bench: proxy req/s, latency, CPU and memory vs a direct call, authentication cost per call; operator render and converge time, peak RSS
 bench:
 	$(CARGO) build --release -p mcpgate-operator -p mcpgate-proxy -p mcpgate-e2e
-	./target/release/proxy-bench
-	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; \
+	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)"; \
+	./target/release/proxy-bench; \
 	./target/release/operator-bench

@@ -2,7 +2,8 @@
 //! session, direct to a fast loopback upstream, through `mcpgate-proxy` on a server route,
 //! and through a virtual server over three upstreams, at 1, 16 and 64 concurrent
 //! connections: req/s, p50, p99, the proxy's CPU time per proxied call, its peak RSS; then
-//! the cost of opening a session and the proxy's RSS with 10,000 idle sessions.
+//! the cost of opening a session and the proxy's RSS with 10,000 idle sessions; last, the
+//! cost of authentication per call (OIDC JWT, ServiceAccount token) against a public route.
 //! Load generator, proxy and upstream share this machine's cores, so CPU per call is the
 //! figure that compares across machines.
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mcpgate_e2e::{Proxy, rss_kib};
+use mcpgate_e2e::{ControlPlane, IdentityProvider, Proxy, rss_kib};
 use serde_json::json;
 
 const CALLS_PER_RUN: usize = 20_000;
@@ -92,17 +93,20 @@ async fn load(
     tool: &str,
     concurrency: usize,
     calls: usize,
+    bearer: Option<&str>,
 ) -> Result<(Duration, Vec<Duration>)> {
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
     let argument = "x".repeat(200);
     let started = Instant::now();
     let per_worker = calls / concurrency;
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (path, argument, session, tool) = (
+        let (path, argument, session, tool, authorization) = (
             path.to_owned(),
             argument.clone(),
             session.to_owned(),
             tool.to_owned(),
+            authorization.clone(),
         );
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
@@ -116,13 +120,16 @@ async fn load(
                     json!({"jsonrpc": "2.0", "id": w * per_worker + i, "method": "tools/call",
                                   "params": {"name": tool, "arguments": {"text": argument}}})
                     .to_string();
-                let request = Request::post(path.as_str())
+                let mut request = Request::post(path.as_str())
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json")
                     .header("accept", "application/json, text/event-stream")
                     .header("mcp-protocol-version", "2025-11-25")
-                    .header("mcp-session-id", session.as_str())
-                    .body(Full::new(Bytes::from(body)))?;
+                    .header("mcp-session-id", session.as_str());
+                if let Some(authorization) = &authorization {
+                    request = request.header("authorization", authorization.as_str());
+                }
+                let request = request.body(Full::new(Bytes::from(body)))?;
                 let sent = Instant::now();
                 let response = sender.send_request(request).await?;
                 let status = response.status();
@@ -141,8 +148,9 @@ async fn load(
     Ok((started.elapsed(), all))
 }
 
-/// Opens a session at `path` (initialize + initialized); returns its id.
-async fn open_session(addr: SocketAddr, path: &str) -> Result<String> {
+/// Opens a session at `path` (initialize + initialized), as `bearer` if given; returns its id.
+async fn open_session(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Result<String> {
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -151,6 +159,9 @@ async fn open_session(addr: SocketAddr, path: &str) -> Result<String> {
             .header("host", "127.0.0.1")
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream");
+        if let Some(authorization) = &authorization {
+            request = request.header("authorization", authorization.as_str());
+        }
         if let Some(session) = session {
             request = request
                 .header("mcp-session-id", session)
@@ -265,9 +276,10 @@ fn main() -> Result<()> {
         "{:<10} {:>5} {:>10} {:>10} {:>10} {:>16}",
         "path", "conns", "req/s", "p50", "p99", "proxy CPU/call"
     );
-    let direct_session = runtime.block_on(open_session(upstream_addr, "/mcp"))?;
-    let server_session = runtime.block_on(open_session(gateway, "/bench/mcp/fast/server"))?;
-    let bundle_session = runtime.block_on(open_session(gateway, "/bench/mcp/bundle/server"))?;
+    let direct_session = runtime.block_on(open_session(upstream_addr, "/mcp", None))?;
+    let server_session = runtime.block_on(open_session(gateway, "/bench/mcp/fast/server", None))?;
+    let bundle_session =
+        runtime.block_on(open_session(gateway, "/bench/mcp/bundle/server", None))?;
     for concurrency in [1, 16, 64] {
         let (elapsed, latencies) = runtime.block_on(load(
             upstream_addr,
@@ -276,6 +288,7 @@ fn main() -> Result<()> {
             "echo",
             concurrency,
             CALLS_PER_RUN,
+            None,
         ))?;
         let rps = latencies.len() as f64 / elapsed.as_secs_f64();
         print_row("direct", concurrency, rps, &latencies, None);
@@ -296,6 +309,7 @@ fn main() -> Result<()> {
                 tool,
                 concurrency,
                 CALLS_PER_RUN,
+                None,
             ))?;
             let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
             let rps_gw = latencies.len() as f64 / elapsed.as_secs_f64();
@@ -330,7 +344,7 @@ fn main() -> Result<()> {
         let opened: Vec<String> = runtime.block_on(async {
             let mut ids = Vec::with_capacity(SESSIONS);
             for _ in 0..SESSIONS / 2 {
-                ids.push(open_session(gateway, path).await?);
+                ids.push(open_session(gateway, path, None).await?);
             }
             Ok::<_, anyhow::Error>(ids)
         })?;
@@ -347,6 +361,130 @@ fn main() -> Result<()> {
         "proxy RSS with {SESSIONS} idle sessions: {} KiB (target <= 50 MB; sessions live in the clients' sealed ids)",
         rss_kib(pid, "VmRSS:").unwrap_or(0)
     );
+    drop(proxy);
+    authentication(&runtime, upstream_addr)
+}
+
+/// Calls timed per caller in the authentication rows.
+const AUTH_CALLS: usize = 10_000;
+/// Rounds of those rows, interleaved; each figure is the median over the rounds.
+const AUTH_ROUNDS: usize = 5;
+
+/// The cost of authentication and authorization per call: one upstream behind a public route
+/// and behind a route only collaborators may use, called with an OIDC JWT from a real
+/// provider (keys fetched and the token verified on the first call) and with a ServiceAccount
+/// token reviewed by a real API server (on the first call), then from the caches.
+fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Result<()> {
+    const AUDIENCE: &str = "https://mcp.example.test";
+    let dir = tempfile::tempdir()?;
+    let plane = ControlPlane::start().context("the control plane (run `make bench`)")?;
+    plane.kubectl(&["create", "serviceaccount", "bench", "-n", "default"])?;
+    let sa_token = plane.kubectl(&[
+        "create",
+        "token",
+        "bench",
+        "-n",
+        "default",
+        "--audience",
+        "mcpgate",
+        "--duration",
+        "1h",
+    ])?;
+    let idp = IdentityProvider::start(dir.path(), AUDIENCE)?;
+    let jwt = idp.password_token("alice", "alice-pw")?;
+    let route = |name: &str, public: bool| {
+        json!({
+            "namespace": "bench", "name": name, "path": format!("/bench/mcp/{name}/server"),
+            "upstream": {"type": "remote", "url": format!("http://{upstream}/mcp"), "transport": "StreamableHttp"},
+            "auth": {"type": "none"}, "tools": {"allow": [], "deny": []}, "timeoutMs": 30000,
+            "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
+            "public": public, "access": {"subjects": [
+                {"kind": "ServiceAccount", "name": "system:serviceaccount:default:bench"},
+                {"kind": "User", "name": "alice@example.com"}]}})
+    };
+    std::fs::write(
+        dir.path().join("config.json"),
+        json!({"schema": 1, "version": "auth-bench", "virtualServers": [],
+            "servers": [route("open", true), route("closed", false)]})
+        .to_string(),
+    )?;
+    let proxy = Proxy::start(
+        &[OsStr::new("--config-dir"), dir.path().as_os_str()],
+        &[
+            ("RUST_LOG", OsStr::new("warn")),
+            ("MCPGATE_WORKER_THREADS", OsStr::new("1")),
+            ("KUBECONFIG", plane.kubeconfig.as_os_str()),
+            ("MCPGATE_OIDC_ISSUERS", OsStr::new(&idp.issuer)),
+            ("MCPGATE_OIDC_AUDIENCES", OsStr::new(AUDIENCE)),
+            ("MCPGATE_OIDC_USER_CLAIM", OsStr::new("email")),
+            ("MCPGATE_SERVICEACCOUNT_AUDIENCES", OsStr::new("mcpgate")),
+        ],
+        dir.path(),
+    )?;
+    let pid = proxy.process.pid();
+    let gateway: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
+    let callers = [
+        ("public route", "/bench/mcp/open/server", None),
+        ("OIDC JWT", "/bench/mcp/closed/server", Some(jwt.as_str())),
+        (
+            "ServiceAccount",
+            "/bench/mcp/closed/server",
+            Some(sa_token.trim()),
+        ),
+    ];
+    let mut sessions = Vec::new();
+    for (label, path, bearer) in callers {
+        let started = Instant::now();
+        sessions.push(runtime.block_on(open_session(gateway, path, bearer))?);
+        println!(
+            "first request as {label}: {:.1?} (initialize; token verified or reviewed, keys fetched)",
+            started.elapsed()
+        );
+    }
+    // p50 and CPU per call, per caller and round.
+    let mut figures = vec![(Vec::new(), Vec::new()); callers.len()];
+    for _ in 0..AUTH_ROUNDS {
+        for (i, (_, path, bearer)) in callers.iter().enumerate() {
+            let before = cpu_seconds(pid).context("proxy CPU")?;
+            let (_, latencies) = runtime.block_on(load(
+                gateway,
+                path,
+                &sessions[i],
+                "echo",
+                1,
+                AUTH_CALLS,
+                *bearer,
+            ))?;
+            let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
+            figures[i]
+                .0
+                .push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
+            figures[i].1.push(cpu * 1e6 / latencies.len() as f64);
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let medians: Vec<(f64, f64)> = figures
+        .iter_mut()
+        .map(|(p50, cpu)| (median(p50), median(cpu)))
+        .collect();
+    println!(
+        "authentication and authorization per call, warm caches ({AUTH_CALLS} calls x {AUTH_ROUNDS} rounds, 1 connection, medians; target <= 20 us added p50):"
+    );
+    println!(
+        "{:<16} {:>10} {:>12} {:>16} {:>14}",
+        "caller", "p50", "added p50", "proxy CPU/call", "added CPU"
+    );
+    let (base_p50, base_cpu) = medians[0];
+    for ((label, _, _), (p50, cpu)) in callers.iter().zip(&medians) {
+        println!(
+            "{label:<16} {p50:>8.1}us {:>10.1}us {cpu:>14.1}us {:>12.1}us",
+            p50 - base_p50,
+            cpu - base_cpu
+        );
+    }
     Ok(())
 }
 

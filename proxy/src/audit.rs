@@ -5,17 +5,17 @@
 //!
 //! A call's record is finished by the response body it wraps: the body is watched (never
 //! changed) for the JSON-RPC answer to the call, and the record is written when the body ends
-//! or the client goes away, whichever comes first. Writing happens on a thread of its own
-//! behind a bounded queue, so a slow disk never holds a request; records that do not fit are
-//! counted in `mcpgate_audit_records_dropped_total`.
+//! or the client goes away, whichever comes first. Records are appended to a bounded buffer
+//! that a thread of its own writes out every [`FLUSH_EVERY`] (sooner when it fills up), one
+//! write for many records and no thread wake-up per call; a slow disk never holds a request,
+//! and records that do not fit are counted in `mcpgate_audit_records_dropped_total`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{Response, header};
@@ -31,8 +31,12 @@ use crate::error::Body;
 use crate::mcp::message::{Envelope, event_end};
 use crate::metrics::Metrics;
 
-/// Records waiting for the writer thread before new ones are dropped.
-const QUEUE: usize = 8192;
+/// How often buffered records are written out.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered bytes that wake the writer before its time.
+const WAKE_AT: usize = 256 * 1024;
+/// Buffered bytes beyond which new records are dropped (the sink is not keeping up).
+const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 /// The largest JSON answer read to learn a call's outcome; larger ones are recorded as
 /// `unknown` (the answer itself is forwarded whole either way).
 const MAX_INSPECTED: usize = 8 * 1024 * 1024;
@@ -42,20 +46,64 @@ const TOOL_LABELS_PER_ROUTE: usize = 256;
 /// Where records go and the metrics they feed.
 #[derive(Clone)]
 pub struct Audit {
-    queue: Option<SyncSender<Vec<u8>>>,
+    log: Option<Arc<Log>>,
     metrics: Metrics,
     labels: Arc<ToolLabels>,
 }
 
+/// Records on their way to the sink.
+struct Log {
+    buffer: Mutex<Vec<u8>>,
+    wake: Condvar,
+    sink: Mutex<Box<dyn Write + Send>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Log {
+    /// Writes `taken` out; returns it emptied, for reuse as the next buffer.
+    fn write_out(&self, mut taken: Vec<u8>) -> Vec<u8> {
+        if !taken.is_empty() {
+            let mut sink = lock(&self.sink);
+            if sink.write_all(&taken).and_then(|()| sink.flush()).is_err() {
+                tracing::error!("the audit log could not be written");
+            }
+            taken.clear();
+        }
+        taken
+    }
+
+    fn run(&self) {
+        let mut spare = Vec::new();
+        loop {
+            let guard = lock(&self.buffer);
+            let (mut guard, _) = self
+                .wake
+                .wait_timeout_while(guard, FLUSH_EVERY, |b| b.len() < WAKE_AT)
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut *guard, &mut spare);
+            drop(guard);
+            spare = self.write_out(spare);
+        }
+    }
+}
+
 impl Audit {
-    /// Records written by a thread of its own to `sink` (stdout or a file).
+    /// Records written to `sink` (stdout or a file) by a thread of its own.
     pub fn new(sink: Box<dyn Write + Send>, metrics: Metrics) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let log = Arc::new(Log {
+            buffer: Mutex::new(Vec::with_capacity(64 * 1024)),
+            wake: Condvar::new(),
+            sink: Mutex::new(sink),
+        });
+        let writer = log.clone();
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_records(rx, sink))?;
+            .spawn(move || writer.run())?;
         Ok(Self {
-            queue: Some(tx),
+            log: Some(log),
             metrics,
             labels: Arc::default(),
         })
@@ -64,9 +112,17 @@ impl Audit {
     /// Metrics only, no records (for tests and benchmarks of other parts).
     pub fn metrics_only(metrics: Metrics) -> Self {
         Self {
-            queue: None,
+            log: None,
             metrics,
             labels: Arc::default(),
+        }
+    }
+
+    /// Writes out every buffered record now (at shutdown).
+    pub fn flush(&self) {
+        if let Some(log) = &self.log {
+            let taken = std::mem::take(&mut *lock(&log.buffer));
+            log.write_out(taken);
         }
     }
 
@@ -98,7 +154,7 @@ impl Audit {
             .tool_call_duration
             .with_label_values(&labels)
             .observe(latency.as_secs_f64());
-        let Some(queue) = &self.queue else { return };
+        let Some(log) = &self.log else { return };
         let record = Record {
             kind: "toolCall",
             time: time.to_string(),
@@ -115,27 +171,16 @@ impl Audit {
             argument_bytes: call.arguments.bytes,
             argument_sha256: &call.arguments.sha256,
         };
-        let Ok(mut line) = serde_json::to_vec(&record) else {
-            return;
-        };
-        line.push(b'\n');
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(line) {
+        let mut buffer = lock(&log.buffer);
+        let start = buffer.len();
+        if start > MAX_BUFFERED || serde_json::to_writer(&mut *buffer, &record).is_err() {
+            buffer.truncate(start);
             self.metrics.audit_dropped.inc();
+            return;
         }
-    }
-}
-
-fn write_records(rx: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::new(sink);
-    while let Ok(line) = rx.recv() {
-        let mut ok = out.write_all(&line).is_ok();
-        // Write what else is queued, then flush once: a record is on disk as soon as the
-        // queue is empty, and a busy gateway does not pay a flush per record.
-        while let Ok(line) = rx.try_recv() {
-            ok &= out.write_all(&line).is_ok();
-        }
-        if !(ok && out.flush().is_ok()) {
-            tracing::error!("the audit log could not be written");
+        buffer.push(b'\n');
+        if buffer.len() >= WAKE_AT {
+            log.wake.notify_one();
         }
     }
 }
@@ -510,7 +555,7 @@ impl<'a> From<&'a Identity> for Caller<'a> {
 /// Tool names used as metric labels, at most [`TOOL_LABELS_PER_ROUTE`] per route, so callers
 /// cannot grow the metric set without bound by calling made-up names.
 #[derive(Default)]
-struct ToolLabels(Mutex<HashMap<(String, String), HashSet<String>>>);
+struct ToolLabels(Mutex<HashMap<String, HashMap<String, HashSet<String>>>>);
 
 impl ToolLabels {
     fn label(&self, namespace: &str, server: &str, tool: &str, code: Option<i64>) -> String {
@@ -523,13 +568,22 @@ impl ToolLabels {
         if !plain || code == Some(crate::error::code::INVALID_PARAMS) {
             return OTHER.to_owned();
         }
-        let Ok(mut routes) = self.0.lock() else {
+        let mut routes = lock(&self.0);
+        if !routes
+            .get(namespace)
+            .is_some_and(|s| s.contains_key(server))
+        {
+            routes
+                .entry(namespace.to_owned())
+                .or_default()
+                .insert(server.to_owned(), HashSet::new());
+        }
+        let Some(seen) = routes.get_mut(namespace).and_then(|s| s.get_mut(server)) else {
             return OTHER.to_owned();
         };
-        let seen = routes
-            .entry((namespace.to_owned(), server.to_owned()))
-            .or_default();
-        if seen.contains(tool) || seen.len() < TOOL_LABELS_PER_ROUTE {
+        if seen.contains(tool) {
+            tool.to_owned()
+        } else if seen.len() < TOOL_LABELS_PER_ROUTE {
             seen.insert(tool.to_owned());
             tool.to_owned()
         } else {

@@ -191,6 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let inbound = inbound(&args).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let audit = audit(&args.audit_log, &metrics)?;
     let app = Arc::new(App {
         current: current.clone(),
         forwarder: Forwarder {
@@ -200,7 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             eras: Default::default(),
             current: current.clone(),
             stopping: stop_rx.clone(),
-            audit: audit(&args.audit_log, &metrics)?,
+            audit: audit.clone(),
         },
         metrics: metrics.clone(),
         guard: RequestGuard::new(args.listen, &args.allowed_origins, &args.allowed_hosts),
@@ -242,6 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await;
     watcher.abort();
     admin_task.abort();
+    audit.flush();
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! and through a virtual server over three upstreams, at 1, 16 and 64 concurrent
 //! connections: req/s, p50, p99, the proxy's CPU time per proxied call, its peak RSS; then
 //! the cost of opening a session and the proxy's RSS with 10,000 idle sessions; last, the
-//! cost of authentication per call (OIDC JWT, ServiceAccount token) against a public route.
+//! cost of authentication per call (OIDC JWT, ServiceAccount token) against a public route
+//! (only that with `MCPGATE_BENCH=auth`).
 //! Load generator, proxy and upstream share this machine's cores, so CPU per call is the
 //! figure that compares across machines.
 
@@ -223,6 +224,9 @@ fn main() -> Result<()> {
         runtime.spawn(upstream(listener));
     }
     let upstream_addr = upstreams[0];
+    if std::env::var("MCPGATE_BENCH").as_deref() == Ok("auth") {
+        return authentication(&runtime, upstream_addr);
+    }
 
     let dir = tempfile::tempdir()?;
     let server = |name: &str, addr: SocketAddr| {
@@ -462,6 +466,14 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
             figures[i].1.push(cpu * 1e6 / latencies.len() as f64);
         }
     }
+    in_process(
+        runtime,
+        &plane,
+        &idp.issuer,
+        AUDIENCE,
+        &jwt,
+        sa_token.trim(),
+    )?;
     let median = |values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
@@ -506,4 +518,98 @@ fn print_row(
         p(0.99),
         cpu
     );
+}
+
+/// The same authentication and authorization in process, timed over many calls: the cost
+/// the loopback rows above cannot resolve (their noise is larger than it).
+fn in_process(
+    runtime: &tokio::runtime::Runtime,
+    plane: &ControlPlane,
+    issuer: &str,
+    audience: &str,
+    jwt: &str,
+    sa_token: &str,
+) -> Result<()> {
+    use mcpgate_crds::gateway_config::{AccessList, AccessSubject};
+    use mcpgate_crds::v1alpha1::SubjectKind;
+    use mcpgate_proxy::auth::access::Access;
+    use mcpgate_proxy::auth::cache::TokenCache;
+    use mcpgate_proxy::auth::inbound::Inbound;
+    use mcpgate_proxy::auth::oidc::{IssuerConfig, OidcVerifier};
+    use mcpgate_proxy::auth::service_account::TokenReviewer;
+    const CALLS: u32 = 200_000;
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(&plane.kubeconfig)?;
+    let client = runtime.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        anyhow::Ok(kube::Client::try_from(config)?)
+    })?;
+    let oidc = || {
+        Ok::<_, anyhow::Error>(OidcVerifier::new(
+            mcpgate_proxy::upstream::client()?,
+            vec![IssuerConfig {
+                issuer: issuer.to_owned(),
+                audiences: vec![audience.to_owned()],
+                user_claim: "email".into(),
+                groups_claim: "groups".into(),
+            }],
+        ))
+    };
+    let inbound = Inbound {
+        oidc: oidc()?,
+        service_accounts: Some(TokenReviewer::new(client, vec!["mcpgate".into()])),
+        cache: TokenCache::default(),
+        public_url: None,
+        authorization_servers: Vec::new(),
+        scheme: "http",
+    };
+    let access = Access::new(&AccessList {
+        subjects: vec![
+            AccessSubject {
+                kind: SubjectKind::ServiceAccount,
+                name: "system:serviceaccount:default:bench".into(),
+            },
+            AccessSubject {
+                kind: SubjectKind::User,
+                name: "alice@example.com".into(),
+            },
+        ],
+    });
+    println!("in process, per call ({CALLS} calls, warm caches):");
+    for (label, token) in [("OIDC JWT", jwt), ("ServiceAccount", sa_token)] {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        let elapsed = runtime.block_on(async {
+            let first = inbound.authenticate(&headers).await?;
+            anyhow::ensure!(access.permits(&first), "{label}: not permitted");
+            let started = Instant::now();
+            for _ in 0..CALLS {
+                let caller = inbound.authenticate(&headers).await?;
+                anyhow::ensure!(access.permits(&caller), "{label}: not permitted");
+            }
+            Ok(started.elapsed())
+        })?;
+        println!(
+            "  {label:<16} authenticate + authorize: {:.2} us",
+            elapsed.as_secs_f64() * 1e6 / f64::from(CALLS)
+        );
+    }
+    // Without the token cache, every call would verify the signature again.
+    let verifier = oidc()?;
+    let elapsed = runtime.block_on(async {
+        verifier.verify(jwt).await?;
+        let started = Instant::now();
+        for _ in 0..CALLS / 100 {
+            verifier.verify(jwt).await?;
+        }
+        anyhow::Ok(started.elapsed())
+    })?;
+    println!(
+        "  (an ES256 signature check, what the cache saves: {:.1} us)",
+        elapsed.as_secs_f64() * 1e6 / f64::from(CALLS / 100)
+    );
+    Ok(())
 }

@@ -183,6 +183,16 @@ fn identities_from_a_real_provider_and_the_api_server_decide_who_may_call() -> R
         )
         .map_err(anyhow::Error::msg)?;
         ensure!(sum["text"] == json!(["5"]), "mcp client, {mode}: {sum}");
+        let sum = client(
+            "call.py",
+            &alice,
+            &[&bundle, mode, "call", "sum", r#"{"a": 4, "b": 5}"#],
+        )
+        .map_err(anyhow::Error::msg)?;
+        ensure!(
+            sum["text"] == json!(["9"]),
+            "mcp client, virtual, {mode}: {sum}"
+        );
         let listed = client("fastmcp_client.py", &alice, &[&bundle, mode, "list"])
             .map_err(anyhow::Error::msg)?;
         ensure!(

@@ -43,12 +43,14 @@ const MAX_INSPECTED: usize = 8 * 1024 * 1024;
 /// Distinct tool labels per route in metrics; further names count as `_other`.
 const TOOL_LABELS_PER_ROUTE: usize = 256;
 
-/// Where records go and the metrics they feed.
+/// Where records go and the metrics they feed (cheap to clone: one shared part).
 #[derive(Clone)]
-pub struct Audit {
+pub struct Audit(Arc<Shared>);
+
+struct Shared {
     log: Option<Arc<Log>>,
     metrics: Metrics,
-    labels: Arc<ToolLabels>,
+    labels: ToolLabels,
 }
 
 /// Records on their way to the sink.
@@ -102,31 +104,31 @@ impl Audit {
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || writer.run())?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             log: Some(log),
             metrics,
-            labels: Arc::default(),
-        })
+            labels: ToolLabels::default(),
+        })))
     }
 
-    /// Metrics only, no records (for tests and benchmarks of other parts).
+    /// Metrics only, no records (`--audit-log off`).
     pub fn metrics_only(metrics: Metrics) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             log: None,
             metrics,
-            labels: Arc::default(),
-        }
+            labels: ToolLabels::default(),
+        }))
     }
 
     /// Writes out every buffered record now (at shutdown).
     pub fn flush(&self) {
-        if let Some(log) = &self.log {
+        if let Some(log) = &self.0.log {
             let taken = std::mem::take(&mut *lock(&log.buffer));
             log.write_out(taken);
         }
     }
 
-    /// Starts the record of one tool call; finish it with [`Pending::observe`].
+    /// Starts the record of one tool call; [`Pending::observe`] finishes it.
     pub fn start(&self, call: ToolCall) -> Pending {
         Pending {
             audit: self.clone(),
@@ -136,25 +138,22 @@ impl Audit {
         }
     }
 
-    fn finish(&self, pending: Pending, outcome: Outcome) {
-        let Pending {
-            call,
-            time,
-            started,
-            ..
-        } = pending;
+    fn record(&self, call: ToolCall, time: jiff::Timestamp, started: Instant, outcome: Outcome) {
+        let Shared {
+            log,
+            metrics,
+            labels,
+        } = &*self.0;
         let latency = started.elapsed();
         let (kind, code) = outcome.parts();
-        let tool = self
-            .labels
-            .label(&call.namespace, &call.server, &call.tool, code);
-        let labels = [&*call.namespace, &*call.server, &*tool, kind];
-        self.metrics.tool_calls.with_label_values(&labels).inc();
-        self.metrics
+        let tool = labels.label(&call.namespace, &call.server, &call.tool, code);
+        let series = [&*call.namespace, &*call.server, &*tool, kind];
+        metrics.tool_calls.with_label_values(&series).inc();
+        metrics
             .tool_call_duration
-            .with_label_values(&labels)
+            .with_label_values(&series)
             .observe(latency.as_secs_f64());
-        let Some(log) = &self.log else { return };
+        let Some(log) = log else { return };
         let record = Record {
             kind: "toolCall",
             time: time.to_string(),
@@ -175,7 +174,7 @@ impl Audit {
         let start = buffer.len();
         if start > MAX_BUFFERED || serde_json::to_writer(&mut *buffer, &record).is_err() {
             buffer.truncate(start);
-            self.metrics.audit_dropped.inc();
+            metrics.audit_dropped.inc();
             return;
         }
         buffer.push(b'\n');
@@ -457,8 +456,13 @@ struct Observed {
 impl Observed {
     fn finish(&mut self) {
         if let Some(pending) = self.pending.take() {
-            let outcome = self.scan.end();
-            pending.audit.clone().finish(pending, outcome);
+            let Pending {
+                audit,
+                call,
+                time,
+                started,
+            } = pending;
+            audit.record(call, time, started, self.scan.end());
         }
     }
 }

@@ -230,12 +230,13 @@ fn main() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let server = |name: &str, addr: SocketAddr| {
-        json!({
-            "namespace": "bench", "name": name, "path": format!("/bench/mcp/{name}/server"),
-            "upstream": {"type": "remote", "url": format!("http://{addr}/mcp"), "transport": "StreamableHttp"},
-            "auth": {"type": "none"}, "tools": {"allow": [], "deny": ["never"]}, "timeoutMs": 30000,
-            "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
-            "public": true, "access": {"subjects": []}})
+        server_config(
+            name,
+            addr,
+            json!({"allow": [], "deny": ["never"]}),
+            true,
+            json!([]),
+        )
     };
     let members: Vec<_> = ["fast", "second", "third"]
         .iter()
@@ -369,6 +370,22 @@ fn main() -> Result<()> {
     authentication(&runtime, upstream_addr)
 }
 
+/// One rendered McpServer `bench/<name>` in front of `upstream`.
+fn server_config(
+    name: &str,
+    upstream: SocketAddr,
+    tools: serde_json::Value,
+    public: bool,
+    subjects: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "namespace": "bench", "name": name, "path": format!("/bench/mcp/{name}/server"),
+        "upstream": {"type": "remote", "url": format!("http://{upstream}/mcp"), "transport": "StreamableHttp"},
+        "auth": {"type": "none"}, "tools": tools, "timeoutMs": 30000,
+        "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
+        "public": public, "access": {"subjects": subjects}})
+}
+
 /// Calls timed per caller in the authentication rows.
 const AUTH_CALLS: usize = 10_000;
 /// Rounds of those rows, interleaved; each figure is the median over the rounds.
@@ -396,15 +413,17 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
     ])?;
     let idp = IdentityProvider::start(dir.path(), AUDIENCE)?;
     let jwt = idp.password_token("alice", "alice-pw")?;
+    let subjects = json!([
+        {"kind": "ServiceAccount", "name": "system:serviceaccount:default:bench"},
+        {"kind": "User", "name": "alice@example.com"}]);
     let route = |name: &str, public: bool| {
-        json!({
-            "namespace": "bench", "name": name, "path": format!("/bench/mcp/{name}/server"),
-            "upstream": {"type": "remote", "url": format!("http://{upstream}/mcp"), "transport": "StreamableHttp"},
-            "auth": {"type": "none"}, "tools": {"allow": [], "deny": []}, "timeoutMs": 30000,
-            "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
-            "public": public, "access": {"subjects": [
-                {"kind": "ServiceAccount", "name": "system:serviceaccount:default:bench"},
-                {"kind": "User", "name": "alice@example.com"}]}})
+        server_config(
+            name,
+            upstream,
+            json!({"allow": [], "deny": []}),
+            public,
+            subjects.clone(),
+        )
     };
     std::fs::write(
         dir.path().join("config.json"),

@@ -49,14 +49,17 @@ impl Access {
             }
         }
     }
+}
 
+#[cfg(test)]
+impl Access {
     /// Number of subjects granted access.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.users.len() + self.groups.len() + self.service_accounts.len()
     }
 
     /// Whether nobody is granted access.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -4,7 +4,7 @@
 //! deleted, or an OIDC key withdrawn, stops working within that time); a refusal is kept for
 //! [`REFUSAL_AGE`], so the same bad token sent in a loop is not checked again each time.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -81,9 +81,8 @@ impl TokenCache {
 
 /// Time from now until `epoch_seconds`; None if it has passed.
 fn seconds_until(epoch_seconds: u64) -> Option<Duration> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
     Duration::from_secs(epoch_seconds)
-        .checked_sub(now)
+        .checked_sub(super::now())
         .filter(|d| !d.is_zero())
 }
 
@@ -102,11 +101,7 @@ mod tests {
     }
 
     fn in_seconds(s: u64) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + s
+        crate::auth::now().as_secs() + s
     }
 
     #[test]

@@ -45,12 +45,14 @@ impl Inbound {
         if claims.expired() {
             return Err(AuthError::Expired);
         }
-        let oidc = claims.iss.as_deref().is_some_and(|i| self.oidc.trusts(i));
-        let result = match &self.service_accounts {
-            _ if oidc => self.oidc.verify(token).await,
-            Some(reviewer) => reviewer.review(token).await,
-            None if self.oidc.is_empty() => Err(AuthError::NotConfigured),
-            None => Err(AuthError::Issuer),
+        let result = if claims.iss.as_deref().is_some_and(|i| self.oidc.trusts(i)) {
+            self.oidc.verify(token).await
+        } else if let Some(reviewer) = &self.service_accounts {
+            reviewer.review(token).await
+        } else if self.oidc.is_empty() {
+            Err(AuthError::NotConfigured)
+        } else {
+            Err(AuthError::Issuer)
         };
         self.cache.put(key, &result, claims.exp);
         result

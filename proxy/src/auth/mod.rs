@@ -77,12 +77,17 @@ impl Unverified {
     /// Whether `exp` is past, beyond the clock skew any verifier tolerates: such a token is
     /// refused without checking its signature or asking the API server.
     pub fn expired(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = now().as_secs();
         self.exp
             .is_some_and(|exp| exp.saturating_add(oidc::LEEWAY) < now)
     }
+}
+
+/// Time since the epoch, the clock token claims are read against.
+pub(crate) fn now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Why a token was refused. Reasons are a bounded set (metric labels); the messages never

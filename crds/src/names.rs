@@ -14,6 +14,21 @@ pub const LABEL_COMPONENT: &str = "mcpgate.dev/component";
 /// Annotation naming the resource an operator-written object was rendered from.
 pub const ANNOTATION_SOURCE: &str = "mcpgate.dev/source";
 
+/// Label a Secret must carry (value `"true"`) before mcpgate reads it as a credential. The
+/// operator watches only Secrets with this label.
+pub const LABEL_CREDENTIAL: &str = "mcpgate.dev/credential";
+/// Annotation of an opted-in Secret naming the McpServers (comma-separated, or `*`) whose
+/// spec may use it, so that managing one server never reaches another server's Secret.
+pub const ANNOTATION_ALLOWED_SERVERS: &str = "mcpgate.dev/allowed-servers";
+
+/// Whether an opted-in Secret's `allowed-servers` annotation value admits `server`.
+pub fn secret_allows_server(annotation: &str, server: &str) -> bool {
+    annotation
+        .split(',')
+        .map(str::trim)
+        .any(|name| name == "*" || name == server)
+}
+
 /// The ConfigMap (in the gateway namespace) holding the rendered gateway configuration.
 pub const CONFIG_MAP_NAME: &str = "mcpgate-gateway-config";
 /// The key of [`CONFIG_MAP_NAME`] holding the configuration as JSON.
@@ -64,6 +79,15 @@ mod tests {
             credential_secret_name("a-b", "c"),
             credential_secret_name("a", "b-c")
         );
+    }
+
+    #[test]
+    fn allowed_servers_are_names_or_a_star() {
+        assert!(secret_allows_server("github, jira", "jira"));
+        assert!(secret_allows_server("*", "anything"));
+        assert!(!secret_allows_server("github", "git"));
+        assert!(!secret_allows_server("github-*", "github-x"), "no patterns");
+        assert!(!secret_allows_server("", "github"));
     }
 
     #[test]

@@ -253,6 +253,34 @@ impl ControlPlane {
         serde_json::from_str(&text).ok()
     }
 
+    /// A kubeconfig (written into `dir`) that authenticates as ServiceAccount
+    /// `namespace/name` with a fresh token (TokenRequest, valid for two hours).
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+    ) -> Result<PathBuf> {
+        let token =
+            self.kubectl(&["create", "token", name, "-n", namespace, "--duration", "2h"])?;
+        let ca = self
+            .kubeconfig
+            .parent()
+            .context("kubeconfig has a folder")?
+            .join("ca.crt");
+        let path = dir.join(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: {name}\n  user: {{token: \"{}\"}}\ncontexts:\n- name: {name}\n  context: {{cluster: e2e, user: {name}}}\ncurrent-context: {name}\n",
+                self.server,
+                ca.display(),
+                token.trim()
+            ),
+        )?;
+        Ok(path)
+    }
+
     /// A kube client for the admin.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
@@ -358,6 +386,16 @@ impl Operator {
         gateway_namespace: &str,
         identity: &str,
     ) -> Result<Self> {
+        Self::start_as(namespaces, gateway_namespace, identity, &plane.kubeconfig)
+    }
+
+    /// [`Operator::start`] with the credentials of `kubeconfig` instead of the admin's.
+    pub fn start_as(
+        namespaces: &[&str],
+        gateway_namespace: &str,
+        identity: &str,
+        kubeconfig: &Path,
+    ) -> Result<Self> {
         let port = free_port();
         let log_dir = tempfile::tempdir()?;
         let mut command = Command::new(operator_bin()?);
@@ -373,7 +411,7 @@ impl Operator {
                 "--debounce-ms",
                 "50",
             ])
-            .env("KUBECONFIG", &plane.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube_lease_manager=warn");
         let process = Process::spawn(
             "mcpgate-operator",

@@ -56,6 +56,11 @@ fn main() {
             "the_proxy_serves_what_the_operator_renders",
             the_proxy_serves_what_the_operator_renders,
         ),
+        (
+            "operator_rbac_is_least_privilege",
+            operator_rbac_is_least_privilege,
+        ),
+        ("a_manager_cannot_escalate", a_manager_cannot_escalate),
     ];
     let trials = tests
         .iter()
@@ -190,15 +195,70 @@ fn crds_are_established_and_explained(plane: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// Every sample (namespace `ns`), with each McpServer pointed at `upstream` and every server
+/// and virtual server public, so the test calls them without an identity provider.
+fn samples_in_front_of(upstream: &str) -> Result<String> {
+    let mut documents = Vec::new();
+    let dir = workspace().join("config/samples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut value: Value = serde::Deserialize::deserialize(document)?;
+            match value["kind"].as_str() {
+                Some("McpServer") => {
+                    if value["spec"]["remote"].is_object() {
+                        value["spec"]["remote"] = serde_json::json!({"url": upstream});
+                    }
+                    value["spec"]["public"] = Value::Bool(true);
+                }
+                Some("VirtualMcpServer") => value["spec"]["public"] = Value::Bool(true),
+                _ => {}
+            }
+            documents.push(serde_json::to_string(&value)?);
+        }
+    }
+    Ok(documents.join("\n---\n"))
+}
+
+/// Status against behaviour: every sample is accepted; those reporting Ready answer real tool
+/// calls through the proxy, those reporting NotServed have no route and no credential copy.
 fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "samples")?;
-    apply_samples(plane, &ns)?;
+    let logs = tempfile::tempdir()?;
+    let upstream_port = free_port();
+    let mut upstream = std::process::Command::new(python()?);
+    upstream
+        .arg(workspace().join("e2e/peers/samples_server.py"))
+        .arg(upstream_port.to_string());
+    let _upstream = Process::spawn(
+        "samples MCP server",
+        upstream,
+        logs.path().join("upstream.log"),
+    )?;
+    plane.apply(
+        &ns,
+        &samples_in_front_of(&format!("http://127.0.0.1:{upstream_port}/mcp"))?,
+    )?;
     let _operator = Operator::start(plane, &[&ns], &gw, "samples")?;
-    let config = wait_for("7 servers and 1 virtual server rendered", WAIT, || {
+    let config = wait_for("3 servers and 1 virtual server rendered", WAIT, || {
         config(plane, &gw).filter(|c| {
-            server_names(c, "servers").len() == 7 && server_names(c, "virtualServers").len() == 1
+            server_names(c, "servers").len() == 3 && server_names(c, "virtualServers").len() == 1
         })
     })?;
+    let proxy = Proxy::start(
+        &[OsStr::new("--config-namespace"), OsStr::new(&gw)],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+        logs.path(),
+    )?;
+    wait_for("upstream listening", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
+    })?;
+
+    let mut ready_routes = Vec::new();
     for resource in [
         "mcpservers",
         "virtualmcpservers",
@@ -214,9 +274,61 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
             "jsonpath={.items[*].metadata.name}",
         ])?;
         for name in names.split_whitespace() {
-            wait_condition(plane, &ns, &format!("{resource}/{name}"), "Ready", "True")?;
+            let object = format!("{resource}/{name}");
+            wait_condition(plane, &ns, &object, "Accepted", "True")?;
+            let (status, reason, message) = wait_for(&format!("{object} Ready"), WAIT, || {
+                condition(plane, &ns, &object, "Ready")
+                    .filter(|c| c.0 == "True" || c.1 == "NotServed")
+            })?;
+            let route = resource != "mcpcollaborators" && resource != "authoverrides";
+            if status == "True" {
+                if route {
+                    ready_routes.push(name.to_owned());
+                }
+                continue;
+            }
+            ensure!(
+                message.contains(" not served"),
+                "{object} {reason}: {message}"
+            );
+            if route {
+                let (code, _) = post_json(proxy.port, &format!("/{ns}/mcp/{name}/server"));
+                ensure!(code == 404, "{object} reports NotServed but answers {code}");
+            }
         }
     }
+    ready_routes.sort();
+    ensure!(
+        ready_routes == ["deepwiki", "engineering", "huggingface", "internal-docs"],
+        "Ready routes: {ready_routes:?}"
+    );
+    for name in &ready_routes {
+        let url = format!("http://127.0.0.1:{}/{ns}/mcp/{name}/server", proxy.port);
+        let tools = mcp_client(&url, "legacy", &["list"]).map_err(anyhow::Error::msg)?;
+        let tools: Vec<String> = serde_json::from_value(tools)?;
+        ensure!(!tools.is_empty(), "{name} is Ready but lists no tools");
+        for tool in &tools {
+            let answer = mcp_client(&url, "2026-07-28", &["call", tool, "{}"])
+                .map_err(anyhow::Error::msg)?;
+            ensure!(
+                answer["isError"] == false
+                    && answer["text"][0]
+                        .as_str()
+                        .is_some_and(|t| t.contains(" answered")),
+                "{name} {tool}: {answer}"
+            );
+        }
+        // The shared key of huggingface reaches its upstream; the others send none.
+        let credential = mcp_client(&url, "legacy", &["call", &tools[0], "{}"])
+            .map_err(anyhow::Error::msg)?["text"][0]
+            .as_str()
+            .is_some_and(|t| t.ends_with("with a credential"));
+        ensure!(
+            credential == (name == "huggingface"),
+            "{name}: credential sent: {credential}"
+        );
+    }
+
     let table = plane.kubectl(&["get", "mcps", "-n", &ns])?;
     ensure!(
         table.contains(&format!("/{ns}/mcp/deepwiki/server")),
@@ -232,7 +344,7 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     ])?;
     ensure!(generation == "1", "observedGeneration {generation}");
 
-    // Credentials are copied into the gateway namespace, and only there.
+    // Credentials are copied into the gateway namespace, only there, and only for served servers.
     let key = plane.kubectl(&[
         "get",
         "secret",
@@ -245,6 +357,18 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     ensure!(
         key == "aGZfZXhhbXBsZV9ub3RfYV9yZWFsX3Rva2Vu",
         "copied key differs: {key}"
+    );
+    let copies = plane.kubectl(&[
+        "get",
+        "secrets",
+        "-n",
+        &gw,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    ensure!(
+        copies.split_whitespace().collect::<Vec<_>>() == [format!("mcpgate-cred.{ns}.huggingface")],
+        "credential copies: {copies}"
     );
     let text = config.to_string();
     ensure!(
@@ -302,20 +426,7 @@ fn update_changes_and_delete_prunes(plane: &ControlPlane) -> Result<()> {
     })?;
 
     // Rotating the upstream key reaches the copied Secret.
-    plane
-        .kubectl(&[
-            "create",
-            "secret",
-            "generic",
-            "huggingface-token",
-            "-n",
-            &ns,
-            "--from-literal=token=rotated",
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ])
-        .and_then(|y| plane.apply(&ns, &y))?;
+    plane.apply(&ns, &yaml.replace("hf_example_not_a_real_token", "rotated"))?;
     wait_for("rotated key copied", WAIT, || {
         let v = plane
             .kubectl(&[
@@ -346,20 +457,19 @@ fn update_changes_and_delete_prunes(plane: &ControlPlane) -> Result<()> {
 
 fn missing_secret_is_reported_then_recovers(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "missing")?;
-    let _operator = Operator::start(plane, &[&ns], &gw, "missing")?;
-    let yaml = std::fs::read_to_string(
-        workspace().join("config/samples/mcpserver-oauth2-client-credentials.yaml"),
-    )?;
+    let operator = Operator::start(plane, &[&ns], &gw, "missing")?;
+    let yaml =
+        std::fs::read_to_string(workspace().join("config/samples/mcpserver-apikey-shared.yaml"))?;
     let server_only = yaml.split("---").nth(1).unwrap();
     plane.apply(&ns, server_only)?;
     let (_, reason, message) =
-        wait_condition(plane, &ns, "mcps/inventory", "ResolvedRefs", "False")?;
+        wait_condition(plane, &ns, "mcps/huggingface", "ResolvedRefs", "False")?;
     ensure!(reason == "SecretNotFound", "reason {reason}");
     ensure!(
-        message.contains(&format!("Secret {ns}/inventory-client not found")),
+        message.contains(&format!("Secret {ns}/huggingface-token not found")),
         "message: {message}"
     );
-    let (_, ready_reason, _) = wait_condition(plane, &ns, "mcps/inventory", "Ready", "False")?;
+    let (_, ready_reason, _) = wait_condition(plane, &ns, "mcps/huggingface", "Ready", "False")?;
     ensure!(
         ready_reason == "RefsNotResolved",
         "Ready reason {ready_reason}"
@@ -370,14 +480,38 @@ fn missing_secret_is_reported_then_recovers(plane: &ControlPlane) -> Result<()> 
         "an unresolved server was served"
     );
 
-    plane.apply(&ns, &yaml)?;
-    wait_condition(plane, &ns, "mcps/inventory", "Ready", "True")?;
-    wait_for("server served after the Secret appeared", WAIT, || {
-        config(plane, &gw).filter(|c| server_names(c, "servers") == ["inventory"])
-    })?;
-    let status = plane.kubectl(&["get", "mcps/inventory", "-n", &ns, "-o", "json"])?;
+    // The Secret without the opt-in label is invisible to the operator: still not found,
+    // and the message says how to opt in.
+    plane.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "huggingface-token",
+        "-n",
+        &ns,
+        "--from-literal=token=hf_example_not_a_real_token",
+    ])?;
+    // A change of the server makes the operator render again, after the Secret exists.
+    let before = operator.metric("mcpgate_operator_reconcile_duration_seconds_count", &[])?;
+    plane.kubectl(&["annotate", "mcps/huggingface", "-n", &ns, "touched=1"])?;
+    reconciled(&operator, before + 1.0)?;
+    let (_, reason, message) =
+        wait_condition(plane, &ns, "mcps/huggingface", "ResolvedRefs", "False")?;
     ensure!(
-        !status.contains("example-inventory-secret"),
+        reason == "SecretNotFound"
+            && message.contains("label it mcpgate.dev/credential=true and annotate it mcpgate.dev/allowed-servers=\"huggingface\""),
+        "{reason}: {message}"
+    );
+    plane.kubectl(&["delete", "secret", "huggingface-token", "-n", &ns])?;
+
+    plane.apply(&ns, &yaml)?;
+    wait_condition(plane, &ns, "mcps/huggingface", "Ready", "True")?;
+    wait_for("server served after the Secret appeared", WAIT, || {
+        config(plane, &gw).filter(|c| server_names(c, "servers") == ["huggingface"])
+    })?;
+    let status = plane.kubectl(&["get", "mcps/huggingface", "-n", &ns, "-o", "json"])?;
+    ensure!(
+        !status.contains("hf_example_not_a_real_token"),
         "secret value in the object"
     );
     Ok(())
@@ -727,6 +861,22 @@ fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()
         &ns,
         "--from-literal=token=k3y",
     ])?;
+    plane.kubectl(&[
+        "label",
+        "secret",
+        "demo-key",
+        "-n",
+        &ns,
+        "mcpgate.dev/credential=true",
+    ])?;
+    plane.kubectl(&[
+        "annotate",
+        "secret",
+        "demo-key",
+        "-n",
+        &ns,
+        "mcpgate.dev/allowed-servers=demo",
+    ])?;
     plane.apply(&ns, &server("secret_tool"))?;
     let _operator = Operator::start(plane, &[&ns], &gw, "proxy")?;
 
@@ -782,4 +932,413 @@ fn post_json(port: u16, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response)
+}
+
+/// The chart's operator rules (`charts/mcpgate/files/operator-rules-<which>.yaml`).
+fn chart_rules(which: &str) -> Result<Value> {
+    let path = workspace().join(format!("charts/mcpgate/files/operator-rules-{which}.yaml"));
+    Ok(serde_yaml::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+/// The operator's ServiceAccount in `gw` with the chart's RBAC: Roles in `watched`
+/// namespaces, or a ClusterRole when `watched` is empty, plus its Role in `gw`.
+fn install_operator_rbac(plane: &ControlPlane, gw: &str, watched: &[&str]) -> Result<()> {
+    use serde_json::json;
+    let name = format!("{gw}-mcpgate-operator");
+    let subjects = json!([{"kind": "ServiceAccount", "name": "mcpgate-operator", "namespace": gw}]);
+    let role_ref = |kind: &str, name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
+    let rbac = |kind: &str, name: &str, ns: Option<&str>, body: (&str, Value)| {
+        let mut object = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": {"name": name}});
+        if let Some(ns) = ns {
+            object["metadata"]["namespace"] = json!(ns);
+        }
+        object[body.0] = body.1;
+        object
+    };
+    let mut items = vec![json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "mcpgate-operator", "namespace": gw}})];
+    let watched_rules = chart_rules("watched")?;
+    if watched.is_empty() {
+        items.push(rbac(
+            "ClusterRole",
+            &name,
+            None,
+            ("rules", watched_rules.clone()),
+        ));
+        let mut binding = rbac(
+            "ClusterRoleBinding",
+            &name,
+            None,
+            ("subjects", subjects.clone()),
+        );
+        binding["roleRef"] = role_ref("ClusterRole", &name);
+        items.push(binding);
+    }
+    for ns in watched {
+        items.push(rbac(
+            "Role",
+            &name,
+            Some(ns),
+            ("rules", watched_rules.clone()),
+        ));
+        let mut binding = rbac(
+            "RoleBinding",
+            &name,
+            Some(ns),
+            ("subjects", subjects.clone()),
+        );
+        binding["roleRef"] = role_ref("Role", &name);
+        items.push(binding);
+    }
+    let gateway = "mcpgate-operator-gateway";
+    items.push(rbac(
+        "Role",
+        gateway,
+        Some(gw),
+        ("rules", chart_rules("gateway")?),
+    ));
+    let mut binding = rbac("RoleBinding", gateway, Some(gw), ("subjects", subjects));
+    binding["roleRef"] = role_ref("Role", gateway);
+    items.push(binding);
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    plane.kubectl_stdin(&["apply", "-f", "-"], Some(&list.to_string()))?;
+    Ok(())
+}
+
+/// `kubectl create --dry-run=server` of `yaml` as `user`: Err carries the API server's refusal.
+fn create_as(plane: &ControlPlane, user: &str, yaml: &str) -> Result<String> {
+    plane.kubectl_stdin(
+        &[
+            "create",
+            "--dry-run=server",
+            &format!("--as={user}"),
+            "-f",
+            "-",
+        ],
+        Some(yaml),
+    )
+}
+
+fn operator_rbac_is_least_privilege(plane: &ControlPlane) -> Result<()> {
+    let (ns, gw) = namespaces(plane, "least")?;
+    let cluster_gw = "gw-least-cluster";
+    plane.kubectl(&["create", "namespace", cluster_gw])?;
+    install_operator_rbac(plane, &gw, &[&ns])?;
+    install_operator_rbac(plane, cluster_gw, &[])?;
+    let namespaced = format!("system:serviceaccount:{gw}:mcpgate-operator");
+    let cluster = format!("system:serviceaccount:{cluster_gw}:mcpgate-operator");
+
+    let star_role = |namespace: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: star, namespace: {namespace}}}\nrules:\n- {{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}\n"
+        )
+    };
+    let admin_binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: admin, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}\nsubjects:\n- {{kind: User, name: mallory}}\n"
+    );
+    let manager_like = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: manager-like, namespace: {ns}}}\nrules:\n- {{apiGroups: [mcpgate.dev], resources: [mcpservers], resourceNames: [x], verbs: [get, update, patch, delete]}}\n"
+    );
+    for (user, own_gw) in [(&namespaced, gw.as_str()), (&cluster, cluster_gw)] {
+        for namespace in ["kube-system", ns.as_str()] {
+            match create_as(plane, user, &star_role(namespace)) {
+                Err(e) if e.to_string().contains("forbidden") => {}
+                other => bail!("{user} may create a '*' Role in {namespace}: {other:?}"),
+            }
+        }
+        match create_as(plane, user, &admin_binding) {
+            Err(e) if e.to_string().contains("forbidden") => {}
+            other => bail!("{user} may bind cluster-admin: {other:?}"),
+        }
+        // What a Manager Role grants, the operator may write without bind or escalate.
+        create_as(plane, user, &manager_like)
+            .map_err(|e| e.context(format!("{user} cannot write a Manager Role")))?;
+        let checks = [
+            ("kube-system", "escalate", "roles", false),
+            (ns.as_str(), "bind", "roles", false),
+            (ns.as_str(), "bind", "clusterroles", false),
+            (ns.as_str(), "get", "secrets/anything", false),
+            ("kube-system", "get", "secrets/anything", false),
+            (ns.as_str(), "create", "secrets", false),
+            (ns.as_str(), "update", "secrets", false),
+            (ns.as_str(), "delete", "secrets", false),
+            (ns.as_str(), "list", "secrets", true),
+            (own_gw, "create", "secrets", true),
+            (ns.as_str(), "patch", "mcpservers.mcpgate.dev", true),
+            (ns.as_str(), "create", "mcpservers.mcpgate.dev", false),
+            (ns.as_str(), "create", "pods", false),
+            (ns.as_str(), "create", "serviceaccounts/token", false),
+        ];
+        for (namespace, verb, resource, want) in checks {
+            ensure!(
+                can_i(plane, namespace, verb, resource, user) == want,
+                "can-i {verb} {resource} -n {namespace} as {user}: expected {want}"
+            );
+        }
+    }
+    // Watching some namespaces: nothing outside them.
+    for (namespace, verb, resource) in [
+        ("kube-system", "list", "secrets"),
+        ("kube-system", "create", "roles"),
+        ("kube-system", "patch", "mcpservers.mcpgate.dev"),
+    ] {
+        ensure!(
+            !can_i(plane, namespace, verb, resource, &namespaced),
+            "can-i {verb} {resource} -n {namespace} as {namespaced}: expected no"
+        );
+    }
+
+    // And those rules are enough: the operator, running as that ServiceAccount, renders the
+    // samples, writes credentials, statuses and Manager RBAC, and elects itself leader.
+    apply_samples(plane, &ns)?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = plane.service_account_kubeconfig(&gw, "mcpgate-operator", dir.path())?;
+    let operator = Operator::start_as(&[&ns], &gw, "least", &kubeconfig)?;
+    wait_condition(plane, &ns, "vmcps/engineering", "Ready", "True")?;
+    wait_condition(plane, &ns, "mcps/github", "Ready", "False")?;
+    wait_for("credential copied", WAIT, || {
+        plane
+            .kubectl(&[
+                "get",
+                "secret",
+                &format!("mcpgate-cred.{ns}.huggingface"),
+                "-n",
+                &gw,
+            ])
+            .ok()
+    })?;
+    wait_for("Manager RoleBinding written", WAIT, || {
+        plane
+            .kubectl(&[
+                "get",
+                "rolebinding",
+                "mcpgate-manager.github-managers",
+                "-n",
+                &ns,
+            ])
+            .ok()
+    })?;
+    ensure!(
+        can_i(
+            plane,
+            &ns,
+            "update",
+            "mcpservers.mcpgate.dev/github",
+            "bob@example.com"
+        ),
+        "the Manager grant does not work"
+    );
+    let log = operator.process.log();
+    ensure!(
+        !log.contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+    Ok(())
+}
+
+fn a_manager_cannot_escalate(plane: &ControlPlane) -> Result<()> {
+    let (ns, gw) = namespaces(plane, "escalate")?;
+    let _operator = Operator::start(plane, &[&ns], &gw, "escalate")?;
+    let sample =
+        |file: &str| std::fs::read_to_string(workspace().join("config/samples").join(file));
+    plane.apply(&ns, &sample("mcpserver-apikey-shared.yaml")?)?;
+    plane.apply(&ns, &sample("mcpserver-remote.yaml")?)?;
+    plane.apply(&ns, &sample("mcpserver-apikey-peruser.yaml")?)?;
+    let collaborator = |name: &str, target: &str, role: &str, user: &str| {
+        format!(
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpCollaborator\nmetadata: {{name: {name}}}\nspec:\n  targetRef: {{kind: McpServer, name: {target}}}\n  role: {role}\n  subjects: [{{kind: User, name: {user}}}]\n"
+        )
+    };
+    plane.apply(
+        &ns,
+        &collaborator("hf-managers", "huggingface", "Manager", "bob"),
+    )?;
+    plane.apply(
+        &ns,
+        &collaborator("hf-users", "huggingface", "User", "carol"),
+    )?;
+    plane.apply(
+        &ns,
+        &collaborator("deepwiki-users", "deepwiki", "User", "carol"),
+    )?;
+    // A Secret of the namespace that has nothing to do with mcpgate, and one opted in for
+    // deepwiki only.
+    plane.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "database",
+        "-n",
+        &ns,
+        "--from-literal=password=db-hunter2",
+    ])?;
+    plane.apply(&ns, "apiVersion: v1\nkind: Secret\nmetadata:\n  name: deepwiki-token\n  labels: {mcpgate.dev/credential: \"true\"}\n  annotations: {mcpgate.dev/allowed-servers: deepwiki}\nstringData: {token: dw-secret-value}\n")?;
+    wait_for("bob's Manager RoleBinding", WAIT, || {
+        plane
+            .kubectl(&[
+                "get",
+                "rolebinding",
+                "mcpgate-manager.hf-managers",
+                "-n",
+                &ns,
+            ])
+            .ok()
+    })?;
+    wait_condition(plane, &ns, "mcps/huggingface", "Ready", "True")?;
+
+    // 1. Retargeting a collaborator is refused at admission, for the Manager and for anyone.
+    // (The tenant admin is the test's own kubectl identity, a member of system:masters.)
+    for user in [Some("--as=bob"), None] {
+        let mut args = vec![
+            "patch",
+            "mcpcollaborator/hf-managers",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"targetRef":{"kind":"McpServer","name":"deepwiki"}}}"#,
+        ];
+        args.extend(user);
+        let refused = plane.kubectl(&args);
+        match refused {
+            Err(e)
+                if e.to_string().contains(
+                    "spec.targetRef is immutable: delete this McpCollaborator and create a new one",
+                ) => {}
+            other => bail!("{user:?} retargeted a collaborator: {other:?}"),
+        }
+    }
+    let refused = plane.kubectl(&[
+        "patch",
+        "authoverride/alice-linear",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"serverRef":{"name":"huggingface"}}}"#,
+    ]);
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("spec.serverRef is immutable")),
+        "an AuthOverride was retargeted: {refused:?}"
+    );
+
+    // 2. The Manager points the server at a Secret that did not opt in: nothing is copied.
+    let point_at = |secret: &str, key: &str| {
+        plane.kubectl(&[
+            "patch",
+            "mcps/huggingface",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"auth":{{"apiKey":{{"secretKeyRef":{{"name":"{secret}","key":"{key}"}}}}}}}}}}"#),
+            "--as=bob",
+        ])
+    };
+    point_at("database", "password")?;
+    let (_, reason, message) =
+        wait_condition(plane, &ns, "mcps/huggingface", "ResolvedRefs", "False")?;
+    ensure!(
+        reason == "SecretNotFound" && message.contains("label it mcpgate.dev/credential=true"),
+        "{reason}: {message}"
+    );
+    wait_for("the old copy pruned", WAIT, || {
+        plane
+            .kubectl(&[
+                "get",
+                "secret",
+                &format!("mcpgate-cred.{ns}.huggingface"),
+                "-n",
+                &gw,
+            ])
+            .err()
+    })?;
+    point_at("deepwiki-token", "token")?;
+    wait_for("the other server's Secret refused", WAIT, || {
+        condition(plane, &ns, "mcps/huggingface", "ResolvedRefs")
+            .filter(|c| c.1 == "SecretNotOptedIn")
+    })?;
+    let everything = [
+        plane.kubectl(&["get", "secrets,configmaps", "-n", &gw, "-o", "json"])?,
+        plane.kubectl(&["get", "mcpgate", "-n", &ns, "-o", "json"])?,
+    ]
+    .concat();
+    for (value, what) in [
+        ("db-hunter2", "the database password"),
+        ("dw-secret-value", "deepwiki's token"),
+    ] {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        ensure!(
+            !everything.contains(value) && !everything.contains(&encoded),
+            "{what} reached the gateway namespace or a status"
+        );
+    }
+
+    // 3. The Manager may edit the collaborators of their server, and so make another Manager
+    //    of that server, but of nothing else.
+    plane.kubectl(&[
+        "patch",
+        "mcpcollaborator/hf-users",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"role":"Manager","subjects":[{"kind":"User","name":"mallory"}]}}"#,
+        "--as=bob",
+    ])?;
+    wait_for("mallory's RoleBinding", WAIT, || {
+        plane
+            .kubectl(&["get", "rolebinding", "mcpgate-manager.hf-users", "-n", &ns])
+            .ok()
+    })?;
+    let checks = [
+        (
+            "bob",
+            "patch",
+            "mcpcollaborators.mcpgate.dev/hf-users",
+            true,
+        ),
+        (
+            "bob",
+            "patch",
+            "mcpcollaborators.mcpgate.dev/deepwiki-users",
+            false,
+        ),
+        ("bob", "create", "mcpcollaborators.mcpgate.dev", false),
+        ("bob", "update", "mcpservers.mcpgate.dev/deepwiki", false),
+        (
+            "bob",
+            "patch",
+            "authoverrides.mcpgate.dev/alice-linear",
+            false,
+        ),
+        ("bob", "create", "authoverrides.mcpgate.dev", false),
+        ("bob", "get", "secrets", false),
+        ("bob", "list", "secrets", false),
+        ("bob", "create", "roles", false),
+        (
+            "mallory",
+            "update",
+            "mcpservers.mcpgate.dev/huggingface",
+            true,
+        ),
+        (
+            "mallory",
+            "update",
+            "mcpservers.mcpgate.dev/deepwiki",
+            false,
+        ),
+        ("mallory", "get", "secrets", false),
+    ];
+    for (user, verb, resource, want) in checks {
+        ensure!(
+            can_i(plane, &ns, verb, resource, user) == want,
+            "can-i {verb} {resource} as {user}: expected {want}"
+        );
+    }
+    Ok(())
 }

@@ -29,6 +29,9 @@ pub const REASON_OVERRIDE_NOT_APPLICABLE: &str = "ServerNotPerUserApiKey";
 
 /// A referenced Secret does not exist.
 pub const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// A referenced Secret exists but has not opted in for this server (label
+/// `mcpgate.dev/credential` and annotation `mcpgate.dev/allowed-servers`).
+pub const REASON_SECRET_NOT_OPTED_IN: &str = "SecretNotOptedIn";
 /// A referenced Secret lacks the key.
 pub const REASON_SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
 /// A referenced ConfigMap (or its key) does not exist.
@@ -42,6 +45,8 @@ pub const REASON_UNKNOWN_TOOL: &str = "UnknownTool";
 /// A virtual server's member server is not ready.
 pub const REASON_SERVER_NOT_READY: &str = "ServerNotReady";
 
+/// Valid, but uses a field this gateway build does not serve yet.
+pub const REASON_NOT_SERVED: &str = "NotServed";
 /// Not ready because the spec was not accepted.
 pub const REASON_NOT_ACCEPTED: &str = "NotAccepted";
 /// Not ready because references did not resolve.

@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use mcpgate_crds::names::{LABEL_MANAGED_BY, MANAGED_BY};
+use mcpgate_crds::names::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGED_BY};
 use mcpgate_crds::v1alpha1::{AuthOverride, McpCollaborator, McpServer, VirtualMcpServer};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -64,7 +64,8 @@ pub struct Caches {
     pub collaborators: Stores<McpCollaborator>,
     /// Input kinds.
     pub overrides: Stores<AuthOverride>,
-    /// Referenced Secrets (in watched namespaces).
+    /// Secrets opted in as credentials (label `mcpgate.dev/credential=true`), in watched
+    /// namespaces. No other Secret is ever fetched or cached.
     pub secrets: Stores<Secret>,
     /// Referenced ConfigMaps (in watched namespaces).
     pub config_maps: Stores<ConfigMap>,
@@ -99,7 +100,10 @@ impl Caches {
             virtual_servers: t.watch(scope, watcher::Config::default()),
             collaborators: t.watch(scope, watcher::Config::default()),
             overrides: t.watch(scope, watcher::Config::default()),
-            secrets: t.watch(scope, watcher::Config::default()),
+            secrets: t.watch(
+                scope,
+                watcher::Config::default().labels(&format!("{LABEL_CREDENTIAL}=true")),
+            ),
             config_maps: t.watch(scope, watcher::Config::default()),
             owned_config_maps: t.watch(
                 &Scope::Namespaces(vec![gateway_namespace.to_owned()]),

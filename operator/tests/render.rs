@@ -69,17 +69,151 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Samples that use a field the proxy does not serve yet.
+const NOT_SERVED_SAMPLES: [&str; 5] = ["alice-linear", "github", "inventory", "linear", "petstore"];
+
 #[test]
-fn every_sample_renders_ready() {
+fn every_sample_renders_ready_or_not_served() {
     let files = samples();
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let rendered = render(&inputs_from(&paths, "demo"));
+    let mut not_served = Vec::new();
     for (resource, d) in &rendered.diagnostics {
-        assert!(d.ready.ok, "{resource:?} is not ready: {d:?}");
+        assert!(d.accepted.ok, "{resource:?} is not accepted: {d:?}");
+        if d.ready.reason == "NotServed" {
+            assert!(
+                !d.ready.ok && d.ready.message.contains("not served"),
+                "{d:?}"
+            );
+            not_served.push(resource.key.name.as_str());
+        } else {
+            assert!(d.ready.ok, "{resource:?} is not ready: {d:?}");
+        }
     }
-    assert_eq!(rendered.config.servers.len(), 7);
+    not_served.sort();
+    assert_eq!(not_served, NOT_SERVED_SAMPLES);
+    let served: Vec<_> = rendered
+        .config
+        .servers
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(served, ["deepwiki", "huggingface", "internal-docs"]);
     assert_eq!(rendered.config.virtual_servers.len(), 1);
+    // Only served servers get their credentials copied.
+    let copied: Vec<_> = rendered.secrets.keys().map(String::as_str).collect();
+    assert_eq!(copied, ["mcpgate-cred.demo.huggingface"]);
     insta::assert_yaml_snapshot!("samples", summary(&rendered));
+}
+
+/// One McpServer manifest in namespace `demo` with `spec` (YAML flow).
+fn server(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: {name}, namespace: demo}}\nspec: {spec}\n"
+    )
+}
+
+#[test]
+fn fields_not_served_yet_keep_a_server_out_and_say_which() {
+    let yaml = [
+        server("retry", r#"{remote: {url: "http://a/mcp"}, retry: {attempts: 2}}"#),
+        server("limits", r#"{remote: {url: "http://a/mcp"}, rateLimits: {perUser: {requests: 5}}}"#),
+        server("openapi", r#"{openapi: {inline: "openapi: 3.1.0", baseUrl: "http://a"}}"#),
+        server("per-user", r#"{remote: {url: "http://a/mcp"}, auth: {type: ApiKey, apiKey: {scope: PerUser}}}"#),
+        server("served", r#"{remote: {url: "http://a/mcp"}}"#),
+        "---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle, namespace: demo}\nspec: {tools: [{server: served, tools: [\"*\"]}, {server: retry, tools: [\"*\"]}]}\n".to_owned(),
+    ]
+    .concat();
+    let mut inputs = Inputs::default();
+    inputs.add_yaml(&yaml, "demo").unwrap();
+    let rendered = render(&inputs);
+    let ready = |name: &str| {
+        rendered
+            .diagnostics
+            .iter()
+            .find(|(r, _)| r.key.name == name)
+            .map(|(_, d)| d.ready.clone())
+            .unwrap()
+    };
+    for (name, field) in [
+        ("retry", "spec.retry"),
+        ("limits", "spec.rateLimits"),
+        ("openapi", "spec.openapi"),
+        ("per-user", "spec.auth.apiKey.scope PerUser"),
+    ] {
+        let ready = ready(name);
+        assert!(!ready.ok, "{name}: {ready:?}");
+        assert_eq!(ready.reason, "NotServed", "{name}");
+        assert!(
+            ready.message.starts_with(field),
+            "{name}: {}",
+            ready.message
+        );
+    }
+    let served: Vec<_> = rendered
+        .config
+        .servers
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(served, ["served"]);
+    // The bundle serves its served member and names the other.
+    let bundle = ready("bundle");
+    assert!(!bundle.ok);
+    assert_eq!(bundle.reason, "Degraded");
+    assert!(
+        bundle
+            .message
+            .contains("McpServer demo/retry is not ready: spec.retry is not served"),
+        "{}",
+        bundle.message
+    );
+    let members: Vec<_> = rendered.config.virtual_servers[0]
+        .members
+        .iter()
+        .map(|m| m.server.as_str())
+        .collect();
+    assert_eq!(members, ["served"]);
+}
+
+#[test]
+fn only_secrets_opted_in_for_the_server_are_read() {
+    let rendered = fixture("broken-refs.yaml");
+    let resolved = |name: &str| {
+        rendered
+            .diagnostics
+            .iter()
+            .find(|(r, _)| r.key.name == name)
+            .map(|(_, d)| d.resolved_refs.clone())
+            .unwrap()
+    };
+    let unlabelled = resolved("not-opted-in");
+    assert_eq!(unlabelled.reason, "SecretNotOptedIn");
+    assert!(
+        unlabelled.message.contains("label it mcpgate.dev/credential=true and annotate it mcpgate.dev/allowed-servers=\"not-opted-in\""),
+        "{}",
+        unlabelled.message
+    );
+    let elsewhere = resolved("not-allowed");
+    assert_eq!(elsewhere.reason, "SecretNotOptedIn");
+    assert!(
+        elsewhere.message.contains("team-a/for-ok-only"),
+        "{}",
+        elsewhere.message
+    );
+    let missing = resolved("no-secret");
+    assert_eq!(missing.reason, "SecretNotFound");
+    assert!(
+        missing.message.contains("if it exists, label it"),
+        "{}",
+        missing.message
+    );
+    for (name, secret) in &rendered.secrets {
+        for value in secret.data.values() {
+            let value = String::from_utf8_lossy(value.expose());
+            assert!(!value.starts_with("do-not-leak"), "{name} copied {value}");
+        }
+    }
 }
 
 #[test]
@@ -136,7 +270,13 @@ fn secret_values_never_reach_the_configuration_or_debug_output() {
         let rendered = fixture(name);
         let config = serde_json::to_string(&rendered.config).unwrap();
         let debug = format!("{rendered:?}");
-        for leak in ["do-not-leak-1", "do-not-leak-2", "do-not-leak-3"] {
+        for leak in [
+            "do-not-leak-1",
+            "do-not-leak-2",
+            "do-not-leak-3",
+            "do-not-leak-4",
+            "do-not-leak-5",
+        ] {
             assert!(
                 !config.contains(leak),
                 "{name}: config holds a secret value"
@@ -144,8 +284,10 @@ fn secret_values_never_reach_the_configuration_or_debug_output() {
             assert!(!debug.contains(leak), "{name}: Debug prints a secret value");
         }
     }
-    // ...but the credential Secret does carry them, for the proxy.
-    let rendered = fixture("conflicts.yaml");
+    // ...but the credential Secret of a served server does carry its key, for the proxy.
+    let files = samples();
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let rendered = render(&inputs_from(&paths, "demo"));
     let values: Vec<_> = rendered
         .secrets
         .values()
@@ -155,7 +297,7 @@ fn secret_values_never_reach_the_configuration_or_debug_output() {
                 .map(|v| String::from_utf8_lossy(v.expose()).into_owned())
         })
         .collect();
-    assert!(values.iter().any(|v| v == "do-not-leak-2"), "{values:?}");
+    assert_eq!(values, ["hf_example_not_a_real_token"]);
 }
 
 #[test]
@@ -171,9 +313,14 @@ fn output_is_deterministic_and_independent_of_input_order() {
     assert_eq!(forward.config.version.len(), 16);
 
     let mut changed = inputs_from(&paths, "demo");
-    let mut server = (*changed.servers[0]).clone();
+    let served = changed
+        .servers
+        .iter()
+        .position(|s| s.metadata.name.as_deref() == Some("deepwiki"))
+        .unwrap();
+    let mut server = (*changed.servers[served]).clone();
     server.spec.timeout_seconds += 1;
-    changed.servers[0] = server.into();
+    changed.servers[served] = server.into();
     assert_ne!(render(&changed).config.version, forward.config.version);
 }
 
@@ -206,10 +353,9 @@ fn discovered_tools_count_and_expand_wildcards() {
         key("huggingface"),
         vec!["model_search".into(), "paper_search".into()],
     );
-    inputs.discovered_tools.insert(
-        key("github"),
-        vec!["create_issue".into(), "list_prs".into()],
-    );
+    inputs
+        .discovered_tools
+        .insert(key("deepwiki"), vec!["read_wiki_structure".into()]);
     let rendered = render(&inputs);
     let engineering = rendered
         .diagnostics
@@ -217,10 +363,10 @@ fn discovered_tools_count_and_expand_wildcards() {
         .find(|(r, _)| r.key.name == "engineering")
         .map(|(_, d)| d.clone())
         .unwrap();
-    // search_code is not offered by github any more: reported, the rest served.
+    // ask_question is not offered by deepwiki any more: reported, the rest served.
     assert!(!engineering.resolved_refs.ok);
     assert_eq!(engineering.resolved_refs.reason, "UnknownTool");
-    assert!(engineering.resolved_refs.message.contains("search_code"));
-    // create_issue + 2 huggingface tools + ask_docs
-    assert_eq!(engineering.tool_count, Some(4));
+    assert!(engineering.resolved_refs.message.contains("ask_question"));
+    // the 2 huggingface tools
+    assert_eq!(engineering.tool_count, Some(2));
 }

@@ -56,7 +56,7 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: key}
+metadata: {name: key, labels: {mcpgate.dev/credential: \"true\"}, annotations: {mcpgate.dev/allowed-servers: keyed}}
 stringData: {token: s3cret}
 ";
 

@@ -7,6 +7,9 @@ use super::common::CommonStatus;
 
 /// A user's own credential for an McpServer whose API key is per user, pre-supplied instead
 /// of entered in the gateway's prompt.
+///
+/// Not served yet: per-user credentials are being built, and every AuthOverride reports
+/// `Ready=False` with reason `NotServed` until they are.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mcpgate.dev",
@@ -32,13 +35,17 @@ use super::common::CommonStatus;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuthOverrideSpec {
-    /// The McpServer, in this namespace.
+    /// The McpServer, in this namespace. Immutable: to give the user a credential for
+    /// another server, create another AuthOverride.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.serverRef is immutable: delete this AuthOverride and create a new one for the other server"))]
     pub server_ref: ServerRef,
     /// The user this credential belongs to, as identified by the gateway (subject or email).
     #[schemars(length(min = 1, max = 512))]
     pub subject: String,
     /// The credential. With `key`, that value fills `{{API_KEY}}` in the server's header
     /// template. Without `key`, every key of the Secret is sent as a header of that name.
+    /// The Secret must opt in: label `mcpgate.dev/credential: "true"` and annotation
+    /// `mcpgate.dev/allowed-servers` naming the server (comma-separated, or `*`).
     pub secret_ref: OverrideSecretRef,
 }
 

@@ -4,7 +4,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// A key of a Secret in the same namespace as the resource that names it.
+/// A key of a Secret in the same namespace as the resource that names it. The Secret must opt
+/// in to mcpgate: label `mcpgate.dev/credential: "true"` and annotation
+/// `mcpgate.dev/allowed-servers` naming the McpServers that may use it (comma-separated, or
+/// `*` for every server of the namespace).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

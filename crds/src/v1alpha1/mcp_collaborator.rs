@@ -40,7 +40,9 @@ use super::common::CommonStatus;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct McpCollaboratorSpec {
-    /// The server or virtual server, in this namespace.
+    /// The server or virtual server, in this namespace. Immutable: to grant a role on
+    /// another server, create another McpCollaborator.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.targetRef is immutable: delete this McpCollaborator and create a new one for the other target"))]
     pub target_ref: TargetRef,
     /// `User` or `Manager`.
     pub role: Role,

@@ -12,6 +12,11 @@ use super::rules;
 /// The upstream is either a remote MCP server (`spec.remote`) or an OpenAPI document whose
 /// operations become tools (`spec.openapi`). `spec.auth` says which credential the gateway
 /// sends upstream; callers never see it.
+///
+/// Served today: `spec.remote` with auth `None`, shared `ApiKey` or `Passthrough`. A server
+/// that sets a field still being built (`spec.openapi`, per-user `ApiKey`, the `OAuth2*`
+/// modes, `spec.retry`, `spec.rateLimits`) is accepted but not served: it reports
+/// `Ready=False` with reason `NotServed` naming the field, and no credential is copied.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mcpgate.dev",
@@ -41,7 +46,8 @@ pub struct McpServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteSource>,
 
-    /// An OpenAPI 3 document whose operations the gateway serves as MCP tools.
+    /// An OpenAPI 3 document whose operations become MCP tools. Not served yet: reports
+    /// `Ready=False` with reason `NotServed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<OpenApiSource>,
 
@@ -59,12 +65,13 @@ pub struct McpServerSpec {
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i32,
 
-    /// How failed upstream requests are retried. Only connection failures and 502/503/504
-    /// answers are retried, and never a `tools/call` that the upstream may have started.
+    /// How failed upstream requests should be retried. Not served yet: a server that sets it
+    /// reports `Ready=False` with reason `NotServed`; remove it to serve the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
 
-    /// Request budgets for this server.
+    /// Request budgets for this server. Not served yet: a server that sets it reports
+    /// `Ready=False` with reason `NotServed`; remove it to serve the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
 
@@ -103,7 +110,7 @@ pub enum Transport {
     Sse,
 }
 
-/// An OpenAPI 3 document and the API it describes.
+/// An OpenAPI 3 document and the API it describes (not served yet).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("[has(self.inline), has(self.configMapKeyRef), has(self.url)].filter(x, x).size() == 1").message("set exactly one of spec.openapi.inline, spec.openapi.configMapKeyRef or spec.openapi.url"))]
 #[serde(rename_all = "camelCase")]
@@ -138,7 +145,9 @@ pub struct OutboundAuth {
     /// `None`, `ApiKey`, `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or
     /// `Passthrough`. Passthrough forwards the caller's own token upstream, which the MCP
     /// specification forbids (token passthrough); choose it only for upstreams that
-    /// validate the gateway's audience themselves.
+    /// validate the gateway's audience themselves. Served today: `None`, `ApiKey` with
+    /// scope `Shared`, and `Passthrough`; the others report `Ready=False` with reason
+    /// `NotServed`.
     #[serde(rename = "type", default)]
     pub mode: AuthMode,
     /// Settings for `type: ApiKey`.
@@ -161,9 +170,10 @@ pub enum AuthMode {
     /// An API key in a header: one shared key, or each user's own key.
     ApiKey,
     /// Each user authorizes the gateway once (OAuth 2 authorization code with PKCE); the
-    /// gateway stores and refreshes their tokens.
+    /// gateway stores and refreshes their tokens. Not served yet.
     OAuth2AuthorizationCode,
-    /// The gateway obtains its own token with the OAuth 2 client credentials grant.
+    /// The gateway obtains its own token with the OAuth 2 client credentials grant. Not
+    /// served yet.
     OAuth2ClientCredentials,
     /// The caller's own bearer token is forwarded (explicit opt-in; see `type`).
     Passthrough,
@@ -178,7 +188,7 @@ pub enum AuthMode {
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyAuth {
     /// `Shared`: every caller uses the key in `secretKeyRef`. `PerUser`: each user supplies
-    /// their own key.
+    /// their own key (not served yet).
     #[serde(default)]
     pub scope: ApiKeyScope,
     /// Header that carries the key, e.g. `Authorization` or `X-API-Key`.
@@ -193,7 +203,9 @@ pub struct ApiKeyAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub value_template: Option<String>,
-    /// The shared key (scope `Shared` only).
+    /// The shared key (scope `Shared` only). The Secret must opt in: label
+    /// `mcpgate.dev/credential: "true"` and annotation `mcpgate.dev/allowed-servers` naming
+    /// this server (comma-separated names, or `*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
 }
@@ -208,11 +220,11 @@ pub enum ApiKeyScope {
     /// One key for all callers.
     #[default]
     Shared,
-    /// Each user's own key.
+    /// Each user's own key (not served yet).
     PerUser,
 }
 
-/// OAuth 2 authorization code grant with PKCE, one token per user.
+/// OAuth 2 authorization code grant with PKCE, one token per user (not served yet).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.clientId) || has(self.registrationUrl)").message("set spec.auth.oauth2AuthorizationCode.clientId, or registrationUrl so the gateway registers itself as a client"))]
 #[serde(rename_all = "camelCase")]
@@ -254,7 +266,7 @@ pub enum PkceMethod {
     S256,
 }
 
-/// OAuth 2 client credentials grant: one token for the gateway itself.
+/// OAuth 2 client credentials grant: one token for the gateway itself (not served yet).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2ClientCredentials {
@@ -298,7 +310,7 @@ pub struct ToolFilter {
     pub deny: Vec<String>,
 }
 
-/// Retries of failed upstream requests.
+/// Retries of failed upstream requests (not served yet).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
@@ -315,7 +327,7 @@ fn default_backoff_milliseconds() -> i32 {
     100
 }
 
-/// Request budgets. Over budget, callers get HTTP 429 with `Retry-After`.
+/// Request budgets (not served yet).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimits {

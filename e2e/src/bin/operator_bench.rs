@@ -30,7 +30,9 @@ fn manifests() -> Vec<Value> {
             let auth = match i % 4 {
                 0 => {
                     objects.push(json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": format!("key-{i}"), "namespace": ns},
+                        "metadata": {"name": format!("key-{i}"), "namespace": ns,
+                            "labels": {"mcpgate.dev/credential": "true"},
+                            "annotations": {"mcpgate.dev/allowed-servers": name}},
                         "stringData": {"token": format!("token-{n}-{i}")}}));
                     json!({"type": "ApiKey", "apiKey": {"scope": "Shared", "secretKeyRef": {"name": format!("key-{i}"), "key": "token"}}})
                 }

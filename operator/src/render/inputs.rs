@@ -166,23 +166,68 @@ impl Inputs {
         self.discovered_tools.extend(other.discovered_tools);
     }
 
-    /// Looks up one key of a Secret: `Err(reason)` names what is missing.
-    pub(crate) fn secret_value(
+    /// An opted-in Secret of `server`'s namespace that `server` may use: labelled
+    /// `mcpgate.dev/credential: "true"` and annotated with `mcpgate.dev/allowed-servers`
+    /// naming it. `Err` says how to fix the reference or opt the Secret in.
+    pub(crate) fn credential_secret(
         &self,
-        namespace: &str,
+        server: &ObjectKey,
         name: &str,
-        key: &str,
-    ) -> Result<Vec<u8>, crate::render::Check> {
+    ) -> Result<&Secret, crate::render::Check> {
         use crate::reasons::*;
+        use mcpgate_crds::names::{
+            ANNOTATION_ALLOWED_SERVERS, LABEL_CREDENTIAL, secret_allows_server,
+        };
+        let ObjectKey {
+            namespace,
+            name: server_name,
+        } = server;
+        let opt_in = format!(
+            "label it {LABEL_CREDENTIAL}=true and annotate it {ANNOTATION_ALLOWED_SERVERS}={server_name:?} (comma-separated server names, or \"*\")"
+        );
         let secret = self
             .secrets
             .get(&ObjectKey::new(namespace, name))
             .ok_or_else(|| {
                 super::Check::fail(
                     REASON_SECRET_NOT_FOUND,
-                    format!("Secret {namespace}/{name} not found: create it or fix the reference"),
+                    format!(
+                        "Secret {namespace}/{name} not found among the Secrets opted in to mcpgate: create it or fix the reference; if it exists, {opt_in}"
+                    ),
                 )
             })?;
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_CREDENTIAL))
+            .is_some_and(|v| v == "true");
+        let allowed = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_ALLOWED_SERVERS))
+            .is_some_and(|servers| secret_allows_server(servers, server_name));
+        if !labelled || !allowed {
+            return Err(super::Check::fail(
+                REASON_SECRET_NOT_OPTED_IN,
+                format!(
+                    "Secret {namespace}/{name} is not opted in for McpServer {server_name}: {opt_in}"
+                ),
+            ));
+        }
+        Ok(secret)
+    }
+
+    /// One key of an opted-in Secret `server` may use (see [`Self::credential_secret`]).
+    pub(crate) fn secret_value(
+        &self,
+        server: &ObjectKey,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, crate::render::Check> {
+        use crate::reasons::*;
+        let secret = self.credential_secret(server, name)?;
         secret
             .data
             .as_ref()
@@ -192,7 +237,8 @@ impl Inputs {
                 super::Check::fail(
                     REASON_SECRET_KEY_NOT_FOUND,
                     format!(
-                        "Secret {namespace}/{name} has no key {key:?}: add it or fix the reference"
+                        "Secret {}/{name} has no key {key:?}: add it or fix the reference",
+                        server.namespace
                     ),
                 )
             })

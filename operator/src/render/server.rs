@@ -101,6 +101,12 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
         let access_list = access.of(TargetKind::McpServer, &key);
 
         let mut diagnostic = Diagnostic::new(server.metadata.generation, accepted, resolved);
+        if let (true, Some(field)) = (diagnostic.accepted.ok, not_served(server)) {
+            diagnostic.ready = Check::fail(
+                REASON_NOT_SERVED,
+                format!("{field} is not served by this gateway build yet: {NOT_SERVED_FIX}"),
+            );
+        }
         diagnostic.url = Some(path.clone());
         diagnostic.subject_count = Some(len_i32(access_list.subjects.len()));
         diagnostic.tool_count = match (&tools, filter.allow.is_empty()) {
@@ -197,6 +203,35 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
         }
     }
     index
+}
+
+/// What to do about a field that is not served yet.
+const NOT_SERVED_FIX: &str = "the server is left out of the gateway and no credential is copied; remove the field or choose a served mode";
+
+/// The first field of `server` that the proxy does not serve yet, as a path with its value.
+/// Served: `spec.remote` with auth `None`, shared `ApiKey` or `Passthrough`.
+fn not_served(server: &McpServer) -> Option<&'static str> {
+    let spec = &server.spec;
+    let per_user = spec
+        .auth
+        .api_key
+        .as_ref()
+        .is_some_and(|k| k.scope == ApiKeyScope::PerUser);
+    if spec.openapi.is_some() {
+        Some("spec.openapi (OpenAPI sources)")
+    } else if spec.auth.mode == AuthMode::ApiKey && per_user {
+        Some("spec.auth.apiKey.scope PerUser (per-user API keys)")
+    } else if spec.auth.mode == AuthMode::OAuth2AuthorizationCode {
+        Some("spec.auth.type OAuth2AuthorizationCode")
+    } else if spec.auth.mode == AuthMode::OAuth2ClientCredentials {
+        Some("spec.auth.type OAuth2ClientCredentials")
+    } else if spec.retry.is_some() {
+        Some("spec.retry")
+    } else if spec.rate_limits.is_some() {
+        Some("spec.rateLimits")
+    } else {
+        None
+    }
 }
 
 fn limit(l: Option<&mcpgate_crds::v1alpha1::RateLimit>) -> Option<gc::RateLimit> {
@@ -301,7 +336,7 @@ fn resolve_auth(
                         .secret_key_ref
                         .as_ref()
                         .ok_or_else(|| missing("apiKey.secretKeyRef"))?;
-                    let value = inputs.secret_value(&key.namespace, &r.name, &r.key)?;
+                    let value = inputs.secret_value(key, &r.name, &r.key)?;
                     secret.insert(KEY_API_KEY.to_owned(), SecretValue::new(value));
                     Ok(UpstreamAuth::SharedApiKey {
                         header: api_key.header_name.clone(),
@@ -323,7 +358,7 @@ fn resolve_auth(
                 .ok_or_else(|| missing("oauth2AuthorizationCode"))?;
             let client_secret = match &o.client_secret_ref {
                 Some(r) => {
-                    let value = inputs.secret_value(&key.namespace, &r.name, &r.key)?;
+                    let value = inputs.secret_value(key, &r.name, &r.key)?;
                     secret.insert(KEY_CLIENT_SECRET.to_owned(), SecretValue::new(value));
                     Some(credential(KEY_CLIENT_SECRET))
                 }
@@ -345,7 +380,7 @@ fn resolve_auth(
                 .as_ref()
                 .ok_or_else(|| missing("oauth2ClientCredentials"))?;
             let r = &o.client_secret_ref;
-            let value = inputs.secret_value(&key.namespace, &r.name, &r.key)?;
+            let value = inputs.secret_value(key, &r.name, &r.key)?;
             secret.insert(KEY_CLIENT_SECRET.to_owned(), SecretValue::new(value));
             Ok(UpstreamAuth::OAuth2ClientCredentials {
                 token_url: o.token_url.clone(),
@@ -409,7 +444,7 @@ fn render_overrides(
         } else {
             Check::pass(REASON_ACCEPTED, "valid")
         };
-        let resolved = resolve_override(inputs, o, &key);
+        let resolved = resolve_override(inputs, o, server);
         if let (true, Ok((value, form))) = (accepted.ok, &resolved) {
             let slot = format!("user.{}", short_hash(&o.spec.subject));
             secret.insert(slot.clone(), SecretValue::new(value.clone()));
@@ -424,7 +459,13 @@ fn render_overrides(
         }
         let resolved =
             resolved.map_or_else(|c| c, |_| Check::pass(REASON_RESOLVED, "Secret found"));
-        let diagnostic = Diagnostic::new(o.metadata.generation, accepted, resolved);
+        let mut diagnostic = Diagnostic::new(o.metadata.generation, accepted, resolved);
+        if diagnostic.accepted.ok {
+            diagnostic.ready = Check::fail(
+                REASON_NOT_SERVED,
+                "AuthOverrides (per-user API keys) are not served by this gateway build yet: no credential is copied",
+            );
+        }
         out.diagnostics.insert(
             ResourceRef {
                 kind: Kind::AuthOverride,
@@ -440,27 +481,16 @@ fn render_overrides(
 fn resolve_override(
     inputs: &Inputs,
     o: &AuthOverride,
-    key: &ObjectKey,
+    server: &ObjectKey,
 ) -> Result<(Vec<u8>, CredentialForm), Check> {
     let r = &o.spec.secret_ref;
     if let Some(k) = &r.key {
         return Ok((
-            inputs.secret_value(&key.namespace, &r.name, k)?,
+            inputs.secret_value(server, &r.name, k)?,
             CredentialForm::ApiKey,
         ));
     }
-    let secret = inputs
-        .secrets
-        .get(&ObjectKey::new(&key.namespace, &r.name))
-        .ok_or_else(|| {
-            Check::fail(
-                REASON_SECRET_NOT_FOUND,
-                format!(
-                    "Secret {}/{} not found: create it or fix spec.secretRef",
-                    key.namespace, r.name
-                ),
-            )
-        })?;
+    let secret = inputs.credential_secret(server, &r.name)?;
     let mut headers = serde_json::Map::new();
     for (name, value) in secret.data.iter().flatten() {
         let value = String::from_utf8(value.0.clone()).map_err(|_| {
@@ -468,7 +498,7 @@ fn resolve_override(
                 REASON_INVALID_SPEC,
                 format!(
                     "Secret {}/{} key {name:?} is not UTF-8: header values must be text",
-                    key.namespace, r.name
+                    server.namespace, r.name
                 ),
             )
         })?;
@@ -479,7 +509,7 @@ fn resolve_override(
             REASON_SECRET_KEY_NOT_FOUND,
             format!(
                 "Secret {}/{} is empty: add one key per header",
-                key.namespace, r.name
+                server.namespace, r.name
             ),
         ));
     }

@@ -19,7 +19,7 @@ const SERVERS_PER_NS: usize = 100;
 const VIRTUALS_PER_NS: usize = 10;
 
 /// The benchmark set as manifests: 1,000 servers (a quarter with a shared key Secret, a
-/// quarter per-user keys), 100 virtual servers of 5 servers x 2 tools, 1,000 collaborators
+/// quarter with token passthrough), 100 virtual servers of 5 servers x 2 tools, 1,000 collaborators
 /// (one in ten a Manager).
 fn manifests() -> Vec<Value> {
     let mut objects = Vec::new();
@@ -37,7 +37,7 @@ fn manifests() -> Vec<Value> {
                     json!({"type": "ApiKey", "apiKey": {"scope": "Shared", "secretKeyRef": {"name": format!("key-{i}"), "key": "token"}}})
                 }
                 1 => {
-                    json!({"type": "ApiKey", "apiKey": {"scope": "PerUser", "valueTemplate": "Bearer {{API_KEY}}"}})
+                    json!({"type": "Passthrough"})
                 }
                 _ => json!({"type": "None"}),
             };

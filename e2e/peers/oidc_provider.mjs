@@ -2,7 +2,7 @@
 // OpenID Provider implementation) on 127.0.0.1:PORT, issuing ES256-signed JWT access tokens
 // for the gateway's audience without a browser:
 //   - grant_type=password (username/password of the test users below, registered as a grant
-//     type of this provider), tokens carry sub, email and groups;
+//     type of this provider), tokens carry sub, email (verified) and groups;
 //   - grant_type=client_credentials for the agent client, sub = its client id.
 // Client `mcp-tests` (secret `mcp-tests-secret`, sent in the form) may use both.
 //
@@ -68,7 +68,7 @@ const provider = new Provider(issuer, {
   },
   extraTokenClaims: (_ctx, token) => {
     const user = USERS[token.accountId];
-    return user ? { email: user.email, groups: user.groups } : undefined;
+    return user ? { email: user.email, email_verified: true, groups: user.groups } : undefined;
   },
 });
 

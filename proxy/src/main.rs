@@ -12,7 +12,7 @@ use clap::Parser;
 use mcpgate_proxy::audit::Audit;
 use mcpgate_proxy::auth::cache::TokenCache;
 use mcpgate_proxy::auth::inbound::Inbound;
-use mcpgate_proxy::auth::oidc::{IssuerConfig, OidcVerifier};
+use mcpgate_proxy::auth::oidc::{IssuerDefaults, IssuerEntry, OidcVerifier, issuer_configs};
 use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::mcp::forward::Forwarder;
@@ -95,6 +95,20 @@ struct Args {
     /// The claim that lists the user's groups.
     #[arg(long, env = "MCPGATE_OIDC_GROUPS_CLAIM", default_value = "groups")]
     oidc_groups_claim: String,
+    /// Count the `email` claim only when `email_verified` is true. Set to false only for an
+    /// identity provider that verifies every address and omits `email_verified`.
+    #[arg(
+        long,
+        env = "MCPGATE_OIDC_REQUIRE_VERIFIED_EMAIL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    oidc_require_verified_email: bool,
+    /// A YAML or JSON list of issuers with their own settings, for when issuers differ:
+    /// `- {issuer: URL, audiences: [..], userClaim: .., groupsClaim: .., userPrefix: ..,
+    /// requireVerifiedEmail: ..}`; unset fields take the flags' values. Adds to --oidc-issuer.
+    #[arg(long, env = "MCPGATE_OIDC_ISSUERS_FILE")]
+    oidc_issuers_file: Option<PathBuf>,
     /// The gateway's external base URL (`https://mcp.example.com`), used in resource metadata
     /// and challenges; without it, the request's Host.
     #[arg(long, env = "MCPGATE_PUBLIC_URL")]
@@ -249,20 +263,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Inbound authentication from the flags, checked with messages that say what to fix.
 async fn inbound(args: &Args) -> anyhow::Result<Inbound> {
-    let issuers: Vec<IssuerConfig> = args
+    let mut entries: Vec<IssuerEntry> = args
         .oidc_issuers
         .iter()
         .filter(|i| !i.trim().is_empty())
-        .map(|issuer| IssuerConfig {
-            issuer: issuer.trim().to_owned(),
-            audiences: args.oidc_audiences.clone(),
-            user_claim: args.oidc_user_claim.clone(),
-            groups_claim: args.oidc_groups_claim.clone(),
-        })
+        .map(|issuer| IssuerEntry::plain(issuer))
         .collect();
-    for issuer in &issuers {
-        issuer.validate().map_err(anyhow::Error::msg)?;
+    if let Some(path) = &args.oidc_issuers_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --oidc-issuers-file {}", path.display()))?;
+        let listed: Vec<IssuerEntry> = serde_yaml::from_str(&text).with_context(|| {
+            format!(
+                "--oidc-issuers-file {}: expected a list of {{issuer, audiences, userClaim, groupsClaim, userPrefix, requireVerifiedEmail}}",
+                path.display()
+            )
+        })?;
+        entries.extend(listed);
     }
+    let defaults = IssuerDefaults {
+        audiences: args.oidc_audiences.clone(),
+        user_claim: args.oidc_user_claim.clone(),
+        groups_claim: args.oidc_groups_claim.clone(),
+        require_verified_email: args.oidc_require_verified_email,
+    };
+    let issuers = issuer_configs(entries, &defaults).map_err(anyhow::Error::msg)?;
     if let Some(url) = &args.public_url {
         let parsed: http::Uri = url
             .parse()

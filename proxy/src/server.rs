@@ -77,7 +77,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let caller = if route.public() {
         None
     } else {
-        match app.inbound.authenticate(req.headers()).await {
+        match app.inbound.authenticate(req.headers(), key).await {
             Ok(identity) => Some(identity),
             Err(error) => {
                 app.metrics

@@ -9,9 +9,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::idp::{b64, ed25519, es256, now, provider, sign};
+use http::{HeaderMap, HeaderValue, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use mcpgate_proxy::auth::oidc::IssuerConfig;
-use mcpgate_proxy::auth::{AuthError, Method};
+use mcpgate_crds::gateway_config::{AccessList, AccessSubject};
+use mcpgate_crds::v1alpha1::SubjectKind;
+use mcpgate_proxy::auth::access::Access;
+use mcpgate_proxy::auth::cache::TokenCache;
+use mcpgate_proxy::auth::inbound::Inbound;
+use mcpgate_proxy::auth::oidc::{
+    IssuerConfig, IssuerDefaults, IssuerEntry, OidcVerifier, issuer_configs,
+};
+use mcpgate_proxy::auth::{Audience, AuthError, Method};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -66,8 +74,27 @@ async fn the_attack_battery_is_refused_with_its_reason() {
         ),
         (
             "wrong audience",
-            with(&|c| c["aud"] = json!("https://other.example/mcp")),
+            with(&|c| c["aud"] = json!("another-client")),
             AuthError::Audience,
+        ),
+        (
+            "no audience",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+            AuthError::Claim("aud".into()),
+        ),
+        (
+            "unverified email naming the user",
+            with(&|c| c["email_verified"] = json!(false)),
+            AuthError::UnverifiedEmail,
+        ),
+        (
+            "email without email_verified naming the user",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("email_verified");
+            }),
+            AuthError::UnverifiedEmail,
         ),
         (
             "wrong issuer",
@@ -200,6 +227,8 @@ fn issuer_settings_are_checked_with_messages_that_say_what_to_fix() {
         audiences: vec![audience.into()],
         user_claim: "sub".into(),
         groups_claim: "groups".into(),
+        user_prefix: String::new(),
+        require_verified_email: true,
     };
     assert!(config("https://idp.example", "gw").validate().is_ok());
     assert!(config("http://127.0.0.1:5556/dex", "gw").validate().is_ok());
@@ -208,4 +237,187 @@ fn issuer_settings_are_checked_with_messages_that_say_what_to_fix() {
     let no_audience = config("https://idp.example", " ").validate().unwrap_err();
     assert!(no_audience.contains("audience"), "{no_audience}");
     assert!(config("not a url", "gw").validate().is_err());
+}
+
+fn defaults(user_claim: &str) -> IssuerDefaults {
+    IssuerDefaults {
+        audiences: vec!["gw".into()],
+        user_claim: user_claim.into(),
+        groups_claim: "groups".into(),
+        require_verified_email: true,
+    }
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    headers
+}
+
+fn inbound(verifier: OidcVerifier, public_url: Option<&str>) -> Inbound {
+    Inbound {
+        oidc: verifier,
+        service_accounts: None,
+        cache: TokenCache::default(),
+        public_url: public_url.map(str::to_owned),
+        authorization_servers: Vec::new(),
+        scheme: "http",
+    }
+}
+
+#[tokio::test]
+async fn a_token_for_a_routes_resource_is_accepted_on_that_route_only() {
+    let idp = provider().await;
+    let ec = es256("ec-1");
+    idp.publish(&[&ec]);
+    let gateway = "https://mcp.example.com";
+    let route = "/team-a/mcp/tools/server";
+    let mut claims = idp.claims();
+    claims["aud"] = json!(format!("{gateway}{route}"));
+    let token = bearer(&sign(&ec, &claims));
+    let with_url = inbound(idp.verifier(), Some(gateway));
+    let caller = with_url.authenticate(&token, route).await.unwrap();
+    assert_eq!(caller.user, "alice@example.com");
+    assert_eq!(
+        with_url.metadata(&HeaderMap::new(), Some(route), None)["resource"],
+        format!("{gateway}{route}"),
+        "the audience accepted is the resource the route advertises"
+    );
+    // Remembered, but still only for its route.
+    for other in ["/team-a/mcp/other/server", "/team-b/mcp/tools/server"] {
+        assert_eq!(
+            with_url.authenticate(&token, other).await,
+            Err(AuthError::Audience),
+            "{other}"
+        );
+    }
+    // Without a public URL the Host header would name the audience: never accepted.
+    let without_url = inbound(idp.verifier(), None);
+    assert_eq!(
+        without_url.authenticate(&token, route).await,
+        Err(AuthError::Audience)
+    );
+    // A token for the gateway itself works on every route.
+    let gateway_token = bearer(&sign(&ec, &idp.claims()));
+    for path in [route, "/team-b/mcp/tools/server"] {
+        let caller = with_url.authenticate(&gateway_token, path).await.unwrap();
+        assert_eq!(caller.audience, Audience::Gateway);
+    }
+}
+
+#[tokio::test]
+async fn the_email_claim_counts_only_when_verified() {
+    let idp = provider().await;
+    let ec = es256("ec-1");
+    idp.publish(&[&ec]);
+    let config = |require: bool| {
+        let mut d = defaults("sub");
+        d.audiences = vec![common::idp::AUDIENCE.into()];
+        d.require_verified_email = require;
+        let configs = issuer_configs(vec![IssuerEntry::plain(&idp.issuer)], &d).unwrap();
+        OidcVerifier::new(mcpgate_proxy::upstream::client().unwrap(), configs)
+    };
+    let access = Access::new(&AccessList {
+        subjects: vec![AccessSubject {
+            kind: SubjectKind::User,
+            name: "alice@example.com".into(),
+        }],
+    });
+    let mut claims = idp.claims();
+    claims["email_verified"] = json!(false);
+    let unverified = sign(&ec, &claims);
+    let caller = config(true).verify(&unverified).await.unwrap();
+    assert_eq!(caller.user, "u-1");
+    assert_eq!(
+        caller.email, None,
+        "an unverified email is not the caller's"
+    );
+    assert!(!access.permits(&caller));
+    // Some providers send the flag as a string.
+    claims["email_verified"] = json!("true");
+    let caller = config(true).verify(&sign(&ec, &claims)).await.unwrap();
+    assert!(access.permits(&caller));
+    // The setting for providers that omit the claim.
+    let caller = config(false).verify(&unverified).await.unwrap();
+    assert_eq!(caller.email.as_deref(), Some("alice@example.com"));
+}
+
+#[tokio::test]
+async fn with_several_issuers_subjects_are_qualified_by_issuer() {
+    let idp = provider().await;
+    let ec = es256("ec-1");
+    idp.publish(&[&ec]);
+    let mut d = defaults("sub");
+    d.audiences = vec![common::idp::AUDIENCE.into()];
+    let entries = vec![
+        IssuerEntry::plain(&idp.issuer),
+        IssuerEntry::plain("https://other-idp.example"),
+    ];
+    let configs = issuer_configs(entries, &d).unwrap();
+    assert_eq!(configs[0].user_prefix, format!("{}#", idp.issuer));
+    assert_eq!(configs[1].user_prefix, "https://other-idp.example#");
+    let verifier = OidcVerifier::new(mcpgate_proxy::upstream::client().unwrap(), configs);
+    let caller = verifier.verify(&sign(&ec, &idp.claims())).await.unwrap();
+    assert_eq!(caller.user, format!("{}#u-1", idp.issuer));
+    let bare = Access::new(&AccessList {
+        subjects: vec![AccessSubject {
+            kind: SubjectKind::User,
+            name: "u-1".into(),
+        }],
+    });
+    assert!(
+        !bare.permits(&caller),
+        "another issuer's u-1 is not this issuer's"
+    );
+}
+
+#[test]
+fn issuers_can_be_set_one_by_one() {
+    let entries: Vec<IssuerEntry> = serde_yaml::from_str(
+        "- issuer: https://a.example\n  audiences: [a-gw]\n  userClaim: email\n- issuer: https://b.example\n  groupsClaim: roles\n  userPrefix: 'b:'\n  requireVerifiedEmail: false\n",
+    )
+    .unwrap();
+    let configs = issuer_configs(entries, &defaults("sub")).unwrap();
+    let (a, b) = (&configs[0], &configs[1]);
+    assert_eq!(
+        (
+            a.audiences.as_slice(),
+            a.user_claim.as_str(),
+            a.groups_claim.as_str()
+        ),
+        (&["a-gw".to_owned()][..], "email", "groups")
+    );
+    assert_eq!(a.user_prefix, "", "verified emails are not qualified");
+    assert!(a.require_verified_email);
+    assert_eq!(
+        (
+            b.audiences.as_slice(),
+            b.user_claim.as_str(),
+            b.groups_claim.as_str()
+        ),
+        (&["gw".to_owned()][..], "sub", "roles")
+    );
+    assert_eq!(b.user_prefix, "b:");
+    assert!(!b.require_verified_email);
+
+    let typo: Result<Vec<IssuerEntry>, _> =
+        serde_yaml::from_str("- issuer: https://a.example\n  audience: [x]\n");
+    assert!(
+        typo.unwrap_err()
+            .to_string()
+            .contains("unknown field `audience`")
+    );
+    let twice = issuer_configs(
+        vec![
+            IssuerEntry::plain("https://a.example"),
+            IssuerEntry::plain("https://a.example/"),
+            IssuerEntry::plain("https://a.example"),
+        ],
+        &defaults("sub"),
+    )
+    .unwrap_err();
+    assert!(twice.contains("configured twice"), "{twice}");
 }

@@ -571,6 +571,8 @@ fn in_process(
                 audiences: vec![audience.to_owned()],
                 user_claim: "email".into(),
                 groups_claim: "groups".into(),
+                user_prefix: String::new(),
+                require_verified_email: true,
             }],
         ))
     };
@@ -602,11 +604,15 @@ fn in_process(
             format!("Bearer {token}").parse()?,
         );
         let elapsed = runtime.block_on(async {
-            let first = inbound.authenticate(&headers).await?;
+            let first = inbound
+                .authenticate(&headers, "/default/mcp/bench/server")
+                .await?;
             anyhow::ensure!(access.permits(&first), "{label}: not permitted");
             let started = Instant::now();
             for _ in 0..CALLS {
-                let caller = inbound.authenticate(&headers).await?;
+                let caller = inbound
+                    .authenticate(&headers, "/default/mcp/bench/server")
+                    .await?;
                 anyhow::ensure!(access.permits(&caller), "{label}: not permitted");
             }
             Ok(started.elapsed())

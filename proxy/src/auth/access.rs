@@ -90,6 +90,7 @@ mod tests {
             method: Method::Oidc {
                 issuer: "https://idp.example".into(),
             },
+            audience: crate::auth::Audience::Gateway,
         }
     }
 
@@ -99,6 +100,7 @@ mod tests {
             email: None,
             groups: vec!["system:serviceaccounts".into()],
             method: Method::ServiceAccount,
+            audience: crate::auth::Audience::Gateway,
         }
     }
 

@@ -97,6 +97,7 @@ mod tests {
             email: None,
             groups: vec![],
             method: Method::ServiceAccount,
+            audience: crate::auth::Audience::Gateway,
         }
     }
 

@@ -32,10 +32,34 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// The caller of a request to a route that is not public. A token from a configured OIDC
-    /// issuer is checked against its keys; any other goes to TokenReview when ServiceAccount
-    /// tokens are enabled.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    /// The caller of a request to the route at `path` (not public). A token from a
+    /// configured OIDC issuer is checked against its keys; any other goes to TokenReview when
+    /// ServiceAccount tokens are enabled. A token minted for one route's canonical URL
+    /// (RFC 8707) is accepted on that route only.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<Identity, AuthError> {
+        let identity = self.identify(headers).await?;
+        if identity.audience.admits(self.resource(path).as_deref()) {
+            Ok(identity)
+        } else {
+            Err(AuthError::Audience)
+        }
+    }
+
+    /// The canonical URL of the route at `path`, the `resource` its metadata advertises, when
+    /// the gateway knows its public URL (a Host header is the caller's to choose, so it never
+    /// names an audience).
+    pub fn resource(&self, path: &str) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|url| format!("{}{path}", url.trim_end_matches('/')))
+    }
+
+    /// Who the bearer token says the caller is, wherever it may be used.
+    async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         let token = bearer(headers)?;
         let key = TokenCache::key(token);
         if let Some(known) = self.cache.get(&key) {

@@ -15,14 +15,39 @@ use base64::Engine;
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The user: the configured user claim (by default `sub`).
+    /// The user: the configured user claim (by default `sub`), after the issuer's user
+    /// prefix (with several issuers, `<issuer>#` unless configured otherwise).
     pub user: String,
-    /// The `email` claim, when the token carries one.
+    /// The `email` claim, only when the issuer vouches for it (`email_verified`).
     pub email: Option<String>,
     /// The configured groups claim.
     pub groups: Vec<String>,
     /// How the identity was established.
     pub method: Method,
+    /// Where the token may be used.
+    pub audience: Audience,
+}
+
+/// Where a verified token may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// On every route: its `aud` names the gateway (a configured audience), or the API
+    /// server reviewed it for the gateway's audience.
+    Gateway,
+    /// Only on the routes whose canonical URL (the `resource` of their RFC 9728 metadata)
+    /// its `aud` names (RFC 8707).
+    Resources(std::sync::Arc<[String]>),
+}
+
+impl Audience {
+    /// Whether a token with this audience may be used on the route whose canonical URL is
+    /// `resource` (`None` when the gateway has no public URL to name routes by).
+    pub fn admits(&self, resource: Option<&str>) -> bool {
+        match self {
+            Self::Gateway => true,
+            Self::Resources(names) => resource.is_some_and(|r| names.iter().any(|n| n == r)),
+        }
+    }
 }
 
 /// How a caller was authenticated.
@@ -118,6 +143,9 @@ pub enum AuthError {
     /// Before its `nbf`.
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// The user is named by the `email` claim and the issuer does not say it verified it.
+    #[error("the token's email is not verified (email_verified is not true)")]
+    UnverifiedEmail,
     /// Minted for another audience.
     #[error("the token was issued for another audience")]
     Audience,
@@ -150,6 +178,7 @@ impl AuthError {
             Self::Signature => "signature",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::UnverifiedEmail => "unverified_email",
             Self::Audience => "audience",
             Self::Claim(_) => "claim",
             Self::Unavailable => "unavailable",

@@ -16,7 +16,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::{AuthError, Identity, Method};
+use super::{Audience, AuthError, Identity, Method};
 use crate::error::full;
 use crate::upstream::HttpClient;
 
@@ -54,6 +54,13 @@ pub struct IssuerConfig {
     pub user_claim: String,
     /// The claim listing the user's groups (`groups` by default).
     pub groups_claim: String,
+    /// Put before the user claim's value, so that users of different issuers never share a
+    /// name: empty with one issuer, `<issuer>#` by default with several (unless users are
+    /// named by their verified email).
+    pub user_prefix: String,
+    /// Whether the `email` claim counts only with `email_verified: true` (the default; turn
+    /// it off only for an identity provider that verifies every address and omits the claim).
+    pub require_verified_email: bool,
 }
 
 impl IssuerConfig {
@@ -87,6 +94,103 @@ impl IssuerConfig {
         }
         Ok(())
     }
+}
+
+/// Defaults every issuer shares unless its entry in the issuers file says otherwise.
+#[derive(Debug, Clone)]
+pub struct IssuerDefaults {
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// The claim naming the user.
+    pub user_claim: String,
+    /// The claim listing the groups.
+    pub groups_claim: String,
+    /// Whether `email` needs `email_verified: true`.
+    pub require_verified_email: bool,
+}
+
+/// One entry of the issuers file (`--oidc-issuers-file`): per-issuer settings, each falling
+/// back to the flags.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerEntry {
+    /// The issuer URL.
+    pub issuer: String,
+    /// Accepted audiences of this issuer's tokens.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// The claim naming the user.
+    #[serde(default)]
+    pub user_claim: Option<String>,
+    /// The claim listing the groups.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Put before the user claim (default: none with one issuer, `<issuer>#` with several).
+    #[serde(default)]
+    pub user_prefix: Option<String>,
+    /// Whether `email` needs `email_verified: true`.
+    #[serde(default)]
+    pub require_verified_email: Option<bool>,
+}
+
+impl IssuerEntry {
+    /// An entry for `issuer` with every setting from the flags.
+    pub fn plain(issuer: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: None,
+            user_claim: None,
+            groups_claim: None,
+            user_prefix: None,
+            require_verified_email: None,
+        }
+    }
+}
+
+/// The issuers to trust: `entries` with `defaults` filled in, each validated. With several
+/// issuers, a user named by a claim other than `email` is `<issuer>#<user>` unless the entry
+/// sets its own prefix, so the same subject at two providers is never one person; duplicates
+/// are refused.
+pub fn issuer_configs(
+    entries: Vec<IssuerEntry>,
+    defaults: &IssuerDefaults,
+) -> Result<Vec<IssuerConfig>, String> {
+    let several = entries.len() > 1;
+    let mut configs: Vec<IssuerConfig> = Vec::new();
+    for entry in entries {
+        let issuer = entry.issuer.trim().to_owned();
+        if configs.iter().any(|c| c.issuer == issuer) {
+            return Err(format!("OIDC issuer {issuer:?} is configured twice"));
+        }
+        let user_claim = entry
+            .user_claim
+            .unwrap_or_else(|| defaults.user_claim.clone());
+        // A verified email names one person whoever vouches for it; a subject does not.
+        let qualify = several && user_claim != "email";
+        let config = IssuerConfig {
+            user_prefix: entry.user_prefix.unwrap_or_else(|| {
+                if qualify {
+                    format!("{issuer}#")
+                } else {
+                    String::new()
+                }
+            }),
+            issuer,
+            audiences: entry
+                .audiences
+                .unwrap_or_else(|| defaults.audiences.clone()),
+            user_claim,
+            groups_claim: entry
+                .groups_claim
+                .unwrap_or_else(|| defaults.groups_claim.clone()),
+            require_verified_email: entry
+                .require_verified_email
+                .unwrap_or(defaults.require_verified_email),
+        };
+        config.validate()?;
+        configs.push(config);
+    }
+    Ok(configs)
 }
 
 fn is_loopback(uri: &Uri) -> bool {
@@ -175,7 +279,9 @@ impl OidcVerifier {
         validation.leeway = LEEWAY;
         validation.validate_nbf = true;
         validation.set_issuer(&[&issuer.config.issuer]);
-        validation.set_audience(&issuer.config.audiences);
+        // `aud` is required, and judged by `identity`: a configured audience admits every
+        // route, a route's canonical URL only that route.
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -311,11 +417,19 @@ fn decoding_key(jwk: &Jwk, alg: Algorithm) -> Option<DecodingKey> {
 }
 
 fn identity(config: &IssuerConfig, claims: &Value) -> Result<Identity, AuthError> {
+    let audience = audience(config, &claims["aud"])?;
+    // Some providers send the flag as a string.
+    let verified = matches!(&claims["email_verified"], Value::Bool(true))
+        || claims["email_verified"].as_str() == Some("true");
+    let email_counts = verified || !config.require_verified_email;
+    if config.user_claim == "email" && !email_counts {
+        return Err(AuthError::UnverifiedEmail);
+    }
     let user = claims[config.user_claim.as_str()]
         .as_str()
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| AuthError::Claim(config.user_claim.clone()))?
-        .to_owned();
+        .ok_or_else(|| AuthError::Claim(config.user_claim.clone()))?;
+    let user = format!("{}{user}", config.user_prefix);
     let groups = match &claims[config.groups_claim.as_str()] {
         Value::Array(items) => items
             .iter()
@@ -327,10 +441,39 @@ fn identity(config: &IssuerConfig, claims: &Value) -> Result<Identity, AuthError
     };
     Ok(Identity {
         user,
-        email: claims["email"].as_str().map(str::to_owned),
+        email: claims["email"]
+            .as_str()
+            .filter(|_| email_counts)
+            .map(str::to_owned),
         groups,
         method: Method::Oidc {
             issuer: config.issuer.clone(),
         },
+        audience,
     })
+}
+
+/// Where a token whose `aud` claim is `aud` may be used.
+fn audience(config: &IssuerConfig, aud: &Value) -> Result<Audience, AuthError> {
+    let named: Vec<String> = match aud {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => return Err(AuthError::Claim("aud".into())),
+    };
+    if named.iter().any(|a| config.audiences.contains(a)) {
+        return Ok(Audience::Gateway);
+    }
+    // Only what can be a route's canonical URL; anything else was minted for someone else.
+    let routes: Vec<String> = named
+        .into_iter()
+        .filter(|a| a.starts_with("https://") || a.starts_with("http://"))
+        .collect();
+    if routes.is_empty() {
+        return Err(AuthError::Audience);
+    }
+    Ok(Audience::Resources(routes.into()))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
-use super::{AuthError, Identity, Method};
+use super::{Audience, AuthError, Identity, Method};
 
 /// What a ServiceAccount's user name starts with.
 pub const PREFIX: &str = "system:serviceaccount:";
@@ -88,6 +88,7 @@ impl TokenReviewer {
             email: None,
             groups: user.groups.unwrap_or_default(),
             method: Method::ServiceAccount,
+            audience: Audience::Gateway,
         })
     }
 }

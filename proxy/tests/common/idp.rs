@@ -167,13 +167,15 @@ impl Provider {
             audiences: vec![AUDIENCE.into()],
             user_claim: "email".into(),
             groups_claim: "groups".into(),
+            user_prefix: String::new(),
+            require_verified_email: true,
         };
         config.validate().unwrap();
         OidcVerifier::new(mcpgate_proxy::upstream::client().unwrap(), vec![config])
     }
 
     pub fn claims(&self) -> Value {
-        json!({"iss": self.issuer, "aud": AUDIENCE, "sub": "u-1", "email": "alice@example.com",
+        json!({"iss": self.issuer, "aud": AUDIENCE, "sub": "u-1", "email": "alice@example.com", "email_verified": true,
             "groups": ["team-a", "admins"], "iat": now(), "exp": now() + 300})
     }
 }

@@ -599,6 +599,37 @@ impl ToolLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mcp::proptests::{chunked, config, json, sse_body};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// A call's outcome does not depend on how its answer was chunked.
+        #[test]
+        fn outcomes_are_the_same_whatever_the_chunking(
+            body in sse_body(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            sse in any::<bool>(),
+            id in json(),
+        ) {
+            let outcome = |chunks: Vec<Bytes>| {
+                let mut scan = Scan {
+                    sse,
+                    id: Some(id.clone()),
+                    buffer: BytesMut::new(),
+                    found: None,
+                    http_status: 200,
+                };
+                for chunk in &chunks {
+                    scan.feed(chunk);
+                }
+                scan.end()
+            };
+            let whole = outcome(vec![Bytes::copy_from_slice(&body)]);
+            prop_assert_eq!(outcome(chunked(&body, &cuts)), whole);
+        }
+    }
 
     fn scan(sse: bool, id: Value) -> Scan {
         Scan {

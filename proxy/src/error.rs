@@ -21,6 +21,8 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32003;
     /// The upstream failed or timed out.
     pub const UPSTREAM: i64 = -32001;
+    /// A failure inside the gateway itself.
+    pub const INTERNAL: i64 = -32603;
 }
 
 /// A body from bytes.

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub tool_call_duration: HistogramVec,
     /// Audit records dropped because the writer fell behind.
     pub audit_dropped: IntCounter,
+    /// Requests whose handling panicked (answered 500, or their response body cut short).
+    pub request_panics: IntCounter,
 }
 
 impl Metrics {
@@ -97,6 +99,10 @@ impl Metrics {
                 "mcpgate_audit_records_dropped_total",
                 "Audit records dropped because the audit log writer fell behind",
             )?,
+            request_panics: IntCounter::new(
+                "mcpgate_request_panics_total",
+                "Requests whose handling panicked in the gateway (answered 500, or their response body cut short)",
+            )?,
         };
         m.registry
             .register(Box::new(m.config_synchronized.clone()))?;
@@ -109,6 +115,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.tool_call_duration.clone()))?;
         m.registry.register(Box::new(m.audit_dropped.clone()))?;
+        m.registry.register(Box::new(m.request_panics.clone()))?;
         Ok(m)
     }
 }

@@ -1,11 +1,19 @@
 //! Accept loops (HTTP/1.1 and h2c on the MCP port; health and metrics on the admin port),
 //! graceful drain, and the request path from URL to route to upstream.
 
+use std::any::Any;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::FutureExt;
 use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -41,12 +49,101 @@ pub struct App {
 /// One MCP request, start to finish.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
-    let response = route(app, req).await;
+    let response = caught(&app.metrics, route(app, req)).await;
     app.metrics
         .requests
         .with_label_values(&[method.as_str(), response.status().as_str()])
         .inc();
     response
+}
+
+/// The response of `request`, kept from taking its connection (and every other request on
+/// it) down with a panic: a panic while it runs is answered 500 with a JSON-RPC error, one
+/// while its body streams ends the body there. Both are logged, without the request, and
+/// counted in `mcpgate_request_panics_total`.
+pub async fn caught(
+    metrics: &Metrics,
+    request: impl Future<Output = Response<Body>>,
+) -> Response<Body> {
+    let panics = metrics.request_panics.clone();
+    match AssertUnwindSafe(request).catch_unwind().await {
+        Ok(response) => response.map(|body| {
+            CaughtBody {
+                inner: Some(body),
+                panics,
+            }
+            .boxed_unsync()
+        }),
+        Err(panic) => {
+            panics.inc();
+            tracing::error!(
+                panic = panic_message(&*panic),
+                "handling a request panicked; answered 500"
+            );
+            crate::error::jsonrpc_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                crate::error::code::INTERNAL,
+                "internal error in the gateway: this request failed and was logged; other requests are not affected",
+            )
+        }
+    }
+}
+
+/// A panic's message when it is a literal; a formatted one may carry request data and is not
+/// repeated (the panic hook's own line says where it happened).
+fn panic_message(panic: &(dyn Any + Send)) -> &'static str {
+    panic
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("(formatted message not logged)")
+}
+
+/// A response body whose panics end it instead of its connection (see [`caught`]).
+struct CaughtBody {
+    /// None once it panicked.
+    inner: Option<Body>,
+    panics: prometheus::IntCounter,
+}
+
+impl http_body::Body for CaughtBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_frame(cx))) {
+            Ok(polled) => polled,
+            Err(panic) => {
+                let broken = self.inner.take();
+                // Its own clean-up may trip over the same broken state.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(broken)));
+                self.panics.inc();
+                tracing::error!(
+                    panic = panic_message(&*panic),
+                    "a response body panicked while streaming; ended it there"
+                );
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), http_body::Body::size_hint)
+    }
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
@@ -286,4 +383,67 @@ fn admin(path: &str, metrics: &Metrics, current: &Current) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use serde_json::Value;
+
+    #[tokio::test]
+    async fn a_panicking_request_is_answered_500_and_counted() {
+        let metrics = Metrics::new().unwrap();
+        let response = caught(&metrics, async {
+            let peer: Value = json!({"params": []});
+            let mut message = peer.clone();
+            // The defect this guards against: indexing into a peer's array as if an object.
+            message["params"]["_meta"] = json!({});
+            Response::new(full(message.to_string()))
+        })
+        .await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "a JSON-RPC error body"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603,
+                "message": "internal error in the gateway: this request failed and was logged; other requests are not affected"}})
+        );
+        assert_eq!(metrics.request_panics.get(), 1);
+        let (status, text) = admin_metrics(&metrics).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains("\nmcpgate_request_panics_total 1\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_panics_ends_where_it_panicked_and_is_counted() {
+        let metrics = Metrics::new().unwrap();
+        let chunks = futures::stream::iter([Ok(Bytes::from_static(b"data: 1\n\n")), Err(())]).map(
+            |chunk: Result<Bytes, ()>| match chunk {
+                Ok(bytes) => Ok(Frame::data(bytes)),
+                Err(()) => panic!("a rewrite tripped over a peer's message"),
+            },
+        );
+        let streaming: Body = BodyExt::boxed_unsync(http_body_util::StreamBody::new(chunks));
+        let response = caught(&metrics, async { Response::new(streaming) }).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"data: 1\n\n");
+        assert_eq!(metrics.request_panics.get(), 1);
+    }
+
+    async fn admin_metrics(metrics: &Metrics) -> (StatusCode, String) {
+        let response = admin("/metrics", metrics, &Current::default());
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
 }

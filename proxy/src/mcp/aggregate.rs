@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use super::era;
 use super::forward::{Forwarder, Message, upstream_failure};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID};
-use super::message::Kind;
+use super::message::{Kind, child_object, params_mut};
 use super::relay::{self, Rewrite};
 use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
@@ -63,14 +63,14 @@ const LIST_CHANGED: [ListKind; 3] = [
 ];
 
 /// One list method and where its items' names live.
-struct Listing {
+pub(crate) struct Listing {
     /// Key of the array in the result.
-    key: &'static str,
+    pub(crate) key: &'static str,
     /// Field of each item that is namespaced.
     field: &'static str,
 }
 
-fn listing(method: &str) -> Option<Listing> {
+pub(crate) fn listing(method: &str) -> Option<Listing> {
     let (key, field) = match method {
         "tools/list" => ("tools", "name"),
         "prompts/list" => ("prompts", "name"),
@@ -89,15 +89,21 @@ pub async fn handle(
     caller: Option<Identity>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let message = if parts.method == Method::POST {
-        match fwd.read_message(&parts.headers, body).await {
-            Ok(m) => Some(m),
+    let post = if parts.method == Method::POST {
+        let read = fwd.read_message(&parts.headers, body).await;
+        match read.and_then(|message| {
+            Ok(Post {
+                request: message.request()?,
+                message,
+            })
+        }) {
+            Ok(post) => Some(post),
             Err(response) => return response,
         }
     } else {
         None
     };
-    let audit = fwd.audit_call(message.as_ref(), |envelope| {
+    let audit = fwd.audit_call(post.as_ref().map(|p| &p.message), |envelope| {
         let config = &route.config;
         let call = ToolCall::new(caller, &config.namespace, &config.name, "virtual", envelope);
         match route.resolve_tool(envelope.name()) {
@@ -105,45 +111,43 @@ pub async fn handle(
             None => call,
         }
     });
-    let response = dispatch(fwd, parts, message, route).await;
+    let response = dispatch(fwd, parts, post, route).await;
     Pending::observe_some(audit, response)
+}
+
+/// A POSTed message: as received, and as a value for the gateway to rewrite (its `params`
+/// an object when present, see [`Message::request`]).
+struct Post {
+    message: Message,
+    request: Value,
 }
 
 /// [`handle`] once the body is read.
 async fn dispatch(
     fwd: &Forwarder,
     parts: http::request::Parts,
-    message: Option<Message>,
+    post: Option<Post>,
     route: &VirtualRoute,
 ) -> Response<Body> {
     let path = &route.config.path;
-    let id = message.as_ref().and_then(|m| m.envelope.id.clone());
-    if message
-        .as_ref()
-        .is_some_and(|m| m.envelope.method() == "initialize")
+    let id = post.as_ref().and_then(|p| p.message.envelope.id.clone());
+    if let Some(post) = &post
+        && post.message.envelope.method() == "initialize"
     {
-        return initialize(
-            fwd,
-            &parts.headers,
-            route,
-            message.as_ref().map(|m| &m.bytes[..]).unwrap_or_default(),
-            id.as_ref(),
-        )
-        .await;
+        return initialize(fwd, &parts.headers, route, &post.request, id.as_ref()).await;
     }
     let session = match fwd.session(&parts.headers, path, id.as_ref()) {
         Ok(session) => session,
         Err(response) => return response,
     };
-    let via = match (&session, &message) {
+    let via = match (&session, &post) {
         (Some((sid, state)), _) => Via::Session { sid, state },
-        (None, Some(m)) if era::is_modern(&parts.headers, &m.envelope) => {
-            if let Err(response) = era::check(&parts.headers, &m.envelope) {
+        (None, Some(p)) if era::is_modern(&parts.headers, &p.message.envelope) => {
+            if let Err(response) = era::check(&parts.headers, &p.message.envelope) {
                 return response;
             }
-            let request: Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
             Via::Stateless {
-                meta: request["params"]["_meta"].clone(),
+                meta: p.request["params"]["_meta"].clone(),
             }
         }
         (None, Some(_)) => {
@@ -169,8 +173,8 @@ async fn dispatch(
         caller: &parts.headers,
         via,
     };
-    match (&parts.method, message) {
-        (&Method::POST, Some(message)) => ctx.post(message).await,
+    match (&parts.method, post) {
+        (&Method::POST, Some(post)) => ctx.post(post).await,
         (&Method::GET, _) => ctx.stream().await,
         (&Method::DELETE, _) => ctx.delete().await,
         _ => jsonrpc_error(
@@ -188,10 +192,9 @@ async fn initialize(
     fwd: &Forwarder,
     caller: &HeaderMap,
     route: &VirtualRoute,
-    bytes: &[u8],
+    request: &Value,
     id: Option<&Value>,
 ) -> Response<Body> {
-    let request: Value = serde_json::from_slice(bytes).unwrap_or_default();
     let params = &request["params"];
     let asked = params["protocolVersion"].as_str().unwrap_or_default();
     let version = if LEGACY_VERSIONS.contains(&asked) {
@@ -332,13 +335,17 @@ impl Ctx<'_> {
         }
     }
 
-    async fn post(&self, message: Message) -> Response<Body> {
+    async fn post(&self, post: Post) -> Response<Body> {
+        let Post {
+            message,
+            mut request,
+        } = post;
         let envelope = &message.envelope;
         let id = envelope.id.as_ref();
         match envelope.kind() {
             Kind::Request => {}
             Kind::Notification => return self.notification(&message).await,
-            Kind::Response => return self.answer(&message).await,
+            Kind::Response => return self.answer(&message, request).await,
             Kind::Invalid => {
                 return jsonrpc_error(
                     StatusCode::BAD_REQUEST,
@@ -370,9 +377,8 @@ impl Ctx<'_> {
             return self.list(method, &listing, id).await;
         }
         if method == "logging/setLevel" {
-            return self.broadcast_request(&message).await;
+            return self.broadcast_request(&message, &request).await;
         }
-        let mut request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
         if method == "subscriptions/listen" {
             return self.listen(&request, id).await;
         }
@@ -518,24 +524,11 @@ impl Ctx<'_> {
                     format!("{method} with an error: {error}"),
                 ));
             }
-            let result = &reply["result"];
-            for mut item in result[listing.key].as_array().cloned().unwrap_or_default() {
-                let Some(name) = item[listing.field].as_str() else {
-                    continue;
-                };
-                let exposed = match listing.key {
-                    "tools" => member.exposed_tool(name),
-                    "prompts" => Some(format!("{}_{name}", member.name())),
-                    _ => Some(format!("{}+{name}", member.name())),
-                };
-                if let Some(exposed) = exposed {
-                    item[listing.field] = Value::String(exposed);
-                    items.push(item);
-                }
-            }
-            match result["nextCursor"].as_str() {
-                Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
-                _ => return Ok(items),
+            let (page, next) = exposed_page(member, listing, &reply["result"]);
+            items.extend(page);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(items),
             }
         }
         Err(HopError::Answer(
@@ -548,7 +541,9 @@ impl Ctx<'_> {
     async fn call(&self, hop: &Hop<'_>, request: &Value) -> Result<Value, HopError> {
         if let Via::Stateless { meta } = &self.via {
             let mut request = request.clone();
-            request["params"]["_meta"] = meta.clone();
+            if let Some(params) = params_mut(&mut request) {
+                params.insert("_meta".into(), meta.clone());
+            }
             return self.fwd.eras.call(hop, &request).await;
         }
         let timeout = hop.timeout();
@@ -573,13 +568,12 @@ impl Ctx<'_> {
     }
 
     /// A request every member gets (`logging/setLevel`); answered once all have.
-    async fn broadcast_request(&self, message: &Message) -> Response<Body> {
-        let request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
-        let results = join_all(self.route.members.iter().map(|member| {
-            let request = &request;
-            async move { self.call(&self.hop(member, self.caller), request).await }
-        }))
-        .await;
+    async fn broadcast_request(&self, message: &Message, request: &Value) -> Response<Body> {
+        let results =
+            join_all(self.route.members.iter().map(|member| async move {
+                self.call(&self.hop(member, self.caller), request).await
+            }))
+            .await;
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
             tracing::warn!(%error, "{} failed on a member", message.envelope.method());
         }
@@ -637,7 +631,7 @@ impl Ctx<'_> {
     }
 
     /// The client's answer to an upstream's request: back to that upstream, original id.
-    async fn answer(&self, message: &Message) -> Response<Body> {
+    async fn answer(&self, message: &Message, mut response: Value) -> Response<Body> {
         let target = message
             .envelope
             .id
@@ -659,8 +653,9 @@ impl Ctx<'_> {
                 "a response to a request this session never sent",
             );
         };
-        let mut response: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
-        response["id"] = original;
+        if let Some(fields) = response.as_object_mut() {
+            fields.insert("id".into(), original);
+        }
         let hop = self.hop(member, self.caller);
         match self
             .send(&hop, &Method::POST, Bytes::from(response.to_string()))
@@ -757,17 +752,7 @@ impl Ctx<'_> {
                     "jsonrpc": "2.0", "id": subscription, "method": "subscriptions/listen",
                     "params": {"notifications": filter, "_meta": meta},
                 });
-                let mut from = from_member(member.name().to_owned());
-                let tag = subscription.clone();
-                let rewrite = move |message: &mut Value| {
-                    if message["method"] == "notifications/subscriptions/acknowledged" {
-                        return false;
-                    }
-                    if message.get("method").is_some() && message.get("id").is_none() {
-                        message["params"]["_meta"][SUBSCRIPTION_ID] = tag.clone();
-                    }
-                    from(message)
-                };
+                let rewrite = tagged(member.name().to_owned(), subscription.clone());
                 let hop = self.hop(member, self.caller);
                 match self.fwd.eras.listen(&hop, &listen, rewrite).await {
                     Ok(stream) => stream,
@@ -904,9 +889,39 @@ fn accepted() -> Response<Body> {
     response
 }
 
+/// One page of a member's list `result`: the items it exposes, under the virtual server's
+/// names (anything without a name of the right type left out), and the next page's cursor.
+pub(crate) fn exposed_page(
+    member: &Member,
+    listing: &Listing,
+    result: &Value,
+) -> (Vec<Value>, Option<String>) {
+    let items = result[listing.key].as_array().into_iter().flatten();
+    let page = items
+        .filter_map(|item| {
+            let name = item.get(listing.field)?.as_str()?;
+            let exposed = match listing.key {
+                "tools" => member.exposed_tool(name)?,
+                "prompts" => format!("{}_{name}", member.name()),
+                _ => format!("{}+{name}", member.name()),
+            };
+            let mut item = item.clone();
+            if let Some(fields) = item.as_object_mut() {
+                fields.insert(listing.field.into(), Value::String(exposed));
+            }
+            Some(item)
+        })
+        .collect();
+    let next = result["nextCursor"]
+        .as_str()
+        .filter(|next| !next.is_empty())
+        .map(str::to_owned);
+    (page, next)
+}
+
 /// What a member's messages need on their way to a client of the virtual server: its own
 /// requests get ids that route the client's answer back, resource URIs get its prefix.
-fn from_member(server: String) -> impl Rewrite {
+pub(crate) fn from_member(server: String) -> impl Rewrite {
     move |message: &mut Value| {
         if message.get("method").is_some()
             && let Some(id) = message.get_mut("id")
@@ -920,6 +935,31 @@ fn from_member(server: String) -> impl Rewrite {
             *uri = Value::String(format!("{server}+{text}"));
         }
         true
+    }
+}
+
+/// What a member's `subscriptions/listen` stream needs on its way to the client: its own
+/// acknowledgement dropped (the gateway acknowledged already), every notification tagged
+/// with the client's `subscription` id, then [`from_member`]. A notification whose `params`
+/// or `params._meta` is not an object cannot carry the tag: it is dropped, and logged.
+pub(crate) fn tagged(server: String, subscription: Value) -> impl Rewrite {
+    let mut from = from_member(server.clone());
+    move |message: &mut Value| {
+        if message["method"] == "notifications/subscriptions/acknowledged" {
+            return false;
+        }
+        if message.get("method").is_some() && message.get("id").is_none() {
+            let Some(meta) = params_mut(message).and_then(|p| child_object(p, "_meta")) else {
+                tracing::warn!(
+                    %server,
+                    method = %message["method"],
+                    "dropped a notification from a member's listen stream: its params or params._meta is not an object"
+                );
+                return false;
+            };
+            meta.insert(SUBSCRIPTION_ID.into(), subscription.clone());
+        }
+        from(message)
     }
 }
 

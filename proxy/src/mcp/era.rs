@@ -171,7 +171,7 @@ impl Eras {
         &self,
         hop: &Hop<'_>,
         mut request: Value,
-        mut rewrite: impl Rewrite,
+        rewrite: impl Rewrite,
     ) -> Result<Response<Body>, HopError> {
         if self.era(hop).await == Era::Modern {
             let response = hop
@@ -189,12 +189,14 @@ impl Eras {
                     | "resources/read"
             )
         );
-        let original = request["id"].take();
+        let original = request.get_mut("id").map(Value::take).unwrap_or_default();
         let ours = Value::String(format!(
             "mcpgate-{}",
             self.next_id.fetch_add(1, Ordering::Relaxed)
         ));
-        request["id"] = ours.clone();
+        if let Some(fields) = request.as_object_mut() {
+            fields.insert("id".into(), ours.clone());
+        }
         let bytes = Bytes::from(request.to_string());
         let mut session = self.pooled(hop, false).await?;
         let mut response = hop
@@ -206,30 +208,7 @@ impl Eras {
                 .send(hop.request(Method::POST, Some(&session), bytes)?)
                 .await?;
         }
-        let restore = move |message: &mut Value| {
-            if message.get("method").is_some() && message.get("id").is_some() {
-                // A request for the client (sampling, elicitation): a stateless client has
-                // no way to answer it on this stream.
-                return false;
-            }
-            if message.get("id") == Some(&ours) {
-                message["id"] = original.clone();
-                if let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) {
-                    result
-                        .entry("resultType")
-                        .or_insert_with(|| "complete".into());
-                    if cached {
-                        // The stateless era requires cache hints on these results; per-user
-                        // policy makes them uncacheable across callers.
-                        result.entry("ttlMs").or_insert_with(|| 0.into());
-                        result
-                            .entry("cacheScope")
-                            .or_insert_with(|| "private".into());
-                    }
-                }
-            }
-            rewrite(message)
-        };
+        let restore = restored(ours, original, cached, rewrite);
         Ok(relay::response(response, restore).await)
     }
 
@@ -281,6 +260,40 @@ impl Eras {
         let (session, _) = hop.initialize(LATEST_LEGACY, &json!({}), &info).await?;
         lock(&self.pooled).insert(key.clone(), session.clone());
         Ok(session)
+    }
+}
+
+/// What an `initialize`-era upstream answers a stateless client with, on its way back: the
+/// response to the gateway's id `ours` gets the client's `original` id and the result fields
+/// the stateless era requires (cache hints too when `cached`); requests for the client are
+/// dropped (a stateless client has no way to answer them on this stream); then `rewrite`.
+pub(crate) fn restored(
+    ours: Value,
+    original: Value,
+    cached: bool,
+    mut rewrite: impl Rewrite,
+) -> impl Rewrite {
+    move |message: &mut Value| {
+        if message.get("method").is_some() && message.get("id").is_some() {
+            return false;
+        }
+        if let Some(id) = message.get_mut("id").filter(|id| **id == ours) {
+            *id = original.clone();
+            if let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) {
+                result
+                    .entry("resultType")
+                    .or_insert_with(|| "complete".into());
+                if cached {
+                    // The stateless era requires cache hints on these results; per-user
+                    // policy makes them uncacheable across callers.
+                    result.entry("ttlMs").or_insert_with(|| 0.into());
+                    result
+                        .entry("cacheScope")
+                        .or_insert_with(|| "private".into());
+                }
+            }
+        }
+        rewrite(message)
     }
 }
 

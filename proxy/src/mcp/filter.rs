@@ -49,7 +49,7 @@ pub fn filter_sse(body: Incoming, filter: ToolFilter) -> Body {
 }
 
 /// One event with its `data` rewritten if it carries a tools list; otherwise as it came.
-fn rewrite_event(event: &[u8], filter: &ToolFilter) -> Vec<u8> {
+pub(crate) fn rewrite_event(event: &[u8], filter: &ToolFilter) -> Vec<u8> {
     let Some(parsed) = Event::parse(event) else {
         return event.to_vec();
     };

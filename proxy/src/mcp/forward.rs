@@ -57,6 +57,23 @@ pub struct Message {
     pub envelope: Envelope,
 }
 
+impl Message {
+    /// The message as a JSON value, for the places that rewrite it rather than forward it;
+    /// 400 (-32700) when it is nested deeper than serde_json builds values for (the
+    /// envelope, which skips what it does not read, takes it). Its `params` and
+    /// `params._meta` are objects or absent, as [`Envelope::parse`] checked.
+    pub fn request(&self) -> Result<Value, Response<Body>> {
+        serde_json::from_slice(&self.bytes).map_err(|e| {
+            jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                self.envelope.id.as_ref(),
+                code::PARSE_ERROR,
+                format!("the body is not one JSON-RPC message: {e}"),
+            )
+        })
+    }
+}
+
 impl Forwarder {
     /// Reads and parses a POST body, or answers why not (413, -32700).
     pub async fn read_message(
@@ -73,11 +90,14 @@ impl Forwarder {
         };
         match Envelope::parse(&bytes) {
             Ok(envelope) => Ok(Message { bytes, envelope }),
-            Err(e) => Err(jsonrpc_error(
+            Err(malformed) => Err(jsonrpc_error(
                 StatusCode::BAD_REQUEST,
-                None,
-                code::PARSE_ERROR,
-                format!("the body is not one JSON-RPC message: {e}"),
+                malformed.id.as_ref(),
+                malformed.code,
+                format!(
+                    "the body is not one JSON-RPC message: {}",
+                    malformed.message
+                ),
             )),
         }
     }
@@ -189,7 +209,10 @@ impl Forwarder {
             && era::is_modern(&parts.headers, &message.envelope)
             && self.eras.era(&hop).await == era::Era::Legacy
         {
-            let request: Value = serde_json::from_slice(&message.bytes).unwrap_or_default();
+            let request = match message.request() {
+                Ok(request) => request,
+                Err(response) => return (response, None),
+            };
             let tools = route.config.tools.clone();
             let rewrite = move |m: &mut Value| {
                 filter::filter_value(m, &tools);

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The routing-relevant parts of one JSON-RPC message.
 #[derive(Deserialize, Debug, Default)]
@@ -17,7 +17,7 @@ pub struct Envelope {
     #[serde(default)]
     pub method: Option<String>,
     /// Parameters.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "params")]
     pub params: Option<Params>,
     /// Present on success responses.
     #[serde(default)]
@@ -43,7 +43,7 @@ pub struct Params {
     #[serde(default)]
     pub arguments: Option<Box<serde_json::value::RawValue>>,
     /// Request metadata (stateless requests carry their protocol version here).
-    #[serde(default, rename = "_meta")]
+    #[serde(default, rename = "_meta", deserialize_with = "meta")]
     pub meta: Option<Meta>,
 }
 
@@ -53,6 +53,83 @@ pub struct Meta {
     /// The stateless era's per-request protocol version.
     #[serde(default, rename = "io.modelcontextprotocol/protocolVersion")]
     pub protocol_version: Option<String>,
+}
+
+/// `params` and `params._meta` are objects (or null) in MCP; serde would also take an array
+/// for a struct, which the gateway's rewrites could not handle.
+fn params<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Params>, D::Error> {
+    d.deserialize_option(ObjectOrNull::new("params to be a JSON object"))
+}
+
+fn meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Meta>, D::Error> {
+    d.deserialize_option(ObjectOrNull::new("params._meta to be a JSON object"))
+}
+
+/// Deserializes a `T` from a JSON object only; null is None.
+struct ObjectOrNull<T> {
+    expected: &'static str,
+    into: std::marker::PhantomData<T>,
+}
+
+impl<T> ObjectOrNull<T> {
+    fn new(expected: &'static str) -> Self {
+        Self {
+            expected,
+            into: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOrNull<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.expected)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+    }
+}
+
+/// Why a body is not one JSON-RPC message, with the JSON-RPC error code that says so.
+#[derive(Debug)]
+pub struct Malformed {
+    /// -32700 for what is not JSON, -32600 for JSON that is not one message MCP accepts.
+    pub code: i64,
+    /// What is wrong, and where.
+    pub message: String,
+    /// The message's id, when it could be read.
+    pub id: Option<Value>,
+}
+
+impl Malformed {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: crate::error::code::INVALID_REQUEST,
+            message: message.into(),
+            id: None,
+        }
+    }
+}
+
+/// Just the id of a message whose other fields are wrong.
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<Value>,
 }
 
 /// What kind of message it is.
@@ -69,12 +146,31 @@ pub enum Kind {
 }
 
 impl Envelope {
-    /// Parses a message; arrays (2025-03-26 batches) and non-objects are errors.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+    /// Parses a message; arrays (2025-03-26 batches), non-objects, and fields of the wrong
+    /// type are errors.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Malformed> {
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Some(b'[') => Err("JSON-RPC batches are not part of MCP since 2025-06-18; send one message per request".into()),
-            _ => Err("expected a JSON object".into()),
+            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => Malformed {
+                    id: serde_json::from_slice::<IdOnly>(bytes)
+                        .ok()
+                        .and_then(|m| m.id),
+                    ..Malformed::invalid(e.to_string())
+                },
+                _ => Malformed {
+                    code: crate::error::code::PARSE_ERROR,
+                    message: e.to_string(),
+                    id: None,
+                },
+            }),
+            Some(b'[') => Err(Malformed::invalid(
+                "JSON-RPC batches are not part of MCP since 2025-06-18; send one message per request",
+            )),
+            _ => Err(Malformed {
+                code: crate::error::code::PARSE_ERROR,
+                message: "expected a JSON object".into(),
+                id: None,
+            }),
         }
     }
 
@@ -117,7 +213,14 @@ impl Envelope {
 /// sender never finished and are dropped, as an SSE client would.
 pub fn events(body: hyper::body::Incoming) -> BoxStream<'static, Result<Bytes, hyper::Error>> {
     use http_body_util::BodyExt;
-    let state = (body.into_data_stream(), BytesMut::new());
+    split_events(body.into_data_stream())
+}
+
+/// [`events`] of any stream of chunks: the same events whatever the chunk boundaries.
+pub fn split_events<E: Send + 'static>(
+    chunks: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+) -> BoxStream<'static, Result<Bytes, E>> {
+    let state = (chunks.boxed(), BytesMut::new());
     futures::stream::unfold(state, |(mut chunks, mut buffer)| async move {
         loop {
             if let Some(end) = event_end(&buffer) {
@@ -144,6 +247,25 @@ pub fn event_end(buffer: &[u8]) -> Option<usize> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// `map[key]` as an object to write into: created when absent or null; None when it holds
+/// anything else (a peer's malformed message is never indexed into, which would panic).
+pub fn child_object<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    let slot = map.entry(key).or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut()
+}
+
+/// A message's `params` to write into (see [`child_object`]); None when the message is not an
+/// object or its `params` is not one.
+pub fn params_mut(message: &mut Value) -> Option<&mut Map<String, Value>> {
+    child_object(message.as_object_mut()?, "params")
 }
 
 /// One SSE event split into its data (lines joined with `\n`) and its other lines.

@@ -7,5 +7,7 @@ pub mod filter;
 pub mod forward;
 pub mod hop;
 pub mod message;
+#[cfg(test)]
+pub(crate) mod proptests;
 pub mod relay;
 pub mod sse;

@@ -75,7 +75,9 @@ pub fn sse(body: Incoming, mut rewrite: impl Rewrite) -> Chunks {
         .boxed()
 }
 
-fn event_through(event: &[u8], rewrite: &mut impl Rewrite) -> Vec<u8> {
+/// One event through `rewrite`: its message rewritten, or nothing when it has none or the
+/// rewrite drops it.
+pub(crate) fn event_through(event: &[u8], rewrite: &mut impl Rewrite) -> Vec<u8> {
     let Some(parsed) = Event::parse(event) else {
         return Vec::new();
     };

@@ -422,7 +422,8 @@ fn resolve(upstream: &Uri, endpoint: &str) -> Result<Uri, String> {
         endpoint.to_owned()
     } else {
         let base = upstream.path();
-        format!("{}{endpoint}", &base[..=base.rfind('/').unwrap_or(0)])
+        let directory = base.rfind('/').map_or("/", |end| &base[..=end]);
+        format!("{directory}{endpoint}")
     };
     format!("{scheme}://{authority}{path}")
         .parse()
@@ -480,6 +481,35 @@ fn upstream_error(id: Option<&Value>, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mcp::proptests::{config, message};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Whatever the upstream sends on its event stream goes to a waiting request, the
+        /// GET stream, or nowhere.
+        #[test]
+        fn any_upstream_message_is_delivered_or_dropped(messages in prop::collection::vec(message(), 0..8)) {
+            let mut routes = Routes::default();
+            let (request, _request_rx) = mpsc::unbounded_channel();
+            let (get, _get_rx) = mpsc::unbounded_channel();
+            routes.waiting.push(("1".into(), request));
+            routes.standalone = Some(get);
+            for message in messages {
+                routes.deliver(message);
+            }
+        }
+
+        /// Whatever endpoint the upstream names resolves to a URI or is refused.
+        #[test]
+        fn any_endpoint_resolves_or_is_refused(
+            endpoint in any::<String>(),
+            stream in prop::sample::select(vec!["http://127.0.0.1:3001/sse", "http://h", "https://h/a/b/", "h:80"]),
+        ) {
+            let _ = resolve(&stream.parse().unwrap(), &endpoint);
+        }
+    }
 
     #[test]
     fn endpoints_resolve_against_the_event_stream_url() {

@@ -44,16 +44,17 @@ pub fn spawn_upstream() -> (u16, mpsc::Receiver<()>) {
     (port, rx)
 }
 
-pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
+/// One HTTP/1.1 request read from `stream`: (head, body); None when the peer sent nothing.
+pub fn read_request(stream: &mut TcpStream) -> Option<(String, String)> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
-    let (head, body) = loop {
+    loop {
         let n = stream.read(&mut chunk).unwrap_or(0);
         if n == 0 {
-            return;
+            return None;
         }
         buffer.extend_from_slice(&chunk[..n]);
         let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -75,10 +76,16 @@ pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
             }
             buffer.extend_from_slice(&chunk[..n]);
         }
-        break (
+        return Some((
             head,
             String::from_utf8_lossy(&buffer[end + 4..]).into_owned(),
-        );
+        ));
+    }
+}
+
+pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
+    let Some((head, body)) = read_request(&mut stream) else {
+        return;
     };
     let _ = seen.send(());
     let headers: serde_json::Map<String, Value> = head
@@ -101,6 +108,47 @@ pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: up-1\r\nSet-Cookie: upstream=1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{answer}",
         answer.len()
     );
+}
+
+/// An upstream that answers every request with the HTTP response `answer` makes of its
+/// JSON body (see [`json_reply`] and [`sse_reply`]), then closes the connection.
+pub fn spawn_scripted(answer: impl Fn(&Value) -> String + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                if let Some((_, body)) = read_request(&mut stream) {
+                    let request = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let _ = stream.write_all(answer(&request).as_bytes());
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A 200 response with one JSON message.
+pub fn json_reply(message: &Value) -> String {
+    let body = message.to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A 200 event stream of `messages`, ended by closing the connection.
+pub fn sse_reply(messages: &[Value]) -> String {
+    let events: String = messages
+        .iter()
+        .map(|m| format!("event: message\ndata: {m}\n\n"))
+        .collect();
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n{events}"
+    )
 }
 
 /// Starts the proxy on `dir` with `extra` flags: (process, MCP port, admin port).
@@ -155,6 +203,17 @@ pub fn config(upstream_port: u16, timeout_ms: u64) -> Value {
         ],
         "virtualServers": []
     })
+}
+
+/// A rendered public virtual server `team/<name>` taking every tool of each of `members`.
+pub fn virtual_config(name: &str, members: &[&str]) -> Value {
+    let members: Vec<Value> = members
+        .iter()
+        .map(|m| json!({"server": m, "all": true, "tools": {}}))
+        .collect();
+    json!({"namespace": "team", "name": name, "path": format!("/team/mcp/{name}/server"),
+        "description": null, "instructions": null, "public": true,
+        "access": {"subjects": []}, "members": members})
 }
 
 pub fn write_config(dir: &Path, config: &Value) {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod guard;
+pub mod listener;
 pub mod mcp;
 pub mod metrics;
 pub mod path;

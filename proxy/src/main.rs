@@ -15,6 +15,7 @@ use mcpgate_proxy::auth::inbound::Inbound;
 use mcpgate_proxy::auth::oidc::{IssuerDefaults, IssuerEntry, OidcVerifier, issuer_configs};
 use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
+use mcpgate_proxy::listener::{self, Limits};
 use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::server::{self, App};
@@ -45,6 +46,37 @@ struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = "MCPGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Seconds a client has to send its whole request body (else 408).
+    #[arg(
+        long,
+        env = "MCPGATE_REQUEST_BODY_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    request_body_timeout_seconds: u64,
+    /// Seconds a client has to send a request's headers; an HTTP/1 connection idle this long
+    /// is closed too.
+    #[arg(
+        long,
+        env = "MCPGATE_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    header_read_timeout_seconds: u64,
+    /// Largest request head (request line and headers) in bytes; larger ones get 431.
+    #[arg(long, env = "MCPGATE_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Most header fields in one request (HTTP/1); more get 431.
+    #[arg(long, env = "MCPGATE_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Open connections at most; more get 503 with Retry-After and are closed.
+    #[arg(long, env = "MCPGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Requests handled at once (until their response starts) at most; more get 503 with
+    /// Retry-After.
+    #[arg(long, env = "MCPGATE_MAX_IN_FLIGHT", default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "MCPGATE_HTTP2_MAX_STREAMS", default_value_t = 100)]
+    http2_max_streams: u32,
     /// Browser origins allowed to call the gateway, besides its own host (comma-separated).
     #[arg(long, env = "MCPGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
@@ -206,11 +238,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let inbound = inbound(&args).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let audit = audit(&args.audit_log, &metrics)?;
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        max_connections: args.max_connections.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        max_concurrent_streams: args.http2_max_streams.max(1),
+        ..Limits::default()
+    };
     let app = Arc::new(App {
         current: current.clone(),
         forwarder: Forwarder {
             client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
             max_body: args.max_body_bytes,
+            body_timeout: Duration::from_secs(args.request_body_timeout_seconds.max(1)),
             sessions: Sessions::new(keys),
             eras: Default::default(),
             current: current.clone(),
@@ -220,6 +262,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         guard: RequestGuard::new(args.listen, &args.allowed_origins, &args.allowed_hosts),
         inbound,
+        in_flight: tokio::sync::Semaphore::new(limits.max_in_flight),
+        limits,
     });
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => Some(mcpgate_proxy::tls::acceptor(cert, key)?),
@@ -247,7 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    server::serve(
+    listener::serve(
         listener,
         app,
         tls,

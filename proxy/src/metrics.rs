@@ -29,6 +29,10 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// Requests whose handling panicked (answered 500, or their response body cut short).
     pub request_panics: IntCounter,
+    /// Open connections on the MCP port.
+    pub connections: IntGauge,
+    /// Connections and requests refused with 503 because a limit was reached, by limit.
+    pub refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -103,6 +107,17 @@ impl Metrics {
                 "mcpgate_request_panics_total",
                 "Requests whose handling panicked in the gateway (answered 500, or their response body cut short)",
             )?,
+            connections: IntGauge::new(
+                "mcpgate_connections_open",
+                "Open connections on the MCP port",
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_refused_total",
+                    "Connections and requests answered 503 because the gateway was at a limit",
+                ),
+                &["limit"],
+            )?,
         };
         m.registry
             .register(Box::new(m.config_synchronized.clone()))?;
@@ -116,6 +131,8 @@ impl Metrics {
             .register(Box::new(m.tool_call_duration.clone()))?;
         m.registry.register(Box::new(m.audit_dropped.clone()))?;
         m.registry.register(Box::new(m.request_panics.clone()))?;
+        m.registry.register(Box::new(m.connections.clone()))?;
+        m.registry.register(Box::new(m.refused.clone()))?;
         Ok(m)
     }
 }

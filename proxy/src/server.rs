@@ -7,26 +7,26 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::auth::inbound::{Inbound, METADATA_PREFIX};
 use crate::auth::{Identity, Method as AuthMethod};
 use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
 use crate::guard::RequestGuard;
+use crate::listener::{Limits, busy};
 use crate::mcp::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::path::route_key;
@@ -44,12 +44,31 @@ pub struct App {
     pub guard: RequestGuard,
     /// Bearer tokens for routes that are not public, and resource metadata.
     pub inbound: Inbound,
+    /// What clients may make the MCP port hold.
+    pub limits: Limits,
+    /// Requests being handled, at most `limits.max_in_flight`.
+    pub in_flight: Semaphore,
 }
 
 /// One MCP request, start to finish.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
-    let response = caught(&app.metrics, route(app, req)).await;
+    let unread_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
+    let mut response = match app.in_flight.try_acquire() {
+        Ok(_handling) => caught(&app.metrics, route(app, req)).await,
+        Err(_) => {
+            app.metrics.refused.with_label_values(&["requests"]).inc();
+            busy("requests")
+        }
+    };
+    // An error may be answered before the body was read (401, 403, 404, 413, ...): the
+    // connection cannot carry the client's next request then, and must say so rather than
+    // close under it.
+    if unread_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     app.metrics
         .requests
         .with_label_values(&[method.as_str(), response.status().as_str()])
@@ -220,6 +239,15 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Whether a request announces a body (HTTP/1: `Content-Length` above 0 or chunked).
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 /// 403 for an authenticated caller the route's collaborators do not include. It names the
 /// caller and the route they asked for, nothing about who does have access.
 fn forbidden(caller: &Identity, route: &Route) -> Response<Body> {
@@ -259,71 +287,6 @@ fn resource_metadata(app: &App, headers: &http::HeaderMap, rest: &str) -> Respon
             &app.inbound.metadata(headers, Some(key), Some(&name)),
         ),
         None => not_found(rest),
-    }
-}
-
-/// Serves MCP until `shutdown`, then lets connections finish (at most `drain`); over TLS
-/// when `tls` is set.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => { tracing::warn!(%error, "accept failed"); continue; }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(handle(&app, req).await) }
-        });
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-        tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(tls) => {
-                    // A client that never finishes its handshake must not hold a task forever.
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
-    }
-    tracing::info!("draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain period; closing them");
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Forwarder {
     pub client: HttpClient,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Time a client has to send its whole request body.
+    pub body_timeout: std::time::Duration,
     /// Session sealing.
     pub sessions: Sessions,
     /// Upstream eras and the gateway's own sessions for stateless clients.
@@ -84,9 +86,24 @@ impl Forwarder {
         if content_length(headers).is_some_and(|n| n > self.max_body) {
             return Err(too_large(self.max_body));
         }
-        let bytes = match Limited::new(body, self.max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return Err(too_large(self.max_body)),
+        let read = tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(body, self.max_body).collect(),
+        );
+        let bytes = match read.await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => return Err(too_large(self.max_body)),
+            Err(_) => {
+                return Err(jsonrpc_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    None,
+                    code::INVALID_REQUEST,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        self.body_timeout.as_secs_f32()
+                    ),
+                ));
+            }
         };
         match Envelope::parse(&bytes) {
             Ok(envelope) => Ok(Message { bytes, envelope }),

@@ -103,6 +103,14 @@ struct Args {
     /// PEM private key of `--tls-cert-file`.
     #[arg(long, env = "MCPGATE_TLS_KEY_FILE", requires = "tls_cert_file")]
     tls_key_file: Option<PathBuf>,
+    /// Seconds a session lives after `initialize`; older ids get 404 and the client
+    /// initializes again.
+    #[arg(
+        long,
+        env = "MCPGATE_SESSION_MAX_AGE_SECONDS",
+        default_value_t = 86_400
+    )]
+    session_max_age_seconds: u64,
     /// Seconds open connections may take to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     drain_seconds: u64,
@@ -253,7 +261,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
             max_body: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.request_body_timeout_seconds.max(1)),
-            sessions: Sessions::new(keys),
+            sessions: Sessions::new(keys)
+                .with_max_age(Duration::from_secs(args.session_max_age_seconds.max(1))),
             eras: Default::default(),
             current: current.clone(),
             stopping: stop_rx.clone(),

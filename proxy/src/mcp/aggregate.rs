@@ -89,6 +89,7 @@ pub async fn handle(
     caller: Option<Identity>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    let owner = crate::session::owner(caller.as_ref());
     let post = if parts.method == Method::POST {
         let read = fwd.read_message(&parts.headers, body).await;
         match read.and_then(|message| {
@@ -111,7 +112,7 @@ pub async fn handle(
             None => call,
         }
     });
-    let response = dispatch(fwd, parts, post, route).await;
+    let response = dispatch(fwd, parts, post, route, owner).await;
     Pending::observe_some(audit, response)
 }
 
@@ -128,15 +129,27 @@ async fn dispatch(
     parts: http::request::Parts,
     post: Option<Post>,
     route: &VirtualRoute,
+    owner: Option<String>,
 ) -> Response<Body> {
     let path = &route.config.path;
     let id = post.as_ref().and_then(|p| p.message.envelope.id.clone());
     if let Some(post) = &post
         && post.message.envelope.method() == "initialize"
     {
-        return initialize(fwd, &parts.headers, route, &post.request, id.as_ref()).await;
+        if let Some(refusal) = super::forward::oversized_initialize(&post.message) {
+            return refusal;
+        }
+        return initialize(
+            fwd,
+            &parts.headers,
+            route,
+            &post.request,
+            id.as_ref(),
+            owner,
+        )
+        .await;
     }
-    let session = match fwd.session(&parts.headers, path, id.as_ref()) {
+    let session = match fwd.session(&parts.headers, path, owner.as_deref(), id.as_ref()) {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -194,6 +207,7 @@ async fn initialize(
     route: &VirtualRoute,
     request: &Value,
     id: Option<&Value>,
+    owner: Option<String>,
 ) -> Response<Body> {
     let params = &request["params"];
     let asked = params["protocolVersion"].as_str().unwrap_or_default();
@@ -267,6 +281,8 @@ async fn initialize(
         capabilities,
         client_info,
         upstreams: opened.into_iter().map(|(s, _)| s).collect(),
+        owner,
+        issued: 0,
     };
     let sid = match fwd.sessions.mint(&state).map(HeaderValue::try_from) {
         Ok(Ok(sid)) => sid,

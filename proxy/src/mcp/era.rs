@@ -1,8 +1,9 @@
 //! The stateless 2026-07-28 era. A client that speaks it sends each request on its own, with
 //! its protocol version, capabilities and identity in `_meta` and the method and name
 //! mirrored in headers. Upstreams that speak it get the request as it is; upstreams of the
-//! `initialize` era are probed once and served through one gateway-held session per
-//! upstream, with request ids made unique and restored on the way back.
+//! `initialize` era are probed once and served through a gateway-held session per upstream
+//! and outbound credential (one per caller on a `Passthrough` route, so no session ever
+//! carries two users' tokens), with request ids made unique and restored on the way back.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -123,12 +124,32 @@ fn error(id: Option<&Value>, code: i64, message: String, data: Option<Value>) ->
     )
 }
 
+/// Gateway-held upstream sessions kept at most (the least used go first; one forgotten only
+/// costs a new `initialize`).
+const POOLED_CAPACITY: u64 = 10_000;
+/// A gateway-held upstream session unused this long is forgotten.
+const POOLED_IDLE: Duration = Duration::from_secs(3600);
+
 /// Probed eras and gateway-held sessions, per upstream, for this replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Eras {
     probed: Mutex<HashMap<String, (Era, Instant)>>,
-    pooled: Mutex<HashMap<String, UpstreamSession>>,
+    /// By route path and [`Hop::credential_identity`].
+    pooled: moka::sync::Cache<(String, Option<[u8; 32]>), UpstreamSession>,
     next_id: AtomicU64,
+}
+
+impl Default for Eras {
+    fn default() -> Self {
+        Self {
+            probed: Mutex::default(),
+            pooled: moka::sync::Cache::builder()
+                .max_capacity(POOLED_CAPACITY)
+                .time_to_idle(POOLED_IDLE)
+                .build(),
+            next_id: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Eras {
@@ -252,13 +273,13 @@ impl Eras {
 
     /// The gateway's session with an `initialize`-era upstream; a new one when `fresh`.
     async fn pooled(&self, hop: &Hop<'_>, fresh: bool) -> Result<UpstreamSession, HopError> {
-        let key = &hop.route.config.path;
-        if !fresh && let Some(session) = lock(&self.pooled).get(key) {
-            return Ok(session.clone());
+        let key = (hop.route.config.path.clone(), hop.credential_identity());
+        if !fresh && let Some(session) = self.pooled.get(&key) {
+            return Ok(session);
         }
         let info = json!({"name": "mcpgate", "version": env!("CARGO_PKG_VERSION")});
         let (session, _) = hop.initialize(LATEST_LEGACY, &json!({}), &info).await?;
-        lock(&self.pooled).insert(key.clone(), session.clone());
+        self.pooled.insert(key, session.clone());
         Ok(session)
     }
 }

@@ -120,18 +120,20 @@ impl Forwarder {
     }
 
     /// Opens the caller's session, if it sent one: Ok(None) without a session id, Err(404)
-    /// for an id this gateway did not mint for this route (the client must initialize again).
+    /// for an id this gateway did not mint for this route and this `owner`, or one past its
+    /// age (the client must initialize again).
     pub fn session(
         &self,
         headers: &HeaderMap,
         route: &str,
+        owner: Option<&str>,
         id: Option<&Value>,
     ) -> Result<Option<(String, SessionState)>, Response<Body>> {
         let Some(value) = headers.get(SESSION_ID) else {
             return Ok(None);
         };
         let sid = value.to_str().unwrap_or_default();
-        match self.sessions.open(sid, route) {
+        match self.sessions.open(sid, route, owner) {
             Some(state) => Ok(Some((sid.to_owned(), state))),
             None => Err(jsonrpc_error(
                 StatusCode::NOT_FOUND,
@@ -150,6 +152,7 @@ impl Forwarder {
         caller: Option<Identity>,
     ) -> (Response<Body>, Option<Duration>) {
         let (parts, body) = req.into_parts();
+        let owner = crate::session::owner(caller.as_ref());
         let message = if parts.method == Method::POST {
             match self.read_message(&parts.headers, body).await {
                 Ok(m) => Some(m),
@@ -163,7 +166,7 @@ impl Forwarder {
             ToolCall::new(caller, &config.namespace, &config.name, "server", envelope)
                 .served_by(config, envelope.name())
         });
-        let (response, latency) = self.deliver(parts, message, route).await;
+        let (response, latency) = self.deliver(parts, message, route, owner).await;
         (Pending::observe_some(audit, response), latency)
     }
 
@@ -183,6 +186,7 @@ impl Forwarder {
         parts: http::request::Parts,
         message: Option<Message>,
         route: &ServerRoute,
+        owner: Option<String>,
     ) -> (Response<Body>, Option<Duration>) {
         let hop = Hop {
             client: &self.client,
@@ -206,10 +210,13 @@ impl Forwarder {
                 );
             }
         }
+        if let Some(refusal) = message.as_ref().and_then(oversized_initialize) {
+            return (refusal, None);
+        }
         let session = if method == "initialize" {
             None
         } else {
-            match self.session(&parts.headers, &route.config.path, id) {
+            match self.session(&parts.headers, &route.config.path, owner.as_deref(), id) {
                 Ok(s) => s,
                 Err(response) => return (response, None),
             }
@@ -269,7 +276,7 @@ impl Forwarder {
         let (up_parts, up_body) = response.into_parts();
         let mut minted = None;
         if method == "initialize" && up_parts.status.is_success() {
-            match self.mint(route, &bytes, &up_parts.headers) {
+            match self.mint(route, &bytes, &up_parts.headers, owner) {
                 Ok(sid) => minted = Some(sid),
                 Err(error) => {
                     return (upstream_failure(&parts.method, id, error.to_string()), None);
@@ -422,7 +429,8 @@ impl Forwarder {
         route: &ServerRoute,
         initialize: &[u8],
         upstream: &HeaderMap,
-    ) -> Result<String, crate::session::KeyError> {
+        owner: Option<String>,
+    ) -> Result<String, crate::session::MintError> {
         let request: Value = serde_json::from_slice(initialize).unwrap_or_default();
         let params = request.get("params");
         let field = |name: &str| {
@@ -448,6 +456,8 @@ impl Forwarder {
                     .map(str::to_owned),
                 version,
             }],
+            owner,
+            issued: 0,
         })
     }
 }
@@ -459,6 +469,23 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// 400 for an `initialize` whose parameters could not be sealed into a session id (they
+/// are kept in it), before any upstream is asked.
+pub fn oversized_initialize(message: &Message) -> Option<Response<Body>> {
+    let limit = crate::session::MAX_STATE_BYTES;
+    (message.envelope.method() == "initialize" && message.bytes.len() > limit).then(|| {
+        jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            message.envelope.id.as_ref(),
+            code::INVALID_PARAMS,
+            format!(
+                "initialize is {} bytes: a session keeps its parameters, and the gateway's limit is {limit}; send smaller capabilities and clientInfo",
+                message.bytes.len()
+            ),
+        )
+    })
 }
 
 fn too_large(limit: usize) -> Response<Body> {

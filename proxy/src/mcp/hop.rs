@@ -76,6 +76,19 @@ impl Hop<'_> {
         format!("{}/{}", self.route.config.namespace, self.route.config.name)
     }
 
+    /// Whose credential this hop sends upstream beyond the route's own: the SHA-256 of the
+    /// caller's `Authorization` header on a `Passthrough` route, else None (the route's
+    /// credential, the same for every caller). Upstream sessions the gateway holds are never
+    /// shared across different values.
+    pub fn credential_identity(&self) -> Option<[u8; 32]> {
+        use sha2::Digest;
+        if !matches!(self.route.config.auth, UpstreamAuth::Passthrough) {
+            return None;
+        }
+        let value = self.caller.get(header::AUTHORIZATION)?;
+        Some(sha2::Sha256::digest(value.as_bytes()).into())
+    }
+
     /// The route's timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.route.config.timeout_ms.max(1))

@@ -1,7 +1,10 @@
 //! Sessions the gateway terminates. A client's `Mcp-Session-Id` is the sealed
-//! [`SessionState`]: which route it belongs to, what the client said at `initialize` (so an
-//! upstream session can be re-opened for it) and the upstream sessions opened for it. Any
-//! replica holding the key, and a restarted proxy, continues the session.
+//! [`SessionState`]: which route it belongs to, who opened it (a hash of the caller's issuer
+//! and subject) and when, what the client said at `initialize` (so an upstream session can be
+//! re-opened for it) and the upstream sessions opened for it. Any replica holding the key,
+//! and a restarted proxy, continues the session, for the caller who opened it only, until
+//! it is older than the maximum age. The sealed state has a size cap, so a client cannot make
+//! the gateway mint (and later decrypt) ids of any size.
 //!
 //! An upstream session re-opened after the upstream forgot it (404) cannot be written back
 //! into the client's id; the replacement is remembered by this replica, and another replica
@@ -14,9 +17,14 @@ pub mod keys;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Identity, Method};
 
 pub use keys::{KeyError, SessionKeys};
 
@@ -28,6 +36,13 @@ const REOPENED_CAPACITY: usize = 65_536;
 const ENDED_CAPACITY: usize = 262_144;
 /// Open GET streams tracked before closed ones are swept out.
 const STREAMS_SWEEP: usize = 4_096;
+/// The largest session state sealed into an id, in bytes (the id is about 4/3 of it).
+pub const MAX_STATE_BYTES: usize = 16 * 1024;
+/// The longest id opened: a sealed [`MAX_STATE_BYTES`] state; longer ones are refused
+/// without decrypting anything.
+const MAX_ID_LEN: usize = 3 + (MAX_STATE_BYTES + 12 + 16).div_ceil(3) * 4;
+/// How long a session lives by default.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// What is sealed into a client's session id. Short field names keep ids short.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -47,6 +62,43 @@ pub struct SessionState {
     /// Upstream sessions, by McpServer name.
     #[serde(rename = "u", default)]
     pub upstreams: Vec<UpstreamSession>,
+    /// Who opened it ([`owner`] of the caller); None on a public route without a caller.
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// When it was opened, in seconds since the epoch.
+    #[serde(rename = "t", default)]
+    pub issued: u64,
+}
+
+/// The owner a session of `caller` is bound to: 16 bytes of SHA-256 over how the caller
+/// authenticated, the issuer and the subject (base64url), so the id carries no name and a
+/// subject of one issuer never matches another's.
+pub fn owner(caller: Option<&Identity>) -> Option<String> {
+    let caller = caller?;
+    let mut hash = Sha256::new();
+    match &caller.method {
+        Method::Oidc { issuer } => {
+            hash.update(b"oidc\0");
+            hash.update(issuer.as_bytes());
+        }
+        Method::ServiceAccount => hash.update(b"serviceaccount\0"),
+    }
+    hash.update(b"\0");
+    hash.update(caller.user.as_bytes());
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.finalize()[..16]))
+}
+
+/// Why a session could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The state is over [`MAX_STATE_BYTES`] (the client's `initialize` parameters, mostly).
+    #[error(
+        "the session state would be {0} bytes, over the gateway's limit of {MAX_STATE_BYTES}: send smaller initialize capabilities and clientInfo"
+    )]
+    TooLarge(usize),
+    /// Sealing failed.
+    #[error(transparent)]
+    Seal(#[from] KeyError),
 }
 
 /// One upstream session of a client session.
@@ -75,6 +127,7 @@ impl SessionState {
 #[derive(Debug)]
 pub struct Sessions {
     keys: SessionKeys,
+    max_age: Duration,
     local: Mutex<Local>,
     /// Hashes ended ids (keyed per process, so ids cannot be chosen to collide).
     hasher: std::collections::hash_map::RandomState,
@@ -96,22 +149,43 @@ impl Sessions {
     pub fn new(keys: SessionKeys) -> Self {
         Self {
             keys,
+            max_age: DEFAULT_MAX_AGE,
             local: Mutex::default(),
             hasher: Default::default(),
         }
     }
 
-    /// A new session id holding `state`.
-    pub fn mint(&self, state: &SessionState) -> Result<String, KeyError> {
-        let plaintext = serde_json::to_vec(state).map_err(|_| KeyError::Random)?;
-        self.keys.seal(&plaintext)
+    /// The same sessions, living at most `max_age`.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
     }
 
-    /// The state in `id`, if this gateway minted it for `route` and it was not ended here.
-    pub fn open(&self, id: &str, route: &str) -> Option<SessionState> {
+    /// A new session id holding `state`, issued now.
+    pub fn mint(&self, state: &SessionState) -> Result<String, MintError> {
+        let mut state = state.clone();
+        state.issued = crate::auth::now().as_secs();
+        let plaintext = serde_json::to_vec(&state).map_err(|_| KeyError::Random)?;
+        if plaintext.len() > MAX_STATE_BYTES {
+            return Err(MintError::TooLarge(plaintext.len()));
+        }
+        Ok(self.keys.seal(&plaintext)?)
+    }
+
+    /// The state in `id`, if this gateway minted it for `route` and for `owner` (see
+    /// [`owner`]), it is younger than the maximum age and it was not ended here.
+    pub fn open(&self, id: &str, route: &str, owner: Option<&str>) -> Option<SessionState> {
+        if id.len() > MAX_ID_LEN {
+            return None;
+        }
         let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
+        let age = crate::auth::now().as_secs().saturating_sub(state.issued);
         let ended = self.lock().ended.contains(&self.hasher.hash_one(id));
-        (state.route == route && !ended).then_some(state)
+        (state.route == route
+            && state.owner.as_deref() == owner
+            && age <= self.max_age.as_secs()
+            && !ended)
+            .then_some(state)
     }
 
     /// The upstream session to use for `server` in client session `id`: a replacement this
@@ -200,15 +274,38 @@ mod tests {
                 id: Some("abc".into()),
                 version: "2025-06-18".into(),
             }],
+            owner: Some("alice".into()),
+            issued: 0,
         }
+    }
+
+    /// What `open` gives back: the state as minted, with its issue time.
+    fn opened(
+        sessions: &Sessions,
+        id: &str,
+        route: &str,
+        owner: Option<&str>,
+    ) -> Option<SessionState> {
+        sessions.open(id, route, owner).map(|mut s| {
+            assert!(s.issued > 0);
+            s.issued = 0;
+            s
+        })
     }
 
     #[test]
     fn a_session_opens_only_on_its_own_route() {
         let sessions = Sessions::new(SessionKeys::new([3; 32], None));
         let id = sessions.mint(&state()).unwrap();
-        assert_eq!(sessions.open(&id, "/team/mcp/tools/server"), Some(state()));
-        assert_eq!(sessions.open(&id, "/other/mcp/tools/server"), None);
+        let alice = Some("alice");
+        assert_eq!(
+            opened(&sessions, &id, "/team/mcp/tools/server", alice),
+            Some(state())
+        );
+        assert_eq!(
+            opened(&sessions, &id, "/other/mcp/tools/server", alice),
+            None
+        );
     }
 
     #[test]
@@ -216,7 +313,10 @@ mod tests {
         let a = Sessions::new(SessionKeys::new([3; 32], None));
         let b = Sessions::new(SessionKeys::new([3; 32], None));
         let id = a.mint(&state()).unwrap();
-        assert_eq!(b.open(&id, "/team/mcp/tools/server"), Some(state()));
+        assert_eq!(
+            opened(&b, &id, "/team/mcp/tools/server", Some("alice")),
+            Some(state())
+        );
     }
 
     #[test]
@@ -259,10 +359,76 @@ mod tests {
         let id = sessions.mint(&state()).unwrap();
         let other = sessions.mint(&state()).unwrap();
         sessions.end(&id);
-        assert_eq!(sessions.open(&id, "/team/mcp/tools/server"), None);
         assert_eq!(
-            sessions.open(&other, "/team/mcp/tools/server"),
+            sessions.open(&id, "/team/mcp/tools/server", Some("alice")),
+            None
+        );
+        assert_eq!(
+            opened(&sessions, &other, "/team/mcp/tools/server", Some("alice")),
             Some(state())
         );
+    }
+
+    #[test]
+    fn a_session_opens_only_for_its_owner() {
+        let sessions = Sessions::new(SessionKeys::new([3; 32], None));
+        let id = sessions.mint(&state()).unwrap();
+        let route = "/team/mcp/tools/server";
+        assert!(sessions.open(&id, route, Some("alice")).is_some());
+        assert!(sessions.open(&id, route, Some("bob")).is_none());
+        assert!(
+            sessions.open(&id, route, None).is_none(),
+            "not without a caller"
+        );
+        let public = SessionState {
+            owner: None,
+            ..state()
+        };
+        let id = sessions.mint(&public).unwrap();
+        assert!(sessions.open(&id, route, None).is_some());
+        assert!(sessions.open(&id, route, Some("alice")).is_none());
+    }
+
+    #[test]
+    fn owners_are_issuer_and_subject_and_name_nobody() {
+        let who = |issuer: &str, user: &str| {
+            owner(Some(&Identity {
+                user: user.into(),
+                email: None,
+                groups: vec![],
+                method: Method::Oidc {
+                    issuer: issuer.into(),
+                },
+                audience: crate::auth::Audience::Gateway,
+            }))
+            .unwrap()
+        };
+        assert_eq!(who("https://a", "alice"), who("https://a", "alice"));
+        assert_ne!(who("https://a", "alice"), who("https://b", "alice"));
+        assert_ne!(who("https://a", "alice"), who("https://a", "bob"));
+        assert!(!who("https://a", "alice").contains("alice"));
+        assert_eq!(owner(None), None);
+    }
+
+    #[test]
+    fn sessions_expire_and_their_state_is_bounded() {
+        let sessions = Sessions::new(SessionKeys::new([3; 32], None)).with_max_age(Duration::ZERO);
+        let mut old = state();
+        old.issued = 1;
+        let plaintext = serde_json::to_vec(&old).unwrap();
+        let id = sessions.keys.seal(&plaintext).unwrap();
+        assert!(
+            sessions
+                .open(&id, "/team/mcp/tools/server", Some("alice"))
+                .is_none()
+        );
+
+        let mut big = state();
+        big.client_info = Value::String("x".repeat(MAX_STATE_BYTES));
+        assert!(matches!(sessions.mint(&big), Err(MintError::TooLarge(_))));
+        let mut largest = state();
+        largest.client_info = Value::String("x".repeat(MAX_STATE_BYTES - 400));
+        let id = sessions.mint(&largest).unwrap();
+        assert!(id.len() <= MAX_ID_LEN, "{} > {MAX_ID_LEN}", id.len());
     }
 }

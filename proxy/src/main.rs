@@ -17,6 +17,7 @@ use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::listener::{self, Limits};
 use mcpgate_proxy::mcp::forward::Forwarder;
+use mcpgate_proxy::mcp::hop::ReadLimits;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::server::{self, App};
 use mcpgate_proxy::session::{SessionKeys, Sessions};
@@ -46,6 +47,20 @@ struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = "MCPGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Largest upstream JSON answer the gateway reads whole (to rewrite or filter it), in
+    /// bytes; a larger one becomes a JSON-RPC error naming the server.
+    #[arg(long, env = "MCPGATE_MAX_UPSTREAM_REPLY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_upstream_reply_bytes: usize,
+    /// Largest upstream SSE event, in bytes; a larger one ends the stream with an error
+    /// message in its place.
+    #[arg(long, env = "MCPGATE_MAX_SSE_EVENT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_sse_event_bytes: usize,
+    /// Pages of one member's list a virtual server fetches at most.
+    #[arg(long, env = "MCPGATE_MAX_LIST_PAGES", default_value_t = 100)]
+    max_list_pages: usize,
+    /// Items of one member's list a virtual server gathers at most.
+    #[arg(long, env = "MCPGATE_MAX_LIST_ITEMS", default_value_t = 10_000)]
+    max_list_items: usize,
     /// Seconds a client has to send its whole request body (else 408).
     #[arg(
         long,
@@ -261,6 +276,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
             max_body: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.request_body_timeout_seconds.max(1)),
+            read_limits: ReadLimits {
+                reply_bytes: args.max_upstream_reply_bytes.max(1024),
+                event_bytes: args.max_sse_event_bytes.max(1024),
+                list_pages: args.max_list_pages.max(1),
+                list_items: args.max_list_items.max(1),
+            },
             sessions: Sessions::new(keys)
                 .with_max_age(Duration::from_secs(args.session_max_age_seconds.max(1))),
             eras: Default::default(),

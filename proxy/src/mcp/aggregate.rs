@@ -30,8 +30,6 @@ use crate::source::{Current, Member, VirtualRoute};
 
 /// Versions of the `initialize` era the gateway speaks downstream.
 const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
-/// Upstream list pages fetched per member before giving up on a server that never ends.
-const MAX_PAGES: usize = 100;
 /// Server-to-client request ids are rewritten to `mcpgate:<server>:<original id as JSON>`.
 const RELAY_ID: &str = "mcpgate:";
 /// How often an idle merged stream gets an SSE comment.
@@ -227,7 +225,12 @@ async fn initialize(
     let opened = join_all(route.members.iter().map(|member| {
         let (capabilities, client_info) = (&capabilities, &client_info);
         async move {
-            let hop = Hop { client: &fwd.client, route: &member.server, caller };
+            let hop = Hop {
+                client: &fwd.client,
+                limits: fwd.read_limits,
+                route: &member.server,
+                caller,
+            };
             match hop.initialize(version, capabilities, client_info).await {
                 Ok((session, result)) => (session, Some(result)),
                 Err(error) => {
@@ -346,6 +349,7 @@ impl Ctx<'_> {
     fn hop<'b>(&'b self, member: &'b Member, caller: &'b HeaderMap) -> Hop<'b> {
         Hop {
             client: &self.fwd.client,
+            limits: self.fwd.read_limits,
             route: &member.server,
             caller,
         }
@@ -470,7 +474,7 @@ impl Ctx<'_> {
             Via::Session { .. } => {
                 let bytes = Bytes::from(request.to_string());
                 match self.send(&hop, &Method::POST, bytes).await {
-                    Ok(response) => Ok(relay::response(response, rewrite).await),
+                    Ok(response) => Ok(relay::response(response, rewrite, &hop).await),
                     Err(error) => Err(error),
                 }
             }
@@ -528,7 +532,8 @@ impl Ctx<'_> {
         let hop = self.hop(member, self.caller);
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
-        for page in 0..MAX_PAGES {
+        let pages = hop.limits.list_pages;
+        for page in 0..pages {
             let mut request = json!({"jsonrpc": "2.0", "id": format!("mcpgate-list-{page}"), "method": method, "params": {}});
             if let Some(cursor) = &cursor {
                 request["params"]["cursor"] = Value::String(cursor.clone());
@@ -542,6 +547,15 @@ impl Ctx<'_> {
             }
             let (page, next) = exposed_page(member, listing, &reply["result"]);
             items.extend(page);
+            if items.len() > hop.limits.list_items {
+                return Err(HopError::Answer(
+                    hop.server(),
+                    format!(
+                        "more than the gateway's limit of {} items of {method}",
+                        hop.limits.list_items
+                    ),
+                ));
+            }
             match next {
                 Some(next) => cursor = Some(next),
                 None => return Ok(items),
@@ -549,7 +563,7 @@ impl Ctx<'_> {
         }
         Err(HopError::Answer(
             hop.server(),
-            format!("more than {MAX_PAGES} pages of {method}"),
+            format!("more than the gateway's limit of {pages} pages of {method}"),
         ))
     }
 
@@ -574,9 +588,9 @@ impl Ctx<'_> {
                     format!("HTTP {}", parts.status.as_u16()),
                 ));
             }
-            super::hop::read_reply(&parts.headers, body, request.get("id"))
+            super::hop::read_reply(&parts.headers, body, request.get("id"), hop.limits)
                 .await
-                .ok_or_else(|| HopError::Answer(hop.server(), "without a JSON-RPC response".into()))
+                .map_err(|why| HopError::Answer(hop.server(), why))
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -700,6 +714,7 @@ impl Ctx<'_> {
                 Ok(r) if r.status().is_success() => Some(relay::sse(
                     r.into_body(),
                     from_member(member.name().to_owned()),
+                    hop.limits.event_bytes,
                 )),
                 Ok(_) => None,
                 Err(error) => {

@@ -198,7 +198,7 @@ impl Eras {
             let response = hop
                 .send(hop.request(Method::POST, None, Bytes::from(request.to_string()))?)
                 .await?;
-            return Ok(relay::response(response, rewrite).await);
+            return Ok(relay::response(response, rewrite, hop).await);
         }
         let cached = matches!(
             request["method"].as_str(),
@@ -230,7 +230,7 @@ impl Eras {
                 .await?;
         }
         let restore = restored(ours, original, cached, rewrite);
-        Ok(relay::response(response, restore).await)
+        Ok(relay::response(response, restore, hop).await)
     }
 
     /// A `subscriptions/listen` stream from `hop`'s upstream, every message through
@@ -250,7 +250,11 @@ impl Eras {
         if !response.status().is_success() || !relay::is_sse(response.headers()) {
             return Ok(None);
         }
-        Ok(Some(relay::sse(response.into_body(), rewrite)))
+        Ok(Some(relay::sse(
+            response.into_body(),
+            rewrite,
+            hop.limits.event_bytes,
+        )))
     }
 
     /// One request the gateway makes for a stateless client (`_meta` already the client's);

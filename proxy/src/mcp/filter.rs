@@ -33,17 +33,17 @@ pub fn filter_value(message: &mut Value, filter: &ToolFilter) -> Option<()> {
     Some(())
 }
 
-/// Filters a JSON response body (buffered: list results are small).
-pub async fn filter_json(body: Incoming, filter: ToolFilter) -> Result<Body, hyper::Error> {
-    let bytes = body.collect().await?.to_bytes();
+/// Filters a JSON response body (buffered, up to `limit` bytes); `Err` says what came instead.
+pub async fn filter_json(body: Incoming, filter: ToolFilter, limit: usize) -> Result<Body, String> {
+    let bytes = super::hop::collect_limited(body, limit).await?;
     let out = filter_message(&bytes, &filter).map_or(bytes, Bytes::from);
     Ok(crate::error::full(out))
 }
 
 /// Filters an SSE response body event by event, streaming: each event is passed on as soon as
 /// its terminating blank line arrives.
-pub fn filter_sse(body: Incoming, filter: ToolFilter) -> Body {
-    let frames = events(body)
+pub fn filter_sse(body: Incoming, filter: ToolFilter, max_event: usize) -> Body {
+    let frames = events(body, max_event)
         .map(move |event| event.map(|e| Frame::data(Bytes::from(rewrite_event(&e, &filter)))));
     BodyExt::boxed_unsync(StreamBody::new(frames))
 }

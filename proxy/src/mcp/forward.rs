@@ -39,6 +39,8 @@ pub struct Forwarder {
     pub max_body: usize,
     /// Time a client has to send its whole request body.
     pub body_timeout: std::time::Duration,
+    /// What may be read from upstream answers.
+    pub read_limits: super::hop::ReadLimits,
     /// Session sealing.
     pub sessions: Sessions,
     /// Upstream eras and the gateway's own sessions for stateless clients.
@@ -190,6 +192,7 @@ impl Forwarder {
     ) -> (Response<Body>, Option<Duration>) {
         let hop = Hop {
             client: &self.client,
+            limits: self.read_limits,
             route,
             caller: &parts.headers,
         };
@@ -298,18 +301,23 @@ impl Forwarder {
             .unwrap_or_default();
         let body = match (filtered, content_type) {
             (true, t) if t.starts_with("text/event-stream") => {
-                filter::filter_sse(up_body, route.config.tools.clone())
+                filter::filter_sse(up_body, route.config.tools.clone(), hop.limits.event_bytes)
             }
             (true, t) if t.starts_with("application/json") => {
-                match filter::filter_json(up_body, route.config.tools.clone()).await {
+                let filtered = filter::filter_json(
+                    up_body,
+                    route.config.tools.clone(),
+                    hop.limits.reply_bytes,
+                );
+                match filtered.await {
                     Ok(body) => body,
-                    Err(error) => {
-                        tracing::warn!(server = %hop.server(), %error, "upstream body failed");
+                    Err(why) => {
+                        tracing::warn!(server = %hop.server(), %why, "upstream answer refused");
                         return (
                             upstream_failure(
                                 &parts.method,
                                 id,
-                                format!("upstream {} broke off its answer", hop.server()),
+                                format!("upstream {} answered {why}", hop.server()),
                             ),
                             None,
                         );

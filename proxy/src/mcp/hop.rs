@@ -40,6 +40,45 @@ pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 /// The newest protocol version of the `initialize` era.
 pub const LATEST_LEGACY: &str = "2025-11-25";
 
+/// Bounds on what the gateway holds in memory from upstream answers; answers are otherwise
+/// streamed through.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// A JSON answer the gateway reads whole (to rewrite, filter or inspect it).
+    pub reply_bytes: usize,
+    /// One SSE event (the gateway reads events whole to rewrite them).
+    pub event_bytes: usize,
+    /// Pages of one member's list a virtual server fetches for one list request.
+    pub list_pages: usize,
+    /// Items of one member's list a virtual server gathers for one list request.
+    pub list_items: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            reply_bytes: 16 * 1024 * 1024,
+            event_bytes: 16 * 1024 * 1024,
+            list_pages: 100,
+            list_items: 10_000,
+        }
+    }
+}
+
+/// The most of an upstream's error body quoted in messages.
+const ERROR_EXCERPT: usize = 200;
+
+/// An upstream body read whole, unless it is over `limit` bytes.
+pub async fn collect_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(format!("more than the gateway's limit of {limit} bytes"))
+        }
+        Err(error) => Err(format!("but broke off ({error})")),
+    }
+}
+
 /// Why an upstream request failed; every message names the server, never a credential.
 #[derive(Debug, thiserror::Error)]
 pub enum HopError {
@@ -64,6 +103,8 @@ pub enum HopError {
 pub struct Hop<'a> {
     /// The outbound client.
     pub client: &'a HttpClient,
+    /// What may be read from the upstream.
+    pub limits: ReadLimits,
     /// The server.
     pub route: &'a ServerRoute,
     /// The caller's request headers.
@@ -120,7 +161,7 @@ impl Hop<'_> {
             Upstream::Remote {
                 transport: Transport::Sse,
                 ..
-            } => super::sse::address(upstream).map_err(HopError::Unsupported)?,
+            } => super::sse::address(upstream, self.limits).map_err(HopError::Unsupported)?,
             _ => upstream.clone(),
         };
         let mut builder = Request::builder().method(method.clone()).uri(target);
@@ -240,11 +281,9 @@ impl Hop<'_> {
                     status_text(body).await,
                 ));
             }
-            let reply = read_reply(&parts.headers, body, message.get("id"))
+            let reply = read_reply(&parts.headers, body, message.get("id"), self.limits)
                 .await
-                .ok_or_else(|| {
-                    HopError::Answer(server.clone(), "without a JSON-RPC response".into())
-                })?;
+                .map_err(|why| HopError::Answer(server.clone(), why))?;
             Ok((parts.headers, reply))
         };
         tokio::time::timeout(timeout, exchange)
@@ -262,7 +301,8 @@ impl Hop<'_> {
         let request = self.request(Method::POST, session, message)?;
         let response = self.send(request).await?;
         let status = response.status();
-        let _ = tokio::time::timeout(self.timeout(), response.into_body().collect()).await;
+        let drained = collect_limited(response.into_body(), self.limits.reply_bytes);
+        let _ = tokio::time::timeout(self.timeout(), drained).await;
         Ok(status)
     }
 
@@ -308,34 +348,58 @@ impl Hop<'_> {
     }
 }
 
-/// The first bytes of an error body, for messages.
-async fn status_text(body: Incoming) -> String {
-    let bytes = tokio::time::timeout(Duration::from_secs(1), body.collect())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-    text.trim().to_owned()
+/// The first bytes of an error body, for messages: at most [`ERROR_EXCERPT`] bytes are
+/// read, within a second, however much the upstream sends.
+pub(crate) async fn status_text(mut body: Incoming) -> String {
+    let mut bytes = Vec::new();
+    let read = async {
+        while bytes.len() < ERROR_EXCERPT
+            && let Some(Ok(frame)) = body.frame().await
+        {
+            if let Some(data) = frame.data_ref() {
+                bytes.extend_from_slice(data);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+    bytes.truncate(ERROR_EXCERPT);
+    String::from_utf8_lossy(&bytes).trim().to_owned()
 }
 
-/// The JSON-RPC response with `id` from a JSON body or an SSE stream.
-pub async fn read_reply(headers: &HeaderMap, body: Incoming, id: Option<&Value>) -> Option<Value> {
+/// The JSON-RPC response with `id` from a JSON body or an SSE stream, within `limits`;
+/// `Err` says what came instead.
+pub async fn read_reply(
+    headers: &HeaderMap,
+    body: Incoming,
+    id: Option<&Value>,
+    limits: ReadLimits,
+) -> Result<Value, String> {
+    let missing = || "without a JSON-RPC response".to_owned();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if content_type.starts_with("application/json") {
-        let bytes = body.collect().await.ok()?.to_bytes();
-        return serde_json::from_slice(&bytes).ok();
+        let bytes = collect_limited(body, limits.reply_bytes).await?;
+        return serde_json::from_slice(&bytes).map_err(|_| "with a body that is not JSON".into());
     }
     if !content_type.starts_with("text/event-stream") {
-        return None;
+        return Err(format!(
+            "with content type {content_type:?}, not JSON or SSE"
+        ));
     }
-    let mut events = events(body);
+    let mut events = events(body, limits.event_bytes);
+    let oversized = super::message::oversized_event(limits.event_bytes);
     while let Some(event) = events.next().await {
-        let event = event.ok()?;
+        let Ok(event) = event else {
+            return Err("a stream that broke off".into());
+        };
+        if event == oversized {
+            return Err(format!(
+                "an SSE event over the gateway's limit of {} bytes",
+                limits.event_bytes
+            ));
+        }
         let Some(data) = Event::parse(&event).and_then(|e| e.data) else {
             continue;
         };
@@ -344,8 +408,8 @@ pub async fn read_reply(headers: &HeaderMap, body: Incoming, id: Option<&Value>)
         };
         let answers = message.get("method").is_none() && (id.is_none() || message.get("id") == id);
         if answers {
-            return Some(message);
+            return Ok(message);
         }
     }
-    None
+    Err(missing())
 }

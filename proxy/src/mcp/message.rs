@@ -210,30 +210,72 @@ impl Envelope {
 
 /// The complete events of an SSE body, each as its raw bytes (terminating blank line
 /// included), as soon as each arrives. Bytes after the last blank line are an event the
-/// sender never finished and are dropped, as an SSE client would.
-pub fn events(body: hyper::body::Incoming) -> BoxStream<'static, Result<Bytes, hyper::Error>> {
+/// sender never finished and are dropped, as an SSE client would. An event growing past
+/// `max_event` bytes ends the stream with [`oversized_event`] in its place.
+pub fn events(
+    body: hyper::body::Incoming,
+    max_event: usize,
+) -> BoxStream<'static, Result<Bytes, hyper::Error>> {
     use http_body_util::BodyExt;
-    split_events(body.into_data_stream())
+    split_events(body.into_data_stream(), max_event)
 }
 
-/// [`events`] of any stream of chunks: the same events whatever the chunk boundaries.
+/// [`events`] of any stream of chunks: the same events whatever the chunk boundaries. Each
+/// byte is scanned once (a search resumes where the last one stopped), so a large event
+/// arriving in small chunks costs time linear in its size.
 pub fn split_events<E: Send + 'static>(
     chunks: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    max_event: usize,
 ) -> BoxStream<'static, Result<Bytes, E>> {
-    let state = (chunks.boxed(), BytesMut::new());
-    futures::stream::unfold(state, |(mut chunks, mut buffer)| async move {
+    struct State<S> {
+        chunks: S,
+        buffer: BytesMut,
+        /// Bytes of `buffer` already searched for an event end.
+        scanned: usize,
+        done: bool,
+    }
+    let state = State {
+        chunks: chunks.boxed(),
+        buffer: BytesMut::new(),
+        scanned: 0,
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut s| async move {
+        if s.done {
+            return None;
+        }
         loop {
-            if let Some(end) = event_end(&buffer) {
-                let event = buffer.split_to(end).freeze();
-                return Some((Ok(event), (chunks, buffer)));
+            // A terminator may straddle the previous search's end: back up three bytes.
+            let from = s.scanned.saturating_sub(3);
+            if let Some(end) = event_end(&s.buffer[from..]) {
+                let event = s.buffer.split_to(from + end).freeze();
+                s.scanned = 0;
+                return Some((Ok(event), s));
             }
-            match chunks.next().await? {
-                Ok(chunk) => buffer.extend_from_slice(&chunk),
-                Err(error) => return Some((Err(error), (chunks, buffer))),
+            s.scanned = s.buffer.len();
+            if s.buffer.len() > max_event {
+                s.done = true;
+                return Some((Ok(oversized_event(max_event)), s));
+            }
+            match s.chunks.next().await? {
+                Ok(chunk) => s.buffer.extend_from_slice(&chunk),
+                Err(error) => return Some((Err(error), s)),
             }
         }
     })
     .boxed()
+}
+
+/// What stands in for an SSE event over `limit` bytes, ending its stream: a log message at
+/// error level, which every client shows and no rewrite mistakes for an answer.
+pub fn oversized_event(limit: usize) -> Bytes {
+    let message = serde_json::json!({
+        "jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"level": "error", "logger": "mcpgate", "data": format!(
+            "the upstream sent an SSE event over the gateway's limit of {limit} bytes; the gateway ended the stream"
+        )},
+    });
+    Bytes::from(format!("event: message\ndata: {message}\n\n"))
 }
 
 /// Index just past the blank line ending the first complete SSE event in `buffer`.

@@ -9,8 +9,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 
+use super::hop::{Hop, collect_limited};
 use super::message::{Event, events};
-use crate::error::Body;
+use crate::error::{Body, code, jsonrpc_error};
 
 /// A stream of body chunks.
 pub type Chunks = BoxStream<'static, Result<Bytes, hyper::Error>>;
@@ -27,32 +28,61 @@ pub fn is_sse(headers: &http::HeaderMap) -> bool {
         .is_some_and(|t| t.starts_with("text/event-stream"))
 }
 
-/// An upstream response with every message passed through `rewrite`; status and content
-/// headers kept.
-pub async fn response(response: Response<Incoming>, mut rewrite: impl Rewrite) -> Response<Body> {
+/// An upstream response from `hop` with every message passed through `rewrite`; status and
+/// content headers kept. A JSON answer over the hop's reply limit becomes a 502 JSON-RPC
+/// error naming the server.
+pub async fn response(
+    response: Response<Incoming>,
+    mut rewrite: impl Rewrite,
+    hop: &Hop<'_>,
+) -> Response<Body> {
     let (parts, body) = response.into_parts();
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !parts.status.is_success() && !json && !is_sse(&parts.headers) {
+        let server = hop.server();
+        let excerpt = super::hop::status_text(body).await;
+        return jsonrpc_error(
+            http::StatusCode::BAD_GATEWAY,
+            None,
+            code::UPSTREAM,
+            format!(
+                "upstream {server} answered HTTP {} {excerpt}",
+                parts.status.as_u16()
+            ),
+        );
+    }
     let body = if is_sse(&parts.headers) {
         BodyExt::boxed_unsync(StreamBody::new(
-            sse(body, rewrite).map(|c| c.map(Frame::data)),
+            sse(body, rewrite, hop.limits.event_bytes).map(|c| c.map(Frame::data)),
         ))
     } else {
-        match body.collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                let rewritten = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .map(|mut message| {
-                        if rewrite(&mut message) {
-                            Bytes::from(message.to_string())
-                        } else {
-                            Bytes::new()
-                        }
-                    });
-                crate::error::full(rewritten.unwrap_or(bytes))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "upstream body broke off");
-                crate::error::full(Bytes::new())
+        let read = collect_limited(body, hop.limits.reply_bytes)
+            .await
+            .and_then(|bytes| match serde_json::from_slice::<Value>(&bytes) {
+                Ok(mut message) => Ok(if rewrite(&mut message) {
+                    Bytes::from(message.to_string())
+                } else {
+                    Bytes::new()
+                }),
+                // Nothing to rewrite (202 to a notification, for example).
+                Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(bytes),
+                Err(_) => Err("with a body that is not JSON".to_owned()),
+            });
+        match read {
+            Ok(bytes) => crate::error::full(bytes),
+            Err(why) => {
+                let server = hop.server();
+                tracing::warn!(%server, %why, "upstream answer refused");
+                return jsonrpc_error(
+                    http::StatusCode::BAD_GATEWAY,
+                    None,
+                    code::UPSTREAM,
+                    format!("upstream {server} answered {why}"),
+                );
             }
         }
     };
@@ -69,8 +99,8 @@ pub async fn response(response: Response<Incoming>, mut rewrite: impl Rewrite) -
 /// An SSE body, event by event through `rewrite`. Upstream event ids are dropped (a
 /// rewritten stream cannot be resumed from the upstream's position), and so are events
 /// without a JSON message (priming events, comments).
-pub fn sse(body: Incoming, mut rewrite: impl Rewrite) -> Chunks {
-    events(body)
+pub fn sse(body: Incoming, mut rewrite: impl Rewrite, max_event: usize) -> Chunks {
+    events(body, max_event)
         .map(move |event| event.map(|e| Bytes::from(event_through(&e, &mut rewrite))))
         .boxed()
 }

@@ -5,13 +5,16 @@
 //! named, responses matched back to their request by id. The rest of the gateway reaches it
 //! like any upstream, so sealed sessions, re-initialization after a 404, virtual servers and
 //! stateless clients work unchanged. Its sessions live in this replica; another replica (or
-//! a restarted proxy) finds them unknown and the gateway opens fresh ones.
+//! a restarted proxy) finds them unknown and the gateway opens fresh ones. What it holds is
+//! bounded: sessions idle for [`SESSION_IDLE`] are closed (at most [`MAX_SESSIONS`] open),
+//! each answer stream queues at most [`QUEUE`] messages for a client that does not read, and
+//! upstream events are read up to the gateway's event limit.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -24,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::hop::SESSION_ID;
+use super::hop::{ReadLimits, SESSION_ID};
 use super::message::{Event, events};
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
 use crate::upstream::HttpClient;
@@ -33,6 +36,12 @@ use crate::upstream::HttpClient;
 const ENDPOINT_WAIT: Duration = Duration::from_secs(30);
 /// Largest message the gateway hands the bridge (the gateway enforces its own limit first).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// A session no request used for this long is closed (its upstream stream with it).
+pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// Upstream sessions the bridge holds at most.
+pub const MAX_SESSIONS: usize = 10_000;
+/// Messages queued for one answer stream whose client does not read; more are dropped.
+pub const QUEUE: usize = 256;
 /// Caller headers that stay at the bridge (the rest, credentials included, go upstream).
 const DROPPED: [&str; 7] = [
     "host",
@@ -47,9 +56,9 @@ const DROPPED: [&str; 7] = [
 static BRIDGE: OnceLock<Result<Arc<Bridge>, String>> = OnceLock::new();
 
 /// Where the gateway sends requests meant for the HTTP+SSE upstream at `upstream` (its event
-/// stream URL). Starts the bridge on first use.
-pub fn address(upstream: &Uri) -> Result<Uri, String> {
-    let bridge = BRIDGE.get_or_init(|| Bridge::start().map_err(|e| e.to_string()));
+/// stream URL). Starts the bridge on first use, reading upstream events within `limits`.
+pub fn address(upstream: &Uri, limits: ReadLimits) -> Result<Uri, String> {
+    let bridge = BRIDGE.get_or_init(|| Bridge::start(limits).map_err(|e| e.to_string()));
     let bridge = bridge
         .as_ref()
         .map_err(|e| format!("the SSE bridge did not start: {e}"))?;
@@ -65,6 +74,8 @@ struct Bridge {
     token: String,
     client: HttpClient,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Largest upstream SSE event read.
+    max_event: usize,
 }
 
 /// One upstream event stream and who waits for what on it.
@@ -76,14 +87,16 @@ struct Session {
     /// Shared with the task reading the upstream's events.
     routes: Arc<Mutex<Routes>>,
     reader: tokio::task::AbortHandle,
+    /// When a request last used it.
+    used: Mutex<Instant>,
 }
 
 #[derive(Default)]
 struct Routes {
     /// Open requests (by id as JSON text), oldest first, each with its answer stream.
-    waiting: Vec<(String, mpsc::UnboundedSender<Value>)>,
+    waiting: Vec<(String, mpsc::Sender<Value>)>,
     /// The session's GET stream.
-    standalone: Option<mpsc::UnboundedSender<Value>>,
+    standalone: Option<mpsc::Sender<Value>>,
 }
 
 impl Routes {
@@ -95,16 +108,26 @@ impl Routes {
             let key = message.get("id").map(Value::to_string).unwrap_or_default();
             if let Some(i) = self.waiting.iter().position(|(id, _)| *id == key) {
                 let (_, stream) = self.waiting.remove(i);
-                let _ = stream.send(message);
+                queue(&stream, message);
             }
             return;
         }
         self.waiting.retain(|(_, s)| !s.is_closed());
         if let Some((_, stream)) = self.waiting.last() {
-            let _ = stream.send(message);
+            queue(stream, message);
         } else if let Some(stream) = &self.standalone {
-            let _ = stream.send(message);
+            queue(stream, message);
         }
+    }
+}
+
+/// Queues `message` for a client's stream, dropping it (with a warning) when the client has
+/// let [`QUEUE`] messages pile up unread.
+fn queue(stream: &mpsc::Sender<Value>, message: Value) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = stream.try_send(message) {
+        tracing::warn!(
+            "a client is not reading its HTTP+SSE bridge stream; an upstream message was dropped"
+        );
     }
 }
 
@@ -115,7 +138,7 @@ impl Drop for Session {
 }
 
 impl Bridge {
-    fn start() -> std::io::Result<Arc<Self>> {
+    fn start(limits: ReadLimits) -> std::io::Result<Arc<Self>> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let mut token = [0u8; 18];
@@ -126,6 +149,7 @@ impl Bridge {
             token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token),
             client: crate::upstream::client()?,
             sessions: Mutex::default(),
+            max_event: limits.event_bytes,
         });
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let serving = bridge.clone();
@@ -187,6 +211,9 @@ impl Bridge {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let session = session_id.as_ref().map(|id| self.lock().get(id).cloned());
+        if let Some(Some(session)) = &session {
+            *lock(&session.used) = Instant::now();
+        }
         if let Some(None) = session {
             return jsonrpc_error(
                 StatusCode::NOT_FOUND,
@@ -229,7 +256,7 @@ impl Bridge {
                 }
             }
             (Method::GET, Some(session)) => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(QUEUE);
                 session.lock().standalone = Some(tx);
                 event_stream(rx, false)
             }
@@ -310,7 +337,7 @@ impl Bridge {
         if !response.status().is_success() {
             return Err(format!("event stream: HTTP {}", response.status().as_u16()));
         }
-        let mut events = sse_messages(response.into_body());
+        let mut events = sse_messages(response.into_body(), self.max_event);
         // The first event names where messages go.
         let endpoint = loop {
             match events.next().await {
@@ -343,8 +370,16 @@ impl Bridge {
             headers,
             routes,
             reader: reader.abort_handle(),
+            used: Mutex::new(Instant::now()),
         });
-        self.lock().insert(sid.clone(), session.clone());
+        let mut sessions = self.lock();
+        sessions.retain(|_, s| lock(&s.used).elapsed() < SESSION_IDLE);
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(format!(
+                "the HTTP+SSE bridge holds its maximum of {MAX_SESSIONS} upstream sessions"
+            ));
+        }
+        sessions.insert(sid.clone(), session.clone());
         Ok((sid, session))
     }
 
@@ -354,7 +389,7 @@ impl Bridge {
         let id = message.get("id").cloned();
         let is_request = message.get("method").is_some() && id.is_some();
         let answers = is_request.then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(QUEUE);
             session
                 .lock()
                 .waiting
@@ -433,8 +468,9 @@ fn resolve(upstream: &Uri, endpoint: &str) -> Result<Uri, String> {
 /// The events of an SSE body as (event type, data); events without data are skipped.
 fn sse_messages(
     body: Incoming,
+    max_event: usize,
 ) -> futures::stream::BoxStream<'static, Result<(Option<String>, String), hyper::Error>> {
-    events(body)
+    events(body, max_event)
         .filter_map(|event| async move {
             let raw = match event {
                 Ok(raw) => raw,
@@ -453,7 +489,7 @@ fn sse_messages(
 
 /// An SSE response of the messages on `rx`; with `until_response`, it ends after the first
 /// response.
-fn event_stream(rx: mpsc::UnboundedReceiver<Value>, until_response: bool) -> Response<Body> {
+fn event_stream(rx: mpsc::Receiver<Value>, until_response: bool) -> Response<Body> {
     let stream = futures::stream::unfold((rx, false), move |(mut rx, done)| async move {
         if done {
             return None;
@@ -492,8 +528,8 @@ mod tests {
         #[test]
         fn any_upstream_message_is_delivered_or_dropped(messages in prop::collection::vec(message(), 0..8)) {
             let mut routes = Routes::default();
-            let (request, _request_rx) = mpsc::unbounded_channel();
-            let (get, _get_rx) = mpsc::unbounded_channel();
+            let (request, _request_rx) = mpsc::channel(QUEUE);
+            let (get, _get_rx) = mpsc::channel(QUEUE);
             routes.waiting.push(("1".into(), request));
             routes.standalone = Some(get);
             for message in messages {
@@ -532,9 +568,9 @@ mod tests {
     #[test]
     fn responses_go_to_their_request_and_the_rest_to_the_newest_one() {
         let mut routes = Routes::default();
-        let (a, mut a_rx) = mpsc::unbounded_channel();
-        let (b, mut b_rx) = mpsc::unbounded_channel();
-        let (get, mut get_rx) = mpsc::unbounded_channel();
+        let (a, mut a_rx) = mpsc::channel(QUEUE);
+        let (b, mut b_rx) = mpsc::channel(QUEUE);
+        let (get, mut get_rx) = mpsc::channel(QUEUE);
         routes.waiting.push(("1".into(), a));
         routes.waiting.push(("\"x\"".into(), b));
         routes.standalone = Some(get);

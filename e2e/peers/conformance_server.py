@@ -371,6 +371,13 @@ def test_input_required_result_elicitation(ctx: Context) -> CallToolResult | Inp
 
 
 @server.tool()
+def test_streaming_elicitation(ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Needs the user's input mid-call: a stateless server asks for it in its result (never as a
+    request of its own on the response stream)."""
+    return test_input_required_result_elicitation(ctx)
+
+
+@server.tool()
 def test_input_required_result_sampling(ctx: Context) -> CallToolResult | InputRequiredResult:
     """Asks the client's LLM a question."""
     got = answered(ctx, "capital")

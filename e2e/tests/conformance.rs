@@ -1,9 +1,12 @@
 //! The MCP conformance suite (`@modelcontextprotocol/conformance`, server scenarios) against
-//! the gateway: `mcpgate-proxy` fronting `e2e/peers/conformance_server.py` on a single,
-//! unprefixed server route, once for the scenarios the 2025-11-25 revision requires and once
-//! for 2026-07-28. Failures must be listed in `e2e/conformance/expected-failures.yml`, and a
-//! listed failure that starts passing fails the test too. Ignored by plain `cargo test`;
-//! `make e2e` installs the suite (and the Node.js 22 it needs) and runs it.
+//! the gateway: `mcpgate-proxy` fronting `e2e/peers/conformance_server.py`, once for the
+//! scenarios the 2025-11-25 revision requires and once for 2026-07-28, on two routes: the
+//! server's own (unprefixed) route, and a VirtualMcpServer bundling it (its tools renamed to
+//! their own names, so the tool scenarios find them; prompts and resource URIs keep the
+//! bundle's prefixes). Failures must be listed in `e2e/conformance/expected-failures.yml`
+//! (server route) or `expected-failures-virtual.yml` (bundle), and a listed failure that
+//! starts passing fails the test too. Ignored by plain `cargo test`; `make e2e` installs the
+//! suite (and the Node.js 22 it needs) and runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -15,6 +18,11 @@ use mcpgate_e2e::{free_port, gateway_for, python_peer, workspace};
 use serde_json::Value;
 
 const REVISIONS: [&str; 2] = ["2025-11-25", "2026-07-28"];
+/// Where the suite runs (the route's name) and the failures expected there.
+const ROUTES: [(&str, &str); 2] = [
+    ("fixture", "e2e/conformance/expected-failures.yml"),
+    ("bundle", "e2e/conformance/expected-failures-virtual.yml"),
+];
 
 #[test]
 #[ignore = "needs the conformance suite and the Python MCP peers: run `make e2e`"]
@@ -29,23 +37,31 @@ fn the_gateway_passes_the_conformance_suite() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let upstream_port = free_port();
     let _upstream = python_peer("conformance_server.py", upstream_port, dir.path())?;
+    let renames: Vec<String> = fixture_tools()?
+        .iter()
+        .map(|tool| format!("{tool}: {tool}"))
+        .collect();
     let proxy = gateway_for(
         dir.path(),
         "server.yaml",
         &format!(
-            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: fixture, namespace: conformance}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  public: true\n"
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: fixture, namespace: conformance}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  public: true\n---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {{name: bundle, namespace: conformance}}\nspec:\n  public: true\n  tools:\n  - server: fixture\n    tools: [\"*\"]\n    rename: {{{}}}\n",
+            renames.join(", ")
         ),
     )?;
-    let url = format!(
-        "http://127.0.0.1:{}/conformance/mcp/fixture/server",
-        proxy.port
-    );
-    let baseline = workspace().join("e2e/conformance/expected-failures.yml");
-    let expected = expected_scenarios(&baseline)?;
 
     let mut report = Vec::new();
-    for revision in REVISIONS {
-        let results = dir.path().join(format!("results-{revision}"));
+    for ((route, baseline), revision) in ROUTES
+        .iter()
+        .flat_map(|route| REVISIONS.map(|revision| (route, revision)))
+    {
+        let url = format!(
+            "http://127.0.0.1:{}/conformance/mcp/{route}/server",
+            proxy.port
+        );
+        let baseline = workspace().join(baseline);
+        let expected = expected_scenarios(&baseline)?;
+        let results = dir.path().join(format!("results-{route}-{revision}"));
         let out = Command::new(&node)
             .arg(&suite)
             .args(["server", "--url", &url, "--requirements", revision])
@@ -59,7 +75,7 @@ fn the_gateway_passes_the_conformance_suite() -> Result<()> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(
             out.status.success(),
-            "conformance --requirements {revision} failed:\n{stdout}\n{stderr}\nproxy log:\n{}",
+            "{route}: conformance --requirements {revision} failed:\n{stdout}\n{stderr}\nproxy log:\n{}",
             proxy.process.log()
         );
         // Read the checks ourselves too: only listed scenarios may have failed.
@@ -71,15 +87,15 @@ fn the_gateway_passes_the_conformance_suite() -> Result<()> {
             .collect();
         ensure!(
             unexpected.is_empty(),
-            "{revision}: unlisted failing scenarios {unexpected:?}\n{stdout}"
+            "{route} {revision}: unlisted failing scenarios {unexpected:?}\n{stdout}"
         );
         ensure!(
             summary.scenarios >= 20 && summary.passed_checks > 0,
-            "{revision}: the suite ran too little ({} scenarios)\n{stdout}",
+            "{route} {revision}: the suite ran too little ({} scenarios)\n{stdout}",
             summary.scenarios
         );
         report.push(format!(
-            "{revision}: {} scenarios, {} checks passed, {} failed (expected: {})",
+            "{route} {revision}: {} scenarios, {} checks passed, {} failed (expected: {})",
             summary.scenarios,
             summary.passed_checks,
             summary.failed_checks,
@@ -93,6 +109,25 @@ fn the_gateway_passes_the_conformance_suite() -> Result<()> {
     }
     println!("conformance through mcpgate:\n  {}", report.join("\n  "));
     Ok(())
+}
+
+/// The tools `conformance_server.py` defines (each `@server.tool()` function's name).
+fn fixture_tools() -> Result<Vec<String>> {
+    let source = std::fs::read_to_string(workspace().join("e2e/peers/conformance_server.py"))?;
+    let lines: Vec<&str> = source.lines().collect();
+    let tools: Vec<String> = lines
+        .windows(2)
+        .filter(|pair| pair[0].trim() == "@server.tool()")
+        .filter_map(|pair| {
+            let signature = pair[1].trim_start_matches("async ").strip_prefix("def ")?;
+            Some(signature.split('(').next()?.to_owned())
+        })
+        .collect();
+    ensure!(
+        tools.len() > 10,
+        "found only {tools:?} in conformance_server.py"
+    );
+    Ok(tools)
 }
 
 /// Scenario names listed in the expected-failures file (its `server:` list).

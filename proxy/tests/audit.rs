@@ -74,11 +74,14 @@ fn every_tool_call_is_recorded_with_its_caller_and_outcome() {
         ("/team/mcp/bundle/server", "say", json!({"x": true})),
         ("/team/mcp/bundle/server", "nothing_here", json!({})),
     ];
-    let stateless = [("MCP-Protocol-Version", "2026-07-28")];
     for (path, tool, arguments) in &calls {
         let mut headers = auth.to_vec();
         if path.contains("bundle") {
-            headers.extend(stateless);
+            headers.extend([
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", tool),
+            ]);
         }
         let mut body: Value = serde_json::from_str(&tool_call(tool, arguments.clone())).unwrap();
         if path.contains("bundle") {

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[test]
 fn forwards_with_route_credentials_and_fails_clearly() {
@@ -35,21 +35,9 @@ fn forwards_with_route_credentials_and_fails_clearly() {
     });
 
     // The gateway mints its own sealed session id for the upstream's, and maps it back.
-    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-    .to_string();
-    let (status, head, body) = post(port, "/team/mcp/keyed/server", &[], &initialize);
+    let (status, head, body) = post(port, "/team/mcp/keyed/server", &[], &initialize_request());
     assert_eq!(status, 200, "{body}");
-    let sid = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
-                .map(|(_, v)| v)
-        })
-        .expect("a session id")
-        .trim()
-        .to_owned();
+    let sid = session_id(&head);
     assert!(sid.starts_with("g1.") && !sid.contains("up-1"), "{sid}");
 
     // A shared key is injected with its template; the caller's token and cookies stay here.

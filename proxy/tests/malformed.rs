@@ -15,17 +15,8 @@ use serde_json::{Value, json};
 
 const MODERN: &str = "2026-07-28";
 const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
-
-/// The proxy serving `config`, ready.
-fn proxy(config: &Value) -> (tempfile::TempDir, Killed, u16) {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), config);
-    let (proxy, port, admin) = start_proxy(dir.path(), &[]);
-    wait_for("the proxy", || {
-        (request(admin, "GET", "/readyz", &[], "").0 == 200).then_some(())
-    });
-    (dir, proxy, port)
-}
+/// The `_meta` a stateless request carries.
+const ENVELOPE: &str = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
 
 /// The echo upstream's servers, and a virtual server `bundle` of `plain`.
 fn bundle_of_plain(upstream: u16) -> Value {
@@ -46,7 +37,7 @@ fn nested(depth: usize) -> String {
 #[test]
 fn params_that_are_not_objects_are_refused_naming_them() {
     let (upstream, _seen) = spawn_upstream();
-    let (_dir, _proxy, port) = proxy(&bundle_of_plain(upstream));
+    let (_dir, _proxy, port) = serving(&bundle_of_plain(upstream));
     let refused = [
         (
             json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": []}),
@@ -81,9 +72,9 @@ fn params_that_are_not_objects_are_refused_naming_them() {
 #[test]
 fn messages_too_deep_to_rewrite_are_refused_not_replaced() {
     let (upstream, seen) = spawn_upstream();
-    let (_dir, _proxy, port) = proxy(&bundle_of_plain(upstream));
+    let (_dir, _proxy, port) = serving(&bundle_of_plain(upstream));
     let deep_call = format!(
-        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"plain_echo","arguments":{{"a":{}}}}}}}"#,
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"_meta":{ENVELOPE},"name":"plain_echo","arguments":{{"a":{}}}}}}}"#,
         nested(200)
     );
     let too_deep = serde_json::from_str::<Value>(&deep_call).unwrap_err();
@@ -91,7 +82,11 @@ fn messages_too_deep_to_rewrite_are_refused_not_replaced() {
         json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32700,
             "message": format!("the body is not one JSON-RPC message: {too_deep}")}})
     };
-    let stateless = [("MCP-Protocol-Version", MODERN)];
+    let stateless = [
+        ("MCP-Protocol-Version", MODERN),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "plain_echo"),
+    ];
     // A stateless call through the virtual server, and to a server route whose upstream speaks
     // only the `initialize` era (the gateway rewrites the id there).
     for path in ["/team/mcp/bundle/server", "/team/mcp/plain/server"] {
@@ -101,16 +96,7 @@ fn messages_too_deep_to_rewrite_are_refused_not_replaced() {
     }
 
     // A client's answer to an upstream's request, within a session.
-    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let (status, head, body) = post(
-        port,
-        "/team/mcp/bundle/server",
-        &[],
-        &initialize.to_string(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let sid = session_id(&head);
+    let sid = initialize(port, "/team/mcp/bundle/server");
     while seen.try_recv().is_ok() {}
     let deep_answer = format!(
         r#"{{"jsonrpc":"2.0","id":"mcpgate:plain:1","result":{{"roots":{}}}}}"#,
@@ -134,16 +120,6 @@ fn messages_too_deep_to_rewrite_are_refused_not_replaced() {
     assert!(seen.try_recv().is_err(), "something reached the upstream");
 }
 
-fn session_id(head: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .expect("a session id")
-}
-
 /// A member's listen stream with notifications whose params cannot carry the subscription
 /// id: they are left out, the rest tagged, and the stream goes on.
 #[test]
@@ -165,11 +141,11 @@ fn listen_notifications_with_malformed_params_are_left_out() {
     config["servers"][0]["name"] = json!("modern");
     config["servers"][0]["path"] = json!("/team/mcp/modern/server");
     config["virtualServers"] = json!([virtual_config("bundle", &["modern"])]);
-    let (_dir, _proxy, port) = proxy(&config);
+    let (_dir, _proxy, port) = serving(&config);
 
     let listen = json!({"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen",
         "params": {"notifications": {"toolsListChanged": true},
-                   "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}});
+                   "_meta": parsed(ENVELOPE)}});
     let messages = stream_messages(
         port,
         "/team/mcp/bundle/server",
@@ -197,7 +173,7 @@ fn stream_messages(port: u16, path: &str, body: &str, until: &str) -> Vec<Value>
         .unwrap();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: {MODERN}\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: {MODERN}\r\nMcp-Method: subscriptions/listen\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -18,8 +18,8 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Map, Value, json};
 
 use super::era;
-use super::forward::{Forwarder, Message, upstream_failure};
-use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID};
+use super::forward::{Forwarder, Message, not_a_message, upstream_failure};
+use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID, gateway_id};
 use super::message::{Kind, child_object, params_mut};
 use super::relay::{self, Rewrite};
 use crate::audit::{Pending, ToolCall};
@@ -88,19 +88,19 @@ pub async fn handle(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let owner = crate::session::owner(caller.as_ref());
-    let post = if parts.method == Method::POST {
-        let read = fwd.read_message(&parts.headers, body).await;
-        match read.and_then(|message| {
-            Ok(Post {
-                request: message.request()?,
-                message,
+    let admitted = fwd.admit(&parts, body).await.and_then(|message| {
+        message
+            .map(|message| {
+                Ok(Post {
+                    request: message.request()?,
+                    message,
+                })
             })
-        }) {
-            Ok(post) => Some(post),
-            Err(response) => return response,
-        }
-    } else {
-        None
+            .transpose()
+    });
+    let post = match admitted {
+        Ok(post) => post,
+        Err(response) => return response,
     };
     let audit = fwd.audit_call(post.as_ref().map(|p| &p.message), |envelope| {
         let config = &route.config;
@@ -131,8 +131,10 @@ async fn dispatch(
 ) -> Response<Body> {
     let path = &route.config.path;
     let id = post.as_ref().and_then(|p| p.message.envelope.id.clone());
+    // A stateless client's `initialize` is a method its revision removed (see `post`).
     if let Some(post) = &post
         && post.message.envelope.method() == "initialize"
+        && !era::is_modern(&parts.headers, &post.message.envelope)
     {
         if let Some(refusal) = super::forward::oversized_initialize(&post.message) {
             return refusal;
@@ -153,14 +155,9 @@ async fn dispatch(
     };
     let via = match (&session, &post) {
         (Some((sid, state)), _) => Via::Session { sid, state },
-        (None, Some(p)) if era::is_modern(&parts.headers, &p.message.envelope) => {
-            if let Err(response) = era::check(&parts.headers, &p.message.envelope) {
-                return response;
-            }
-            Via::Stateless {
-                meta: p.request["params"]["_meta"].clone(),
-            }
-        }
+        (None, Some(p)) if era::is_modern(&parts.headers, &p.message.envelope) => Via::Stateless {
+            meta: p.request["params"]["_meta"].clone(),
+        },
         (None, Some(_)) => {
             return jsonrpc_error(
                 StatusCode::BAD_REQUEST,
@@ -366,16 +363,14 @@ impl Ctx<'_> {
             Kind::Request => {}
             Kind::Notification => return self.notification(&message).await,
             Kind::Response => return self.answer(&message, request).await,
-            Kind::Invalid => {
-                return jsonrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    id,
-                    code::INVALID_REQUEST,
-                    "not a JSON-RPC request, notification or response",
-                );
-            }
+            // `Forwarder::admit` refuses these before; kept for the match.
+            Kind::Invalid => return not_a_message(id),
         }
         let method = envelope.method();
+        let stateless = matches!(self.via, Via::Stateless { .. });
+        if stateless && REMOVED_STATELESS.contains(&method) {
+            return method_not_found(id, method, StatusCode::NOT_FOUND);
+        }
         if method == "ping" {
             return json_response(
                 StatusCode::OK,
@@ -441,20 +436,25 @@ impl Ctx<'_> {
                 }
             }
             _ => {
-                return jsonrpc_error(
-                    StatusCode::OK,
-                    id,
-                    -32601,
-                    format!("Method not found: {method}"),
-                );
+                // The stateless revision answers an unknown method 404.
+                let status = match stateless {
+                    true => StatusCode::NOT_FOUND,
+                    false => StatusCode::OK,
+                };
+                return method_not_found(id, method, status);
             }
         };
         let Some((member, pointer, original)) = routed else {
-            return jsonrpc_error(
+            let mut error = json!({"code": code::INVALID_PARAMS,
+                "message": format!("{method}: no server of this virtual server has that name or URI")});
+            if method == "resources/read" {
+                // SEP-2164: a resource that is not found is named in the error.
+                error["data"] =
+                    json!({"uri": envelope.params.as_ref().and_then(|p| p.uri.as_deref())});
+            }
+            return json_response(
                 StatusCode::OK,
-                id,
-                code::INVALID_PARAMS,
-                format!("{method}: no server of this virtual server has that name or URI"),
+                &json!({"jsonrpc": "2.0", "id": id, "error": error}),
             );
         };
         let mut caller = self.caller.clone();
@@ -533,8 +533,9 @@ impl Ctx<'_> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         let pages = hop.limits.list_pages;
-        for page in 0..pages {
-            let mut request = json!({"jsonrpc": "2.0", "id": format!("mcpgate-list-{page}"), "method": method, "params": {}});
+        for _ in 0..pages {
+            let mut request =
+                json!({"jsonrpc": "2.0", "id": gateway_id("list"), "method": method, "params": {}});
             if let Some(cursor) = &cursor {
                 request["params"]["cursor"] = Value::String(cursor.clone());
             }
@@ -912,6 +913,20 @@ fn server_info(route: &VirtualRoute) -> Value {
         "name": format!("{}/{}", route.config.namespace, route.config.name),
         "version": env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// Methods the stateless revision removed: a stateless client gets 404 for them.
+const REMOVED_STATELESS: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// -32601 for `method`, with `status` (404 for stateless clients, 200 within a session).
+fn method_not_found(id: Option<&Value>, method: &str, status: StatusCode) -> Response<Body> {
+    jsonrpc_error(status, id, -32601, format!("Method not found: {method}"))
 }
 
 fn accepted() -> Response<Body> {

@@ -7,23 +7,33 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::hop::{Hop, HopError, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION};
+use super::hop::{
+    CLIENT_CAPABILITIES, Hop, HopError, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION, gateway_id,
+};
 use super::message::Envelope;
 use super::relay::{self, Rewrite};
-use crate::error::{Body, json_response};
+use crate::error::{Body, code, json_response};
 use crate::session::UpstreamSession;
 
 /// The stateless protocol version.
 pub const MODERN: &str = "2026-07-28";
 /// Versions served statelessly.
 pub const MODERN_VERSIONS: [&str; 1] = [MODERN];
+/// Every version a client may name in `MCP-Protocol-Version`: the `initialize` era's (a
+/// server route's upstream may agree to any of them) and the stateless one.
+pub const KNOWN_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    MODERN,
+];
 /// How long a probed era is trusted before the upstream is asked again.
 const PROBE_TTL: Duration = Duration::from_secs(300);
 /// Header and body disagree.
@@ -49,49 +59,81 @@ pub fn is_modern(headers: &HeaderMap, envelope: &Envelope) -> bool {
         .is_some_and(|v| v >= MODERN)
 }
 
-/// Checks a stateless request before the gateway acts on its body: a version it serves, and
-/// headers that say what the body says.
+/// Checks a stateless request before the gateway acts on it, in the order the 2026-07-28
+/// revision gives: its `_meta` carries the protocol version and client capabilities (else
+/// -32602), its `MCP-Protocol-Version`, `Mcp-Method` and (for named methods) `Mcp-Name`
+/// headers say what its body says (else -32020), and the version is one the gateway serves
+/// (else -32022); all 400.
 pub fn check(headers: &HeaderMap, envelope: &Envelope) -> Result<(), Response<Body>> {
     let id = envelope.id.as_ref();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let version = header("mcp-protocol-version")
-        .or(envelope.meta_version())
-        .unwrap_or_default();
-    if !MODERN_VERSIONS.contains(&version) {
-        return Err(error(
-            id,
-            UNSUPPORTED_VERSION,
-            format!("protocol version {version} is not supported"),
-            Some(json!({"supported": MODERN_VERSIONS, "requested": version})),
-        ));
+    let Some(meta) = envelope.params.as_ref().and_then(|p| p.meta.as_ref()) else {
+        let message = format!(
+            "params._meta must be an object carrying the required {META_VERSION:?} and {CLIENT_CAPABILITIES:?} envelope keys"
+        );
+        return Err(error(id, code::INVALID_PARAMS, message, None));
+    };
+    let missing: Vec<&str> = [
+        (META_VERSION, meta.protocol_version.is_some()),
+        (CLIENT_CAPABILITIES, meta.client_capabilities.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, present)| (!present).then_some(key))
+    .collect();
+    if !missing.is_empty() {
+        let message = format!(
+            "params._meta is missing the required envelope key(s): {}",
+            missing.join(", ")
+        );
+        return Err(error(id, code::INVALID_PARAMS, message, None));
     }
-    if let (Some(h), Some(m)) = (header("mcp-protocol-version"), envelope.meta_version())
-        && h != m
-    {
-        return Err(mismatch(id, "MCP-Protocol-Version", h, m));
-    }
-    if let Some(h) = header("mcp-method")
-        && h != envelope.method()
-    {
-        return Err(mismatch(id, "Mcp-Method", h, envelope.method()));
-    }
-    let named = matches!(
-        envelope.method(),
-        "tools/call" | "prompts/get" | "resources/read"
-    );
-    if named {
-        let body = envelope
-            .params
-            .as_ref()
-            .and_then(|p| p.name.as_deref().or(p.uri.as_deref()))
-            .unwrap_or_default();
-        match header("mcp-name") {
+    let version = meta.protocol_version.as_deref().unwrap_or_default();
+    let method = envelope.method();
+    let params = envelope.params.as_ref();
+    let name = match method {
+        "tools/call" | "prompts/get" => params.and_then(|p| p.name.as_deref()),
+        "resources/read" => params.and_then(|p| p.uri.as_deref()),
+        _ => None,
+    };
+    let headers_say = [
+        ("MCP-Protocol-Version", Some(version)),
+        ("Mcp-Method", Some(method)),
+        ("Mcp-Name", name),
+    ];
+    for (name, body) in headers_say {
+        let Some(body) = body else { continue };
+        match header(name) {
             Some(h) if h == body || decode_header(h).as_deref() == Some(body) => {}
-            Some(h) => return Err(mismatch(id, "Mcp-Name", h, body)),
-            None => {}
+            h => return Err(mismatch(id, name, h.unwrap_or("(none)"), body)),
         }
     }
+    if !MODERN_VERSIONS.contains(&version) {
+        return Err(unsupported(id, version));
+    }
     Ok(())
+}
+
+/// Checks the `MCP-Protocol-Version` header of any request: absent, or a version the gateway
+/// knows. Anything else is answered like a stateless request naming a version the gateway does
+/// not serve (400, -32022, the stateless versions as the ones to use), as the reference SDK does.
+pub fn check_version_header(headers: &HeaderMap, id: Option<&Value>) -> Result<(), Response<Body>> {
+    let Some(value) = headers.get(PROTOCOL_VERSION) else {
+        return Ok(());
+    };
+    let version = String::from_utf8_lossy(value.as_bytes());
+    if KNOWN_VERSIONS.contains(&&*version) {
+        return Ok(());
+    }
+    Err(unsupported(id, &version))
+}
+
+fn unsupported(id: Option<&Value>, version: &str) -> Response<Body> {
+    error(
+        id,
+        UNSUPPORTED_VERSION,
+        format!("protocol version {version} is not supported"),
+        Some(json!({"supported": MODERN_VERSIONS, "requested": version})),
+    )
 }
 
 /// `=?base64?...?=` header values, decoded.
@@ -136,7 +178,6 @@ pub struct Eras {
     probed: Mutex<HashMap<String, (Era, Instant)>>,
     /// By route path and [`Hop::credential_identity`].
     pooled: moka::sync::Cache<(String, Option<[u8; 32]>), UpstreamSession>,
-    next_id: AtomicU64,
 }
 
 impl Default for Eras {
@@ -147,7 +188,6 @@ impl Default for Eras {
                 .max_capacity(POOLED_CAPACITY)
                 .time_to_idle(POOLED_IDLE)
                 .build(),
-            next_id: AtomicU64::new(0),
         }
     }
 }
@@ -165,7 +205,7 @@ impl Eras {
             "jsonrpc": "2.0", "id": "mcpgate-discover", "method": "server/discover",
             "params": {"_meta": {
                 META_VERSION: MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
+                CLIENT_CAPABILITIES: {},
                 "io.modelcontextprotocol/clientInfo": {"name": "mcpgate", "version": env!("CARGO_PKG_VERSION")},
             }},
         });
@@ -211,10 +251,7 @@ impl Eras {
             )
         );
         let original = request.get_mut("id").map(Value::take).unwrap_or_default();
-        let ours = Value::String(format!(
-            "mcpgate-{}",
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        ));
+        let ours = gateway_id("call");
         if let Some(fields) = request.as_object_mut() {
             fields.insert("id".into(), ours.clone());
         }
@@ -341,7 +378,7 @@ mod tests {
             .collect()
     }
 
-    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"gh_search","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"gh_search","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
 
     #[test]
     fn stateless_requests_are_told_apart() {
@@ -360,33 +397,78 @@ mod tests {
         ));
     }
 
+    /// (status, error code) of `check`'s refusal; (200, 0) when it lets the request in.
+    fn checked(pairs: &[(&'static str, &str)], body: &str) -> (StatusCode, i64) {
+        match check(&headers(pairs), &envelope(body)) {
+            Ok(()) => (StatusCode::OK, 0),
+            Err(response) => {
+                let status = response.status();
+                let body = futures::executor::block_on(http_body_util::BodyExt::collect(
+                    response.into_body(),
+                ))
+                .unwrap()
+                .to_bytes();
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                (status, body["error"]["code"].as_i64().unwrap())
+            }
+        }
+    }
+
     #[test]
-    fn headers_must_say_what_the_body_says() {
-        let ok = headers(&[
+    fn stateless_requests_carry_their_envelope_and_headers_say_what_the_body_says() {
+        let all = [
             ("mcp-protocol-version", "2026-07-28"),
             ("mcp-method", "tools/call"),
             ("mcp-name", "gh_search"),
-        ]);
-        assert!(check(&ok, &envelope(CALL)).is_ok());
-        let encoded = headers(&[("mcp-name", "=?base64?Z2hfc2VhcmNo?=")]);
-        assert!(check(&encoded, &envelope(CALL)).is_ok());
+        ];
+        assert_eq!(checked(&all, CALL), (StatusCode::OK, 0));
+        let encoded = [all[0], all[1], ("mcp-name", "=?base64?Z2hfc2VhcmNo?=")];
+        assert_eq!(checked(&encoded, CALL), (StatusCode::OK, 0));
+        let mismatch = (StatusCode::BAD_REQUEST, HEADER_MISMATCH);
         for bad in [
-            headers(&[("mcp-method", "tools/list")]),
-            headers(&[("mcp-name", "other")]),
-            headers(&[
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-name", "other"),
-            ]),
+            vec![all[1], all[2]],
+            vec![all[0], all[2]],
+            vec![all[0], all[1]],
+            vec![all[0], ("mcp-method", "tools/list"), all[2]],
+            vec![all[0], all[1], ("mcp-name", "other")],
+            vec![("mcp-protocol-version", "2025-11-25"), all[1], all[2]],
         ] {
-            let response = check(&bad, &envelope(CALL)).unwrap_err();
-            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(checked(&bad, CALL), mismatch, "{bad:?}");
         }
-        let future = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01"}}}"#;
+        let invalid = (StatusCode::BAD_REQUEST, code::INVALID_PARAMS);
+        let list = |meta: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{meta}}}}}"#
+            )
+        };
+        let listing = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ];
         assert_eq!(
-            check(&HeaderMap::new(), &envelope(future))
-                .unwrap_err()
-                .status(),
-            StatusCode::BAD_REQUEST
+            checked(
+                &listing,
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#
+            ),
+            invalid
+        );
+        assert_eq!(
+            checked(
+                &listing,
+                &list(r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#)
+            ),
+            invalid
+        );
+        let future = list(
+            r#"{"io.modelcontextprotocol/protocolVersion":"2099-01-01","io.modelcontextprotocol/clientCapabilities":{}}"#,
+        );
+        let version = [
+            ("mcp-protocol-version", "2099-01-01"),
+            ("mcp-method", "tools/list"),
+        ];
+        assert_eq!(
+            checked(&version, &future),
+            (StatusCode::BAD_REQUEST, UNSUPPORTED_VERSION)
         );
     }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::era;
 use super::filter;
 use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
-use super::message::Envelope;
+use super::message::{Envelope, Kind};
 use crate::audit::{Audit, Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, code, jsonrpc_error};
@@ -79,8 +79,39 @@ impl Message {
 }
 
 impl Forwarder {
-    /// Reads and parses a POST body, or answers why not (413, -32700).
-    pub async fn read_message(
+    /// What every route, server or virtual, checks before it acts on a request, answering
+    /// what is wrong the way the MCP transport says: the media types (415, 406), the body
+    /// (413; -32700 for what is not JSON, -32600 for what is not one JSON-RPC message), the
+    /// `MCP-Protocol-Version` header (400, -32022), and for a stateless request, that its
+    /// headers say what its body says (400, -32020). The message, for a POST.
+    pub async fn admit(
+        &self,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<Option<Message>, Response<Body>> {
+        check_media_types(&parts.method, &parts.headers)?;
+        let message = match parts.method {
+            Method::POST => Some(self.read_message(&parts.headers, body).await?),
+            _ => None,
+        };
+        let envelope = message.as_ref().map(|m| &m.envelope);
+        let id = envelope.and_then(|e| e.id.as_ref());
+        if envelope.is_some_and(|e| e.kind() == Kind::Invalid) {
+            return Err(not_a_message(id));
+        }
+        era::check_version_header(&parts.headers, id)?;
+        if let Some(envelope) = envelope
+            && envelope.kind() == Kind::Request
+            && !parts.headers.contains_key(SESSION_ID)
+            && era::is_modern(&parts.headers, envelope)
+        {
+            era::check(&parts.headers, envelope)?;
+        }
+        Ok(message)
+    }
+
+    /// Reads and parses a POST body, or answers why not (413, -32700, -32600).
+    async fn read_message(
         &self,
         headers: &HeaderMap,
         body: Incoming,
@@ -155,13 +186,9 @@ impl Forwarder {
     ) -> (Response<Body>, Option<Duration>) {
         let (parts, body) = req.into_parts();
         let owner = crate::session::owner(caller.as_ref());
-        let message = if parts.method == Method::POST {
-            match self.read_message(&parts.headers, body).await {
-                Ok(m) => Some(m),
-                Err(response) => return (response, None),
-            }
-        } else {
-            None
+        let message = match self.admit(&parts, body).await {
+            Ok(message) => message,
+            Err(response) => return (response, None),
         };
         let audit = self.audit_call(message.as_ref(), |envelope| {
             let config = &route.config;
@@ -467,6 +494,65 @@ impl Forwarder {
             owner,
             issued: 0,
         })
+    }
+}
+
+/// 400 for a JSON object that is neither a request, a notification nor a response.
+pub fn not_a_message(id: Option<&Value>) -> Response<Body> {
+    jsonrpc_error(
+        StatusCode::BAD_REQUEST,
+        id,
+        code::INVALID_REQUEST,
+        "not a JSON-RPC request, notification or response",
+    )
+}
+
+/// A POST must be JSON and its sender accept both JSON and SSE answers; a GET must accept
+/// SSE (media type parameters ignored, wildcards honoured, as the reference SDKs do).
+fn check_media_types(method: &Method, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    let refuse =
+        |status, message: &str| Err(jsonrpc_error(status, None, code::INVALID_REQUEST, message));
+    let accepts = |wanted: &str| {
+        let (kind, _) = wanted.split_once('/').unwrap_or_default();
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.split(';').next().unwrap_or_default().trim())
+            .any(|t| {
+                t.eq_ignore_ascii_case(wanted)
+                    || t == "*/*"
+                    || t.strip_suffix("/*")
+                        .is_some_and(|k| k.eq_ignore_ascii_case(kind))
+            })
+    };
+    match *method {
+        Method::POST => {
+            let json = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+            if !json {
+                return refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Unsupported Media Type: Content-Type must be application/json",
+                );
+            }
+            if !(accepts("application/json") && accepts("text/event-stream")) {
+                return refuse(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "Not Acceptable: Client must accept both application/json and text/event-stream",
+                );
+            }
+            Ok(())
+        }
+        Method::GET if !accepts("text/event-stream") => refuse(
+            StatusCode::NOT_ACCEPTABLE,
+            "Not Acceptable: Client must accept text/event-stream",
+        ),
+        _ => Ok(()),
     }
 }
 

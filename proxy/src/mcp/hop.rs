@@ -1,6 +1,7 @@
 //! The upstream hop: requests to one McpServer's upstream with its credentials, the caller's
 //! own headers reduced to an allowlist, and replies read as JSON or SSE.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +38,8 @@ pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// The `_meta` key of a stateless request's protocol version.
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key of a stateless request's client capabilities.
+pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// The newest protocol version of the `initialize` era.
 pub const LATEST_LEGACY: &str = "2025-11-25";
 
@@ -77,6 +80,17 @@ pub async fn collect_limited(body: Incoming, limit: usize) -> Result<Bytes, Stri
         }
         Err(error) => Err(format!("but broke off ({error})")),
     }
+}
+
+/// The id of a request the gateway itself sends upstream (`mcpgate-<purpose>-<n>`): unique in
+/// this process, so requests sent at once never share an id within one upstream session
+/// (an upstream routes its answers by id).
+pub fn gateway_id(purpose: &str) -> Value {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    Value::String(format!(
+        "mcpgate-{purpose}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Why an upstream request failed; every message names the server, never a credential.

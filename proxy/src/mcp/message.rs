@@ -53,6 +53,9 @@ pub struct Meta {
     /// The stateless era's per-request protocol version.
     #[serde(default, rename = "io.modelcontextprotocol/protocolVersion")]
     pub protocol_version: Option<String>,
+    /// The stateless era's client capabilities (required there; not read here).
+    #[serde(default, rename = "io.modelcontextprotocol/clientCapabilities")]
+    pub client_capabilities: Option<serde::de::IgnoredAny>,
 }
 
 /// `params` and `params._meta` are objects (or null) in MCP; serde would also take an array

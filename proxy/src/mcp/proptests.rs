@@ -57,7 +57,7 @@ pub(crate) fn json() -> impl Strategy<Value = Value> {
             serde_json::Number::from_f64(f).map(Value::Number)
         }),
         key().prop_map(Value::String),
-        Just(Value::String("mcpgate-0".into())),
+        Just(Value::String("mcpgate-call-0".into())),
         Just(Value::String("mcpgate:fs:1".into())),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
@@ -251,7 +251,7 @@ proptest! {
         let rewrites: [Box<dyn super::relay::Rewrite>; 4] = [
             Box::new(from_member("fs".into())),
             Box::new(tagged("fs".into(), id.clone())),
-            Box::new(era::restored("mcpgate-0".into(), id.clone(), true, from_member("fs".into()))),
+            Box::new(era::restored("mcpgate-call-0".into(), id.clone(), true, from_member("fs".into()))),
             Box::new(|m: &mut Value| filter_value(m, &filter()).is_some()),
         ];
         for mut rewrite in rewrites {

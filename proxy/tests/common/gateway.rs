@@ -228,7 +228,8 @@ pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16
     request(port, "POST", path, headers, body)
 }
 
-/// One HTTP/1.1 request on loopback (`Host` overridable in `headers`): (status, head, body);
+/// One HTTP/1.1 request on loopback (`Host`, and a POST's `Content-Type` and `Accept`,
+/// overridable in `headers`): (status, head, body);
 /// status 0 when nothing listens or the peer hangs up before the request is sent.
 pub fn request(
     port: u16,
@@ -252,11 +253,17 @@ pub fn request(
         .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    let content = if method == "POST" {
-        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
-    } else {
-        ""
-    };
+    // A POST is JSON and accepts JSON and SSE unless `headers` say otherwise.
+    let content: String = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ]
+    .iter()
+    .filter(|(name, _)| {
+        method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+    })
+    .map(|(name, value)| format!("{name}: {value}\r\n"))
+    .collect();
     // A peer that hangs up before reading (a TLS port spoken to in plain text) answers
     // nothing, like one that does not listen.
     if write!(
@@ -277,6 +284,42 @@ pub fn request(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head.to_owned(), body.to_owned())
+}
+
+/// The proxy serving `config` from a new directory, once ready: (directory, process, MCP port).
+pub fn serving(config: &Value) -> (tempfile::TempDir, Killed, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), config);
+    let (proxy, port, admin) = start_proxy(dir.path(), &[]);
+    wait_for("the proxy", || {
+        (request(admin, "GET", "/readyz", &[], "").0 == 200).then_some(())
+    });
+    (dir, proxy, port)
+}
+
+/// The `Mcp-Session-Id` in a response head.
+pub fn session_id(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .expect("a session id")
+}
+
+/// A client's `initialize` (2025-11-25).
+pub fn initialize_request() -> String {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string()
+}
+
+/// Initializes a session on the route at `path`; its id.
+pub fn initialize(port: u16, path: &str) -> String {
+    let (status, head, body) = post(port, path, &[], &initialize_request());
+    assert_eq!(status, 200, "{path}: {body}");
+    session_id(&head)
 }
 
 pub fn call(tool: &str) -> String {

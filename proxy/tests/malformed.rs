@@ -124,7 +124,7 @@ fn messages_too_deep_to_rewrite_are_refused_not_replaced() {
 /// id: they are left out, the rest tagged, and the stream goes on.
 #[test]
 fn listen_notifications_with_malformed_params_are_left_out() {
-    let upstream = spawn_scripted(|request| match request["method"].as_str() {
+    let upstream = spawn_scripted(|_, request| match request["method"].as_str() {
         Some("server/discover") => json_reply(&json!({"jsonrpc": "2.0", "id": request["id"],
             "result": {"supportedVersions": [MODERN], "capabilities": {"tools": {"listChanged": true}}}})),
         Some("subscriptions/listen") => sse_reply(&[

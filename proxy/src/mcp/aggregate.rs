@@ -21,7 +21,7 @@ use super::era;
 use super::forward::{Forwarder, Message, not_a_message, upstream_failure};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID, gateway_id};
 use super::message::{Kind, child_object, params_mut};
-use super::relay::{self, Rewrite};
+use super::relay::{self, EventIds, Rewrite};
 use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
@@ -474,7 +474,10 @@ impl Ctx<'_> {
             Via::Session { .. } => {
                 let bytes = Bytes::from(request.to_string());
                 match self.send(&hop, &Method::POST, bytes).await {
-                    Ok(response) => Ok(relay::response(response, rewrite, &hop).await),
+                    Ok(response) => {
+                        let ids = EventIds::Member(member.name().to_owned());
+                        Ok(relay::response(response, rewrite, ids, &hop).await)
+                    }
                     Err(error) => Err(error),
                 }
             }
@@ -703,8 +706,12 @@ impl Ctx<'_> {
     }
 
     /// The session's stream: every member's stream merged, with keep-alives. It replaces the
-    /// stream the session had open here.
+    /// stream the session had open here. With a `Last-Event-ID` of one member's event, that
+    /// member's stream resumed instead.
     async fn stream(&self) -> Response<Body> {
+        if let Some((member, last)) = self.resumption() {
+            return self.resume(member, last).await;
+        }
         let replaced = self
             .session()
             .map(|(sid, _)| self.fwd.sessions.open_stream(sid));
@@ -715,6 +722,7 @@ impl Ctx<'_> {
                 Ok(r) if r.status().is_success() => Some(relay::sse(
                     r.into_body(),
                     from_member(member.name().to_owned()),
+                    EventIds::Member(member.name().to_owned()),
                     hop.limits.event_bytes,
                 )),
                 Ok(_) => None,
@@ -733,6 +741,32 @@ impl Ctx<'_> {
         );
         let streams = opened.into_iter().flatten().chain([keep_alive(), changes]);
         event_stream(self.fwd, replaced, futures::stream::select_all(streams))
+    }
+
+    /// The member, and its own event id, a GET's `Last-Event-ID` resumes (see
+    /// [`EventIds::Member`]).
+    fn resumption(&self) -> Option<(&Member, HeaderValue)> {
+        let last = self.caller.get("last-event-id")?.to_str().ok()?;
+        let (server, id) = relay::resumed(last)?;
+        Some((self.route.member(server)?, HeaderValue::from_str(id).ok()?))
+    }
+
+    /// `member`'s stream resumed after its event `last` (the upstream replays what the
+    /// client missed), ids kept for the next resumption.
+    async fn resume(&self, member: &Member, last: HeaderValue) -> Response<Body> {
+        let mut caller = self.caller.clone();
+        caller.insert("last-event-id", last);
+        let hop = self.hop(member, &caller);
+        let name = member.name().to_owned();
+        match self.send(&hop, &Method::GET, Bytes::new()).await {
+            Ok(response) => {
+                let ids = EventIds::Member(name.clone());
+                relay::response(response, from_member(name), ids, &hop)
+                    .await
+                    .map(|body| self.fwd.long_lived(None, body))
+            }
+            Err(error) => upstream_failure(&Method::GET, None, error.to_string()),
+        }
     }
 
     /// A 2026-07-28 `subscriptions/listen` stream: acknowledged first, then what every

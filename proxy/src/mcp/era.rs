@@ -17,7 +17,7 @@ use super::hop::{
     CLIENT_CAPABILITIES, Hop, HopError, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION, gateway_id,
 };
 use super::message::Envelope;
-use super::relay::{self, Rewrite};
+use super::relay::{self, EventIds, Rewrite};
 use crate::error::{Body, code, json_response};
 use crate::session::UpstreamSession;
 
@@ -238,7 +238,7 @@ impl Eras {
             let response = hop
                 .send(hop.request(Method::POST, None, Bytes::from(request.to_string()))?)
                 .await?;
-            return Ok(relay::response(response, rewrite, hop).await);
+            return Ok(relay::response(response, rewrite, EventIds::Dropped, hop).await);
         }
         let cached = matches!(
             request["method"].as_str(),
@@ -267,7 +267,7 @@ impl Eras {
                 .await?;
         }
         let restore = restored(ours, original, cached, rewrite);
-        Ok(relay::response(response, restore, hop).await)
+        Ok(relay::response(response, restore, EventIds::Dropped, hop).await)
     }
 
     /// A `subscriptions/listen` stream from `hop`'s upstream, every message through
@@ -290,6 +290,7 @@ impl Eras {
         Ok(Some(relay::sse(
             response.into_body(),
             rewrite,
+            EventIds::Dropped,
             hop.limits.event_bytes,
         )))
     }

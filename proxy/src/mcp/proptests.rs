@@ -19,7 +19,7 @@ use super::era;
 use super::filter::{filter_message, filter_value, rewrite_event};
 use super::forward::Message;
 use super::message::{Envelope, Event, event_end, oversized_event, params_mut, split_events};
-use super::relay::event_through;
+use super::relay::{EventIds, event_through};
 
 /// 256 cases from a fixed seed (see the module doc).
 pub(crate) fn config() -> ProptestConfig {
@@ -295,8 +295,10 @@ proptest! {
             if let Some(parsed) = Event::parse(event) {
                 let _ = parsed.render(b"{}");
             }
-            let _ = event_through(event, &mut from_member("fs".into()));
-            let _ = event_through(event, &mut tagged("fs".into(), Value::from(1)));
+            for ids in [EventIds::Dropped, EventIds::Member("fs".into())] {
+                let _ = event_through(event, &mut from_member("fs".into()), &ids);
+                let _ = event_through(event, &mut tagged("fs".into(), Value::from(1)), &ids);
+            }
             let _ = rewrite_event(event, &filter());
         }
     }

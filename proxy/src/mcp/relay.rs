@@ -20,6 +20,24 @@ pub type Chunks = BoxStream<'static, Result<Bytes, hyper::Error>>;
 pub trait Rewrite: FnMut(&mut Value) -> bool + Send + 'static {}
 impl<F: FnMut(&mut Value) -> bool + Send + 'static> Rewrite for F {}
 
+/// What becomes of the upstream's SSE event ids on the way to the client.
+#[derive(Clone, Debug)]
+pub enum EventIds {
+    /// Dropped, and so are the events that carry nothing else (priming events): the stream
+    /// cannot be resumed (a stateless client, or a rewritten position that means nothing).
+    Dropped,
+    /// Kept as `<member>:<id>` (member names are DNS labels, so the first `:` ends the
+    /// name), priming events too, so the client can resume this member's stream through the
+    /// gateway with that `Last-Event-ID` (see [`resumed`]).
+    Member(String),
+}
+
+/// The member and its own event id named by a client's `Last-Event-ID` (see
+/// [`EventIds::Member`]).
+pub fn resumed(last_event_id: &str) -> Option<(&str, &str)> {
+    last_event_id.split_once(':')
+}
+
 /// Whether a response is an SSE stream.
 pub fn is_sse(headers: &http::HeaderMap) -> bool {
     headers
@@ -28,12 +46,14 @@ pub fn is_sse(headers: &http::HeaderMap) -> bool {
         .is_some_and(|t| t.starts_with("text/event-stream"))
 }
 
-/// An upstream response from `hop` with every message passed through `rewrite`; status and
-/// content headers kept. A JSON answer over the hop's reply limit becomes a 502 JSON-RPC
-/// error naming the server.
+/// An upstream response from `hop` with every message passed through `rewrite` (and SSE
+/// event ids as `ids` says); status and content headers kept. A JSON answer over the hop's
+/// reply limit, not JSON, or an HTTP error page becomes a 502 JSON-RPC error naming the
+/// server.
 pub async fn response(
     response: Response<Incoming>,
     mut rewrite: impl Rewrite,
+    ids: EventIds,
     hop: &Hop<'_>,
 ) -> Response<Body> {
     let (parts, body) = response.into_parts();
@@ -57,7 +77,7 @@ pub async fn response(
     }
     let body = if is_sse(&parts.headers) {
         BodyExt::boxed_unsync(StreamBody::new(
-            sse(body, rewrite, hop.limits.event_bytes).map(|c| c.map(Frame::data)),
+            sse(body, rewrite, ids, hop.limits.event_bytes).map(|c| c.map(Frame::data)),
         ))
     } else {
         let read = collect_limited(body, hop.limits.reply_bytes)
@@ -96,40 +116,50 @@ pub async fn response(
     out
 }
 
-/// An SSE body, event by event through `rewrite`. Upstream event ids are dropped (a
-/// rewritten stream cannot be resumed from the upstream's position), and so are events
-/// without a JSON message (priming events, comments).
-pub fn sse(body: Incoming, mut rewrite: impl Rewrite, max_event: usize) -> Chunks {
+/// An SSE body, event by event through `rewrite`, event ids as `ids` says; events without a
+/// JSON message (comments, and priming events unless their ids are kept) are dropped.
+pub fn sse(body: Incoming, mut rewrite: impl Rewrite, ids: EventIds, max_event: usize) -> Chunks {
     events(body, max_event)
-        .map(move |event| event.map(|e| Bytes::from(event_through(&e, &mut rewrite))))
+        .map(move |event| event.map(|e| Bytes::from(event_through(&e, &mut rewrite, &ids))))
         .boxed()
 }
 
-/// One event through `rewrite`: its message rewritten, or nothing when it has none or the
-/// rewrite drops it.
-pub(crate) fn event_through(event: &[u8], rewrite: &mut impl Rewrite) -> Vec<u8> {
+/// One event through `rewrite`: its message rewritten and its id as `ids` says, or nothing
+/// when it has no message (and is no priming event kept) or the rewrite drops it.
+pub(crate) fn event_through(event: &[u8], rewrite: &mut impl Rewrite, ids: &EventIds) -> Vec<u8> {
     let Some(parsed) = Event::parse(event) else {
         return Vec::new();
     };
-    let Some(mut message) = parsed
+    let message = parsed
         .data
         .as_deref()
-        .and_then(|d| serde_json::from_str::<Value>(d).ok())
-    else {
-        return Vec::new();
+        .and_then(|d| serde_json::from_str::<Value>(d).ok());
+    let has_id = parsed.fields.iter().any(|f| f.starts_with("id:"));
+    let data = match (message, ids) {
+        (Some(mut message), _) => {
+            if !rewrite(&mut message) {
+                return Vec::new();
+            }
+            message.to_string()
+        }
+        (None, EventIds::Member(_)) if has_id => String::new(),
+        (None, _) => return Vec::new(),
     };
-    if !rewrite(&mut message) {
-        return Vec::new();
+    let mut out = Vec::with_capacity(data.len() + 64);
+    for line in &parsed.fields {
+        match (line.strip_prefix("id:"), ids) {
+            (None, _) => out.extend_from_slice(line.as_bytes()),
+            (Some(_), EventIds::Dropped) => continue,
+            (Some(id), EventIds::Member(member)) => {
+                out.extend_from_slice(format!("id: {member}:{}", id.trim_start()).as_bytes());
+            }
+        }
+        out.push(b'\n');
     }
-    let event = Event {
-        fields: parsed
-            .fields
-            .into_iter()
-            .filter(|f| !f.starts_with("id:"))
-            .collect(),
-        data: None,
-    };
-    event.render(message.to_string().as_bytes())
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 #[cfg(test)]
@@ -144,12 +174,33 @@ mod tests {
             m["seen"] = seen.into();
             m.get("drop").is_none()
         };
-        let out = event_through(b"event: message\nid: 4\ndata: {\"a\":1}\n\n", &mut rewrite);
+        let dropped = &EventIds::Dropped;
+        let out = event_through(
+            b"event: message\nid: 4\ndata: {\"a\":1}\n\n",
+            &mut rewrite,
+            dropped,
+        );
         assert_eq!(
             out,
             b"event: message\ndata: {\"a\":1,\"seen\":1}\n\n".to_vec()
         );
-        assert!(event_through(b"id: 1\ndata: \n\n", &mut rewrite).is_empty());
-        assert!(event_through(b"data: {\"drop\":true}\n\n", &mut rewrite).is_empty());
+        assert!(event_through(b"id: 1\ndata: \n\n", &mut rewrite, dropped).is_empty());
+        assert!(event_through(b"data: {\"drop\":true}\n\n", &mut rewrite, dropped).is_empty());
+    }
+
+    #[test]
+    fn kept_ids_name_their_member_and_priming_events_pass() {
+        let kept = &EventIds::Member("fs".into());
+        let mut keep = |_: &mut Value| true;
+        assert_eq!(
+            event_through(b"id: 0\nretry: 500\ndata: \n\n", &mut keep, kept),
+            b"id: fs:0\nretry: 500\ndata: \n\n".to_vec()
+        );
+        assert_eq!(
+            event_through(b"event: message\nid:7\ndata: {}\n\n", &mut keep, kept),
+            b"event: message\nid: fs:7\ndata: {}\n\n".to_vec()
+        );
+        assert!(event_through(b": keep-alive\n\n", &mut keep, kept).is_empty());
+        assert_eq!(resumed("fs:a:b"), Some(("fs", "a:b")));
     }
 }

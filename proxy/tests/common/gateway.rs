@@ -110,9 +110,9 @@ pub fn serve_one(mut stream: TcpStream, seen: &mpsc::Sender<()>) {
     );
 }
 
-/// An upstream that answers every request with the HTTP response `answer` makes of its
-/// JSON body (see [`json_reply`] and [`sse_reply`]), then closes the connection.
-pub fn spawn_scripted(answer: impl Fn(&Value) -> String + Send + Sync + 'static) -> u16 {
+/// An upstream that answers every request with the HTTP response `answer` makes of its head
+/// and JSON body (see [`json_reply`] and [`sse_reply`]), then closes the connection.
+pub fn spawn_scripted(answer: impl Fn(&str, &Value) -> String + Send + Sync + 'static) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let answer = std::sync::Arc::new(answer);
@@ -121,9 +121,9 @@ pub fn spawn_scripted(answer: impl Fn(&Value) -> String + Send + Sync + 'static)
             let Ok(mut stream) = stream else { return };
             let answer = answer.clone();
             std::thread::spawn(move || {
-                if let Some((_, body)) = read_request(&mut stream) {
+                if let Some((head, body)) = read_request(&mut stream) {
                     let request = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    let _ = stream.write_all(answer(&request).as_bytes());
+                    let _ = stream.write_all(answer(&head, &request).as_bytes());
                 }
             });
         }
@@ -146,9 +146,29 @@ pub fn sse_reply(messages: &[Value]) -> String {
         .iter()
         .map(|m| format!("event: message\ndata: {m}\n\n"))
         .collect();
+    sse_raw(&events)
+}
+
+/// A 200 event stream of `events` as written, ended by closing the connection.
+pub fn sse_raw(events: &str) -> String {
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n{events}"
     )
+}
+
+/// A chunked HTTP/1.1 body, de-chunked.
+pub fn dechunked(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Starts the proxy on `dir` with `extra` flags: (process, MCP port, admin port).

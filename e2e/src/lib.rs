@@ -118,7 +118,10 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// `https://127.0.0.1:<port>`.
     pub server: String,
-    apiserver: Process,
+    apiserver: std::sync::Mutex<Process>,
+    /// How kube-apiserver was started, to start it again.
+    apiserver_args: Vec<std::ffi::OsString>,
+    apiserver_log: PathBuf,
     etcd: Process,
     _dir: tempfile::TempDir,
 }
@@ -180,25 +183,55 @@ impl ControlPlane {
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--allow-privileged=true")
             .arg("--endpoint-reconciler-type=none");
-        let apiserver = Process::spawn("kube-apiserver", api, dir.path().join("apiserver.log"))?;
+        let apiserver_args: Vec<std::ffi::OsString> = api.get_args().map(Into::into).collect();
+        let apiserver_log = dir.path().join("apiserver.log");
+        let apiserver = Process::spawn("kube-apiserver", api, apiserver_log.clone())?;
         let plane = Self {
             bin,
             kubeconfig: pki.join("kubeconfig"),
             server: format!("https://127.0.0.1:{api_port}"),
-            apiserver,
+            apiserver: std::sync::Mutex::new(apiserver),
+            apiserver_args,
+            apiserver_log,
             etcd,
             _dir: dir,
         };
         let started = Instant::now();
+        plane.wait_ready()?;
+        eprintln!("control plane ready in {:.2?}", started.elapsed());
+        Ok(plane)
+    }
+
+    /// Waits (at most 60 s) until kube-apiserver reports ready.
+    fn wait_ready(&self) -> Result<()> {
         wait_for("kube-apiserver /readyz", Duration::from_secs(60), || {
-            plane
-                .kubectl(&["get", "--raw", "/readyz"])
+            self.kubectl(&["get", "--raw", "/readyz"])
                 .ok()
                 .filter(|o| o.trim() == "ok")
         })
-        .map_err(|e| e.context(plane.apiserver.log()))?;
-        eprintln!("control plane ready in {:.2?}", started.elapsed());
-        Ok(plane)
+        .map(|_| ())
+        .map_err(|e| e.context(std::fs::read_to_string(&self.apiserver_log).unwrap_or_default()))
+    }
+
+    /// Stops kube-apiserver (etcd keeps the data), as an outage would.
+    pub fn stop_apiserver(&self) {
+        self.apiserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .terminate();
+    }
+
+    /// Starts kube-apiserver again on the same port and data, and waits until it is ready.
+    pub fn start_apiserver(&self) -> Result<()> {
+        let mut api = Command::new(self.bin.join("kube-apiserver"));
+        api.args(&self.apiserver_args);
+        let log = self.apiserver_log.with_extension("restarted.log");
+        *self
+            .apiserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Process::spawn("kube-apiserver", api, log)?;
+        self.wait_ready()
     }
 
     /// Runs kubectl as the admin; Err carries stderr.
@@ -301,7 +334,10 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        self.apiserver.terminate();
+        self.apiserver
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .terminate();
         self.etcd.terminate();
     }
 }

@@ -61,6 +61,11 @@ fn main() {
             operator_rbac_is_least_privilege,
         ),
         ("a_manager_cannot_escalate", a_manager_cannot_escalate),
+        // Last: it stops and restarts the API server.
+        (
+            "an_api_server_outage_is_survived",
+            an_api_server_outage_is_survived,
+        ),
     ];
     let trials = tests
         .iter()
@@ -1340,5 +1345,70 @@ fn a_manager_cannot_escalate(plane: &ControlPlane) -> Result<()> {
             "can-i {verb} {resource} as {user}: expected {want}"
         );
     }
+    Ok(())
+}
+
+/// The API server stops: the proxy keeps serving its last good configuration and the
+/// operator stays up; when the API server returns, a change made then reaches the proxy.
+fn an_api_server_outage_is_survived(plane: &ControlPlane) -> Result<()> {
+    let (ns, gw) = namespaces(plane, "outage")?;
+    let logs = tempfile::tempdir()?;
+    let upstream_port = free_port();
+    let mut upstream = std::process::Command::new(python()?);
+    upstream
+        .arg(workspace().join("e2e/peers/demo_server.py"))
+        .arg(upstream_port.to_string());
+    let _upstream = Process::spawn(
+        "demo MCP server",
+        upstream,
+        logs.path().join("upstream.log"),
+    )?;
+    let server = |deny: &str| {
+        format!(
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [{deny}]}}\n  public: true\n"
+        )
+    };
+    plane.apply(&ns, &server("secret_tool"))?;
+    let mut operator = Operator::start(plane, &[&ns], &gw, "outage")?;
+    let proxy = Proxy::start(
+        &[OsStr::new("--config-namespace"), OsStr::new(&gw)],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+        logs.path(),
+    )?;
+    wait_for("upstream listening", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
+    })?;
+    let url = format!("http://127.0.0.1:{}/{ns}/mcp/demo/server", proxy.port);
+    let add = || mcp_client(&url, "2026-07-28", &["call", "add", r#"{"a": 2, "b": 3}"#]);
+    wait_for("the route served", WAIT, || add().ok())?;
+
+    plane.stop_apiserver();
+    let outcome = (|| -> Result<()> {
+        for _ in 0..3 {
+            let sum = add().map_err(anyhow::Error::msg)?;
+            ensure!(sum["text"][0] == "5", "during the outage: {sum}");
+        }
+        let (status, _) = mcpgate_e2e::http_get(&format!("{}/healthz", operator.metrics_url))?;
+        ensure!(
+            status == 200,
+            "operator /healthz {status} during the outage"
+        );
+        ensure!(
+            !operator.process.exited(),
+            "the operator exited during the outage"
+        );
+        Ok(())
+    })();
+    plane.start_apiserver()?;
+    outcome?;
+
+    // Back: a change made now reaches the proxy through the operator.
+    plane.apply(&ns, &server("secret_tool, add"))?;
+    wait_for(
+        "the change after the outage",
+        Duration::from_secs(120),
+        || add().err().filter(|e| e.contains("Unknown tool: add")),
+    )?;
+    ensure!(!operator.process.exited(), "the operator exited");
     Ok(())
 }

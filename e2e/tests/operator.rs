@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use mcpgate_e2e::{
     CRD_NAMES, ControlPlane, Operator, Process, Proxy, free_port, python, wait_for, workspace,
@@ -1082,6 +1082,12 @@ fn operator_rbac_is_least_privilege(plane: &ControlPlane) -> Result<()> {
             );
         }
     }
+    // Watching every namespace, listing (labelled) Secrets reaches kube-system too: the
+    // documented price of watching all namespaces.
+    ensure!(
+        can_i(plane, "kube-system", "list", "secrets", &cluster),
+        "expected the all-namespaces operator to list Secrets everywhere"
+    );
     // Watching some namespaces: nothing outside them.
     for (namespace, verb, resource) in [
         ("kube-system", "list", "secrets"),
@@ -1144,6 +1150,9 @@ fn operator_rbac_is_least_privilege(plane: &ControlPlane) -> Result<()> {
 
 fn a_manager_cannot_escalate(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "escalate")?;
+    // The chart's admission policy (CEL in the API server, no webhook).
+    let policy = workspace().join("charts/mcpgate/files/admission-policy.yaml");
+    plane.kubectl(&["apply", "-f", policy.to_str().unwrap()])?;
     let _operator = Operator::start(plane, &[&ns], &gw, "escalate")?;
     let sample =
         |file: &str| std::fs::read_to_string(workspace().join("config/samples").join(file));
@@ -1230,18 +1239,59 @@ fn a_manager_cannot_escalate(plane: &ControlPlane) -> Result<()> {
         "an AuthOverride was retargeted: {refused:?}"
     );
 
-    // 2. The Manager points the server at a Secret that did not opt in: nothing is copied.
+    // 2. The Manager may not change where the server points, its credential, or who may
+    //    call it; the description, tools and timeouts are theirs.
+    let patch_as = |user: Option<&str>, object: &str, patch: &str| {
+        let mut args = vec!["patch", object, "-n", &ns, "--type=merge", "-p", patch];
+        let as_user = user.map(|u| format!("--as={u}"));
+        args.extend(as_user.as_deref());
+        plane.kubectl(&args)
+    };
+    let refused = |result: Result<String>, what: &str| match result {
+        Err(e) if e.to_string().contains("only a tenant admin") => Ok(()),
+        other => Err(anyhow::anyhow!("{what}: {other:?}")),
+    };
+    wait_for("the admission policy in force", WAIT, || {
+        refused(
+            patch_as(
+                Some("bob"),
+                "mcps/huggingface",
+                r#"{"spec":{"remote":{"url":"https://attacker.example/mcp"}}}"#,
+            ),
+            "remote.url",
+        )
+        .ok()
+    })?;
+    for (what, patch) in [
+        (
+            "secretKeyRef",
+            r#"{"spec":{"auth":{"apiKey":{"secretKeyRef":{"name":"database","key":"password"}}}}}"#,
+        ),
+        (
+            "passthrough",
+            r#"{"spec":{"auth":{"type":"Passthrough","apiKey":null}}}"#,
+        ),
+        ("public", r#"{"spec":{"public":true}}"#),
+    ] {
+        refused(patch_as(Some("bob"), "mcps/huggingface", patch), what)?;
+    }
+    patch_as(
+        Some("bob"),
+        "mcps/huggingface",
+        r#"{"spec":{"description":"managed by bob","timeoutSeconds":12,"tools":{"deny":["delete_repo"]}}}"#,
+    )
+    .context("what a Manager may change")?;
+
+    //    Nor can even a tenant admin hand mcpgate a Secret that did not opt in for the
+    //    server: nothing is copied.
     let point_at = |secret: &str, key: &str| {
-        plane.kubectl(&[
-            "patch",
+        patch_as(
+            None,
             "mcps/huggingface",
-            "-n",
-            &ns,
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"spec":{{"auth":{{"apiKey":{{"secretKeyRef":{{"name":"{secret}","key":"{key}"}}}}}}}}}}"#),
-            "--as=bob",
-        ])
+            &format!(
+                r#"{{"spec":{{"auth":{{"apiKey":{{"secretKeyRef":{{"name":"{secret}","key":"{key}"}}}}}}}}}}"#
+            ),
+        )
     };
     point_at("database", "password")?;
     let (_, reason, message) =
@@ -1300,6 +1350,36 @@ fn a_manager_cannot_escalate(plane: &ControlPlane) -> Result<()> {
             .kubectl(&["get", "rolebinding", "mcpgate-manager.hf-users", "-n", &ns])
             .ok()
     })?;
+    // 4. A Manager of a bundle may not add servers to it (that would reach servers they have
+    //    no grant on, with those servers' credentials), but may rename and drop tools.
+    plane.apply(&ns, "apiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle}\nspec:\n  tools:\n  - {server: deepwiki, tools: [ask_question, read_wiki_structure]}\n")?;
+    plane.apply(&ns, "apiVersion: mcpgate.dev/v1alpha1\nkind: McpCollaborator\nmetadata: {name: bundle-managers}\nspec:\n  targetRef: {kind: VirtualMcpServer, name: bundle}\n  role: Manager\n  subjects: [{kind: User, name: bob}]\n")?;
+    wait_for("bob's bundle RoleBinding", WAIT, || {
+        plane
+            .kubectl(&[
+                "get",
+                "rolebinding",
+                "mcpgate-manager.bundle-managers",
+                "-n",
+                &ns,
+            ])
+            .ok()
+    })?;
+    refused(
+        patch_as(
+            Some("bob"),
+            "vmcps/bundle",
+            r#"{"spec":{"tools":[{"server":"deepwiki","tools":["ask_question"]},{"server":"huggingface","tools":["*"]}]}}"#,
+        ),
+        "a bundle member added",
+    )?;
+    patch_as(
+        Some("bob"),
+        "vmcps/bundle",
+        r#"{"spec":{"tools":[{"server":"deepwiki","tools":["ask_question"],"rename":{"ask_question":"ask"}}]}}"#,
+    )
+    .context("what a bundle's Manager may change")?;
+
     let checks = [
         (
             "bob",

@@ -1,6 +1,8 @@
 //! The MCP port: connections accepted within limits, and the HTTP settings that bound what
-//! one client can make the gateway hold. HTTP/1: the request head must arrive within
-//! `header_read_timeout` (which also closes keep-alive connections idle that long), in at most
+//! one client can make the gateway hold. A new connection must send its first 24 bytes (what
+//! tells HTTP/1 from HTTP/2) within `header_read_timeout`. HTTP/1: the request head must
+//! arrive within `header_read_timeout` (which also closes keep-alive connections idle that
+//! long), in at most
 //! `max_header_bytes` and `max_headers` (else 431). HTTP/2: at most `max_concurrent_streams`
 //! per connection, header lists bounded the same way, and pings that close a connection
 //! whose peer stopped answering. Over `max_connections`, a new connection gets 503 with
@@ -8,7 +10,9 @@
 //! spinning. At shutdown, connections drain for at most `drain`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -17,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -123,11 +127,16 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move {
             let admitted = permit.is_some();
+            let first = app.limits.header_read_timeout;
             let result = match tls {
-                None => connection(&builder, watcher, stream, &app, admitted).await,
+                None => {
+                    let stream = FirstBytes::new(stream, first);
+                    connection(&builder, watcher, stream, &app, admitted).await
+                }
                 Some(tls) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let stream = FirstBytes::new(stream, first);
                             connection(&builder, watcher, stream, &app, admitted).await
                         }
                         Ok(Err(error)) => {
@@ -190,6 +199,85 @@ where
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     watcher.watch(conn.into_owned()).await
+}
+
+/// Bytes a connection must send in time before hyper's own timers take over: the length of
+/// the HTTP/2 preface, which hyper-util reads (with no timer) to tell the protocols apart.
+const PREFACE: usize = 24;
+
+/// A connection that must deliver its first [`PREFACE`] bytes before a deadline; reads fail
+/// with `TimedOut` after it, so a client that connects and sends nothing is let go.
+struct FirstBytes<S> {
+    inner: S,
+    read: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstBytes<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        Self {
+            inner,
+            read: 0,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(deadline) = &mut this.deadline {
+            match polled {
+                Poll::Ready(Ok(())) => {
+                    this.read += buf.filled().len() - before;
+                    if this.read >= PREFACE {
+                        this.deadline = None;
+                    }
+                }
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// 503 with `Retry-After` for a gateway at its `limit` (`connections` or `requests`).

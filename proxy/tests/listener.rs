@@ -111,6 +111,19 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         "closed after {after:?}"
     );
 
+    // Clients that connect and send nothing, or only the start of the HTTP/2 preface (which
+    // the server reads before any HTTP timer runs).
+    for start in [&b""[..], b"PRI * HTTP/2"] {
+        let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        silent.write_all(start).unwrap();
+        let after = closed_after(&mut silent, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{start:?}: still open after 5 s"));
+        assert!(
+            after >= Duration::from_millis(900),
+            "closed after {after:?}"
+        );
+    }
+
     // A keep-alive connection that answered one request and then sits idle.
     let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body = call("echo");

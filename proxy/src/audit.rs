@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Response, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{Identity, Method};
 use crate::error::Body;
-use crate::mcp::message::{Envelope, event_end};
+use crate::mcp::message::{Envelope, Framer};
 use crate::metrics::Metrics;
 
 /// How often buffered records are written out.
@@ -303,7 +303,7 @@ impl Pending {
         let scan = Scan {
             sse,
             id: self.call.id.clone(),
-            buffer: BytesMut::new(),
+            buffer: Framer::default(),
             found: None,
             http_status: status.as_u16(),
         };
@@ -354,7 +354,7 @@ impl Outcome {
 struct Scan {
     sse: bool,
     id: Option<Value>,
-    buffer: BytesMut,
+    buffer: Framer,
     found: Option<Outcome>,
     http_status: u16,
 }
@@ -364,21 +364,20 @@ impl Scan {
         if self.found.is_some() {
             return;
         }
-        if self.buffer.len() + chunk.len() > MAX_INSPECTED {
+        if self.buffer.pending() + chunk.len() > MAX_INSPECTED {
             self.found = Some(Outcome::Unknown);
-            self.buffer = BytesMut::new();
+            self.buffer.take();
             return;
         }
-        self.buffer.extend_from_slice(chunk);
+        self.buffer.push(chunk);
         if !self.sse {
             return;
         }
-        while let Some(end) = event_end(&self.buffer) {
-            let event = self.buffer.split_to(end);
+        while let Some(event) = self.buffer.next_event() {
             let data = crate::mcp::message::Event::parse(&event).and_then(|e| e.data);
             if let Some(outcome) = data.and_then(|d| self.answer(d.as_bytes())) {
                 self.found = Some(outcome);
-                self.buffer = BytesMut::new();
+                self.buffer.take();
                 return;
             }
         }
@@ -390,7 +389,7 @@ impl Scan {
             return found;
         }
         if !self.sse {
-            let body = std::mem::take(&mut self.buffer);
+            let body = self.buffer.take();
             if let Some(outcome) = self.answer(&body) {
                 return outcome;
             }
@@ -617,7 +616,7 @@ mod tests {
                 let mut scan = Scan {
                     sse,
                     id: Some(id.clone()),
-                    buffer: BytesMut::new(),
+                    buffer: Framer::default(),
                     found: None,
                     http_status: 200,
                 };
@@ -635,7 +634,7 @@ mod tests {
         Scan {
             sse,
             id: Some(id),
-            buffer: BytesMut::new(),
+            buffer: Framer::default(),
             found: None,
             http_status: 200,
         }

@@ -228,6 +228,7 @@ fn issuer_settings_are_checked_with_messages_that_say_what_to_fix() {
         user_claim: "sub".into(),
         groups_claim: "groups".into(),
         user_prefix: String::new(),
+        group_prefix: String::new(),
         require_verified_email: true,
     };
     assert!(config("https://idp.example", "gw").validate().is_ok());
@@ -372,12 +373,30 @@ async fn with_several_issuers_subjects_are_qualified_by_issuer() {
         !bare.permits(&caller),
         "another issuer's u-1 is not this issuer's"
     );
+    // Groups likewise: a partner's `admins` is not the company's.
+    assert_eq!(
+        caller.groups,
+        [
+            format!("{}#team-a", idp.issuer),
+            format!("{}#admins", idp.issuer)
+        ]
+    );
+    let group = |name: &str| {
+        Access::new(&AccessList {
+            subjects: vec![AccessSubject {
+                kind: SubjectKind::Group,
+                name: name.into(),
+            }],
+        })
+    };
+    assert!(!group("admins").permits(&caller));
+    assert!(group(&format!("{}#admins", idp.issuer)).permits(&caller));
 }
 
 #[test]
 fn issuers_can_be_set_one_by_one() {
     let entries: Vec<IssuerEntry> = serde_yaml::from_str(
-        "- issuer: https://a.example\n  audiences: [a-gw]\n  userClaim: email\n- issuer: https://b.example\n  groupsClaim: roles\n  userPrefix: 'b:'\n  requireVerifiedEmail: false\n",
+        "- issuer: https://a.example\n  audiences: [a-gw]\n  userClaim: email\n- issuer: https://b.example\n  groupsClaim: roles\n  userPrefix: 'b:'\n  groupPrefix: 'b:'\n  requireVerifiedEmail: false\n",
     )
     .unwrap();
     let configs = issuer_configs(entries, &defaults("sub")).unwrap();
@@ -391,6 +410,7 @@ fn issuers_can_be_set_one_by_one() {
         (&["a-gw".to_owned()][..], "email", "groups")
     );
     assert_eq!(a.user_prefix, "", "verified emails are not qualified");
+    assert_eq!(a.group_prefix, "https://a.example#", "groups are");
     assert!(a.require_verified_email);
     assert_eq!(
         (
@@ -400,7 +420,10 @@ fn issuers_can_be_set_one_by_one() {
         ),
         (&["gw".to_owned()][..], "sub", "roles")
     );
-    assert_eq!(b.user_prefix, "b:");
+    assert_eq!(
+        (b.user_prefix.as_str(), b.group_prefix.as_str()),
+        ("b:", "b:")
+    );
     assert!(!b.require_verified_email);
 
     let typo: Result<Vec<IssuerEntry>, _> =

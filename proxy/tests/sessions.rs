@@ -273,3 +273,57 @@ fn stateless_callers_of_a_passthrough_route_never_share_an_upstream_session() {
     }
     assert_ne!(used["token-of-alice"], used["token-of-bob"]);
 }
+
+#[test]
+fn stateless_users_of_a_route_never_share_an_upstream_session() {
+    let (_runtime, idp, key) = idp::with_one_key();
+    let upstream = session_checking_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let users = ["alice@example.com", "bob@example.com"];
+    write_config(
+        dir.path(),
+        &json!({
+            "schema": 1, "version": "per-user",
+            "servers": [granted(server_config(upstream, "shared", json!({"type": "none"}), vec![], 5000, false), &users)],
+            "virtualServers": [],
+        }),
+    );
+    let (_proxy, port, _) = start_proxy(dir.path(), &idp.proxy_flags(&[]));
+    let session_of = |email: &str| {
+        let mut claims = idp.claims();
+        claims["sub"] = json!(email);
+        claims["email"] = json!(email);
+        let bearer = format!("Bearer {}", idp::sign(&key, &claims));
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "whoami", "arguments": {},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}});
+        let (status, _, answer) = post(
+            port,
+            "/team/mcp/shared/server",
+            &[
+                ("Authorization", &bearer),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "whoami"),
+            ],
+            &body.to_string(),
+        );
+        (status == 200).then(|| {
+            let answer: Value = serde_json::from_str(&answer).unwrap();
+            let text = answer["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or("{}");
+            serde_json::from_str::<Value>(text).unwrap()["session"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    let alice = wait_for("the proxy", || session_of(users[0]));
+    let bob = session_of(users[1]).unwrap();
+    assert_ne!(alice, bob, "two users in one upstream session");
+    assert_eq!(session_of(users[0]).unwrap(), alice, "each keeps its own");
+    assert_eq!(session_of(users[1]).unwrap(), bob);
+}

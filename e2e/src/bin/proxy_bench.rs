@@ -572,6 +572,7 @@ fn in_process(
                 user_claim: "email".into(),
                 groups_claim: "groups".into(),
                 user_prefix: String::new(),
+                group_prefix: String::new(),
                 require_verified_email: true,
             }],
         ))

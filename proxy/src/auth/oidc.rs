@@ -58,6 +58,9 @@ pub struct IssuerConfig {
     /// name: empty with one issuer, `<issuer>#` by default with several (unless users are
     /// named by their verified email).
     pub user_prefix: String,
+    /// Put before each group name, for the same reason: empty with one issuer, `<issuer>#`
+    /// by default with several (a group of one provider is never another's).
+    pub group_prefix: String,
     /// Whether the `email` claim counts only with `email_verified: true` (the default; turn
     /// it off only for an identity provider that verifies every address and omits the claim).
     pub require_verified_email: bool,
@@ -128,6 +131,9 @@ pub struct IssuerEntry {
     /// Put before the user claim (default: none with one issuer, `<issuer>#` with several).
     #[serde(default)]
     pub user_prefix: Option<String>,
+    /// Put before each group (default: none with one issuer, `<issuer>#` with several).
+    #[serde(default)]
+    pub group_prefix: Option<String>,
     /// Whether `email` needs `email_verified: true`.
     #[serde(default)]
     pub require_verified_email: Option<bool>,
@@ -142,6 +148,7 @@ impl IssuerEntry {
             user_claim: None,
             groups_claim: None,
             user_prefix: None,
+            group_prefix: None,
             require_verified_email: None,
         }
     }
@@ -170,6 +177,13 @@ pub fn issuer_configs(
         let config = IssuerConfig {
             user_prefix: entry.user_prefix.unwrap_or_else(|| {
                 if qualify {
+                    format!("{issuer}#")
+                } else {
+                    String::new()
+                }
+            }),
+            group_prefix: entry.group_prefix.unwrap_or_else(|| {
+                if several {
                     format!("{issuer}#")
                 } else {
                     String::new()
@@ -430,13 +444,14 @@ fn identity(config: &IssuerConfig, claims: &Value) -> Result<Identity, AuthError
         .filter(|u| !u.is_empty())
         .ok_or_else(|| AuthError::Claim(config.user_claim.clone()))?;
     let user = format!("{}{user}", config.user_prefix);
+    let prefixed = |group: &str| format!("{}{group}", config.group_prefix);
     let groups = match &claims[config.groups_claim.as_str()] {
         Value::Array(items) => items
             .iter()
             .filter_map(Value::as_str)
-            .map(str::to_owned)
+            .map(prefixed)
             .collect(),
-        Value::String(one) => vec![one.clone()],
+        Value::String(one) => vec![prefixed(one)],
         _ => Vec::new(),
     };
     Ok(Identity {

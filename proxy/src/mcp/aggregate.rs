@@ -179,6 +179,7 @@ async fn dispatch(
         fwd,
         route,
         caller: &parts.headers,
+        owner: owner.as_deref(),
         via,
     };
     match (&parts.method, post) {
@@ -220,11 +221,12 @@ async fn initialize(
         .cloned()
         .unwrap_or_else(|| json!({}));
     let opened = join_all(route.members.iter().map(|member| {
-        let (capabilities, client_info) = (&capabilities, &client_info);
+        let (capabilities, client_info, owner) = (&capabilities, &client_info, &owner);
         async move {
             let hop = Hop {
                 client: &fwd.client,
                 limits: fwd.read_limits,
+                owner: owner.as_deref(),
                 route: &member.server,
                 caller,
             };
@@ -320,6 +322,7 @@ struct Ctx<'a> {
     fwd: &'a Forwarder,
     route: &'a VirtualRoute,
     caller: &'a HeaderMap,
+    owner: Option<&'a str>,
     via: Via<'a>,
 }
 
@@ -347,6 +350,7 @@ impl Ctx<'_> {
         Hop {
             client: &self.fwd.client,
             limits: self.fwd.read_limits,
+            owner: self.owner,
             route: &member.server,
             caller,
         }

@@ -2,8 +2,8 @@
 //! its protocol version, capabilities and identity in `_meta` and the method and name
 //! mirrored in headers. Upstreams that speak it get the request as it is; upstreams of the
 //! `initialize` era are probed once and served through a gateway-held session per upstream
-//! and outbound credential (one per caller on a `Passthrough` route, so no session ever
-//! carries two users' tokens), with request ids made unique and restored on the way back.
+//! and caller (and, on a `Passthrough` route, per forwarded token), so no session ever carries
+//! two users' requests or tokens, with request ids made unique and restored on the way back.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -177,7 +177,7 @@ const POOLED_IDLE: Duration = Duration::from_secs(3600);
 pub struct Eras {
     probed: Mutex<HashMap<String, (Era, Instant)>>,
     /// By route path and [`Hop::credential_identity`].
-    pooled: moka::sync::Cache<(String, Option<[u8; 32]>), UpstreamSession>,
+    pooled: moka::sync::Cache<(String, [u8; 32]), UpstreamSession>,
 }
 
 impl Default for Eras {

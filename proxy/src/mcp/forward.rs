@@ -220,6 +220,7 @@ impl Forwarder {
         let hop = Hop {
             client: &self.client,
             limits: self.read_limits,
+            owner: owner.as_deref(),
             route,
             caller: &parts.headers,
         };
@@ -306,7 +307,7 @@ impl Forwarder {
         let (up_parts, up_body) = response.into_parts();
         let mut minted = None;
         if method == "initialize" && up_parts.status.is_success() {
-            match self.mint(route, &bytes, &up_parts.headers, owner) {
+            match self.mint(route, &bytes, &up_parts.headers, owner.clone()) {
                 Ok(sid) => minted = Some(sid),
                 Err(error) => {
                     return (upstream_failure(&parts.method, id, error.to_string()), None);

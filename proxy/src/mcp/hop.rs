@@ -119,6 +119,8 @@ pub struct Hop<'a> {
     pub client: &'a HttpClient,
     /// What may be read from the upstream.
     pub limits: ReadLimits,
+    /// Who is calling ([`crate::session::owner`]); None on a public route.
+    pub owner: Option<&'a str>,
     /// The server.
     pub route: &'a ServerRoute,
     /// The caller's request headers.
@@ -131,17 +133,21 @@ impl Hop<'_> {
         format!("{}/{}", self.route.config.namespace, self.route.config.name)
     }
 
-    /// Whose credential this hop sends upstream beyond the route's own: the SHA-256 of the
-    /// caller's `Authorization` header on a `Passthrough` route, else None (the route's
-    /// credential, the same for every caller). Upstream sessions the gateway holds are never
-    /// shared across different values.
-    pub fn credential_identity(&self) -> Option<[u8; 32]> {
+    /// Whose upstream session a request of this hop may share: the caller's, and on a
+    /// `Passthrough` route also the credential it forwards (SHA-256 of the caller's
+    /// `Authorization` header). Upstream sessions the gateway holds are never shared across
+    /// different values, so never across users.
+    pub fn credential_identity(&self) -> [u8; 32] {
         use sha2::Digest;
-        if !matches!(self.route.config.auth, UpstreamAuth::Passthrough) {
-            return None;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.owner.unwrap_or_default().as_bytes());
+        hash.update(b"\0");
+        if matches!(self.route.config.auth, UpstreamAuth::Passthrough)
+            && let Some(value) = self.caller.get(header::AUTHORIZATION)
+        {
+            hash.update(value.as_bytes());
         }
-        let value = self.caller.get(header::AUTHORIZATION)?;
-        Some(sha2::Sha256::digest(value.as_bytes()).into())
+        hash.finalize().into()
     }
 
     /// The route's timeout.

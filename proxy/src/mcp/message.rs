@@ -223,50 +223,78 @@ pub fn events(
     split_events(body.into_data_stream(), max_event)
 }
 
-/// [`events`] of any stream of chunks: the same events whatever the chunk boundaries. Each
-/// byte is scanned once (a search resumes where the last one stopped), so a large event
-/// arriving in small chunks costs time linear in its size.
+/// [`events`] of any stream of chunks: the same events whatever the chunk boundaries (and
+/// the same stand-in for the first event over `max_event`, whether it arrived whole or not).
 pub fn split_events<E: Send + 'static>(
     chunks: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
     max_event: usize,
 ) -> BoxStream<'static, Result<Bytes, E>> {
-    struct State<S> {
-        chunks: S,
-        buffer: BytesMut,
-        /// Bytes of `buffer` already searched for an event end.
-        scanned: usize,
-        done: bool,
-    }
-    let state = State {
-        chunks: chunks.boxed(),
-        buffer: BytesMut::new(),
-        scanned: 0,
-        done: false,
-    };
-    futures::stream::unfold(state, move |mut s| async move {
-        if s.done {
+    let state = (chunks.boxed(), Framer::default(), false);
+    futures::stream::unfold(state, move |(mut chunks, mut framer, done)| async move {
+        if done {
             return None;
         }
         loop {
-            // A terminator may straddle the previous search's end: back up three bytes.
-            let from = s.scanned.saturating_sub(3);
-            if let Some(end) = event_end(&s.buffer[from..]) {
-                let event = s.buffer.split_to(from + end).freeze();
-                s.scanned = 0;
-                return Some((Ok(event), s));
+            if let Some(event) = framer.next_event() {
+                if event.len() > max_event {
+                    return Some((Ok(oversized_event(max_event)), (chunks, framer, true)));
+                }
+                return Some((Ok(event), (chunks, framer, false)));
             }
-            s.scanned = s.buffer.len();
-            if s.buffer.len() > max_event {
-                s.done = true;
-                return Some((Ok(oversized_event(max_event)), s));
+            if framer.pending() > max_event {
+                return Some((Ok(oversized_event(max_event)), (chunks, framer, true)));
             }
-            match s.chunks.next().await? {
-                Ok(chunk) => s.buffer.extend_from_slice(&chunk),
-                Err(error) => return Some((Err(error), s)),
+            match chunks.next().await? {
+                Ok(chunk) => framer.push(&chunk),
+                Err(error) => return Some((Err(error), (chunks, framer, false))),
             }
         }
     })
     .boxed()
+}
+
+/// SSE events found in bytes as they arrive, each byte looked at once however the bytes are
+/// chunked and however many events one chunk holds: a search resumes where the last one
+/// stopped, and stops at the first event end.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buffer: BytesMut,
+    /// Bytes of `buffer` already searched for an event end.
+    scanned: usize,
+}
+
+impl Framer {
+    /// Appends bytes that arrived.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next complete event (its terminating blank line included), if one has arrived.
+    pub fn next_event(&mut self) -> Option<Bytes> {
+        // A terminator may straddle the previous search's end: back up three bytes.
+        let from = self.scanned.saturating_sub(3);
+        match event_end(&self.buffer[from..]) {
+            Some(end) => {
+                self.scanned = 0;
+                Some(self.buffer.split_to(from + end).freeze())
+            }
+            None => {
+                self.scanned = self.buffer.len();
+                None
+            }
+        }
+    }
+
+    /// Bytes held that are not yet a complete event.
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Everything held, leaving the framer empty.
+    pub fn take(&mut self) -> BytesMut {
+        self.scanned = 0;
+        std::mem::take(&mut self.buffer)
+    }
 }
 
 /// What stands in for an SSE event over `limit` bytes, ending its stream: a log message at
@@ -281,17 +309,20 @@ pub fn oversized_event(limit: usize) -> Bytes {
     Bytes::from(format!("event: message\ndata: {message}\n\n"))
 }
 
-/// Index just past the blank line ending the first complete SSE event in `buffer`.
+/// Index just past the blank line ending the first complete SSE event in `buffer`: a line
+/// end (`\n` or `\r\n`) followed by an empty line (`\n` or `\r\n`), found in one pass.
 pub fn event_end(buffer: &[u8]) -> Option<usize> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(found) = buffer[from..].iter().position(|&b| b == b'\n') {
+        let at = from + found;
+        let before = |back: usize| at.checked_sub(back).map(|i| buffer[i]);
+        // "\n\n" (or "\r\n\n"), or "\n\r\n" (or "\r\n\r\n").
+        if before(1) == Some(b'\n') || (before(1) == Some(b'\r') && before(2) == Some(b'\n')) {
+            return Some(at + 1);
+        }
+        from = at + 1;
     }
+    None
 }
 
 /// `map[key]` as an object to write into: created when absent or null; None when it holds
@@ -390,6 +421,11 @@ mod tests {
         assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
         assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
         assert_eq!(event_end(b"data: a\n"), None);
+        // Mixed line endings end an event too.
+        assert_eq!(event_end(b"data: a\r\n\n"), Some(10));
+        assert_eq!(event_end(b"data: a\n\r\n"), Some(10));
+        assert_eq!(event_end(b"\n\n"), Some(2));
+        assert_eq!(event_end(b"data: a\r\ndata: b\r\n"), None);
     }
 
     #[test]

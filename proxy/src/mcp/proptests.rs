@@ -318,10 +318,31 @@ proptest! {
             _ => (None, &bounded[..]),
         };
         prop_assert_eq!(kept, &whole[..kept.len()]);
+        prop_assert!(kept.iter().all(|e| e.len() <= limit), "an event over the limit came out");
         if last.is_none() {
             prop_assert_eq!(&bounded, &whole);
         }
     }
+}
+
+#[test]
+fn many_small_events_in_one_chunk_are_framed_in_linear_time() {
+    // 200,000 events in one chunk: searching the rest of the buffer per event (for either
+    // terminator) would read about 10^11 bytes; one pass reads 1.8 MB.
+    let body = "data: x\n\n".repeat(200_000);
+    let started = std::time::Instant::now();
+    let events = split(vec![Bytes::from(body)]);
+    assert_eq!(events.len(), 200_000);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The audit's scan of a tools/call answer frames the same way.
+    let mut framer = super::message::Framer::default();
+    framer.push("data: x\r\n\r\n".repeat(200_000).as_bytes());
+    assert_eq!(std::iter::from_fn(|| framer.next_event()).count(), 200_000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(40));
 }
 
 #[test]

@@ -152,6 +152,18 @@ impl Bridge {
             max_event: limits.event_bytes,
         });
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        // Idle sessions are closed within a minute of going idle, opens or not.
+        let sweeping = Arc::downgrade(&bridge);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                let Some(bridge) = sweeping.upgrade() else {
+                    return;
+                };
+                bridge.lock().retain(|_, s| !s.idle());
+            }
+        });
         let serving = bridge.clone();
         tokio::spawn(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -373,7 +385,7 @@ impl Bridge {
             used: Mutex::new(Instant::now()),
         });
         let mut sessions = self.lock();
-        sessions.retain(|_, s| lock(&s.used).elapsed() < SESSION_IDLE);
+        sessions.retain(|_, s| !s.idle());
         if sessions.len() >= MAX_SESSIONS {
             return Err(format!(
                 "the HTTP+SSE bridge holds its maximum of {MAX_SESSIONS} upstream sessions"
@@ -437,6 +449,14 @@ impl Bridge {
 impl Session {
     fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
         lock(&self.routes)
+    }
+
+    /// Unused for [`SESSION_IDLE`]: no request since, none waiting, no GET stream open.
+    fn idle(&self) -> bool {
+        let routes = self.lock();
+        lock(&self.used).elapsed() >= SESSION_IDLE
+            && routes.waiting.iter().all(|(_, s)| s.is_closed())
+            && routes.standalone.as_ref().is_none_or(mpsc::Sender::is_closed)
     }
 }
 

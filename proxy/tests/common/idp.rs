@@ -168,6 +168,7 @@ impl Provider {
             user_claim: "email".into(),
             groups_claim: "groups".into(),
             user_prefix: String::new(),
+            group_prefix: String::new(),
             require_verified_email: true,
         };
         config.validate().unwrap();

@@ -456,7 +456,10 @@ impl Session {
         let routes = self.lock();
         lock(&self.used).elapsed() >= SESSION_IDLE
             && routes.waiting.iter().all(|(_, s)| s.is_closed())
-            && routes.standalone.as_ref().is_none_or(mpsc::Sender::is_closed)
+            && routes
+                .standalone
+                .as_ref()
+                .is_none_or(mpsc::Sender::is_closed)
     }
 }
 

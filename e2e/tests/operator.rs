@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
-use mcpgate_e2e::{
-    CRD_NAMES, ControlPlane, Operator, Process, Proxy, free_port, python, wait_for, workspace,
-};
+use mcpgate_e2e::{CRD_NAMES, ControlPlane, Operator, Proxy, free_port, wait_for, workspace};
 use serde_json::Value;
 
 type Shared = Arc<Mutex<Option<ControlPlane>>>;
@@ -235,15 +233,7 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "samples")?;
     let logs = tempfile::tempdir()?;
     let upstream_port = free_port();
-    let mut upstream = std::process::Command::new(python()?);
-    upstream
-        .arg(workspace().join("e2e/peers/samples_server.py"))
-        .arg(upstream_port.to_string());
-    let _upstream = Process::spawn(
-        "samples MCP server",
-        upstream,
-        logs.path().join("upstream.log"),
-    )?;
+    let _upstream = mcpgate_e2e::python_peer("samples_server.py", upstream_port, logs.path())?;
     plane.apply(
         &ns,
         &samples_in_front_of(&format!("http://127.0.0.1:{upstream_port}/mcp"))?,
@@ -259,9 +249,6 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
         logs.path(),
     )?;
-    wait_for("upstream listening", WAIT, || {
-        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
-    })?;
 
     let mut ready_routes = Vec::new();
     for resource in [
@@ -843,15 +830,7 @@ fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()
     let (ns, gw) = namespaces(plane, "proxy")?;
     let logs = tempfile::tempdir()?;
     let upstream_port = free_port();
-    let mut upstream = std::process::Command::new(python()?);
-    upstream
-        .arg(workspace().join("e2e/peers/demo_server.py"))
-        .arg(upstream_port.to_string());
-    let _upstream = Process::spawn(
-        "demo MCP server",
-        upstream,
-        logs.path().join("upstream.log"),
-    )?;
+    let _upstream = mcpgate_e2e::python_peer("demo_server.py", upstream_port, logs.path())?;
     let server = |deny: &str| {
         format!(
             "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [{deny}]}}\n  auth:\n    type: ApiKey\n    apiKey: {{secretKeyRef: {{name: demo-key, key: token}}}}\n  public: true\n"
@@ -891,9 +870,6 @@ fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()
         logs.path(),
     )?;
     let port = proxy.port;
-    wait_for("upstream listening", WAIT, || {
-        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
-    })?;
 
     let url = format!("http://127.0.0.1:{port}/{ns}/mcp/demo/server");
     for mode in ["legacy", "2026-07-28"] {
@@ -1434,15 +1410,7 @@ fn an_api_server_outage_is_survived(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "outage")?;
     let logs = tempfile::tempdir()?;
     let upstream_port = free_port();
-    let mut upstream = std::process::Command::new(python()?);
-    upstream
-        .arg(workspace().join("e2e/peers/demo_server.py"))
-        .arg(upstream_port.to_string());
-    let _upstream = Process::spawn(
-        "demo MCP server",
-        upstream,
-        logs.path().join("upstream.log"),
-    )?;
+    let _upstream = mcpgate_e2e::python_peer("demo_server.py", upstream_port, logs.path())?;
     let server = |deny: &str| {
         format!(
             "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [{deny}]}}\n  public: true\n"
@@ -1455,9 +1423,6 @@ fn an_api_server_outage_is_survived(plane: &ControlPlane) -> Result<()> {
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
         logs.path(),
     )?;
-    wait_for("upstream listening", WAIT, || {
-        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).ok()
-    })?;
     let url = format!("http://127.0.0.1:{}/{ns}/mcp/demo/server", proxy.port);
     let add = || mcp_client(&url, "2026-07-28", &["call", "add", r#"{"a": 2, "b": 3}"#]);
     wait_for("the route served", WAIT, || add().ok())?;

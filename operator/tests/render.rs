@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mcpgate_operator::render::{Inputs, Rendered, render};
+use mcpgate_operator::render::{Diagnostic, Inputs, Rendered, render};
 use serde_json::json;
 
 fn inputs_from(paths: &[&Path], namespace: &str) -> Inputs {
@@ -127,14 +127,7 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
     let mut inputs = Inputs::default();
     inputs.add_yaml(&yaml, "demo").unwrap();
     let rendered = render(&inputs);
-    let ready = |name: &str| {
-        rendered
-            .diagnostics
-            .iter()
-            .find(|(r, _)| r.key.name == name)
-            .map(|(_, d)| d.ready.clone())
-            .unwrap()
-    };
+    let ready = |name: &str| diagnostic(&rendered, name).ready.clone();
     for (name, field) in [
         ("retry", "spec.retry"),
         ("limits", "spec.rateLimits"),
@@ -179,14 +172,7 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
 #[test]
 fn only_secrets_opted_in_for_the_server_are_read() {
     let rendered = fixture("broken-refs.yaml");
-    let resolved = |name: &str| {
-        rendered
-            .diagnostics
-            .iter()
-            .find(|(r, _)| r.key.name == name)
-            .map(|(_, d)| d.resolved_refs.clone())
-            .unwrap()
-    };
+    let resolved = |name: &str| diagnostic(&rendered, name).resolved_refs.clone();
     let unlabelled = resolved("not-opted-in");
     assert_eq!(unlabelled.reason, "SecretNotOptedIn");
     assert!(
@@ -226,6 +212,16 @@ fn each_sample_file_parses_on_its_own() {
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         render(&inputs);
     }
+}
+
+/// The diagnostic of the resource named `name` (names are unique in these inputs).
+fn diagnostic<'a>(rendered: &'a Rendered, name: &str) -> &'a Diagnostic {
+    rendered
+        .diagnostics
+        .iter()
+        .find(|(r, _)| r.key.name == name)
+        .map(|(_, d)| d)
+        .unwrap_or_else(|| panic!("no diagnostic for {name}"))
 }
 
 fn fixture(name: &str) -> Rendered {
@@ -357,12 +353,7 @@ fn discovered_tools_count_and_expand_wildcards() {
         .discovered_tools
         .insert(key("deepwiki"), vec!["read_wiki_structure".into()]);
     let rendered = render(&inputs);
-    let engineering = rendered
-        .diagnostics
-        .iter()
-        .find(|(r, _)| r.key.name == "engineering")
-        .map(|(_, d)| d.clone())
-        .unwrap();
+    let engineering = diagnostic(&rendered, "engineering");
     // ask_question is not offered by deepwiki any more: reported, the rest served.
     assert!(!engineering.resolved_refs.ok);
     assert_eq!(engineering.resolved_refs.reason, "UnknownTool");

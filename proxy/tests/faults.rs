@@ -96,14 +96,6 @@ fn scenario(tool: &str, stream: &mut std::net::TcpStream) {
     }
 }
 
-fn stateless_call(tool: &str) -> String {
-    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}})
-    .to_string()
-}
-
 /// RSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -137,15 +129,11 @@ fn misbehaving_upstreams_get_bounded_reads_and_errors_naming_the_server() {
     );
     let pid = proxy.0.id();
     let call = |tool: &str| {
-        post(
+        stateless_call(
             port,
             "/team/mcp/bundle/server",
-            &[
-                ("MCP-Protocol-Version", "2026-07-28"),
-                ("Mcp-Method", "tools/call"),
-                ("Mcp-Name", &format!("faulty_{tool}")),
-            ],
-            &stateless_call(&format!("faulty_{tool}")),
+            &format!("faulty_{tool}"),
+            &[],
         )
     };
     wait_for("the proxy", || (call("fine").0 == 200).then_some(()));

@@ -22,16 +22,6 @@ fn initialize(capabilities: Value) -> String {
     .to_string()
 }
 
-fn session_id(head: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("mcp-session-id")
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| panic!("no session id in {head}"))
-}
-
 /// `server` with users granted access.
 fn granted(mut route: Value, users: &[&str]) -> Value {
     route["access"]["subjects"] = users
@@ -111,14 +101,18 @@ fn a_session_belongs_to_the_caller_who_opened_it_until_its_maximum_age() {
         &initialize(json!({})),
     );
     let sid = session_id(&head);
+    let continued = || {
+        post(
+            port,
+            "/team/mcp/closed/server",
+            &[("Authorization", &alice), ("Mcp-Session-Id", &sid)],
+            &call("echo"),
+        )
+        .0
+    };
+    assert_eq!(continued(), 200, "a fresh session");
     std::thread::sleep(Duration::from_millis(4200));
-    let (status, _, _) = post(
-        port,
-        "/team/mcp/closed/server",
-        &[("Authorization", &alice), ("Mcp-Session-Id", &sid)],
-        &call("echo"),
-    );
-    assert_eq!(status, 404, "a session past its maximum age");
+    assert_eq!(continued(), 404, "a session past its maximum age");
 
     // What a session keeps is bounded: an initialize too large to seal is refused before
     // any upstream is asked.
@@ -147,6 +141,18 @@ fn a_session_belongs_to_the_caller_who_opened_it_until_its_maximum_age() {
         &call("echo"),
     );
     assert_eq!(status, 404);
+}
+
+/// What the session-checking upstream answered a `whoami` call: its session and whether
+/// the call came with the credential that session was opened with; None unless 200.
+fn checked((status, _, answer): (u16, String, String)) -> Option<Value> {
+    (status == 200).then(|| {
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        let text = answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("{}");
+        serde_json::from_str::<Value>(text).unwrap()
+    })
 }
 
 /// An upstream of the `initialize` era only: every session it opens remembers the
@@ -225,33 +231,17 @@ fn stateless_callers_of_a_passthrough_route_never_share_an_upstream_session() {
         }),
     );
     let (_proxy, port, _) = start_proxy(dir.path(), &[]);
-    let stateless_call = |token: &str| {
-        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "whoami", "arguments": {},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}});
+    let whoami = |token: &str| {
         let bearer = format!("Bearer {token}");
-        let (status, _, answer) = post(
+        let answer = stateless_call(
             port,
             "/team/mcp/relay/server",
-            &[
-                ("Authorization", &bearer),
-                ("MCP-Protocol-Version", "2026-07-28"),
-                ("Mcp-Method", "tools/call"),
-                ("Mcp-Name", "whoami"),
-            ],
-            &body.to_string(),
+            "whoami",
+            &[("Authorization", &bearer)],
         );
-        (status == 200).then(|| {
-            let answer: Value = serde_json::from_str(&answer).unwrap();
-            let text = answer["result"]["content"][0]["text"]
-                .as_str()
-                .unwrap_or("{}");
-            serde_json::from_str::<Value>(text).unwrap()
-        })
+        checked(answer)
     };
-    wait_for("the proxy", || stateless_call("token-of-alice"));
+    wait_for("the proxy", || whoami("token-of-alice"));
     let mut used = HashMap::new();
     for token in [
         "token-of-alice",
@@ -259,7 +249,7 @@ fn stateless_callers_of_a_passthrough_route_never_share_an_upstream_session() {
         "token-of-alice",
         "token-of-bob",
     ] {
-        let seen = stateless_call(token).unwrap();
+        let seen = whoami(token).unwrap();
         assert_eq!(
             seen["sameCredential"], true,
             "{token} was sent in a session opened with another credential: {seen}"
@@ -294,32 +284,13 @@ fn stateless_users_of_a_route_never_share_an_upstream_session() {
         claims["sub"] = json!(email);
         claims["email"] = json!(email);
         let bearer = format!("Bearer {}", idp::sign(&key, &claims));
-        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "whoami", "arguments": {},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}});
-        let (status, _, answer) = post(
+        let answer = stateless_call(
             port,
             "/team/mcp/shared/server",
-            &[
-                ("Authorization", &bearer),
-                ("MCP-Protocol-Version", "2026-07-28"),
-                ("Mcp-Method", "tools/call"),
-                ("Mcp-Name", "whoami"),
-            ],
-            &body.to_string(),
+            "whoami",
+            &[("Authorization", &bearer)],
         );
-        (status == 200).then(|| {
-            let answer: Value = serde_json::from_str(&answer).unwrap();
-            let text = answer["result"]["content"][0]["text"]
-                .as_str()
-                .unwrap_or("{}");
-            serde_json::from_str::<Value>(text).unwrap()["session"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        checked(answer).map(|seen| seen["session"].as_str().unwrap().to_owned())
     };
     let alice = wait_for("the proxy", || session_of(users[0]));
     let bob = session_of(users[1]).unwrap();

@@ -57,25 +57,27 @@ pub async fn response(
     hop: &Hop<'_>,
 ) -> Response<Body> {
     let (parts, body) = response.into_parts();
+    let refused = |why: String| {
+        let server = hop.server();
+        tracing::warn!(%server, %why, "upstream answer refused");
+        jsonrpc_error(
+            http::StatusCode::BAD_GATEWAY,
+            None,
+            code::UPSTREAM,
+            format!("upstream {server} answered {why}"),
+        )
+    };
+    let sse_stream = is_sse(&parts.headers);
     let json = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"));
-    if !parts.status.is_success() && !json && !is_sse(&parts.headers) {
-        let server = hop.server();
+    if !parts.status.is_success() && !json && !sse_stream {
         let excerpt = super::hop::status_text(body).await;
-        return jsonrpc_error(
-            http::StatusCode::BAD_GATEWAY,
-            None,
-            code::UPSTREAM,
-            format!(
-                "upstream {server} answered HTTP {} {excerpt}",
-                parts.status.as_u16()
-            ),
-        );
+        return refused(format!("HTTP {} {excerpt}", parts.status.as_u16()));
     }
-    let body = if is_sse(&parts.headers) {
+    let body = if sse_stream {
         BodyExt::boxed_unsync(StreamBody::new(
             sse(body, rewrite, ids, hop.limits.event_bytes).map(|c| c.map(Frame::data)),
         ))
@@ -94,16 +96,7 @@ pub async fn response(
             });
         match read {
             Ok(bytes) => crate::error::full(bytes),
-            Err(why) => {
-                let server = hop.server();
-                tracing::warn!(%server, %why, "upstream answer refused");
-                return jsonrpc_error(
-                    http::StatusCode::BAD_GATEWAY,
-                    None,
-                    code::UPSTREAM,
-                    format!("upstream {server} answered {why}"),
-                );
-            }
+            Err(why) => return refused(why),
         }
     };
     let mut out = Response::new(body);

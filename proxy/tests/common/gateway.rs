@@ -342,6 +342,27 @@ pub fn initialize(port: u16, path: &str) -> String {
     session_id(&head)
 }
 
+/// A stateless (2026-07-28) `tools/call` of `tool` on the route at `path`, with its headers
+/// and `_meta`, plus `headers`: (status, head, body).
+pub fn stateless_call(
+    port: u16,
+    path: &str,
+    tool: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}});
+    let mut all = vec![
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", tool),
+    ];
+    all.extend_from_slice(headers);
+    post(port, path, &all, &body.to_string())
+}
+
 pub fn call(tool: &str) -> String {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).to_string()
 }

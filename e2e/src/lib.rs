@@ -876,6 +876,17 @@ impl Proxy {
         Self::start_at(free_port(), free_port(), source_args, env, log_dir)
     }
 
+    /// Like [`Proxy::start`], running `binary` instead of this workspace's build (a
+    /// baseline build in `make bench`'s before/after comparison).
+    pub fn start_binary(
+        binary: &Path,
+        source_args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_dir: &Path,
+    ) -> Result<Self> {
+        Self::spawn(binary, free_port(), free_port(), source_args, env, log_dir)
+    }
+
     /// Like [`Proxy::start`], on given ports (to restart a proxy where clients expect it).
     pub fn start_at(
         port: u16,
@@ -884,7 +895,19 @@ impl Proxy {
         env: &[(&str, &std::ffi::OsStr)],
         log_dir: &Path,
     ) -> Result<Self> {
-        let mut command = Command::new(built_bin("mcpgate-proxy")?);
+        let binary = built_bin("mcpgate-proxy")?;
+        Self::spawn(&binary, port, admin, source_args, env, log_dir)
+    }
+
+    fn spawn(
+        binary: &Path,
+        port: u16,
+        admin: u16,
+        source_args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let mut command = Command::new(binary);
         command
             .args(source_args)
             .args([

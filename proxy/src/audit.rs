@@ -259,18 +259,10 @@ impl Arguments {
             None => Self::default(),
             Some(text) => Self {
                 bytes: text.len(),
-                sha256: hex(&Sha256::digest(text.as_bytes())),
+                sha256: base16ct::lower::encode_string(&Sha256::digest(text.as_bytes())),
             },
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// A started record.

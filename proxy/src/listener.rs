@@ -1,8 +1,7 @@
 //! The MCP port: connections accepted within limits, and the HTTP settings that bound what
-//! one client can make the gateway hold. A new connection must send its first 24 bytes (what
-//! tells HTTP/1 from HTTP/2) within `header_read_timeout`. HTTP/1: the request head must
-//! arrive within `header_read_timeout` (which also closes keep-alive connections idle that
-//! long), in at most
+//! one client can make the gateway hold. A connection with no request being answered must
+//! send its next request head within `header_read_timeout` (a new one its first, an HTTP/1
+//! keep-alive one its next; one timer per connection, see `Watched`), in at most
 //! `max_header_bytes` and `max_headers` (else 431). HTTP/2: at most `max_concurrent_streams`
 //! per connection, header lists bounded the same way, and pings that close a connection
 //! whose peer stopped answering. Over `max_connections`, a new connection gets 503 with
@@ -12,6 +11,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::error::{Body, code, jsonrpc_error};
 use crate::server::{App, handle};
@@ -52,7 +53,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             max_connections: 10_000,
             max_in_flight: 4096,
             max_concurrent_streams: 100,
@@ -61,6 +62,8 @@ impl Default for Limits {
     }
 }
 
+/// The number of headers hyper parses into a stack buffer when not told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
 /// How long a TLS client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection refused for being over the cap may take to read its 503.
@@ -71,13 +74,15 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// The HTTP/1 and HTTP/2 settings of `limits`.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // The request head must fit in the read buffer, else 431.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
+    let mut http1 = builder.http1();
+    // The request head must fit in the read buffer, else 431. (Its timeout is kept by
+    // `Watched`, not hyper's per-request timer.)
+    http1.max_buf_size(limits.max_header_bytes.max(8192));
+    // Hyper's own limit is 100 headers, parsed into a buffer on the stack; any explicit
+    // value, even 100, makes it fill a new one for every request.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -130,13 +135,13 @@ pub async fn serve(
             let first = app.limits.header_read_timeout;
             let result = match tls {
                 None => {
-                    let stream = FirstBytes::new(stream, first);
+                    let stream = Watched::new(stream, first);
                     connection(&builder, watcher, stream, &app, admitted).await
                 }
                 Some(tls) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let stream = FirstBytes::new(stream, first);
+                            let stream = Watched::new(stream, first);
                             connection(&builder, watcher, stream, &app, admitted).await
                         }
                         Ok(Err(error)) => {
@@ -168,7 +173,7 @@ pub async fn serve(
 async fn connection<S>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
-    stream: S,
+    stream: Watched<S>,
     app: &Arc<App>,
     admitted: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
@@ -192,65 +197,180 @@ where
             .await
             .unwrap_or(Ok(()));
     }
-    let app = app.clone();
+    let (app, idle) = (app.clone(), stream.idle.clone());
     let service = service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(&app, req).await) }
+        let (app, busy) = (app.clone(), idle.start());
+        async move {
+            let response = handle(&app, req).await;
+            Ok::<_, Infallible>(response.map(|body| Answering { body, _busy: busy }))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     watcher.watch(conn.into_owned()).await
 }
 
-/// Bytes a connection must send in time before hyper's own timers take over: the length of
-/// the HTTP/2 preface, which hyper-util reads (with no timer) to tell the protocols apart.
-const PREFACE: usize = 24;
+/// The HTTP/2 connection preface, which hyper-util reads (with no timer) to tell the
+/// protocols apart.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A connection that must deliver its first [`PREFACE`] bytes before a deadline; reads fail
-/// with `TimedOut` after it, so a client that connects and sends nothing is let go.
-struct FirstBytes<S> {
-    inner: S,
-    read: usize,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+/// Whether a connection has requests being answered, and since when it has had none: shared
+/// by the connection's reads and its requests, so that one timer per connection enforces the
+/// header-read timeout where hyper's own costs a timer per request.
+struct Idle {
+    opened: Instant,
+    /// Requests being answered: from their head until their response body ends.
+    busy: AtomicUsize,
+    /// When `busy` last fell to zero, in milliseconds after `opened`.
+    since_ms: AtomicU64,
 }
 
-impl<S> FirstBytes<S> {
-    fn new(inner: S, within: Duration) -> Self {
-        Self {
-            inner,
-            read: 0,
-            deadline: Some(Box::pin(tokio::time::sleep(within))),
+impl Idle {
+    /// Marks a request as being answered until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// When the next request head must have arrived: `within` after the connection last had
+    /// no request being answered, or `within` from now while one is.
+    fn deadline(&self, within: Duration) -> Instant {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            Instant::now() + within
+        } else {
+            self.opened + Duration::from_millis(self.since_ms.load(Ordering::Acquire)) + within
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+/// A request being answered (see [`Idle`]).
+struct Busy(Arc<Idle>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let idle = &self.0;
+        let now = u64::try_from(idle.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Stored before the count falls, so whoever sees no request also sees when.
+        idle.since_ms.store(now, Ordering::Release);
+        idle.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request [`Busy`] until hyper is done with it.
+pub struct Answering<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Answering<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What the first bytes of a connection said.
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// Still matching the HTTP/2 preface: this many bytes of it so far.
+    Undecided(usize),
+    Http1,
+    Http2,
+}
+
+/// A connection whose reads fail with `TimedOut` once it has had no request being answered
+/// for `within`: a client that connects and sends nothing, sends a request head too slowly,
+/// or keeps an HTTP/1 connection idle, is let go, while a request that takes long (a
+/// stream) is not cut. An HTTP/2 connection is watched until its preface has arrived;
+/// hyper's pings watch it from then on.
+struct Watched<S> {
+    inner: S,
+    idle: Arc<Idle>,
+    within: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    protocol: Protocol,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        let opened = Instant::now();
+        Self {
+            inner,
+            idle: Arc::new(Idle {
+                opened,
+                busy: AtomicUsize::new(0),
+                since_ms: AtomicU64::new(0),
+            }),
+            within,
+            timer: Box::pin(tokio::time::sleep_until(opened + within)),
+            protocol: Protocol::Undecided(0),
+        }
+    }
+
+    /// Whether the deadline has passed; otherwise the timer is armed to wake `cx` at it.
+    /// The timer is moved only when it fires, not for every request.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.idle.deadline(self.within);
+            if deadline <= Instant::now() {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        false
+    }
+
+    /// Follows the first bytes until they say HTTP/2 or not.
+    fn classify(&mut self, read: &[u8]) {
+        if let Protocol::Undecided(matched) = self.protocol {
+            let n = read.len().min(H2_PREFACE.len() - matched);
+            self.protocol = if read[..n] != H2_PREFACE[matched..matched + n] {
+                Protocol::Http1
+            } else if matched + n == H2_PREFACE.len() {
+                Protocol::Http2
+            } else {
+                Protocol::Undecided(matched + n)
+            };
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if matches!(this.protocol, Protocol::Http2) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Some(deadline) = &mut this.deadline {
-            match polled {
-                Poll::Ready(Ok(())) => {
-                    this.read += buf.filled().len() - before;
-                    if this.read >= PREFACE {
-                        this.deadline = None;
-                    }
-                }
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-                }
-                _ => {}
+        match polled {
+            Poll::Ready(Ok(())) => this.classify(&buf.filled()[before..]),
+            Poll::Pending if this.expired(cx) => {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
             }
+            _ => {}
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

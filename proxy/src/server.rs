@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -51,14 +50,14 @@ pub struct App {
 }
 
 /// One MCP request, start to finish.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<CaughtBody> {
     let method = req.method().clone();
     let unread_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
     let mut response = match app.in_flight.try_acquire() {
         Ok(_handling) => caught(&app.metrics, route(app, req)).await,
         Err(_) => {
             app.metrics.refused.with_label_values(&["requests"]).inc();
-            busy("requests")
+            busy("requests").map(CaughtBody::new)
         }
     };
     // An error may be answered before the body was read (401, 403, 404, 413, ...): the
@@ -83,15 +82,12 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
 pub async fn caught(
     metrics: &Metrics,
     request: impl Future<Output = Response<Body>>,
-) -> Response<Body> {
+) -> Response<CaughtBody> {
     let panics = metrics.request_panics.clone();
     match AssertUnwindSafe(request).catch_unwind().await {
-        Ok(response) => response.map(|body| {
-            CaughtBody {
-                inner: Some(body),
-                panics,
-            }
-            .boxed_unsync()
+        Ok(response) => response.map(|body| CaughtBody {
+            inner: Some(body),
+            panics: Some(panics),
         }),
         Err(panic) => {
             panics.inc();
@@ -105,6 +101,7 @@ pub async fn caught(
                 crate::error::code::INTERNAL,
                 "internal error in the gateway: this request failed and was logged; other requests are not affected",
             )
+            .map(CaughtBody::new)
         }
     }
 }
@@ -119,10 +116,21 @@ fn panic_message(panic: &(dyn Any + Send)) -> &'static str {
 }
 
 /// A response body whose panics end it instead of its connection (see [`caught`]).
-struct CaughtBody {
+pub struct CaughtBody {
     /// None once it panicked.
     inner: Option<Body>,
-    panics: prometheus::IntCounter,
+    /// Where its panics are counted; none for the gateway's own answers.
+    panics: Option<prometheus::IntCounter>,
+}
+
+impl CaughtBody {
+    /// One of the gateway's own answers, which does not panic.
+    fn new(body: Body) -> Self {
+        Self {
+            inner: Some(body),
+            panics: None,
+        }
+    }
 }
 
 impl http_body::Body for CaughtBody {
@@ -142,7 +150,9 @@ impl http_body::Body for CaughtBody {
                 let broken = self.inner.take();
                 // Its own clean-up may trip over the same broken state.
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(broken)));
-                self.panics.inc();
+                if let Some(panics) = &self.panics {
+                    panics.inc();
+                }
                 tracing::error!(
                     panic = panic_message(&*panic),
                     "a response body panicked while streaming; ended it there"
@@ -235,7 +245,16 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
             response
         }
-        Route::Virtual(v) => crate::mcp::aggregate::handle(&app.forwarder, req, v, caller).await,
+        // Boxed: a virtual server's future is much larger than a server route's.
+        Route::Virtual(v) => {
+            Box::pin(crate::mcp::aggregate::handle(
+                &app.forwarder,
+                req,
+                v,
+                caller,
+            ))
+            .await
+        }
     }
 }
 
@@ -352,6 +371,7 @@ fn admin(path: &str, metrics: &Metrics, current: &Current) -> Response<Body> {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use http_body_util::BodyExt;
     use serde_json::Value;
 
     #[tokio::test]

@@ -139,6 +139,21 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         after >= Duration::from_millis(900),
         "closed after {after:?}"
     );
+
+    // A request answered after 3 s is not cut by the 1 s timeout (the timeout is for a
+    // connection with nothing being answered), and its connection then carries another.
+    let mut long = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for tool in ["sleep", "echo"] {
+        let body = call(tool);
+        write!(
+            long,
+            "POST /team/mcp/plain/server HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let (status, head) = read_response(&mut long);
+        assert_eq!(status, 200, "{tool}: {head}");
+    }
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! connections: req/s, p50, p99, the proxy's CPU time per proxied call, its peak RSS; then
 //! the cost of opening a session and the proxy's RSS with 10,000 idle sessions; last, the
 //! cost of authentication per call (OIDC JWT, ServiceAccount token) against a public route
-//! (only that with `MCPGATE_BENCH=auth`).
+//! (only that with `MCPGATE_BENCH=auth`). With `MCPGATE_BENCH_BASELINE=<mcpgate-proxy binary>`
+//! it instead compares that build's CPU and p50 per call with this one's, interleaved.
 //! Load generator, proxy and upstream share this machine's cores, so CPU per call is the
 //! figure that compares across machines.
 
@@ -256,15 +257,18 @@ fn main() -> Result<()> {
     // upstreams it spends the least CPU per call (MCPGATE_WORKER_THREADS=0, one per CPU,
     // compares).
     let threads = std::env::var("MCPGATE_WORKER_THREADS").unwrap_or_else(|_| "1".into());
-    let proxy = Proxy::start(
-        &[OsStr::new("--config-dir"), dir.path().as_os_str()],
-        &[
-            ("RUST_LOG", OsStr::new("warn")),
-            ("MCPGATE_SESSION_KEY_FILE", key.as_os_str()),
-            ("MCPGATE_WORKER_THREADS", OsStr::new(&threads)),
-        ],
-        dir.path(),
-    )?;
+    let args = [OsStr::new("--config-dir"), dir.path().as_os_str()];
+    let env = [
+        ("RUST_LOG", OsStr::new("warn")),
+        ("MCPGATE_SESSION_KEY_FILE", key.as_os_str()),
+        ("MCPGATE_WORKER_THREADS", OsStr::new(&threads)),
+    ];
+    if let Some(baseline) = std::env::var_os("MCPGATE_BENCH_BASELINE") {
+        let baseline = Proxy::start_binary(baseline.as_ref(), &args, &env, dir.path())?;
+        let current = Proxy::start(&args, &env, dir.path())?;
+        return compare(&runtime, &baseline, &current);
+    }
+    let proxy = Proxy::start(&args, &env, dir.path())?;
     let pid = proxy.process.pid();
     let gateway: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
     let idle_rss = rss_kib(pid, "VmRSS:").unwrap_or(0);
@@ -368,6 +372,66 @@ fn main() -> Result<()> {
     );
     drop(proxy);
     authentication(&runtime, upstream_addr)
+}
+
+/// Calls per measurement in the before/after comparison.
+const COMPARE_CALLS: usize = 5_000;
+/// Rounds of the comparison; each figure is the median over them.
+const COMPARE_ROUNDS: usize = 15;
+
+/// Proxy CPU and p50 per call of a `baseline` build (`MCPGATE_BENCH_BASELINE=<binary>`)
+/// against this one, same configuration and upstream, on the server route: measurements
+/// alternate between the two (which goes first alternates too), so drift on a shared
+/// machine hits both alike.
+fn compare(runtime: &tokio::runtime::Runtime, baseline: &Proxy, current: &Proxy) -> Result<()> {
+    const PATH: &str = "/bench/mcp/fast/server";
+    let proxies = [baseline, current];
+    let mut targets = Vec::new();
+    for proxy in proxies {
+        let addr: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
+        let session = runtime.block_on(open_session(addr, PATH, None))?;
+        targets.push((proxy.process.pid(), addr, session));
+    }
+    println!(
+        "before/after: tools/call on a server route, {COMPARE_CALLS} calls x {COMPARE_ROUNDS} rounds per figure, interleaved; change = median of the rounds' after/before ratios"
+    );
+    println!(
+        "{:>5} {:>14} {:>14} {:>8} {:>12} {:>12}",
+        "conns", "CPU/call before", "CPU/call after", "change", "p50 before", "p50 after"
+    );
+    for concurrency in [1, 16, 64] {
+        let mut cpu = [Vec::new(), Vec::new()];
+        let mut p50 = [Vec::new(), Vec::new()];
+        for round in 0..COMPARE_ROUNDS {
+            for turn in 0..2 {
+                let i = (round + turn) % 2;
+                let (pid, addr, session) = &targets[i];
+                let before = cpu_seconds(*pid).context("proxy CPU")?;
+                let (_, latencies) = runtime.block_on(load(
+                    *addr,
+                    PATH,
+                    session,
+                    "echo",
+                    concurrency,
+                    COMPARE_CALLS,
+                    None,
+                ))?;
+                let spent = cpu_seconds(*pid).context("proxy CPU")? - before;
+                cpu[i].push(spent * 1e6 / latencies.len() as f64);
+                p50[i].push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
+            }
+        }
+        // The change is the median of each round's ratio: a round's two measurements ran
+        // back to back, so drift of the machine between rounds cancels out.
+        let mut ratios: Vec<f64> = cpu[1].iter().zip(&cpu[0]).map(|(a, b)| a / b).collect();
+        let change = (median(&mut ratios) - 1.0) * 100.0;
+        let [cpu_before, cpu_after] = cpu.each_mut().map(|v| median(v));
+        let [p50_before, p50_after] = p50.each_mut().map(|v| median(v));
+        println!(
+            "{concurrency:>5} {cpu_before:>13.1}us {cpu_after:>13.1}us {change:>+7.1}% {p50_before:>10.1}us {p50_after:>10.1}us",
+        );
+    }
+    Ok(())
 }
 
 /// One rendered McpServer `bench/<name>` in front of `upstream`.
@@ -493,10 +557,6 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
         &jwt,
         sa_token.trim(),
     )?;
-    let median = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
     let medians: Vec<(f64, f64)> = figures
         .iter_mut()
         .map(|(p50, cpu)| (median(p50), median(cpu)))
@@ -517,6 +577,12 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
         );
     }
     Ok(())
+}
+
+/// The median of `values` (reordered).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn print_row(

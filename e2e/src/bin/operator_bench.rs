@@ -1,6 +1,7 @@
 //! `make bench` (operator part): render time for 1,000 McpServers + 100 VirtualMcpServers +
 //! 1,000 McpCollaborators in process; then, on a real kube-apiserver, the time from applying
-//! that set to the rendered ConfigMap being complete, and the operator's peak RSS.
+//! that set to the rendered ConfigMap being complete, and the operator's peak RSS; and its RSS
+//! with 150 unrelated 256 KiB Secrets in a namespace it watches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +127,7 @@ fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     let client = runtime.block_on(plane.client())?;
+    let unrelated_rss = unrelated_secrets(&runtime, &client, &operator)?;
     let started = Instant::now();
     let count = objects.len();
     runtime.block_on(async {
@@ -197,11 +199,56 @@ fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
         peak / 1024
     );
     println!(
+        "operator RSS with {UNRELATED_SECRETS} unrelated Secrets of {} KiB in a watched namespace: {} MiB (it watches only Secrets opted in as credentials)",
+        UNRELATED_SECRET_BYTES / 1024,
+        unrelated_rss / 1024
+    );
+    println!(
         "operator reconciles: {}, API writes: {}",
         operator.metric("mcpgate_operator_reconcile_duration_seconds_count", &[])?,
         operator.metric("mcpgate_operator_writes_total", &[])?
     );
     Ok(())
+}
+
+/// Secrets that are not mcpgate credentials, and the size of each.
+const UNRELATED_SECRETS: usize = 150;
+const UNRELATED_SECRET_BYTES: usize = 256 * 1024;
+
+/// Creates [`UNRELATED_SECRETS`] Secrets the operator has no business reading in a watched
+/// namespace, then returns its RSS in KiB: an operator that cached every Secret would hold
+/// them all.
+fn unrelated_secrets(
+    runtime: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    operator: &Operator,
+) -> Result<u64> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), "bench-0");
+    runtime.block_on(async {
+        for i in 0..UNRELATED_SECRETS {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("unrelated-{i}")),
+                    ..Default::default()
+                },
+                data: Some(
+                    [(
+                        "blob".to_owned(),
+                        ByteString(vec![b'x'; UNRELATED_SECRET_BYTES]),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            };
+            api.create(&Default::default(), &secret).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Time for a watch that did select them to receive them.
+    std::thread::sleep(Duration::from_secs(5));
+    Ok(rss_kib(operator.process.pid(), "VmRSS:").unwrap_or(0))
 }
 
 fn main() -> Result<()> {

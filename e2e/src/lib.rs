@@ -385,7 +385,11 @@ pub fn built_bin(name: &str) -> Result<PathBuf> {
     } else {
         "release"
     };
-    let path = workspace().join("target").join(profile).join(name);
+    // Where cargo put it: `CARGO_TARGET_DIR` when set (relative to the workspace, as cargo
+    // reads it there), else the workspace's `target`.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), |dir| workspace().join(dir));
+    let path = target.join(profile).join(name);
     if !path.is_file() {
         bail!(
             "{} not found: build it with `cargo build -p {name}`",

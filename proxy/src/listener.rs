@@ -232,13 +232,14 @@ impl Idle {
     }
 
     /// When the next request head must have arrived: `within` after the connection last had
-    /// no request being answered, or `within` from now while one is.
-    fn deadline(&self, within: Duration) -> Instant {
+    /// no request being answered or last wrote (hyper may still be writing an answer whose
+    /// body it already let go of), or `within` from now while a request is being answered.
+    fn deadline(&self, within: Duration, wrote: Option<Instant>) -> Instant {
         if self.busy.load(Ordering::Acquire) > 0 {
-            Instant::now() + within
-        } else {
-            self.opened + Duration::from_millis(self.since_ms.load(Ordering::Acquire)) + within
+            return Instant::now() + within;
         }
+        let since = self.opened + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
+        wrote.map_or(since, |wrote| wrote.max(since)) + within
     }
 }
 
@@ -290,17 +291,21 @@ enum Protocol {
     Http2,
 }
 
-/// A connection whose reads fail with `TimedOut` once it has had no request being answered
-/// for `within`: a client that connects and sends nothing, sends a request head too slowly,
-/// or keeps an HTTP/1 connection idle, is let go, while a request that takes long (a
-/// stream) is not cut. An HTTP/2 connection is watched until its preface has arrived;
-/// hyper's pings watch it from then on.
+/// A connection whose reads fail with `TimedOut` once it has had no request being answered,
+/// and written nothing, for `within`: a client that connects and sends nothing, sends a
+/// request head too slowly, keeps an HTTP/1 connection idle or stops reading an answer, is
+/// let go, while a request that takes long (a stream) or a large answer read slowly is not
+/// cut. An HTTP/2 connection is watched until its preface has arrived; hyper's pings watch it
+/// from then on. (HTTP/1 upgrades are not served; an upgraded connection would need to be
+/// let out of this watch.)
 struct Watched<S> {
     inner: S,
     idle: Arc<Idle>,
     within: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     protocol: Protocol,
+    /// When a write last made progress (HTTP/1 only).
+    wrote: Option<Instant>,
 }
 
 impl<S> Watched<S> {
@@ -316,6 +321,7 @@ impl<S> Watched<S> {
             within,
             timer: Box::pin(tokio::time::sleep_until(opened + within)),
             protocol: Protocol::Undecided(0),
+            wrote: None,
         }
     }
 
@@ -323,13 +329,23 @@ impl<S> Watched<S> {
     /// The timer is moved only when it fires, not for every request.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let deadline = self.idle.deadline(self.within);
+            let deadline = self.idle.deadline(self.within, self.wrote);
             if deadline <= Instant::now() {
                 return true;
             }
             self.timer.as_mut().reset(deadline);
         }
         false
+    }
+
+    /// Notes a write's progress, which keeps a connection writing an answer from counting as
+    /// idle.
+    fn written(&mut self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0)
+            && !matches!(self.protocol, Protocol::Http2)
+        {
+            self.wrote = Some(Instant::now());
+        }
     }
 
     /// Follows the first bytes until they say HTTP/2 or not.
@@ -376,7 +392,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.written(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -384,7 +403,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, data);
+        this.written(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

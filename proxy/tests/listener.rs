@@ -157,6 +157,65 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
 }
 
 #[test]
+fn a_large_answer_read_slowly_is_not_cut() {
+    let gateway = gateway(&[
+        "--header-read-timeout-seconds",
+        "1",
+        "--max-body-bytes",
+        "12000000",
+    ]);
+    // The upstream echoes the 8 MB argument: an answer hyper gets in one piece, far larger
+    // than the kernel buffers, read by a client that takes about 6 s over it.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "x".repeat(8_000_000)}}})
+    .to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    write!(
+        stream,
+        "POST /team/mcp/plain/server HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 128 * 1024];
+    let started = Instant::now();
+    let expected = loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        received.extend_from_slice(&chunk[..n]);
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n");
+        let length = head_end.and_then(|end| {
+            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(end + 4 + length)
+        });
+        if n == 0 || length.is_some_and(|l| received.len() >= l) {
+            break length;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let expected = expected.expect("a response head with Content-Length");
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(
+        received.len(),
+        expected,
+        "answer cut after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "read too fast to test the timeout"
+    );
+}
+
+#[test]
 fn oversized_heads_get_431() {
     let gateway = gateway(&[]);
     let port = gateway.port;

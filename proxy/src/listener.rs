@@ -76,7 +76,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
     // The request head must fit in the read buffer, else 431. (Its timeout is kept by
-    // `Watched`, not hyper's per-request timer.)
+    // `Watched`, not hyper's per-request timer; giving http1 a timer would switch hyper's
+    // own 30 s header timeout back on beside it.)
     http1.max_buf_size(limits.max_header_bytes.max(8192));
     // Hyper's own limit is 100 headers, parsed into a buffer on the stack; any explicit
     // value, even 100, makes it fill a new one for every request.

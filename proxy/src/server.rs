@@ -57,7 +57,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<CaughtBody> {
         Ok(_handling) => caught(&app.metrics, route(app, req)).await,
         Err(_) => {
             app.metrics.refused.with_label_values(&["requests"]).inc();
-            busy("requests").map(CaughtBody::new)
+            busy("requests").map(|body| CaughtBody::new(body, &app.metrics))
         }
     };
     // An error may be answered before the body was read (401, 403, 404, 413, ...): the
@@ -83,14 +83,10 @@ pub async fn caught(
     metrics: &Metrics,
     request: impl Future<Output = Response<Body>>,
 ) -> Response<CaughtBody> {
-    let panics = metrics.request_panics.clone();
     match AssertUnwindSafe(request).catch_unwind().await {
-        Ok(response) => response.map(|body| CaughtBody {
-            inner: Some(body),
-            panics: Some(panics),
-        }),
+        Ok(response) => response.map(|body| CaughtBody::new(body, metrics)),
         Err(panic) => {
-            panics.inc();
+            metrics.request_panics.inc();
             tracing::error!(
                 panic = panic_message(&*panic),
                 "handling a request panicked; answered 500"
@@ -101,7 +97,7 @@ pub async fn caught(
                 crate::error::code::INTERNAL,
                 "internal error in the gateway: this request failed and was logged; other requests are not affected",
             )
-            .map(CaughtBody::new)
+            .map(|body| CaughtBody::new(body, metrics))
         }
     }
 }
@@ -119,16 +115,15 @@ fn panic_message(panic: &(dyn Any + Send)) -> &'static str {
 pub struct CaughtBody {
     /// None once it panicked.
     inner: Option<Body>,
-    /// Where its panics are counted; none for the gateway's own answers.
-    panics: Option<prometheus::IntCounter>,
+    /// Where its panics are counted.
+    panics: prometheus::IntCounter,
 }
 
 impl CaughtBody {
-    /// One of the gateway's own answers, which does not panic.
-    fn new(body: Body) -> Self {
+    fn new(body: Body, metrics: &Metrics) -> Self {
         Self {
             inner: Some(body),
-            panics: None,
+            panics: metrics.request_panics.clone(),
         }
     }
 }
@@ -150,9 +145,7 @@ impl http_body::Body for CaughtBody {
                 let broken = self.inner.take();
                 // Its own clean-up may trip over the same broken state.
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(broken)));
-                if let Some(panics) = &self.panics {
-                    panics.inc();
-                }
+                self.panics.inc();
                 tracing::error!(
                     panic = panic_message(&*panic),
                     "a response body panicked while streaming; ended it there"

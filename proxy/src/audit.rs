@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Identity, Method};
+use crate::auth::Identity;
 use crate::error::Body;
 use crate::mcp::message::{Envelope, Framer};
 use crate::metrics::Metrics;
@@ -539,10 +539,7 @@ impl<'a> From<&'a Identity> for Caller<'a> {
             email: identity.email.as_deref(),
             groups: &identity.groups,
             method: identity.method.label(),
-            issuer: match &identity.method {
-                Method::Oidc { issuer } => Some(issuer),
-                Method::ServiceAccount => None,
-            },
+            issuer: identity.method.issuer(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod path;
 pub mod server;
 pub mod session;
+pub mod signin;
 pub mod source;
 pub mod tls;
 pub mod upstream;

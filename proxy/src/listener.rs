@@ -110,9 +110,9 @@ pub async fn serve(
     let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Usually out of file descriptors: wait for some to close.
                     backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
@@ -137,13 +137,13 @@ pub async fn serve(
             let result = match tls {
                 None => {
                     let stream = Watched::new(stream, first);
-                    connection(&builder, watcher, stream, &app, admitted).await
+                    connection(&builder, watcher, stream, &app, admitted, peer.ip()).await
                 }
                 Some(tls) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let stream = Watched::new(stream, first);
-                            connection(&builder, watcher, stream, &app, admitted).await
+                            connection(&builder, watcher, stream, &app, admitted, peer.ip()).await
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, "TLS handshake failed");
@@ -177,6 +177,7 @@ async fn connection<S>(
     stream: Watched<S>,
     app: &Arc<App>,
     admitted: bool,
+    peer: std::net::IpAddr,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -202,7 +203,7 @@ where
     let service = service_fn(move |req| {
         let (app, busy) = (app.clone(), idle.start());
         async move {
-            let response = handle(&app, req).await;
+            let response = handle(&app, req, peer).await;
             Ok::<_, Infallible>(response.map(|body| Answering { body, _busy: busy }))
         }
     });

@@ -12,7 +12,9 @@ use clap::Parser;
 use mcpgate_proxy::audit::Audit;
 use mcpgate_proxy::auth::cache::TokenCache;
 use mcpgate_proxy::auth::inbound::Inbound;
-use mcpgate_proxy::auth::oidc::{IssuerDefaults, IssuerEntry, OidcVerifier, issuer_configs};
+use mcpgate_proxy::auth::oidc::{
+    IssuerConfig, IssuerDefaults, IssuerEntry, OidcVerifier, issuer_configs,
+};
 use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::listener::{self, Limits};
@@ -21,7 +23,14 @@ use mcpgate_proxy::mcp::hop::ReadLimits;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::server::{self, App};
 use mcpgate_proxy::session::{SessionKeys, Sessions};
+use mcpgate_proxy::signin::SignIn;
+use mcpgate_proxy::signin::clients::{Clients, RateLimit};
+use mcpgate_proxy::signin::fetch::Fetcher;
+use mcpgate_proxy::signin::login::IdentityProvider;
+use mcpgate_proxy::signin::store::Store;
+use mcpgate_proxy::signin::tokens::Tokens;
 use mcpgate_proxy::source::{self, Current};
+use secrecy::SecretString;
 
 #[derive(Parser)]
 #[command(name = "mcpgate-proxy", version, about = "The mcpgate MCP gateway")]
@@ -188,6 +197,65 @@ struct Args {
     /// diagnostic log is on stderr), a file path (appended to), or `off`.
     #[arg(long, env = "MCPGATE_AUDIT_LOG", default_value = "-")]
     audit_log: String,
+    /// Enables sign-in at the gateway with this OIDC issuer: people sign in with it in the
+    /// browser, and MCP clients get the gateway's own tokens through its OAuth authorization
+    /// server. Needs --public-url, --signin-client-id and --signin-state-dir.
+    #[arg(long, env = "MCPGATE_SIGNIN_ISSUER", requires_all = ["signin_client_id", "signin_state_dir", "public_url"])]
+    signin_issuer: Option<String>,
+    /// The gateway's client id at the sign-in issuer (register `<public-url>/-/signin/callback`
+    /// as its redirect URI there).
+    #[arg(long, env = "MCPGATE_SIGNIN_CLIENT_ID")]
+    signin_client_id: Option<String>,
+    /// File holding the gateway's client secret at the sign-in issuer (without it, the gateway
+    /// signs in as a public client with PKCE only).
+    #[arg(long, env = "MCPGATE_SIGNIN_CLIENT_SECRET_FILE")]
+    signin_client_secret_file: Option<PathBuf>,
+    /// Scopes asked of the sign-in issuer (space-separated); add the one that puts groups
+    /// into ID tokens if your provider has one.
+    #[arg(
+        long,
+        env = "MCPGATE_SIGNIN_SCOPES",
+        default_value = "openid email profile"
+    )]
+    signin_scopes: String,
+    /// Directory for sign-in state: the token signing keys, registered clients, refresh-token
+    /// families and personal access tokens (0600 files). Replicas must share it.
+    #[arg(long, env = "MCPGATE_SIGNIN_STATE_DIR")]
+    signin_state_dir: Option<PathBuf>,
+    /// Seconds the gateway's access tokens live.
+    #[arg(
+        long,
+        env = "MCPGATE_ACCESS_TOKEN_LIFETIME_SECONDS",
+        default_value_t = 3600
+    )]
+    access_token_lifetime_seconds: u64,
+    /// Seconds an MCP client's authorization lasts (its refresh tokens work until then).
+    #[arg(long, env = "MCPGATE_REFRESH_TOKEN_LIFETIME_SECONDS", default_value_t = 30 * 86_400)]
+    refresh_token_lifetime_seconds: u64,
+    /// Days between rotations of the token signing key (the previous key keeps verifying).
+    #[arg(long, env = "MCPGATE_SIGNING_KEY_ROTATION_DAYS", default_value_t = 30)]
+    signing_key_rotation_days: u64,
+    /// Hours a browser session at the gateway lasts.
+    #[arg(long, env = "MCPGATE_SIGNIN_SESSION_HOURS", default_value_t = 12)]
+    signin_session_hours: u64,
+    /// Client registrations (RFC 7591) accepted per minute from one address.
+    #[arg(
+        long,
+        env = "MCPGATE_CLIENT_REGISTRATIONS_PER_ADDRESS",
+        default_value_t = 10
+    )]
+    client_registrations_per_address: u32,
+    /// Client registrations accepted per minute in all.
+    #[arg(
+        long,
+        env = "MCPGATE_CLIENT_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 100
+    )]
+    client_registrations_per_minute: u32,
+    /// Let client metadata documents be fetched from private and loopback addresses and over
+    /// plain http. For tests only: it lets any client make the gateway fetch internal URLs.
+    #[arg(long, env = "MCPGATE_INSECURE_CLIENT_METADATA_ON_PRIVATE_ADDRESSES")]
+    insecure_client_metadata_on_private_addresses: bool,
     /// Threads serving requests; 0 means one per CPU. One thread spends the least CPU per
     /// request when the proxy shares a small node with its upstreams.
     #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
@@ -258,7 +326,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             SessionKeys::generate()?
         }
     };
-    let inbound = inbound(&args).await?;
+    let keys = Arc::new(keys);
+    let (mut inbound, issuers) = inbound(&args).await?;
+    let signin = signin(&args, keys.clone(), &issuers).await?;
+    if let Some(signin) = &signin {
+        inbound.gateway = Some(signin.tokens.clone());
+        if args.authorization_servers.is_empty() {
+            inbound.authorization_servers = vec![signin.issuer.clone()];
+        }
+        tokio::spawn(maintain(
+            signin.clone(),
+            Duration::from_secs(args.signing_key_rotation_days.max(1) * 86_400),
+            Duration::from_secs(args.refresh_token_lifetime_seconds),
+        ));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let audit = audit(&args.audit_log, &metrics)?;
     let limits = Limits {
@@ -294,6 +375,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         inbound,
         in_flight: tokio::sync::Semaphore::new(limits.max_in_flight),
         limits,
+        signin,
     });
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => Some(mcpgate_proxy::tls::acceptor(cert, key)?),
@@ -335,8 +417,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Inbound authentication from the flags, checked with messages that say what to fix.
-async fn inbound(args: &Args) -> anyhow::Result<Inbound> {
+/// Inbound authentication from the flags, checked with messages that say what to fix, and
+/// the trusted issuers.
+async fn inbound(args: &Args) -> anyhow::Result<(Inbound, Vec<IssuerConfig>)> {
     let mut entries: Vec<IssuerEntry> = args
         .oidc_issuers
         .iter()
@@ -394,21 +477,134 @@ async fn inbound(args: &Args) -> anyhow::Result<Inbound> {
             "no --oidc-issuer or --serviceaccount-audience: only servers marked public can be called"
         );
     }
-    Ok(Inbound {
-        service_accounts,
-        cache: TokenCache::default(),
-        oidc: OidcVerifier::new(
-            mcpgate_proxy::upstream::client().context("loading TLS roots")?,
-            issuers,
-        ),
-        public_url: args.public_url.clone(),
-        authorization_servers,
-        scheme: if args.tls_cert_file.is_some() {
-            "https"
-        } else {
-            "http"
+    Ok((
+        Inbound {
+            service_accounts,
+            cache: TokenCache::default(),
+            oidc: OidcVerifier::new(
+                mcpgate_proxy::upstream::client().context("loading TLS roots")?,
+                issuers.clone(),
+            ),
+            public_url: args.public_url.clone(),
+            authorization_servers,
+            scheme: if args.tls_cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            gateway: None,
         },
-    })
+        issuers,
+    ))
+}
+
+/// Sign-in at the gateway, when --signin-issuer is set.
+async fn signin(
+    args: &Args,
+    seal: Arc<SessionKeys>,
+    issuers: &[IssuerConfig],
+) -> anyhow::Result<Option<Arc<SignIn>>> {
+    let (Some(issuer), Some(client_id), Some(state_dir), Some(public_url)) = (
+        &args.signin_issuer,
+        &args.signin_client_id,
+        &args.signin_state_dir,
+        &args.public_url,
+    ) else {
+        return Ok(None);
+    };
+    let issuer = issuer.trim().to_owned();
+    // The same person is the same user whether they sign in here or bring the provider's
+    // own token: a configured issuer's claim settings apply to its ID tokens too.
+    let mut id_tokens = match issuers.iter().find(|i| i.issuer == issuer) {
+        Some(configured) => configured.clone(),
+        None => issuer_configs(
+            vec![IssuerEntry::plain(&issuer)],
+            &IssuerDefaults {
+                audiences: vec![client_id.clone()],
+                user_claim: args.oidc_user_claim.clone(),
+                groups_claim: args.oidc_groups_claim.clone(),
+                require_verified_email: args.oidc_require_verified_email,
+            },
+        )
+        .map_err(anyhow::Error::msg)?
+        .remove(0),
+    };
+    id_tokens.audiences = vec![client_id.clone()];
+    id_tokens.validate().map_err(anyhow::Error::msg)?;
+    let client_secret = match &args.signin_client_secret_file {
+        Some(path) => Some(SecretString::from(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --signin-client-secret-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        )),
+        None => None,
+    };
+    let http = mcpgate_proxy::upstream::client().context("loading TLS roots")?;
+    let store = Arc::new(
+        Store::open(state_dir)
+            .with_context(|| format!("--signin-state-dir {}", state_dir.display()))?,
+    );
+    let public_url = public_url.trim_end_matches('/').to_owned();
+    let tokens = Tokens::open(
+        public_url.clone(),
+        store.clone(),
+        Duration::from_secs(args.access_token_lifetime_seconds.max(60)),
+        Duration::from_secs(args.refresh_token_lifetime_seconds.max(60)),
+    )
+    .await
+    .context("loading the token signing keys")?;
+    Ok(Some(Arc::new(SignIn {
+        secure: public_url.starts_with("https://"),
+        issuer: public_url,
+        tokens: Arc::new(tokens),
+        clients: Clients::new(
+            store,
+            Fetcher::new(args.insecure_client_metadata_on_private_addresses)
+                .context("loading TLS roots")?,
+            RateLimit::new(
+                args.client_registrations_per_address.max(1),
+                args.client_registrations_per_minute.max(1),
+                Duration::from_secs(60),
+            ),
+        ),
+        idp: IdentityProvider::new(
+            issuer,
+            client_id.clone(),
+            client_secret,
+            args.signin_scopes.clone(),
+            OidcVerifier::new(http.clone(), vec![id_tokens]),
+            http,
+        ),
+        seal,
+        code_lifetime: Duration::from_secs(60),
+        session_lifetime: Duration::from_secs(args.signin_session_hours.max(1) * 3600),
+    })))
+}
+
+/// Keeps sign-in state in shape: picks up (and makes) key rotations, deletes what expired.
+async fn maintain(signin: Arc<SignIn>, rotation: Duration, idle_client: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        if let Err(error) = signin.tokens.refresh_keys(rotation).await {
+            tracing::warn!(%error, "could not refresh the token signing keys");
+        }
+        round += 1;
+        if round % 10 == 1 {
+            let swept = signin.tokens.sweep().await;
+            let clients = signin.clients.sweep(idle_client).await;
+            match (swept, clients) {
+                (Ok(a), Ok(b)) if a + b > 0 => {
+                    tracing::info!(removed = a + b, "deleted expired sign-in state");
+                }
+                (Err(error), _) => tracing::warn!(%error, "sweeping sign-in state failed"),
+                (_, Err(error)) => tracing::warn!(%error, "sweeping client registrations failed"),
+                _ => {}
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

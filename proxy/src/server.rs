@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::listener::{Limits, busy};
 use crate::mcp::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::path::route_key;
+use crate::signin::{Context as SignInContext, SignIn};
 use crate::source::{Current, Route};
 
 /// Everything a request needs.
@@ -47,14 +49,16 @@ pub struct App {
     pub limits: Limits,
     /// Requests being handled, at most `limits.max_in_flight`.
     pub in_flight: Semaphore,
+    /// Sign-in at the gateway, when enabled.
+    pub signin: Option<Arc<SignIn>>,
 }
 
 /// One MCP request, start to finish.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<CaughtBody> {
+pub async fn handle(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<CaughtBody> {
     let method = req.method().clone();
     let unread_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
     let mut response = match app.in_flight.try_acquire() {
-        Ok(_handling) => caught(&app.metrics, route(app, req)).await,
+        Ok(_handling) => caught(&app.metrics, route(app, req, peer)).await,
         Err(_) => {
             app.metrics.refused.with_label_values(&["requests"]).inc();
             busy("requests").map(|body| CaughtBody::new(body, &app.metrics))
@@ -168,13 +172,30 @@ impl http_body::Body for CaughtBody {
     }
 }
 
-async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix(METADATA_PREFIX) {
         return resource_metadata(app, req.headers(), rest);
     }
     let Some(key) = route_key(&path) else {
-        return not_found(&path);
+        return match &app.signin {
+            Some(signin) => {
+                if let Err(refusal) = app.guard.check(req.uri(), req.headers()) {
+                    return json_response(
+                        StatusCode::FORBIDDEN,
+                        &json!({"error": "invalid_request", "error_description": refusal.message()}),
+                    );
+                }
+                let context = SignInContext {
+                    current: &app.current,
+                    peer,
+                };
+                Box::pin(signin.serve(&context, req))
+                    .await
+                    .unwrap_or_else(|_| not_found(&path))
+            }
+            None => not_found(&path),
+        };
     };
     if let Err(refusal) = app.guard.check(req.uri(), req.headers()) {
         return jsonrpc_error(
@@ -270,7 +291,9 @@ fn forbidden(caller: &Identity, route: &Route) -> Response<Body> {
     };
     let granted_by = match caller.method {
         AuthMethod::ServiceAccount => "this ServiceAccount",
-        AuthMethod::Oidc { .. } => "this user (subject or email) or one of its groups",
+        AuthMethod::Oidc { .. } | AuthMethod::Gateway { .. } => {
+            "this user (subject or email) or one of its groups"
+        }
     };
     jsonrpc_error(
         StatusCode::FORBIDDEN,

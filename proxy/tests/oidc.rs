@@ -266,6 +266,7 @@ fn inbound(verifier: OidcVerifier, public_url: Option<&str>) -> Inbound {
         public_url: public_url.map(str::to_owned),
         authorization_servers: Vec::new(),
         scheme: "http",
+        gateway: None,
     }
 }
 

@@ -650,6 +650,7 @@ fn in_process(
         public_url: None,
         authorization_servers: Vec::new(),
         scheme: "http",
+        gateway: None,
     };
     let access = Access::new(&AccessList {
         subjects: vec![

@@ -39,7 +39,7 @@ impl Access {
     pub fn permits(&self, caller: &Identity) -> bool {
         match caller.method {
             Method::ServiceAccount => self.service_accounts.contains(&caller.user),
-            Method::Oidc { .. } => {
+            Method::Oidc { .. } | Method::Gateway { .. } => {
                 self.users.contains(&caller.user)
                     || caller
                         .email

@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 use super::cache::TokenCache;
 use super::oidc::OidcVerifier;
 use super::service_account::TokenReviewer;
-use super::{AuthError, Identity, Unverified};
+use super::{AuthError, Identity, Method, Unverified};
 use crate::error::{Body, json_response};
+use crate::signin::tokens::{PERSONAL_PREFIX, Tokens};
+use std::sync::Arc;
 
 /// Where RFC 9728 metadata lives.
 pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
@@ -29,6 +31,8 @@ pub struct Inbound {
     pub authorization_servers: Vec<String>,
     /// The scheme clients use when no public URL is set.
     pub scheme: &'static str,
+    /// The gateway's own tokens, when sign-in is enabled.
+    pub gateway: Option<Arc<Tokens>>,
 }
 
 impl Inbound {
@@ -58,22 +62,48 @@ impl Inbound {
             .map(|url| format!("{}{path}", url.trim_end_matches('/')))
     }
 
-    /// Who the bearer token says the caller is, wherever it may be used.
+    /// Who the bearer token says the caller is, wherever it may be used. A token the
+    /// gateway issued is checked against its grant on every request, cached or not: revoking
+    /// the grant ends it.
     async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         let token = bearer(headers)?;
         let key = TokenCache::key(token);
-        if let Some(known) = self.cache.get(&key) {
-            return known;
+        let identity = match self.cache.get(&key) {
+            Some(known) => known?,
+            None => self.verify(token, key).await?,
+        };
+        if let (Method::Gateway { grant, .. }, Some(gateway)) = (&identity.method, &self.gateway) {
+            gateway.live(grant).await?;
+        }
+        Ok(identity)
+    }
+
+    /// Verifies a token not in the cache, and caches the result.
+    async fn verify(&self, token: &str, key: [u8; 32]) -> Result<Identity, AuthError> {
+        if let Some(gateway) = &self.gateway
+            && token.starts_with(PERSONAL_PREFIX)
+        {
+            let result = gateway.verify_personal(token).await;
+            let exp = result.as_ref().ok().map(|(_, exp)| *exp);
+            let result = result.map(|(identity, _)| identity);
+            self.cache.put(key, &result, exp);
+            return result;
         }
         let claims = Unverified::peek(token).ok_or(AuthError::Malformed)?;
         if claims.expired() {
             return Err(AuthError::Expired);
         }
-        let result = if claims.iss.as_deref().is_some_and(|i| self.oidc.trusts(i)) {
+        let result = if let Some(gateway) = self
+            .gateway
+            .as_ref()
+            .filter(|g| claims.iss.as_deref() == Some(g.issuer.as_str()))
+        {
+            gateway.verify(token)
+        } else if claims.iss.as_deref().is_some_and(|i| self.oidc.trusts(i)) {
             self.oidc.verify(token).await
         } else if let Some(reviewer) = &self.service_accounts {
             reviewer.review(token).await
-        } else if self.oidc.is_empty() {
+        } else if self.oidc.is_empty() && self.gateway.is_none() {
             Err(AuthError::NotConfigured)
         } else {
             Err(AuthError::Issuer)

@@ -61,6 +61,31 @@ pub enum Method {
     /// A Kubernetes ServiceAccount token, reviewed by the API server; the user is
     /// `system:serviceaccount:<namespace>:<name>`.
     ServiceAccount,
+    /// A token the gateway issued to a person who signed in with the OIDC issuer `issuer`
+    /// (so the user, email and groups are that issuer's, as with [`Method::Oidc`]).
+    Gateway {
+        /// The identity provider the person signed in with.
+        issuer: String,
+        /// What the token was issued under; revoking it ends the token.
+        grant: Grant,
+    },
+}
+
+/// What a gateway-issued token was issued under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// An MCP client's authorization (one refresh-token family).
+    Client {
+        /// The client.
+        client_id: String,
+        /// The family id.
+        family: String,
+    },
+    /// A personal access token.
+    Personal {
+        /// The token's id.
+        id: String,
+    },
 }
 
 impl Method {
@@ -69,6 +94,22 @@ impl Method {
         match self {
             Self::Oidc { .. } => "oidc",
             Self::ServiceAccount => "serviceaccount",
+            Self::Gateway {
+                grant: Grant::Client { .. },
+                ..
+            } => "gateway",
+            Self::Gateway {
+                grant: Grant::Personal { .. },
+                ..
+            } => "personal_token",
+        }
+    }
+
+    /// The identity provider that vouched for the person, if a person.
+    pub fn issuer(&self) -> Option<&str> {
+        match self {
+            Self::Oidc { issuer } | Self::Gateway { issuer, .. } => Some(issuer),
+            Self::ServiceAccount => None,
         }
     }
 }
@@ -159,6 +200,9 @@ pub enum AuthError {
     /// ServiceAccount's.
     #[error("the token is not a valid ServiceAccount token")]
     Rejected,
+    /// A gateway-issued token whose authorization was revoked.
+    #[error("the token has been revoked")]
+    Revoked,
     /// The route is not public and the gateway has no identity provider to check tokens.
     #[error(
         "this server is not public and the gateway has no identity provider configured (--oidc-issuer)"
@@ -183,6 +227,7 @@ impl AuthError {
             Self::Claim(_) => "claim",
             Self::Unavailable => "unavailable",
             Self::Rejected => "rejected",
+            Self::Revoked => "revoked",
             Self::NotConfigured => "not_configured",
         }
     }

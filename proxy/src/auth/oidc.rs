@@ -270,6 +270,13 @@ impl OidcVerifier {
 
     /// The identity in `token`, or why it is refused.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_claims(token)
+            .await
+            .map(|(identity, _)| identity)
+    }
+
+    /// The identity in `token` and all its claims, or why it is refused.
+    pub async fn verify_claims(&self, token: &str) -> Result<(Identity, Value), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(AuthError::Algorithm);
@@ -312,7 +319,8 @@ impl OidcVerifier {
                 _ => AuthError::Malformed,
             }
         })?;
-        identity(&issuer.config, &data.claims)
+        let identity = identity(&issuer.config, &data.claims)?;
+        Ok((identity, data.claims))
     }
 
     /// Fetches `issuer`'s keys again, unless that happened less than the refetch interval
@@ -340,7 +348,8 @@ impl OidcVerifier {
         Ok(())
     }
 
-    async fn fetch_keys(&self, issuer: &str) -> Result<JwkSet, String> {
+    /// `issuer`'s discovery document, checked to name `issuer`.
+    pub async fn discover(&self, issuer: &str) -> Result<Value, String> {
         let discovery = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -352,9 +361,14 @@ impl OidcVerifier {
                 document["issuer"]
             ));
         }
+        Ok(document)
+    }
+
+    async fn fetch_keys(&self, issuer: &str) -> Result<JwkSet, String> {
+        let document = self.discover(issuer).await?;
         let jwks_uri = document["jwks_uri"]
             .as_str()
-            .ok_or_else(|| format!("discovery at {discovery} has no jwks_uri"))?;
+            .ok_or_else(|| format!("{issuer}'s discovery document has no jwks_uri"))?;
         serde_json::from_value(self.get_json(jwks_uri).await?)
             .map_err(|e| format!("key set at {jwks_uri}: {e}"))
     }

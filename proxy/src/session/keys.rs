@@ -11,7 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 /// Session ids start with this, so a future format can be told apart.
 const PREFIX: &str = "g1.";
-/// Bound into every seal: ids minted for another purpose never open as sessions.
+/// Bound into every session id: values sealed for another purpose never open as sessions.
 const AAD: &[u8] = b"mcpgate session v1";
 const KEY_LEN: usize = 32;
 
@@ -82,13 +82,25 @@ impl SessionKeys {
 
     /// Seals `plaintext` into a session id.
     pub fn seal(&self, plaintext: &[u8]) -> Result<String, KeyError> {
+        self.seal_for(AAD, plaintext)
+    }
+
+    /// The plaintext sealed in session id `id`, if one of the keys sealed it and nobody
+    /// changed it.
+    pub fn open(&self, id: &str) -> Option<Vec<u8>> {
+        self.open_for(AAD, id)
+    }
+
+    /// Seals `plaintext` for one `purpose` (bound in as associated data): a value sealed for
+    /// one purpose (a sign-in cookie, an authorization code) never opens as another.
+    pub fn seal_for(&self, purpose: &[u8], plaintext: &[u8]) -> Result<String, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
         let mut in_out = plaintext.to_vec();
         self.current
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
+                Aad::from(purpose),
                 &mut in_out,
             )
             .map_err(|_| KeyError::Random)?;
@@ -98,8 +110,9 @@ impl SessionKeys {
         Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(sealed)))
     }
 
-    /// The plaintext sealed in `id`, if one of the keys sealed it and nobody changed it.
-    pub fn open(&self, id: &str) -> Option<Vec<u8>> {
+    /// The plaintext sealed for `purpose` in `id`, if one of the keys sealed it and nobody
+    /// changed it.
+    pub fn open_for(&self, purpose: &[u8], id: &str) -> Option<Vec<u8>> {
         let sealed = URL_SAFE_NO_PAD.decode(id.strip_prefix(PREFIX)?).ok()?;
         if sealed.len() < NONCE_LEN {
             return None;
@@ -110,7 +123,9 @@ impl SessionKeys {
             .find_map(|key| {
                 let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
                 let mut buffer = ciphertext.to_vec();
-                let plain = key.open_in_place(nonce, Aad::from(AAD), &mut buffer).ok()?;
+                let plain = key
+                    .open_in_place(nonce, Aad::from(purpose), &mut buffer)
+                    .ok()?;
                 Some(plain.to_vec())
             })
     }
@@ -192,6 +207,17 @@ mod tests {
         assert_eq!(rotated.open(&id).unwrap(), b"before rotation");
         let new_id = rotated.seal(b"after").unwrap();
         assert!(old.open(&new_id).is_none(), "new ids use the new key");
+    }
+
+    #[test]
+    fn a_value_sealed_for_one_purpose_never_opens_as_another() {
+        let keys = SessionKeys::new([7; 32], None);
+        let cookie = keys.seal_for(b"sign-in", b"alice").unwrap();
+        assert_eq!(keys.open_for(b"sign-in", &cookie).unwrap(), b"alice");
+        assert!(keys.open(&cookie).is_none(), "not a session id");
+        assert!(keys.open_for(b"code", &cookie).is_none());
+        let session = keys.seal(b"state").unwrap();
+        assert!(keys.open_for(b"sign-in", &session).is_none());
     }
 
     #[test]

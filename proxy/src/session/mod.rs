@@ -16,7 +16,7 @@ pub mod keys;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Identity, Method};
+use crate::auth::Identity;
 
 pub use keys::{KeyError, SessionKeys};
 
@@ -76,12 +76,14 @@ pub struct SessionState {
 pub fn owner(caller: Option<&Identity>) -> Option<String> {
     let caller = caller?;
     let mut hash = Sha256::new();
-    match &caller.method {
-        Method::Oidc { issuer } => {
+    // A person is the same owner whether their token came from the identity provider or
+    // from the gateway's sign-in with it.
+    match caller.method.issuer() {
+        Some(issuer) => {
             hash.update(b"oidc\0");
             hash.update(issuer.as_bytes());
         }
-        Method::ServiceAccount => hash.update(b"serviceaccount\0"),
+        None => hash.update(b"serviceaccount\0"),
     }
     hash.update(b"\0");
     hash.update(caller.user.as_bytes());
@@ -126,7 +128,7 @@ impl SessionState {
 /// Mints and opens session ids; remembers re-opened upstream sessions and ended sessions.
 #[derive(Debug)]
 pub struct Sessions {
-    keys: SessionKeys,
+    keys: Arc<SessionKeys>,
     max_age: Duration,
     local: Mutex<Local>,
     /// Hashes ended ids (keyed per process, so ids cannot be chosen to collide).
@@ -146,9 +148,9 @@ struct Local {
 
 impl Sessions {
     /// Sessions sealed with `keys`.
-    pub fn new(keys: SessionKeys) -> Self {
+    pub fn new(keys: impl Into<Arc<SessionKeys>>) -> Self {
         Self {
-            keys,
+            keys: keys.into(),
             max_age: DEFAULT_MAX_AGE,
             local: Mutex::default(),
             hasher: Default::default(),
@@ -262,6 +264,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Method;
 
     fn state() -> SessionState {
         SessionState {

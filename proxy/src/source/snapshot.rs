@@ -287,6 +287,13 @@ impl Snapshot {
         value.ok()
     }
 
+    /// Every route with its path, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &Route)> {
+        self.routes
+            .iter()
+            .map(|(path, route)| (path.as_str(), route))
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.routes.len()

@@ -1,0 +1,343 @@
+//! Where sign-in state lives so that every replica sees it: registered clients, refresh-token
+//! families, redeemed authorization codes, personal access tokens and the signing keys. Each
+//! record is one JSON document with a version; writers compare-and-swap on the version, so
+//! two replicas rotating one refresh token cannot both win. Standalone, records are 0600
+//! files under a directory of the gateway's (one process writes them); no record holds a
+//! token or a secret in the clear, only hashes and MACs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// What a record is; each kind is a folder (or a label value) of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The signing keys (one record, `signing`).
+    Keys,
+    /// A dynamically registered client.
+    Client,
+    /// A refresh-token family: one authorization and its rotations.
+    Family,
+    /// A personal access token.
+    PersonalToken,
+}
+
+impl Kind {
+    /// The folder or label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Keys => "keys",
+            Self::Client => "clients",
+            Self::Family => "families",
+            Self::PersonalToken => "tokens",
+        }
+    }
+}
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the state directory failed.
+    #[error("sign-in state {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record is not what this gateway writes.
+    #[error("sign-in state {path} is not valid: {error}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A record and the version it was read at.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    /// The record.
+    pub value: T,
+    /// Pass back to [`Store::replace`].
+    pub version: u64,
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Written.
+    Done,
+    /// Someone else got there first (it exists, or changed since it was read).
+    Conflict,
+}
+
+/// Records in a directory, one file per record.
+pub struct Store {
+    root: PathBuf,
+    /// One writer at a time (the directory belongs to this process).
+    writing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct Envelope<T> {
+    version: u64,
+    value: T,
+}
+
+impl Store {
+    /// The store under `root`, created (0700) if missing.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        create_private_dir(root)?;
+        Ok(Self {
+            root: root.to_owned(),
+            writing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn path(&self, kind: Kind, id: &str) -> Option<PathBuf> {
+        // Ids are the gateway's own base64url or hex; anything else never reaches the disk.
+        let plain = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        plain.then(|| self.root.join(kind.name()).join(format!("{id}.json")))
+    }
+
+    /// The record `id` of `kind`, if there is one.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        let Some(path) = self.path(kind, id) else {
+            return Ok(None);
+        };
+        read(&path).await
+    }
+
+    /// Writes a new record; [`Write::Conflict`] when `id` exists.
+    pub async fn create<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+    ) -> Result<Write, StoreError> {
+        let Some(path) = self.path(kind, id) else {
+            return Ok(Write::Conflict);
+        };
+        let _one = self.writing.lock().await;
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(Write::Conflict);
+        }
+        write(&path, &Envelope { version: 1, value }).await?;
+        Ok(Write::Done)
+    }
+
+    /// Replaces record `id` if it is still at `version`.
+    pub async fn replace<T: Serialize + DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+        version: u64,
+    ) -> Result<Write, StoreError> {
+        let Some(path) = self.path(kind, id) else {
+            return Ok(Write::Conflict);
+        };
+        let _one = self.writing.lock().await;
+        match read::<T>(&path).await? {
+            Some(current) if current.version == version => {}
+            _ => return Ok(Write::Conflict),
+        }
+        write(
+            &path,
+            &Envelope {
+                version: version + 1,
+                value,
+            },
+        )
+        .await?;
+        Ok(Write::Done)
+    }
+
+    /// Removes record `id` (gone already is fine).
+    pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+        let Some(path) = self.path(kind, id) else {
+            return Ok(());
+        };
+        let _one = self.writing.lock().await;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io(&path, source)),
+        }
+    }
+
+    /// Every record of `kind`, with its id.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+        let dir = self.root.join(kind.name());
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io(&dir, source)),
+        };
+        let mut records = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| io(&dir, e))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if let Some(record) = read(&entry.path()).await? {
+                records.push((id.to_owned(), record));
+            }
+        }
+        Ok(records)
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+async fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<Versioned<T>>, StoreError> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io(path, source)),
+    };
+    let envelope: Envelope<T> =
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })?;
+    Ok(Some(Versioned {
+        value: envelope.value,
+        version: envelope.version,
+    }))
+}
+
+/// Writes `path` whole or not at all: a 0600 temporary file renamed into place.
+async fn write<T: Serialize>(path: &Path, envelope: &Envelope<T>) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(envelope).map_err(|e| StoreError::Corrupt {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            path: String::new(),
+            error: e.to_string(),
+        })?
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let temporary = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(|e| io(&temporary, e))?;
+    file.write_all(bytes).map_err(|e| io(&temporary, e))?;
+    file.sync_all().map_err(|e| io(&temporary, e))?;
+    std::fs::rename(&temporary, path).map_err(|e| io(path, e))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn create_replace_and_delete_compare_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        assert_eq!(
+            store.create(Kind::Family, "f1", &1u32).await.unwrap(),
+            Write::Done
+        );
+        assert_eq!(
+            store.create(Kind::Family, "f1", &2u32).await.unwrap(),
+            Write::Conflict,
+            "exists"
+        );
+        let read = store.get::<u32>(Kind::Family, "f1").await.unwrap().unwrap();
+        assert_eq!((read.value, read.version), (1, 1));
+        assert_eq!(
+            store.replace(Kind::Family, "f1", &3u32, 1).await.unwrap(),
+            Write::Done
+        );
+        assert_eq!(
+            store.replace(Kind::Family, "f1", &4u32, 1).await.unwrap(),
+            Write::Conflict,
+            "a stale version loses"
+        );
+        let listed = store.list::<u32>(Kind::Family).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0.as_str(), listed[0].1.value), ("f1", 3));
+        store.delete(Kind::Family, "f1").await.unwrap();
+        store.delete(Kind::Family, "f1").await.unwrap();
+        assert!(
+            store
+                .get::<u32>(Kind::Family, "f1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.list::<u32>(Kind::Client).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn files_are_private_and_ids_cannot_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        let store = Store::open(&root).unwrap();
+        store.create(Kind::Client, "c1", &"x").await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("clients/c1.json")), 0o600);
+        for id in ["../escape", "a/b", "", ".", "x y"] {
+            assert_eq!(
+                store.create(Kind::Client, id, &"x").await.unwrap(),
+                Write::Conflict,
+                "{id:?}"
+            );
+            assert!(
+                store
+                    .get::<String>(Kind::Client, id)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(!dir.path().join("escape.json").exists());
+    }
+}

@@ -6,25 +6,38 @@
 //   - grant_type=client_credentials for the agent client, sub = its client id.
 // Client `mcp-tests` (secret `mcp-tests-secret`, sent in the form) may use both.
 //
-// usage: node oidc_provider.mjs PORT AUDIENCE
+// With REDIRECT_URIS (comma-separated), it is also the login of a browser flow: confidential
+// client `mcpgate` (secret `mcpgate-secret`, client_secret_basic) may use the authorization
+// code grant (PKCE S256 required) and refresh tokens, scopes `openid email groups`. Its ID
+// tokens carry sub (the user name), email, email_verified and groups. The users sign in on
+// the form of /interaction/UID (inputs `username` and `password`, button `sign-in`); consent
+// is implied for this first-party client. Authorization responses carry `iss` (RFC 9207).
+// Cookies are not Secure over http and named idp_* (cookies ignore ports: on 127.0.0.1 they
+// are shared with the gateway's).
+//
+// usage: node oidc_provider.mjs PORT AUDIENCE [REDIRECT_URIS]
 import { generateKeyPairSync } from "node:crypto";
 
 // The peers e2e/peers/install.sh installed into .cache/npm.
 const modules = new URL("../../.cache/npm/node_modules/", import.meta.url);
 const { default: Provider, errors } = await import(new URL("oidc-provider/lib/index.js", modules));
 
-const [port, audience] = process.argv.slice(2);
+const [port, audience, redirects] = process.argv.slice(2);
 if (!port || !audience) {
-  console.error("usage: node oidc_provider.mjs PORT AUDIENCE");
+  console.error("usage: node oidc_provider.mjs PORT AUDIENCE [REDIRECT_URIS]");
   process.exit(2);
 }
 const issuer = `http://127.0.0.1:${port}`;
+const redirectUris = (redirects ?? "").split(",").map((uri) => uri.trim()).filter(Boolean);
 
 // name -> password, email, groups
 const USERS = {
   alice: { password: "alice-pw", email: "alice@example.com", groups: ["team-a"] },
   bob: { password: "bob-pw", email: "bob@example.com", groups: ["team-b"] },
 };
+
+// The browser-flow client (first-party: no consent asked).
+const GATEWAY_CLIENT = "mcpgate";
 
 const signing = generateKeyPairSync("ec", { namedCurve: "P-256" })
   .privateKey.export({ format: "jwk" });
@@ -37,20 +50,73 @@ const resource = {
   jwt: { sign: { alg: "ES256" } },
 };
 
+const clients = [
+  {
+    client_id: "mcp-tests",
+    client_secret: "mcp-tests-secret",
+    grant_types: ["client_credentials", "password"],
+    redirect_uris: [],
+    response_types: [],
+    scope: "openid mcp",
+    id_token_signed_response_alg: "ES256",
+    token_endpoint_auth_method: "client_secret_post",
+  },
+];
+if (redirectUris.length) {
+  clients.push({
+    client_id: GATEWAY_CLIENT,
+    client_secret: "mcpgate-secret",
+    grant_types: ["authorization_code", "refresh_token"],
+    redirect_uris: redirectUris,
+    response_types: ["code"],
+    scope: "openid email groups",
+    id_token_signed_response_alg: "ES256",
+    token_endpoint_auth_method: "client_secret_basic",
+  });
+}
+
 const provider = new Provider(issuer, {
-  clients: [
-    {
-      client_id: "mcp-tests",
-      client_secret: "mcp-tests-secret",
-      grant_types: ["client_credentials", "password"],
-      redirect_uris: [],
-      response_types: [],
-      scope: "openid mcp",
-      id_token_signed_response_alg: "ES256",
-      token_endpoint_auth_method: "client_secret_post",
-    },
-  ],
+  clients,
   scopes: ["openid", "mcp"],
+  // The claims of each scope; with conformIdTokenClaims off they go into the ID token itself.
+  claims: {
+    openid: ["sub"],
+    email: ["email", "email_verified"],
+    groups: ["groups"],
+  },
+  conformIdTokenClaims: false,
+  findAccount: (_ctx, sub) => {
+    const user = USERS[sub];
+    if (!user) return undefined;
+    return {
+      accountId: sub,
+      claims: async () => ({
+        sub,
+        email: user.email,
+        email_verified: true,
+        groups: user.groups,
+      }),
+    };
+  },
+  // Plain http on loopback: node-oidc-provider marks cookies Secure only on https requests;
+  // SameSite=Lax suits the top-level redirects of the flow.
+  cookies: {
+    names: {
+      session: "idp_session",
+      interaction: "idp_interaction",
+      resume: "idp_interaction_resume",
+    },
+    long: { httpOnly: true, sameSite: "lax" },
+    short: { httpOnly: true, sameSite: "lax" },
+  },
+  pkce: {
+    required: (_ctx, client) =>
+      client.clientId === GATEWAY_CLIENT || client.clientAuthMethod === "none",
+  },
+  // The gateway's client gets a refresh token without asking for offline_access.
+  issueRefreshToken: async (_ctx, client, source) =>
+    client.grantTypeAllowed("refresh_token")
+    && (client.clientId === GATEWAY_CLIENT || source.scopes.has("offline_access")),
   ttl: { AccessToken: 600, ClientCredentials: 600 },
   jwks: { keys: [{ ...signing, kid: "test-es256", alg: "ES256", use: "sig" }] },
   features: {
@@ -58,7 +124,8 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => audience,
+      // The browser flow's access token is only for userinfo (unless a resource is asked).
+      defaultResource: (_ctx, client) => (client?.clientId === GATEWAY_CLIENT ? undefined : audience),
       useGrantedResource: () => true,
       getResourceServerInfo: (_ctx, indicator) => {
         if (indicator !== audience) throw new errors.InvalidTarget();
@@ -99,6 +166,103 @@ provider.registerGrantType(
   ["username", "password", "scope"],
 );
 
+// The interaction pages: the login form, consent implied for the gateway's client.
+const escape = (text) =>
+  String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+function page(title, body) {
+  return `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>${escape(title)}</title></head>
+<body><h1>${escape(title)}</h1>${body}</body></html>`;
+}
+
+function loginForm(uid, clientId, error, username = "") {
+  return page("Sign in", `
+<p>to continue to <code>${escape(clientId)}</code></p>
+${error ? `<p id="error" role="alert">${escape(error)}</p>` : ""}
+<form method="post" action="/interaction/${escape(uid)}/login" autocomplete="off">
+  <label>User <input id="username" name="username" value="${escape(username)}" autofocus></label>
+  <label>Password <input id="password" name="password" type="password"></label>
+  <button type="submit" id="sign-in">Sign in</button>
+</form>`);
+}
+
+async function formBody(ctx) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of ctx.req) {
+    size += chunk.length;
+    if (size > 16384) ctx.throw(413, "form too large");
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString("utf8"));
+}
+
+// Grants what the (first-party) client asked for, then resumes the authorization.
+async function consent(ctx, details) {
+  const { prompt, grantId, session, params } = details;
+  const grant = grantId
+    ? await provider.Grant.find(grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  const missing = prompt.details;
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(" "));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(" "));
+  }
+  const result = { consent: { grantId: await grant.save() } };
+  ctx.redirect(await provider.interactionResult(ctx.req, ctx.res, result, {
+    mergeWithLastSubmission: true,
+  }));
+  ctx.status = 303;
+}
+
+provider.use(async (ctx, next) => {
+  const match = /^\/interaction\/([^/]+)(\/login)?$/.exec(ctx.path);
+  if (!match) return next();
+  const [, uid, login] = match;
+  ctx.set("Cache-Control", "no-store");
+  let details;
+  try {
+    details = await provider.interactionDetails(ctx.req, ctx.res);
+  } catch (error) {
+    ctx.status = 400;
+    ctx.type = "html";
+    ctx.body = page("Sign-in failed", `<p id="error">${escape(error.message)}</p>`);
+    return undefined;
+  }
+  if (details.uid !== uid) ctx.throw(400, "interaction mismatch");
+  const clientId = details.params.client_id;
+  const { name } = details.prompt;
+
+  if (name === "consent") {
+    if (clientId !== GATEWAY_CLIENT) ctx.throw(403, "consent is only implied for mcpgate");
+    return consent(ctx, details);
+  }
+  if (name !== "login") ctx.throw(501, `prompt ${name} not implemented`);
+
+  ctx.type = "html";
+  if (ctx.method === "GET" && !login) {
+    ctx.body = loginForm(uid, clientId);
+    return undefined;
+  }
+  if (ctx.method !== "POST" || !login) ctx.throw(405);
+  const form = await formBody(ctx);
+  const username = form.get("username") ?? "";
+  const user = USERS[username];
+  if (!user || user.password !== (form.get("password") ?? "")) {
+    ctx.status = 200;
+    ctx.body = loginForm(uid, clientId, "Wrong user name or password.", username);
+    return undefined;
+  }
+  ctx.redirect(await provider.interactionResult(ctx.req, ctx.res, {
+    login: { accountId: username },
+  }, { mergeWithLastSubmission: false }));
+  ctx.status = 303;
+  return undefined;
+});
+
 provider.listen(Number(port), "127.0.0.1", () => {
-  console.log(`oidc provider ${issuer} (audience ${audience})`);
+  const extra = redirectUris.length ? `, client ${GATEWAY_CLIENT} -> ${redirectUris.join(" ")}` : "";
+  console.log(`oidc provider ${issuer} (audience ${audience}${extra})`);
 });

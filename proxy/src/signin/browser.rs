@@ -452,11 +452,13 @@ impl SignIn {
     }
 }
 
-/// Whether `next` is a gateway page path (never another site, nor `//host`).
+/// Whether `next` is a gateway page path (never another site, nor `//host`); its query may
+/// hold anything printable (an authorization request's redirect URI, say).
 fn is_gateway_path(next: &str) -> bool {
-    next.starts_with(PREFIX)
-        && !next.contains("//")
-        && !next.contains('\\')
+    let path = next.split_once('?').map_or(next, |(path, _)| path);
+    path.starts_with(PREFIX)
+        && !path.contains("//")
+        && !path.contains('\\')
         && next.bytes().all(|b| b.is_ascii_graphic())
 }
 
@@ -479,7 +481,12 @@ mod tests {
 
     #[test]
     fn next_is_only_ever_a_gateway_page() {
-        for good in ["/-/", "/-/tokens", "/-/oauth/authorize?client_id=a&state=b"] {
+        for good in [
+            "/-/",
+            "/-/tokens",
+            "/-/oauth/authorize?client_id=a&state=b",
+            "/-/oauth/authorize?redirect_uri=http://127.0.0.1:5/cb",
+        ] {
             assert!(is_gateway_path(good), "{good}");
         }
         for bad in [

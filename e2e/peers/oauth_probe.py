@@ -5,6 +5,7 @@ usage: oauth_probe.py GATEWAY ROUTE_A ROUTE_B STATE_DIR USER PASSWORD attacks
        oauth_probe.py GATEWAY ROUTE_A ROUTE_B STATE_DIR USER PASSWORD cimd DOCS_PORT
        oauth_probe.py GATEWAY ROUTE_A ROUTE_B STATE_DIR USER PASSWORD flood COUNT
        oauth_probe.py GATEWAY ROUTE_A ROUTE_B STATE_DIR USER PASSWORD personal
+       oauth_probe.py GATEWAY ROUTE_A ROUTE_B STATE_DIR USER PASSWORD replicas OTHER_REPLICA_URL
 
 GATEWAY is the gateway's public URL, ROUTE_A and ROUTE_B two route paths USER may use,
 STATE_DIR the gateway's --signin-state-dir (the expired-token case signs a token with the
@@ -289,6 +290,27 @@ class Probe:
         return {"statuses": statuses, "retry_after": last.headers.get("retry-after"),
                 "error": last.json().get("error")}
 
+    def replicas(self, other: str) -> dict:
+        """Tokens issued by this gateway used at another replica (`other`, its own base URL,
+        same public URL and state), and a grant rotated at one, replayed at the other."""
+        at_b = lambda url: url.replace(self.g, other.rstrip("/"), 1)  # noqa: E731
+        cid = self.client()
+        code, verifier = self.code(cid)
+        _, first = self.redeem(cid, code, verifier)
+        seen = {"a_issued_used_at_b": self.mcp(at_b(self.a), first["access_token"])}
+        refreshed = self.http.post(f"{other}/-/oauth/token", data={
+            "grant_type": "refresh_token", "client_id": cid, "refresh_token": first["refresh_token"]})
+        second = refreshed.json()
+        seen["refresh_at_b"] = refreshed.status_code
+        seen["b_issued_used_at_a"] = self.mcp(self.a, second.get("access_token", ""))
+        seen["replay_at_a"] = self.token(grant_type="refresh_token", client_id=cid,
+                                         refresh_token=first["refresh_token"])[0]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.mcp(at_b(self.a), second["access_token"]) != 401:
+            time.sleep(0.5)
+        seen["revoked_at_b"] = self.mcp(at_b(self.a), second["access_token"])
+        return seen
+
     def personal(self) -> dict:
         seen = {}
         page = self.browser.get(f"{self.g}/-/tokens")
@@ -340,6 +362,8 @@ def main() -> int:
         result = probe.cimd(int(rest[0]))
     elif mode == "flood":
         result = probe.flood(int(rest[0]))
+    elif mode == "replicas":
+        result = probe.replicas(rest[0])
     elif mode == "personal":
         result = probe.personal()
     else:

@@ -10,8 +10,11 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
+use std::time::Duration;
+
 use mcpgate_e2e::{
-    IdentityProvider, Process, Proxy, free_port, http_get, python_peer, render, run_peer,
+    ControlPlane, IdentityProvider, Operator, Process, Proxy, free_port, http_get, python_peer,
+    render, run_peer, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -52,6 +55,35 @@ spec:
   - {kind: Group, name: team-a}
 ";
 
+/// The sign-in flags every gateway of these tests gets.
+fn signin_args(dir: &Path, url: &str, idp: &IdentityProvider) -> Result<Vec<String>> {
+    std::fs::write(dir.join("client-secret"), "mcpgate-secret\n")?;
+    std::fs::write(dir.join("session-key"), [7u8; 32])?;
+    Ok([
+        "--public-url",
+        url,
+        "--oidc-issuer",
+        &idp.issuer,
+        "--oidc-audience",
+        "https://unused.example",
+        "--oidc-user-claim",
+        "email",
+        "--session-key-file",
+        &dir.join("session-key").display().to_string(),
+        "--signin-issuer",
+        &idp.issuer,
+        "--signin-client-id",
+        "mcpgate",
+        "--signin-client-secret-file",
+        &dir.join("client-secret").display().to_string(),
+        "--signin-scopes",
+        "openid email groups",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect())
+}
+
 /// An upstream, the provider and a gateway with sign-in enabled, all on loopback.
 struct Gateway {
     proxy: Proxy,
@@ -81,40 +113,22 @@ impl Gateway {
         )?;
         let config = dir.join("config");
         render(&manifests, &config)?;
-        std::fs::write(dir.join("client-secret"), "mcpgate-secret\n")?;
-        std::fs::write(dir.join("session-key"), [7u8; 32])?;
         let state = dir.join("signin-state");
         let audit = dir.join("audit.log");
-        let mut args: Vec<String> = [
+        let mut args = signin_args(dir, &url, &idp)?;
+        for arg in [
             "--config-dir",
             &config.display().to_string(),
-            "--public-url",
-            &url,
-            "--oidc-issuer",
-            &idp.issuer,
-            "--oidc-audience",
-            "https://unused.example",
-            "--oidc-user-claim",
-            "email",
-            "--session-key-file",
-            &dir.join("session-key").display().to_string(),
-            "--signin-issuer",
-            &idp.issuer,
-            "--signin-client-id",
-            "mcpgate",
-            "--signin-client-secret-file",
-            &dir.join("client-secret").display().to_string(),
-            "--signin-scopes",
-            "openid email groups",
             "--signin-state-dir",
             &state.display().to_string(),
             "--audit-log",
             &audit.display().to_string(),
         ]
         .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        .chain(extra)
+        {
+            args.push((*arg).to_owned());
+        }
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         let proxy = Proxy::start_at(port, admin, &args, &[], dir)?;
         Ok(Self {
@@ -129,43 +143,51 @@ impl Gateway {
 
     /// `oauth_mcp.py`: a real client signing in with nothing but the route's URL.
     fn client(&self, client: &str, route: &str, user: &str, call: (&str, Value)) -> Result<Value> {
-        let url = format!("{}{route}", self.url);
-        let args = call.1.to_string();
-        run_peer(
-            "oauth_mcp.py",
-            &[
-                "--client",
-                client,
-                "--url",
-                &url,
-                "--user",
-                user,
-                "--password",
-                &format!("{user}-pw"),
-                "--call",
-                call.0,
-                "--args",
-                &args,
-            ],
-        )
-        .map_err(|e| e.context(self.proxy.process.log()))
+        oauth_client(&self.url, client, route, user, call)
+            .map_err(|e| e.context(self.proxy.process.log()))
     }
 
     /// `oauth_probe.py MODE ARGS`: what the probe saw, by case.
     fn probe(&self, mode: &str, args: &[&str]) -> Result<Value> {
-        let state = self.state.display().to_string();
-        let mut all = vec![
-            self.url.as_str(),
-            TOOLS,
-            BUNDLE,
-            state.as_str(),
-            "alice",
-            "alice-pw",
-            mode,
-        ];
-        all.extend_from_slice(args);
-        run_peer("oauth_probe.py", &all).map_err(|e| e.context(self.proxy.process.log()))
+        probe(&self.url, &self.state.display().to_string(), mode, args)
+            .map_err(|e| e.context(self.proxy.process.log()))
     }
+}
+
+/// `oauth_mcp.py`: a real client signing in at `gateway` with nothing but the route's URL.
+fn oauth_client(
+    gateway: &str,
+    client: &str,
+    route: &str,
+    user: &str,
+    call: (&str, Value),
+) -> Result<Value> {
+    let url = format!("{gateway}{route}");
+    let args = call.1.to_string();
+    run_peer(
+        "oauth_mcp.py",
+        &[
+            "--client",
+            client,
+            "--url",
+            &url,
+            "--user",
+            user,
+            "--password",
+            &format!("{user}-pw"),
+            "--call",
+            call.0,
+            "--args",
+            &args,
+        ],
+    )
+}
+
+/// `oauth_probe.py MODE ARGS` as alice at `gateway`: what the probe saw, by case.
+fn probe(gateway: &str, state: &str, mode: &str, args: &[&str]) -> Result<Value> {
+    let mut all = vec![gateway, TOOLS, BUNDLE, state, "alice", "alice-pw", mode];
+    all.extend_from_slice(args);
+    run_peer("oauth_probe.py", &all)
 }
 
 #[test]
@@ -463,5 +485,91 @@ fn discovery_documents_and_the_conformance_suites_authorization_scenarios() -> R
         checks.len(),
         ids.join(", ")
     );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the control plane, the OIDC provider, Chromium and the Python MCP peers: run `make e2e`"]
+fn replicas_share_keys_and_grants_through_secrets() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let plane = ControlPlane::start()?;
+    plane.install_crds()?;
+    for namespace in ["team-a", "gw"] {
+        plane.kubectl(&["create", "namespace", namespace])?;
+    }
+    let upstream_port = free_port();
+    let _upstream = python_peer("demo_server.py", upstream_port, dir.path())?;
+    plane.apply(
+        "team-a",
+        &MANIFESTS.replace("UPSTREAM", &upstream_port.to_string()),
+    )?;
+    let _operator = Operator::start(&plane, &["team-a"], "gw", "signin")?;
+    let (a_port, b_port) = (free_port(), free_port());
+    // One public URL in front of both replicas, as behind a load balancer.
+    let url = format!("http://127.0.0.1:{a_port}");
+    let idp = IdentityProvider::start_for(
+        dir.path(),
+        "https://unused.example",
+        &[format!("{url}/-/signin/callback")],
+    )?;
+    let mut args = signin_args(dir.path(), &url, &idp)?;
+    args.extend(["--config-namespace".to_owned(), "gw".to_owned()]);
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let env = [("KUBECONFIG", plane.kubeconfig.as_os_str())];
+    let a = Proxy::start_at(a_port, free_port(), &args, &env, dir.path())?;
+    let b = Proxy::start_at(b_port, free_port(), &args, &env, dir.path())?;
+    let b_url = format!("http://127.0.0.1:{b_port}");
+    for replica in [&url, &b_url] {
+        let metadata = format!("{replica}/.well-known/oauth-protected-resource{TOOLS}");
+        wait_for(
+            "the routes to reach both replicas",
+            Duration::from_secs(30),
+            || (http_get(&metadata).ok()?.0 == 200).then_some(()),
+        )?;
+    }
+    let logs = || {
+        format!(
+            "replica a:\n{}\nreplica b:\n{}",
+            a.process.log(),
+            b.process.log()
+        )
+    };
+    let jwks = |base: &str| http_get(&format!("{base}/-/jwks.json")).map(|(_, body)| body);
+    ensure!(
+        jwks(&url)? == jwks(&b_url)?,
+        "both replicas publish the one key set in the Secret\n{}",
+        logs()
+    );
+
+    let mcp = oauth_client(
+        &url,
+        "mcp",
+        TOOLS,
+        "alice",
+        ("add", json!({"a": 2, "b": 3})),
+    )
+    .map_err(|e| e.context(logs()))?;
+    ensure!(mcp["call"] == "5", "{mcp}");
+    let seen = probe(&url, "-", "replicas", &[&b_url]).map_err(|e| e.context(logs()))?;
+    let expected = json!({"a_issued_used_at_b": 200, "refresh_at_b": 200,
+        "b_issued_used_at_a": 200, "replay_at_a": 400, "revoked_at_b": 401});
+    ensure!(seen == expected, "saw {seen}\nwant {expected}\n{}", logs());
+
+    let stored = plane.kubectl(&[
+        "get",
+        "secrets",
+        "-n",
+        "gw",
+        "-l",
+        "mcpgate.dev/signin",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.labels.mcpgate\\.dev/signin}{\"\\n\"}{end}",
+    ])?;
+    for kind in ["keys", "clients", "families"] {
+        ensure!(
+            stored.lines().any(|l| l == kind),
+            "a {kind} Secret in the gateway namespace: {stored}"
+        );
+    }
     Ok(())
 }

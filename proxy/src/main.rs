@@ -27,7 +27,7 @@ use mcpgate_proxy::signin::SignIn;
 use mcpgate_proxy::signin::clients::{Clients, RateLimit};
 use mcpgate_proxy::signin::fetch::Fetcher;
 use mcpgate_proxy::signin::login::IdentityProvider;
-use mcpgate_proxy::signin::store::Store;
+use mcpgate_proxy::signin::store::{FileStore, SecretStore, Store};
 use mcpgate_proxy::signin::tokens::Tokens;
 use mcpgate_proxy::source::{self, Current};
 use secrecy::SecretString;
@@ -199,8 +199,8 @@ struct Args {
     audit_log: String,
     /// Enables sign-in at the gateway with this OIDC issuer: people sign in with it in the
     /// browser, and MCP clients get the gateway's own tokens through its OAuth authorization
-    /// server. Needs --public-url, --signin-client-id and --signin-state-dir.
-    #[arg(long, env = "MCPGATE_SIGNIN_ISSUER", requires_all = ["signin_client_id", "signin_state_dir", "public_url"])]
+    /// server. Needs --public-url and --signin-client-id.
+    #[arg(long, env = "MCPGATE_SIGNIN_ISSUER", requires_all = ["signin_client_id", "public_url"])]
     signin_issuer: Option<String>,
     /// The gateway's client id at the sign-in issuer (register `<public-url>/-/signin/callback`
     /// as its redirect URI there).
@@ -219,7 +219,9 @@ struct Args {
     )]
     signin_scopes: String,
     /// Directory for sign-in state: the token signing keys, registered clients, refresh-token
-    /// families and personal access tokens (0600 files). Replicas must share it.
+    /// families and personal access tokens (0600 files), for --config-dir. With
+    /// --config-namespace and no directory, the state lives in Secrets of that namespace,
+    /// shared by every replica.
     #[arg(long, env = "MCPGATE_SIGNIN_STATE_DIR")]
     signin_state_dir: Option<PathBuf>,
     /// Seconds the gateway's access tokens live.
@@ -504,10 +506,9 @@ async fn signin(
     seal: Arc<SessionKeys>,
     issuers: &[IssuerConfig],
 ) -> anyhow::Result<Option<Arc<SignIn>>> {
-    let (Some(issuer), Some(client_id), Some(state_dir), Some(public_url)) = (
+    let (Some(issuer), Some(client_id), Some(public_url)) = (
         &args.signin_issuer,
         &args.signin_client_id,
-        &args.signin_state_dir,
         &args.public_url,
     ) else {
         return Ok(None);
@@ -541,10 +542,21 @@ async fn signin(
         None => None,
     };
     let http = mcpgate_proxy::upstream::client().context("loading TLS roots")?;
-    let store = Arc::new(
-        Store::open(state_dir)
-            .with_context(|| format!("--signin-state-dir {}", state_dir.display()))?,
-    );
+    let store = Arc::new(match (&args.signin_state_dir, &args.config_namespace) {
+        (Some(dir), _) => Store::Files(
+            FileStore::open(dir)
+                .with_context(|| format!("--signin-state-dir {}", dir.display()))?,
+        ),
+        (None, Some(namespace)) => Store::Secrets(Box::new(SecretStore::new(
+            kube::Client::try_default()
+                .await
+                .context("sign-in state lives in Secrets: connecting to the Kubernetes API")?,
+            namespace,
+        ))),
+        (None, None) => anyhow::bail!(
+            "--signin-issuer with --config-dir needs --signin-state-dir (where the signing keys and sign-in state are kept)"
+        ),
+    });
     let public_url = public_url.trim_end_matches('/').to_owned();
     let tokens = Tokens::open(
         public_url.clone(),

@@ -464,7 +464,7 @@ impl Clients {
         let mut registration = current.value;
         registration.last_used = Some(now().as_secs());
         self.store
-            .replace(Kind::Client, id, &registration, current.version)
+            .replace(Kind::Client, id, &registration, &current.version)
             .await?;
         Ok(())
     }

@@ -49,11 +49,290 @@ pub enum StoreError {
     /// A record is not what this gateway writes.
     #[error("sign-in state {path} is not valid: {error}")]
     Corrupt {
-        /// The file.
+        /// The file or Secret.
         path: String,
         /// Why.
         error: String,
     },
+    /// The Kubernetes API refused or failed.
+    #[error("sign-in state in Secret {name}: {source}")]
+    Api {
+        /// The Secret.
+        name: String,
+        /// Why.
+        source: Box<kube::Error>,
+    },
+}
+
+/// Sign-in state, in Secrets or files.
+pub enum Store {
+    /// Secrets of the gateway namespace.
+    Secrets(Box<SecretStore>),
+    /// Files under a directory.
+    Files(FileStore),
+}
+
+impl Store {
+    /// The record `id` of `kind`, if there is one.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        match self {
+            Self::Secrets(s) => s.get(kind, id).await,
+            Self::Files(f) => f.get(kind, id).await,
+        }
+    }
+
+    /// Writes a new record; [`Write::Conflict`] when `id` exists.
+    pub async fn create<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+    ) -> Result<Write, StoreError> {
+        match self {
+            Self::Secrets(s) => s.create(kind, id, value).await,
+            Self::Files(f) => f.create(kind, id, value).await,
+        }
+    }
+
+    /// Replaces record `id` if it is still at `version`.
+    pub async fn replace<T: Serialize + DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+        version: &str,
+    ) -> Result<Write, StoreError> {
+        match self {
+            Self::Secrets(s) => s.replace(kind, id, value, version).await,
+            Self::Files(f) => f.replace::<T>(kind, id, value, version).await,
+        }
+    }
+
+    /// Removes record `id` (gone already is fine).
+    pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Secrets(s) => s.delete(kind, id).await,
+            Self::Files(f) => f.delete(kind, id).await,
+        }
+    }
+
+    /// Every record of `kind`, with its id.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+        match self {
+            Self::Secrets(s) => s.list(kind).await,
+            Self::Files(f) => f.list(kind).await,
+        }
+    }
+}
+
+/// Ids are the gateway's own base64url; anything else never reaches the disk or the API.
+fn plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Label naming the kind of a sign-in record Secret.
+pub const LABEL_SIGNIN: &str = "mcpgate.dev/signin";
+/// The key of a record Secret holding the record.
+const RECORD_KEY: &str = "record";
+/// The key of a record Secret holding its id (names are lower-case; ids are not).
+const ID_KEY: &str = "id";
+
+/// Records as Secrets of one namespace.
+pub struct SecretStore {
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+}
+
+impl SecretStore {
+    /// Records in Secrets of `namespace`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            api: kube::Api::namespaced(client, namespace),
+        }
+    }
+
+    /// The Secret name of a record: ids are mixed-case, names may not be, so the name carries
+    /// a digest of the id.
+    fn name(kind: Kind, id: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        format!(
+            "mcpgate-signin.{}.{}",
+            kind.name(),
+            base16ct::lower::encode_string(&digest[..20])
+        )
+    }
+
+    fn api_error(name: &str, source: kube::Error) -> StoreError {
+        StoreError::Api {
+            name: name.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    fn secret<T: Serialize>(
+        kind: Kind,
+        id: &str,
+        value: &T,
+        version: Option<&str>,
+    ) -> Result<k8s_openapi::api::core::v1::Secret, StoreError> {
+        let name = Self::name(kind, id);
+        let record = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            path: name.clone(),
+            error: e.to_string(),
+        })?;
+        Ok(k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name),
+                resource_version: version.map(str::to_owned),
+                labels: Some(
+                    [
+                        (
+                            mcpgate_crds::names::LABEL_MANAGED_BY.to_owned(),
+                            "mcpgate-proxy".to_owned(),
+                        ),
+                        (LABEL_SIGNIN.to_owned(), kind.name().to_owned()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            data: Some(
+                [
+                    (RECORD_KEY.to_owned(), k8s_openapi::ByteString(record)),
+                    (
+                        ID_KEY.to_owned(),
+                        k8s_openapi::ByteString(id.as_bytes().to_vec()),
+                    ),
+                ]
+                .into(),
+            ),
+            type_: Some("Opaque".to_owned()),
+            ..Default::default()
+        })
+    }
+
+    fn record<T: DeserializeOwned>(
+        secret: &k8s_openapi::api::core::v1::Secret,
+    ) -> Result<(String, Versioned<T>), StoreError> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let corrupt = |error: String| StoreError::Corrupt {
+            path: name.clone(),
+            error,
+        };
+        let data = secret
+            .data
+            .as_ref()
+            .ok_or_else(|| corrupt("no data".into()))?;
+        let id = data
+            .get(ID_KEY)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .ok_or_else(|| corrupt("no id".into()))?;
+        let value = data
+            .get(RECORD_KEY)
+            .ok_or_else(|| corrupt("no record".into()))
+            .and_then(|v| serde_json::from_slice(&v.0).map_err(|e| corrupt(e.to_string())))?;
+        Ok((
+            id,
+            Versioned {
+                value,
+                version: secret.metadata.resource_version.clone().unwrap_or_default(),
+            },
+        ))
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        if !plain_id(id) {
+            return Ok(None);
+        }
+        let name = Self::name(kind, id);
+        match self.api.get_opt(&name).await {
+            Ok(Some(secret)) => {
+                let (stored, record) = Self::record(&secret)?;
+                // A digest collision would be another record: not this one.
+                Ok((stored == id).then_some(record))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(Self::api_error(&name, e)),
+        }
+    }
+
+    async fn create<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+    ) -> Result<Write, StoreError> {
+        if !plain_id(id) {
+            return Ok(Write::Conflict);
+        }
+        let secret = Self::secret(kind, id, value, None)?;
+        match self.api.create(&Default::default(), &secret).await {
+            Ok(_) => Ok(Write::Done),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Write::Conflict),
+            Err(e) => Err(Self::api_error(&Self::name(kind, id), e)),
+        }
+    }
+
+    async fn replace<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+        version: &str,
+    ) -> Result<Write, StoreError> {
+        if !plain_id(id) {
+            return Ok(Write::Conflict);
+        }
+        let name = Self::name(kind, id);
+        let secret = Self::secret(kind, id, value, Some(version))?;
+        match self.api.replace(&name, &Default::default(), &secret).await {
+            Ok(_) => Ok(Write::Done),
+            Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
+                Ok(Write::Conflict)
+            }
+            Err(e) => Err(Self::api_error(&name, e)),
+        }
+    }
+
+    async fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+        if !plain_id(id) {
+            return Ok(());
+        }
+        let name = Self::name(kind, id);
+        match self.api.delete(&name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(Self::api_error(&name, e)),
+        }
+    }
+
+    async fn list<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+        let selector = format!("{LABEL_SIGNIN}={}", kind.name());
+        let secrets = self
+            .api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| Self::api_error(&selector, e))?;
+        secrets.items.iter().map(Self::record).collect()
+    }
 }
 
 /// A record and the version it was read at.
@@ -62,7 +341,7 @@ pub struct Versioned<T> {
     /// The record.
     pub value: T,
     /// Pass back to [`Store::replace`].
-    pub version: u64,
+    pub version: String,
 }
 
 /// The outcome of a conditional write.
@@ -75,7 +354,7 @@ pub enum Write {
 }
 
 /// Records in a directory, one file per record.
-pub struct Store {
+pub struct FileStore {
     root: PathBuf,
     /// One writer at a time (the directory belongs to this process).
     writing: tokio::sync::Mutex<()>,
@@ -87,7 +366,7 @@ struct Envelope<T> {
     value: T,
 }
 
-impl Store {
+impl FileStore {
     /// The store under `root`, created (0700) if missing.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         create_private_dir(root)?;
@@ -98,13 +377,7 @@ impl Store {
     }
 
     fn path(&self, kind: Kind, id: &str) -> Option<PathBuf> {
-        // Ids are the gateway's own base64url or hex; anything else never reaches the disk.
-        let plain = !id.is_empty()
-            && id.len() <= 128
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        plain.then(|| self.root.join(kind.name()).join(format!("{id}.json")))
+        plain_id(id).then(|| self.root.join(kind.name()).join(format!("{id}.json")))
     }
 
     /// The record `id` of `kind`, if there is one.
@@ -143,20 +416,20 @@ impl Store {
         kind: Kind,
         id: &str,
         value: &T,
-        version: u64,
+        version: &str,
     ) -> Result<Write, StoreError> {
         let Some(path) = self.path(kind, id) else {
             return Ok(Write::Conflict);
         };
         let _one = self.writing.lock().await;
-        match read::<T>(&path).await? {
-            Some(current) if current.version == version => {}
+        let next = match (read::<T>(&path).await?, version.parse::<u64>()) {
+            (Some(current), Ok(asked)) if current.version == version => asked + 1,
             _ => return Ok(Write::Conflict),
-        }
+        };
         write(
             &path,
             &Envelope {
-                version: version + 1,
+                version: next,
                 value,
             },
         )
@@ -222,7 +495,7 @@ async fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<Versioned<T>>, 
         })?;
     Ok(Some(Versioned {
         value: envelope.value,
-        version: envelope.version,
+        version: envelope.version.to_string(),
     }))
 }
 
@@ -279,7 +552,7 @@ mod tests {
     #[tokio::test]
     async fn create_replace_and_delete_compare_versions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state")).unwrap();
+        let store = Store::Files(FileStore::open(&dir.path().join("state")).unwrap());
         assert_eq!(
             store.create(Kind::Family, "f1", &1u32).await.unwrap(),
             Write::Done
@@ -290,13 +563,13 @@ mod tests {
             "exists"
         );
         let read = store.get::<u32>(Kind::Family, "f1").await.unwrap().unwrap();
-        assert_eq!((read.value, read.version), (1, 1));
+        assert_eq!((read.value, read.version.as_str()), (1, "1"));
         assert_eq!(
-            store.replace(Kind::Family, "f1", &3u32, 1).await.unwrap(),
+            store.replace(Kind::Family, "f1", &3u32, "1").await.unwrap(),
             Write::Done
         );
         assert_eq!(
-            store.replace(Kind::Family, "f1", &4u32, 1).await.unwrap(),
+            store.replace(Kind::Family, "f1", &4u32, "1").await.unwrap(),
             Write::Conflict,
             "a stale version loses"
         );
@@ -319,7 +592,7 @@ mod tests {
     async fn files_are_private_and_ids_cannot_escape() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("state");
-        let store = Store::open(&root).unwrap();
+        let store = Store::Files(FileStore::open(&root).unwrap());
         store.create(Kind::Client, "c1", &"x").await.unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);

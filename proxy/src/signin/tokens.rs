@@ -183,7 +183,7 @@ impl Tokens {
         if let Some(rotated) = document.rotated(now().as_secs(), period.as_secs())?
             && self
                 .store
-                .replace(Kind::Keys, KEYS_ID, &rotated, current.version)
+                .replace(Kind::Keys, KEYS_ID, &rotated, &current.version)
                 .await?
                 == Write::Done
         {
@@ -273,7 +273,7 @@ impl Tokens {
             family.generation += 1;
             if self
                 .store
-                .replace(Kind::Family, &id, &family, current.version)
+                .replace(Kind::Family, &id, &family, &current.version)
                 .await?
                 == Write::Done
             {
@@ -300,7 +300,7 @@ impl Tokens {
             family.revoked = true;
             if self
                 .store
-                .replace(Kind::Family, id, &family, current.version)
+                .replace(Kind::Family, id, &family, &current.version)
                 .await?
                 == Write::Done
             {

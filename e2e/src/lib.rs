@@ -429,12 +429,39 @@ impl Operator {
         Self::start_as(namespaces, gateway_namespace, identity, &plane.kubeconfig)
     }
 
+    /// [`Operator::start`] with `extra` flags (`--public-url URL`, say).
+    pub fn start_with(
+        plane: &ControlPlane,
+        namespaces: &[&str],
+        gateway_namespace: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::spawn(
+            namespaces,
+            gateway_namespace,
+            identity,
+            &plane.kubeconfig,
+            extra,
+        )
+    }
+
     /// [`Operator::start`] with the credentials of `kubeconfig` instead of the admin's.
     pub fn start_as(
         namespaces: &[&str],
         gateway_namespace: &str,
         identity: &str,
         kubeconfig: &Path,
+    ) -> Result<Self> {
+        Self::spawn(namespaces, gateway_namespace, identity, kubeconfig, &[])
+    }
+
+    fn spawn(
+        namespaces: &[&str],
+        gateway_namespace: &str,
+        identity: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
     ) -> Result<Self> {
         let port = free_port();
         let log_dir = tempfile::tempdir()?;
@@ -451,6 +478,7 @@ impl Operator {
                 "--debounce-ms",
                 "50",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube_lease_manager=warn");
         let process = Process::spawn(

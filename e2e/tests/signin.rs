@@ -503,10 +503,11 @@ fn replicas_share_keys_and_grants_through_secrets() -> Result<()> {
         "team-a",
         &MANIFESTS.replace("UPSTREAM", &upstream_port.to_string()),
     )?;
-    let _operator = Operator::start(&plane, &["team-a"], "gw", "signin")?;
     let (a_port, b_port) = (free_port(), free_port());
     // One public URL in front of both replicas, as behind a load balancer.
     let url = format!("http://127.0.0.1:{a_port}");
+    let _operator =
+        Operator::start_with(&plane, &["team-a"], "gw", "signin", &["--public-url", &url])?;
     let idp = IdentityProvider::start_for(
         dir.path(),
         "https://unused.example",
@@ -569,6 +570,22 @@ fn replicas_share_keys_and_grants_through_secrets() -> Result<()> {
         ensure!(
             stored.lines().any(|l| l == kind),
             "a {kind} Secret in the gateway namespace: {stored}"
+        );
+    }
+    for (kind, route) in [("mcpserver", TOOLS), ("virtualmcpserver", BUNDLE)] {
+        let name = route.split('/').nth(3).unwrap_or_default();
+        let status_url = plane.kubectl(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.status.url}",
+        ])?;
+        ensure!(
+            status_url == format!("{url}{route}"),
+            "{kind} {name} status.url is the absolute URL: {status_url}"
         );
     }
     Ok(())

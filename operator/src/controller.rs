@@ -26,6 +26,8 @@ pub struct Settings {
     pub debounce: Duration,
     /// Full re-render even without changes, to repair drift.
     pub resync: Duration,
+    /// The gateway's external base URL: status URLs are absolute when it is known.
+    pub public_url: Option<String>,
 }
 
 /// Shared with `/readyz`.
@@ -34,6 +36,7 @@ pub struct Context {
     caches: Caches,
     metrics: Metrics,
     gateway_namespace: String,
+    public_url: Option<String>,
 }
 
 /// Runs until `shutdown` resolves. `leader` says whether this replica may write.
@@ -58,6 +61,7 @@ pub async fn run(
         caches,
         metrics,
         gateway_namespace: settings.gateway_namespace,
+        public_url: settings.public_url,
     };
     tokio::pin!(shutdown);
 
@@ -130,7 +134,14 @@ async fn reconcile(ctx: &Context) -> Result<()> {
         )
         .await?;
         rbac::apply(&ctx.client, &ctx.caches, &ctx.metrics, &rendered).await?;
-        status::apply(&ctx.client, &ctx.caches, &ctx.metrics, &rendered).await?;
+        status::apply(
+            &ctx.client,
+            &ctx.caches,
+            &ctx.metrics,
+            &rendered,
+            ctx.public_url.as_deref(),
+        )
+        .await?;
         let elapsed = started.elapsed();
         ctx.metrics.duration.observe(elapsed.as_secs_f64());
         info!(

@@ -77,6 +77,10 @@ struct RunArgs {
     /// Full re-render interval without changes, in seconds (repairs drift).
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
+    /// The gateway's external base URL (`https://mcp.example.com`), the proxy's --public-url:
+    /// McpServer and VirtualMcpServer `status.url` is then the absolute URL clients use.
+    #[arg(long, env = "MCPGATE_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 #[derive(Parser)]
@@ -132,6 +136,13 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.public_url {
+        anyhow::ensure!(
+            (url.starts_with("https://") || url.starts_with("http://"))
+                && url.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some()),
+            "--public-url {url:?} must be an absolute http(s) URL such as https://mcp.example.com"
+        );
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -194,6 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         gateway_namespace: args.gateway_namespace.clone(),
         debounce: Duration::from_millis(args.debounce_ms),
         resync: Duration::from_secs(args.resync_seconds),
+        public_url: args.public_url.clone(),
     };
     let signal = tokio::spawn(async move {
         shutdown_signal().await;

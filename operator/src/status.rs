@@ -46,15 +46,25 @@ pub fn conditions(d: &Diagnostic, existing: &[Condition], now: &Time) -> Vec<Con
     .collect()
 }
 
-/// The whole status of one resource, as JSON. Pure.
-pub fn desired(kind: Kind, d: &Diagnostic, existing: &[Condition], now: &Time) -> Value {
+/// The whole status of one resource, as JSON; its URL is absolute when the gateway's
+/// `public_url` is known. Pure.
+pub fn desired(
+    kind: Kind,
+    d: &Diagnostic,
+    existing: &[Condition],
+    now: &Time,
+    public_url: Option<&str>,
+) -> Value {
     let conditions = conditions(d, existing, now);
     // Serializing plain data cannot fail.
     match kind {
         Kind::McpServer | Kind::VirtualMcpServer => serde_json::to_value(ServerStatus {
             observed_generation: d.generation,
             conditions,
-            url: d.url.clone(),
+            url: d.url.as_ref().map(|path| match public_url {
+                Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+                None => path.clone(),
+            }),
             tool_count: d.tool_count,
             subject_count: d.subject_count,
         }),
@@ -72,23 +82,28 @@ pub async fn apply(
     caches: &Caches,
     metrics: &Metrics,
     rendered: &Rendered,
+    public_url: Option<&str>,
 ) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut ready = std::collections::BTreeMap::<(Kind, bool), i64>::new();
     let mut patches: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
     for (resource, d) in &rendered.diagnostics {
         *ready.entry((resource.kind, d.ready.ok)).or_default() += 1;
-        let (kind, key, now) = (resource.kind, &resource.key, &now);
+        let (kind, key) = (resource.kind, &resource.key);
+        let at = Reported {
+            now: &now,
+            public_url,
+        };
         patches.push(match kind {
-            Kind::McpServer => patch(client, &caches.servers, metrics, kind, key, d, now).boxed(),
+            Kind::McpServer => patch(client, &caches.servers, metrics, kind, key, d, at).boxed(),
             Kind::VirtualMcpServer => {
-                patch(client, &caches.virtual_servers, metrics, kind, key, d, now).boxed()
+                patch(client, &caches.virtual_servers, metrics, kind, key, d, at).boxed()
             }
             Kind::McpCollaborator => {
-                patch(client, &caches.collaborators, metrics, kind, key, d, now).boxed()
+                patch(client, &caches.collaborators, metrics, kind, key, d, at).boxed()
             }
             Kind::AuthOverride => {
-                patch(client, &caches.overrides, metrics, kind, key, d, now).boxed()
+                patch(client, &caches.overrides, metrics, kind, key, d, at).boxed()
             }
         });
     }
@@ -115,6 +130,13 @@ pub async fn apply(
     Ok(())
 }
 
+/// When, and with which public URL, a status is reported.
+#[derive(Clone, Copy)]
+struct Reported<'a> {
+    now: &'a Time,
+    public_url: Option<&'a str>,
+}
+
 async fn patch<K>(
     client: &Client,
     stores: &Stores<K>,
@@ -122,7 +144,7 @@ async fn patch<K>(
     kind: Kind,
     key: &crate::render::ObjectKey,
     d: &Diagnostic,
-    now: &Time,
+    at: Reported<'_>,
 ) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -144,7 +166,7 @@ where
         .and_then(|s| s.get("conditions"))
         .and_then(|c| serde_json::from_value(c.clone()).ok())
         .unwrap_or_default();
-    let desired = desired(kind, d, &existing, now);
+    let desired = desired(kind, d, &existing, at.now, at.public_url);
     if current.as_ref() == Some(&desired) {
         return Ok(());
     }
@@ -235,12 +257,20 @@ mod tests {
 
     #[test]
     fn server_status_carries_url_and_counts_collaborator_status_does_not() {
-        let server = desired(Kind::McpServer, &diagnostic(true), &[], &at(1));
+        let server = desired(Kind::McpServer, &diagnostic(true), &[], &at(1), None);
         assert_eq!(server["url"], "/ns/mcp/x/server");
         assert_eq!(server["toolCount"], 2);
         assert_eq!(server["observedGeneration"], 3);
-        let collaborator = desired(Kind::McpCollaborator, &diagnostic(true), &[], &at(1));
+        let collaborator = desired(Kind::McpCollaborator, &diagnostic(true), &[], &at(1), None);
         assert!(collaborator.get("url").is_none() && collaborator.get("toolCount").is_none());
         assert_eq!(collaborator["conditions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_url_is_absolute_when_the_public_url_is_known() {
+        for base in ["https://mcp.example.com", "https://mcp.example.com/"] {
+            let server = desired(Kind::McpServer, &diagnostic(true), &[], &at(1), Some(base));
+            assert_eq!(server["url"], "https://mcp.example.com/ns/mcp/x/server");
+        }
     }
 }

@@ -49,6 +49,8 @@ class Probe:
         self.g = gateway.rstrip("/")
         self.a = self.g + route_a
         self.b = self.g + route_b
+        # The tests' passthrough server, next to ROUTE_A.
+        self.relay = self.g + route_a.replace("/tools/", "/relay/")
         self.state_dir = Path(state_dir)
         with chromium() as driver:
             authorize(driver, f"{self.g}/-/signin?next=/-/tokens", user, password, until_prefix=f"{self.g}/-/tokens")
@@ -224,7 +226,21 @@ class Probe:
 
         private = self.authorize("https://127.0.0.1:9/client.json", challenge)
         seen["cimd_private_address"] = {"status": private.status_code, "location": private.headers.get("location"),
-                                        "says_why": "not a public address" in private.text}
+                                        "says_why": "not a public address" in private.text,
+                                        "leaks_address": False}
+        named = self.authorize("https://localhost:9/client.json", challenge)
+        seen["cimd_private_address"]["leaks_address"] = "127.0.0.1" in named.text or "resolves" in named.text
+
+        code, verifier = self.code(cid, resource=None)
+        _, wide = self.redeem(cid, code, verifier)
+        relay = self.http.post(self.relay, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}},
+            headers={"Authorization": f"Bearer {wide['access_token']}", "Accept": "application/json, text/event-stream"})
+        seen["passthrough_gateway_token"] = {"status": relay.status_code,
+                                             "says_why": "never forwards tokens it issued" in relay.text}
+        not_json = self.http.post(f"{self.g}/-/oauth/register", content=json.dumps({"redirect_uris": ["http://127.0.0.1/cb"]}),
+                                  headers={"Content-Type": "text/plain"})
+        seen["register_not_json"] = {"status": not_json.status_code, "error": not_json.json().get("error")}
         return seen
 
     def forge(self, template: str, expires_in: int) -> str:
@@ -328,7 +344,19 @@ class Probe:
         seen["created"] = {"shape": everywhere.startswith("gpat1."), "listed": "laptop" in listing and "ci" in listing,
                            "secret_not_listed": everywhere not in listing}
         seen["use"] = {"everywhere_a": self.mcp(self.a, everywhere), "everywhere_b": self.mcp(self.b, everywhere),
-                       "only_a_a": self.mcp(self.a, only_a), "only_a_b": self.mcp(self.b, only_a)}
+                       "only_a_a": self.mcp(self.a, only_a), "only_a_b": self.mcp(self.b, only_a),
+                       "everywhere_relay": self.mcp(self.relay, everywhere)}
+        cid = self.client()
+        code, verifier = self.code(cid)
+        _, granted = self.redeem(cid, code, verifier)
+        home = self.browser.get(f"{self.g}/-/").text
+        grant_ids = re.findall(r'action="/-/grants/revoke">.*?name="id" value="([^"]+)"', home)
+        before = self.mcp(self.a, granted["access_token"])
+        revoked = self.browser.post(f"{self.g}/-/grants/revoke", data={"csrf": csrf, "id": grant_ids[0]}) if grant_ids else None
+        seen["grants"] = {"listed": "probe" in home and len(grant_ids) == 1,
+                          "revoke": revoked.status_code if revoked is not None else None,
+                          "access_before": before, "access_after": self.mcp(self.a, granted["access_token"]),
+                          "gone_from_list": revoked is not None and "/-/grants/revoke" not in revoked.text}
         call = subprocess.run(
             [sys.executable, str(Path(__file__).with_name("call.py")), self.a, "legacy", "call", "add",
              '{"a": 40, "b": 2}'], capture_output=True, text=True, timeout=60,

@@ -37,6 +37,22 @@ spec:
     rename: {add: sum}
 ---
 apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: relay, namespace: team-a}
+spec:
+  remote: {url: \"http://127.0.0.1:UPSTREAM/mcp\"}
+  auth: {type: Passthrough}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: relay-users, namespace: team-a}
+spec:
+  targetRef: {kind: McpServer, name: relay}
+  role: User
+  subjects:
+  - {kind: User, name: alice@example.com}
+---
+apiVersion: mcpgate.dev/v1alpha1
 kind: McpCollaborator
 metadata: {name: tools-users, namespace: team-a}
 spec:
@@ -261,12 +277,14 @@ fn attacks_on_the_authorization_server_fail() -> Result<()> {
     };
     let page = json!({"status": 400, "location": null, "error": null, "state": null, "iss": null});
     let expected = [
-        ("pkce_missing", back("invalid_request")),
-        ("pkce_plain", back("invalid_request")),
+        // Errors before the person decided get a page: a redirect would make the gateway an
+        // open redirector for any registered redirect URI.
+        ("pkce_missing", page.clone()),
+        ("pkce_plain", page.clone()),
         ("redirect_mismatch", page.clone()),
         ("redirect_foreign", page.clone()),
-        ("client_unknown", page),
-        ("resource_foreign", back("invalid_target")),
+        ("client_unknown", page.clone()),
+        ("resource_foreign", page),
         (
             "consent_page",
             json!({"status": 200, "names_route": true, "no_script": true}),
@@ -327,7 +345,15 @@ fn attacks_on_the_authorization_server_fail() -> Result<()> {
         ("confidential_with_secret", json!({"status": 200})),
         (
             "cimd_private_address",
-            json!({"status": 400, "location": null, "says_why": true}),
+            json!({"status": 400, "location": null, "says_why": true, "leaks_address": false}),
+        ),
+        (
+            "passthrough_gateway_token",
+            json!({"status": 403, "says_why": true}),
+        ),
+        (
+            "register_not_json",
+            json!({"status": 400, "error": "invalid_client_metadata"}),
         ),
     ];
     let mut wrong = Vec::new();
@@ -356,7 +382,10 @@ fn personal_access_tokens_are_shown_once_stored_hashed_and_revocable() -> Result
     let seen = gateway.probe("personal", &[])?;
     let expected = json!({
         "created": {"shape": true, "listed": true, "secret_not_listed": true},
-        "use": {"everywhere_a": 200, "everywhere_b": 200, "only_a_a": 200, "only_a_b": 401},
+        "use": {"everywhere_a": 200, "everywhere_b": 200, "only_a_a": 200, "only_a_b": 401,
+            "everywhere_relay": 403},
+        "grants": {"listed": true, "revoke": 200, "access_before": 200, "access_after": 401,
+            "gone_from_list": true},
         "stored_hashed": {"secret_absent": true},
         "create_without_csrf": {"status": 403},
         "revoked": {"count": 2, "everywhere_a": 401, "only_a_a": 401},

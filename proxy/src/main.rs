@@ -254,6 +254,14 @@ struct Args {
         default_value_t = 100
     )]
     client_registrations_per_minute: u32,
+    /// Client registrations no token was issued to yet, at most (each is deleted a day after
+    /// registering if still unused); more are refused until some are used or expire.
+    #[arg(
+        long,
+        env = "MCPGATE_MAX_PENDING_CLIENT_REGISTRATIONS",
+        default_value_t = 10_000
+    )]
+    max_pending_client_registrations: usize,
     /// Let client metadata documents be fetched from private and loopback addresses and over
     /// plain http. For tests only: it lets any client make the gateway fetch internal URLs.
     #[arg(long, env = "MCPGATE_INSECURE_CLIENT_METADATA_ON_PRIVATE_ADDRESSES")]
@@ -558,6 +566,12 @@ async fn signin(
         ),
     });
     let public_url = public_url.trim_end_matches('/').to_owned();
+    anyhow::ensure!(
+        issuers
+            .iter()
+            .all(|i| i.issuer.trim_end_matches('/') != public_url),
+        "--public-url {public_url} is also an --oidc-issuer: the gateway's own tokens would shadow that provider's; give the gateway its own URL"
+    );
     let tokens = Tokens::open(
         public_url.clone(),
         store.clone(),
@@ -579,6 +593,7 @@ async fn signin(
                 args.client_registrations_per_minute.max(1),
                 Duration::from_secs(60),
             ),
+            args.max_pending_client_registrations.max(1),
         ),
         idp: IdentityProvider::new(
             issuer,

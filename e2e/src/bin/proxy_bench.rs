@@ -3,8 +3,9 @@
 //! and through a virtual server over three upstreams, at 1, 16 and 64 concurrent
 //! connections: req/s, p50, p99, the proxy's CPU time per proxied call, its peak RSS; then
 //! the cost of opening a session and the proxy's RSS with 10,000 idle sessions; last, the
-//! cost of authentication per call (OIDC JWT, ServiceAccount token) against a public route
-//! (only that with `MCPGATE_BENCH=auth`). With `MCPGATE_BENCH_BASELINE=<mcpgate-proxy binary>`
+//! cost of authentication per call (OIDC JWT, ServiceAccount token, a token the gateway
+//! issued after sign-in) against a public route, and the rate of `/-/oauth/token` refresh
+//! grants (only those with `MCPGATE_BENCH=auth`). With `MCPGATE_BENCH_BASELINE=<mcpgate-proxy binary>`
 //! it instead compares that build's CPU and p50 per call with this one's, interleaved.
 //! Load generator, proxy and upstream share this machine's cores, so CPU per call is the
 //! figure that compares across machines.
@@ -19,7 +20,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mcpgate_e2e::{ControlPlane, IdentityProvider, Proxy, rss_kib};
+use std::sync::Arc;
+
+use mcpgate_e2e::{ControlPlane, IdentityProvider, Proxy, free_port, rss_kib};
+use mcpgate_proxy::signin::store::{FileStore, Store};
+use mcpgate_proxy::signin::tokens::{Person, Tokens};
 use serde_json::json;
 
 const CALLS_PER_RUN: usize = 20_000;
@@ -475,8 +480,15 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
         "--duration",
         "1h",
     ])?;
-    let idp = IdentityProvider::start(dir.path(), AUDIENCE)?;
+    let (port, admin) = (free_port(), free_port());
+    let public_url = format!("http://127.0.0.1:{port}");
+    let idp = IdentityProvider::start_for(
+        dir.path(),
+        AUDIENCE,
+        &[format!("{public_url}/-/signin/callback")],
+    )?;
     let jwt = idp.password_token("alice", "alice-pw")?;
+    let state = dir.path().join("signin");
     let subjects = json!([
         {"kind": "ServiceAccount", "name": "system:serviceaccount:default:bench"},
         {"kind": "User", "name": "alice@example.com"}]);
@@ -495,7 +507,9 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
             "servers": [route("open", true), route("closed", false)]})
         .to_string(),
     )?;
-    let proxy = Proxy::start(
+    let proxy = Proxy::start_at(
+        port,
+        admin,
         &[OsStr::new("--config-dir"), dir.path().as_os_str()],
         &[
             ("RUST_LOG", OsStr::new("warn")),
@@ -505,11 +519,43 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
             ("MCPGATE_OIDC_AUDIENCES", OsStr::new(AUDIENCE)),
             ("MCPGATE_OIDC_USER_CLAIM", OsStr::new("email")),
             ("MCPGATE_SERVICEACCOUNT_AUDIENCES", OsStr::new("mcpgate")),
+            ("MCPGATE_PUBLIC_URL", OsStr::new(&public_url)),
+            ("MCPGATE_SIGNIN_ISSUER", OsStr::new(&idp.issuer)),
+            ("MCPGATE_SIGNIN_CLIENT_ID", OsStr::new("mcpgate")),
+            ("MCPGATE_SIGNIN_STATE_DIR", state.as_os_str()),
         ],
         dir.path(),
     )?;
     let pid = proxy.process.pid();
     let gateway: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
+    // Grants as the authorization code flow makes them (a registered client, alice's
+    // consent), minted with the proxy's own keys and store so no browser is needed here.
+    let client_id = runtime.block_on(register_client(gateway))?;
+    let tokens = runtime.block_on(Tokens::open(
+        public_url.clone(),
+        Arc::new(Store::Files(FileStore::open(&state)?)),
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+    ))?;
+    let resource = format!("{public_url}/bench/mcp/closed/server");
+    let mut grants = Vec::new();
+    for _ in 0..=TOKEN_CHAINS {
+        let person = Person {
+            user: "alice@example.com".into(),
+            email: Some("alice@example.com".into()),
+            groups: vec!["team-a".into()],
+            issuer: idp.issuer.clone(),
+        };
+        let id = mcpgate_proxy::signin::keys::random_id::<16>()?;
+        grants.push(runtime.block_on(tokens.authorize(
+            &id,
+            person,
+            &client_id,
+            vec![resource.clone()],
+            String::new(),
+        ))?);
+    }
+    let gateway_token = grants[0].access_token.clone();
     let callers = [
         ("public route", "/bench/mcp/open/server", None),
         ("OIDC JWT", "/bench/mcp/closed/server", Some(jwt.as_str())),
@@ -517,6 +563,11 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
             "ServiceAccount",
             "/bench/mcp/closed/server",
             Some(sa_token.trim()),
+        ),
+        (
+            "gateway token",
+            "/bench/mcp/closed/server",
+            Some(gateway_token.as_str()),
         ),
     ];
     let mut sessions = Vec::new();
@@ -549,6 +600,7 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
             figures[i].1.push(cpu * 1e6 / latencies.len() as f64);
         }
     }
+    let tokens = Arc::new(tokens);
     in_process(
         runtime,
         &plane,
@@ -556,6 +608,7 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
         AUDIENCE,
         &jwt,
         sa_token.trim(),
+        (&tokens, &gateway_token, &public_url),
     )?;
     let medians: Vec<(f64, f64)> = figures
         .iter_mut()
@@ -576,7 +629,105 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
             cpu - base_cpu
         );
     }
+    let refresh_tokens: Vec<String> = grants[1..]
+        .iter()
+        .map(|g| g.refresh_token.clone())
+        .collect();
+    let before = cpu_seconds(pid).context("proxy CPU")?;
+    let (grants, elapsed) =
+        runtime.block_on(refresh_chains(gateway, &client_id, refresh_tokens))?;
+    let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
+    println!(
+        "/-/oauth/token, refresh_token grant ({TOKEN_CHAINS} clients at once, each rotating its own grant; standalone file store, one fsync per rotation): {:.0} tokens/s, {:.0} us proxy CPU per token",
+        grants as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / grants as f64
+    );
     Ok(())
+}
+
+/// Clients refreshing their grants at once.
+const TOKEN_CHAINS: usize = 8;
+/// How long they do.
+const TOKEN_SECONDS: u64 = 5;
+
+/// Registers a public client (RFC 7591) at the gateway; its client id.
+async fn register_client(gateway: SocketAddr) -> Result<String> {
+    let body = json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none",
+        "client_name": "proxy-bench"});
+    let (status, answer) = post(
+        gateway,
+        "/-/oauth/register",
+        "application/json",
+        body.to_string(),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "registration: {status} {answer}");
+    answer["client_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no client_id")
+}
+
+/// One POST on a fresh connection; the status and JSON answer.
+async fn post(
+    gateway: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: String,
+) -> Result<(u16, serde_json::Value)> {
+    let stream = tokio::net::TcpStream::connect(gateway).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = Request::post(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or_default()))
+}
+
+/// Each refresh token's client refreshing its grant, one request after another, for
+/// [`TOKEN_SECONDS`]; the tokens issued and the time taken.
+async fn refresh_chains(
+    gateway: SocketAddr,
+    client_id: &str,
+    refresh_tokens: Vec<String>,
+) -> Result<(usize, Duration)> {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(TOKEN_SECONDS);
+    let mut chains = Vec::new();
+    for mut refresh in refresh_tokens {
+        let client_id = client_id.to_owned();
+        chains.push(tokio::spawn(async move {
+            let mut issued = 0usize;
+            while Instant::now() < until {
+                let form = format!(
+                    "grant_type=refresh_token&client_id={client_id}&refresh_token={refresh}"
+                );
+                let (status, answer) = post(
+                    gateway,
+                    "/-/oauth/token",
+                    "application/x-www-form-urlencoded",
+                    form,
+                )
+                .await?;
+                anyhow::ensure!(status == 200, "refresh: {status} {answer}");
+                refresh = answer["refresh_token"]
+                    .as_str()
+                    .context("no refresh_token")?
+                    .to_owned();
+                issued += 1;
+            }
+            Ok::<_, anyhow::Error>(issued)
+        }));
+    }
+    let mut total = 0;
+    for chain in chains {
+        total += chain.await??;
+    }
+    Ok((total, started.elapsed()))
 }
 
 /// The median of `values` (reordered).
@@ -614,6 +765,7 @@ fn in_process(
     audience: &str,
     jwt: &str,
     sa_token: &str,
+    (tokens, gateway_token, public_url): (&Arc<Tokens>, &str, &str),
 ) -> Result<()> {
     use mcpgate_crds::gateway_config::{AccessList, AccessSubject};
     use mcpgate_crds::v1alpha1::SubjectKind;
@@ -647,10 +799,10 @@ fn in_process(
         oidc: oidc()?,
         service_accounts: Some(TokenReviewer::new(client, vec!["mcpgate".into()])),
         cache: TokenCache::default(),
-        public_url: None,
+        public_url: Some(public_url.to_owned()),
         authorization_servers: Vec::new(),
         scheme: "http",
-        gateway: None,
+        gateway: Some(tokens.clone()),
     };
     let access = Access::new(&AccessList {
         subjects: vec![
@@ -665,22 +817,22 @@ fn in_process(
         ],
     });
     println!("in process, per call ({CALLS} calls, warm caches):");
-    for (label, token) in [("OIDC JWT", jwt), ("ServiceAccount", sa_token)] {
+    for (label, token, path) in [
+        ("OIDC JWT", jwt, "/default/mcp/bench/server"),
+        ("ServiceAccount", sa_token, "/default/mcp/bench/server"),
+        ("gateway token", gateway_token, "/bench/mcp/closed/server"),
+    ] {
         let mut headers = hyper::HeaderMap::new();
         headers.insert(
             hyper::header::AUTHORIZATION,
             format!("Bearer {token}").parse()?,
         );
         let elapsed = runtime.block_on(async {
-            let first = inbound
-                .authenticate(&headers, "/default/mcp/bench/server")
-                .await?;
+            let first = inbound.authenticate(&headers, path).await?;
             anyhow::ensure!(access.permits(&first), "{label}: not permitted");
             let started = Instant::now();
             for _ in 0..CALLS {
-                let caller = inbound
-                    .authenticate(&headers, "/default/mcp/bench/server")
-                    .await?;
+                let caller = inbound.authenticate(&headers, path).await?;
                 anyhow::ensure!(access.permits(&caller), "{label}: not permitted");
             }
             Ok(started.elapsed())

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::random_id;
 use super::login::{LOGIN_TIME, Pending};
-use super::pages::{self, RouteLink, TokenRow};
+use super::pages::{self, GrantRow, RouteLink, TokenRow};
 use super::tokens::{Person, constant_time_eq};
 use super::{Context, PREFIX, SignIn, cookie, form, html, query, redirect, single};
 use crate::auth::{Audience, Identity, Method, now};
@@ -177,9 +177,12 @@ impl SignIn {
         let Some(person) = Person::of(&identity) else {
             return unavailable("the identity provider named no person");
         };
+        let Ok(csrf) = random_id::<24>() else {
+            return unavailable("the gateway's random source failed");
+        };
         let session = BrowserSession {
             person,
-            csrf: random_id::<24>().unwrap_or_default(),
+            csrf,
             expires: now().as_secs() + self.session_lifetime.as_secs(),
         };
         let Some(sealed) = serde_json::to_vec(&session)
@@ -264,22 +267,80 @@ impl SignIn {
         links
     }
 
-    /// GET /-/: the servers this person may use.
-    pub(super) fn home(&self, context: &Context<'_>, req: &Request<Incoming>) -> Response<Body> {
-        let session = match self.signed_in(req) {
-            Ok(session) => session,
-            Err(to_sign_in) => return to_sign_in,
+    /// GET /-/: the servers this person may use and the clients they allowed.
+    pub(super) async fn home(
+        &self,
+        context: &Context<'_>,
+        req: &Request<Incoming>,
+    ) -> Response<Body> {
+        match self.signed_in(req) {
+            Ok(session) => self.render_home(context, &session).await,
+            Err(to_sign_in) => to_sign_in,
+        }
+    }
+
+    async fn render_home(&self, context: &Context<'_>, session: &BrowserSession) -> Response<Body> {
+        let grants = match self.tokens.grants(&session.person.user).await {
+            Ok(grants) => grants,
+            Err(error) => {
+                tracing::warn!(%error, "listing authorizations failed");
+                return unavailable("the gateway could not read its authorizations");
+            }
         };
-        let routes = self.routes_for(context, &session);
+        let mut rows = Vec::with_capacity(grants.len());
+        for (id, family) in grants {
+            let client = match self.clients.resolve(&family.client_id, context.peer).await {
+                Ok(client) => client.name.unwrap_or(client.id),
+                Err(_) => family.client_id.clone(),
+            };
+            rows.push(GrantRow {
+                id,
+                client,
+                resources: family.resources.join(", "),
+                created: timestamp(family.created),
+            });
+        }
+        let routes = self.routes_for(context, session);
         html(
             StatusCode::OK,
             pages::home(
                 &session.person.user,
                 session.person.email.as_deref(),
                 &routes,
+                &rows,
                 &session.csrf,
             ),
         )
+    }
+
+    /// POST /-/grants/revoke: ends one of the person's client authorizations.
+    pub(super) async fn revoke_grant(
+        &self,
+        context: &Context<'_>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let (session, fields) = match self.checked_form(req).await {
+            Ok(checked) => checked,
+            Err(page) => return page,
+        };
+        let id = single(&fields, "id").ok().flatten().unwrap_or_default();
+        match self.tokens.revoke_grant(&session.person.user, id).await {
+            Ok(true) => {
+                tracing::info!(user = %session.person.user, "client authorization revoked");
+                self.render_home(context, &session).await
+            }
+            Ok(false) => html(
+                StatusCode::NOT_FOUND,
+                pages::problem(
+                    "No such authorization",
+                    "You gave no authorization with that id.",
+                ),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "revoking an authorization failed");
+                unavailable("the gateway could not update its authorizations")
+            }
+        }
     }
 
     /// GET /-/connect/{route path}: how to connect to one route.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::fetch::Fetcher;
+use super::fetch::{FetchError, Fetcher};
 use super::keys::random_id;
 use super::store::{Kind, Store, StoreError, Write};
 use super::tokens::{constant_time_eq, sha256_hex};
@@ -34,6 +34,14 @@ pub const UNUSED_REGISTRATION: Duration = Duration::from_secs(24 * 3600);
 const METADATA_AGE: Duration = Duration::from_secs(300);
 /// A failed fetch is not retried before this.
 const METADATA_FAILURE_AGE: Duration = Duration::from_secs(30);
+/// Longest redirect URI accepted.
+const MAX_REDIRECT_URI: usize = 2000;
+/// Metadata documents fetched at once, at most.
+const CONCURRENT_FETCHES: usize = 16;
+/// How long a registration lookup (found or not) is remembered.
+const LOOKUP_AGE: Duration = Duration::from_secs(30);
+/// A registration's last use is written again at most this often.
+const USE_RECORDED_EVERY: u64 = 86_400;
 
 /// How a client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +146,11 @@ fn is_loopback_host(url: &Url) -> bool {
 
 /// Why a redirect URI may not be registered, or `None` when it may.
 fn redirect_problem(uri: &str, native: bool) -> Option<String> {
+    if uri.len() > MAX_REDIRECT_URI {
+        return Some(format!(
+            "a redirect URI is over {MAX_REDIRECT_URI} characters"
+        ));
+    }
     let Ok(url) = Url::parse(uri) else {
         return Some(format!("redirect URI {uri:?} is not an absolute URI"));
     };
@@ -172,6 +185,9 @@ pub enum RegistrationError {
     /// Too many registrations.
     #[error("too many client registrations: try again in {0} seconds")]
     Limited(u64),
+    /// Too many registrations no token was issued to yet.
+    #[error("too many client registrations are waiting for their first use: try again later")]
+    Full,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -183,7 +199,7 @@ impl RegistrationError {
         match self {
             Self::RedirectUri(_) => "invalid_redirect_uri",
             Self::Metadata(_) => "invalid_client_metadata",
-            Self::Limited(_) => "slow_down",
+            Self::Limited(_) | Self::Full => "slow_down",
             Self::Store(_) => "server_error",
         }
     }
@@ -239,32 +255,57 @@ impl RateLimit {
 pub struct Clients {
     store: Arc<Store>,
     fetcher: Fetcher,
+    /// Registrations per address and overall.
     limit: RateLimit,
+    /// Metadata document fetches (cache misses) per address and overall.
+    fetch_limit: RateLimit,
+    fetching: tokio::sync::Semaphore,
+    /// Registrations waiting for their first use, at most.
+    max_pending: usize,
+    /// How many there are, as of the last sweep plus this replica's registrations since.
+    pending: std::sync::atomic::AtomicUsize,
     /// Metadata documents by URL, and failures, with when they were fetched.
     documents: moka::sync::Cache<String, (Instant, Result<Client, String>)>,
+    /// Registrations looked up recently (None: there is none by that id).
+    registrations: moka::sync::Cache<String, Option<Client>>,
 }
 
 impl Clients {
-    /// Clients registered in `store` or described by metadata documents `fetcher` reaches.
-    pub fn new(store: Arc<Store>, fetcher: Fetcher, limit: RateLimit) -> Self {
+    /// Clients registered in `store` (registrations limited by `limit`, at most
+    /// `max_pending` waiting for their first use) or described by metadata documents
+    /// `fetcher` reaches.
+    pub fn new(store: Arc<Store>, fetcher: Fetcher, limit: RateLimit, max_pending: usize) -> Self {
         Self {
             store,
             fetcher,
             limit,
+            fetch_limit: RateLimit::new(30, 300, Duration::from_secs(60)),
+            fetching: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
+            max_pending,
+            pending: std::sync::atomic::AtomicUsize::new(0),
             documents: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(METADATA_AGE)
                 .build(),
+            registrations: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LOOKUP_AGE)
+                .build(),
         }
     }
 
-    /// The client `client_id` names, or what is wrong with it (a message for the person at
-    /// the browser; never sent to the redirect URI, which is not trusted yet).
-    pub async fn resolve(&self, client_id: &str) -> Result<Client, String> {
+    /// The client `client_id` names, asked for by `peer`, or what is wrong with it (a message
+    /// for the person at the browser; never sent to the redirect URI, which is not trusted
+    /// yet).
+    pub async fn resolve(&self, client_id: &str, peer: IpAddr) -> Result<Client, String> {
         if client_id.starts_with("https://") || client_id.starts_with("http://") {
-            return self.metadata_document(client_id).await;
+            return self.metadata_document(client_id, peer).await;
         }
-        let registration = self
+        let unknown = || format!("unknown client_id {client_id:?}: the client must register again");
+        if let Some(known) = self.registrations.get(client_id) {
+            return known.ok_or_else(unknown);
+        }
+        let client = self
             .store
             .get::<Registration>(Kind::Client, client_id)
             .await
@@ -272,67 +313,89 @@ impl Clients {
                 tracing::warn!(error = %e, "reading a client registration failed");
                 "the gateway could not read its client registrations".to_owned()
             })?
-            .ok_or_else(|| {
-                format!("unknown client_id {client_id:?}: the client must register again")
-            })?
-            .value;
-        Ok(Client {
-            id: client_id.to_owned(),
-            name: registration.name,
-            redirect_uris: registration.redirect_uris,
-            auth_method: registration.auth_method,
-            secret_sha256: registration.secret_sha256,
-            registered: true,
-        })
+            .map(|found| Client {
+                id: client_id.to_owned(),
+                name: found.value.name,
+                redirect_uris: found.value.redirect_uris,
+                auth_method: found.value.auth_method,
+                secret_sha256: found.value.secret_sha256,
+                registered: true,
+            });
+        self.registrations
+            .insert(client_id.to_owned(), client.clone());
+        client.ok_or_else(unknown)
     }
 
-    async fn metadata_document(&self, url: &str) -> Result<Client, String> {
+    async fn metadata_document(&self, url: &str, peer: IpAddr) -> Result<Client, String> {
         if let Some((at, known)) = self.documents.get(url)
             && (known.is_ok() || at.elapsed() < METADATA_FAILURE_AGE)
         {
             return known;
         }
-        let result = self.fetch_document(url).await;
-        if let Err(error) = &result {
-            tracing::info!(client_id = %url, %error, "client metadata document refused");
+        if let Err(wait) = self.fetch_limit.take(peer) {
+            return Err(format!(
+                "too many client metadata documents to fetch: try again in {wait} seconds"
+            ));
         }
+        let result = match self.fetching.try_acquire() {
+            Ok(_one) => self.fetch_document(url).await,
+            Err(_) => {
+                return Err("too many client metadata documents are being fetched: try again in a few seconds".into());
+            }
+        };
+        let result = result.map_err(|error| {
+            tracing::info!(client_id = %url, error = %error.detail(), "client metadata document refused");
+            error.public(url)
+        });
         self.documents
             .insert(url.to_owned(), (Instant::now(), result.clone()));
         result
     }
 
-    async fn fetch_document(&self, url: &str) -> Result<Client, String> {
-        let parsed = Url::parse(url).map_err(|e| format!("client_id {url:?} is not a URL: {e}"))?;
-        if parsed.path() == "/" || parsed.fragment().is_some() || !parsed.username().is_empty() {
-            return Err(format!(
-                "client_id {url:?} must be an https URL with a path and no fragment or credentials"
-            ));
+    async fn fetch_document(&self, url: &str) -> Result<Client, FetchError> {
+        use FetchError::Refused;
+        let parsed =
+            Url::parse(url).map_err(|e| Refused(format!("client_id {url:?} is not a URL: {e}")))?;
+        let dotted = url.split(['?', '#']).next().unwrap_or(url).contains("/.");
+        if parsed.path() == "/"
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+            || dotted
+        {
+            return Err(Refused(format!(
+                "client_id {url:?} must be an https URL with a path, without dot segments, fragment or credentials"
+            )));
         }
         let document = self.fetcher.get_json(&parsed).await?;
         if document["client_id"].as_str() != Some(url) {
-            return Err(format!(
+            return Err(Refused(format!(
                 "the metadata document at {url} must name itself as client_id"
-            ));
+            )));
         }
         let auth_method = document["token_endpoint_auth_method"]
             .as_str()
             .unwrap_or("none");
         if auth_method != "none" {
-            return Err(format!(
+            return Err(Refused(format!(
                 "the metadata document at {url} asks for token_endpoint_auth_method {auth_method:?}; this gateway accepts only \"none\" for metadata-document clients"
-            ));
+            )));
         }
         let redirect_uris = string_list(&document["redirect_uris"])
             .filter(|uris| !uris.is_empty() && uris.len() <= MAX_REDIRECT_URIS)
             .ok_or_else(|| {
-                format!("the metadata document at {url} must list 1 to {MAX_REDIRECT_URIS} redirect_uris")
+                Refused(format!(
+                    "the metadata document at {url} must list 1 to {MAX_REDIRECT_URIS} redirect_uris"
+                ))
             })?;
         let native = document["application_type"].as_str() != Some("web");
         if let Some(problem) = redirect_uris
             .iter()
             .find_map(|u| redirect_problem(u, native))
         {
-            return Err(format!("the metadata document at {url}: {problem}"));
+            return Err(Refused(format!(
+                "the metadata document at {url}: {problem}"
+            )));
         }
         Ok(Client {
             id: url.to_owned(),
@@ -412,6 +475,9 @@ impl Clients {
             .get("client_name")
             .and_then(Value::as_str)
             .map(short_name);
+        if self.pending.load(std::sync::atomic::Ordering::Relaxed) >= self.max_pending {
+            return Err(RegistrationError::Full);
+        }
         self.limit
             .take(address)
             .map_err(RegistrationError::Limited)?;
@@ -433,6 +499,8 @@ impl Clients {
         if self.store.create(Kind::Client, &id, &registration).await? == Write::Conflict {
             return Err(Metadata("a client id collided: register again".into()));
         }
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut response = json!({
             "client_id": id,
             "client_id_issued_at": created,
@@ -452,17 +520,22 @@ impl Clients {
         Ok(response)
     }
 
-    /// Records that a token was issued to registered client `id` (it no longer expires as
-    /// unused).
+    /// Records that a token was issued to registered client `id` (written at most daily):
+    /// it expires only once unused for the idle time.
     pub async fn used(&self, id: &str) -> Result<(), StoreError> {
         let Some(current) = self.store.get::<Registration>(Kind::Client, id).await? else {
             return Ok(());
         };
-        if current.value.last_used.is_some() {
+        let now = now().as_secs();
+        if current
+            .value
+            .last_used
+            .is_some_and(|at| at + USE_RECORDED_EVERY > now)
+        {
             return Ok(());
         }
         let mut registration = current.value;
-        registration.last_used = Some(now().as_secs());
+        registration.last_used = Some(now);
         self.store
             .replace(Kind::Client, id, &registration, &current.version)
             .await?;
@@ -473,17 +546,24 @@ impl Clients {
     /// those unused for `idle`.
     pub async fn sweep(&self, idle: Duration) -> Result<usize, StoreError> {
         let now = now().as_secs();
-        let mut removed = 0;
+        let (mut removed, mut pending) = (0, 0);
         for (id, registration) in self.store.list::<Registration>(Kind::Client).await? {
             let expired = match registration.value.last_used {
                 None => registration.value.created + UNUSED_REGISTRATION.as_secs() < now,
                 Some(used) => used + idle.as_secs() < now,
             };
             if expired {
-                self.store.delete(Kind::Client, &id).await?;
+                // Only as read: a use recorded meanwhile (by any replica) keeps it.
+                self.store
+                    .delete_if(Kind::Client, &id, &registration.version)
+                    .await?;
                 removed += 1;
+            } else if registration.value.last_used.is_none() {
+                pending += 1;
             }
         }
+        self.pending
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
         Ok(removed)
     }
 }

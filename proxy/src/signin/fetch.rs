@@ -65,7 +65,8 @@ impl tower_service::Service<Name> for GuardedResolver {
 
 /// Whether `ip` is an address on the public internet: not loopback, private (RFC 1918,
 /// unique local), link-local, shared (CGNAT), unspecified, multicast, broadcast,
-/// documentation or benchmarking ranges, nor an IPv4 one of those inside IPv6.
+/// documentation or benchmarking ranges, NAT64 and site-local, nor an IPv4 one of those
+/// inside IPv6 (mapped, compatible or 6to4).
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -87,14 +88,55 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits; IPv4-compatible
+            // (::a.b.c.d, deprecated) in its last.
+            if first == 0x2002 {
+                let [a, b] = segments[1].to_be_bytes();
+                let [c, d] = segments[2].to_be_bytes();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            if segments[..6].iter().all(|s| *s == 0) {
+                return false;
+            }
             !(v6.is_loopback()
-                || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0xdb8
-                || first == 0x64 && v6.segments()[1] == 0xff9b)
+                || (first & 0xffc0) == 0xfec0
+                || first == 0x2001 && segments[1] == 0xdb8
+                || first == 0x64 && segments[1] == 0xff9b)
+        }
+    }
+}
+
+/// Why a document could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// It could not be reached (refused address, DNS, TLS, timeout, status): the detail is for
+    /// the log only, since it would tell whoever chose the URL about the gateway's network.
+    Unreachable(String),
+    /// It was reached and is not acceptable: the message is fine to show.
+    Refused(String),
+}
+
+impl FetchError {
+    /// What the person at the browser may read.
+    pub fn public(&self, url: &str) -> String {
+        match self {
+            Self::Unreachable(_) => format!(
+                "{url} could not be fetched: it must be an https URL on a public address that answers 200 with at most {MAX_DOCUMENT} bytes of JSON within {} s",
+                FETCH_TIMEOUT.as_secs()
+            ),
+            Self::Refused(message) => message.clone(),
+        }
+    }
+
+    /// The whole story, for the log.
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Unreachable(detail) | Self::Refused(detail) => detail,
         }
     }
 }
@@ -125,13 +167,13 @@ impl Fetcher {
         })
     }
 
-    /// The JSON object at `url`, or why not (a message naming the URL, for the person who
-    /// configured the client).
-    pub async fn get_json(&self, url: &Url) -> Result<Value, String> {
+    /// The JSON object at `url`, or why not.
+    pub async fn get_json(&self, url: &Url) -> Result<Value, FetchError> {
+        use FetchError::{Refused, Unreachable};
         match url.scheme() {
             "https" => {}
             "http" if self.allow_private => {}
-            _ => return Err(format!("{url} must be an https URL")),
+            _ => return Err(Refused(format!("{url} must be an https URL"))),
         }
         // The connector resolves names only: an address in the URL is checked here.
         let literal = match url.host() {
@@ -140,12 +182,12 @@ impl Fetcher {
             _ => None,
         };
         if let Some(ip) = literal.filter(|ip| !self.allow_private && !is_public(*ip)) {
-            return Err(format!("{url}: {ip} is not a public address"));
+            return Err(Refused(format!("{url}: {ip} is not a public address")));
         }
         let request = Request::get(url.as_str())
             .header(header::ACCEPT, "application/json")
             .body(full(Bytes::new()))
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| Refused(format!("{url}: {e}")))?;
         let fetch = async {
             let response = self.client.request(request).await.map_err(|e| {
                 // The innermost cause says what happened (the resolver's refusal, say).
@@ -153,13 +195,13 @@ impl Fetcher {
                 while let Some(source) = cause.source() {
                     cause = source;
                 }
-                format!("fetching {url}: {cause}")
+                Unreachable(format!("fetching {url}: {cause}"))
             })?;
             if response.status() != StatusCode::OK {
-                return Err(format!(
+                return Err(Unreachable(format!(
                     "fetching {url}: HTTP {} (redirects are not followed)",
                     response.status().as_u16()
-                ));
+                )));
             }
             if let Some(length) = response
                 .headers()
@@ -167,27 +209,33 @@ impl Fetcher {
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
                 && length > MAX_DOCUMENT
             {
-                return Err(format!(
+                return Err(Refused(format!(
                     "{url} is {length} bytes; documents over {MAX_DOCUMENT} bytes are refused"
-                ));
+                )));
             }
             let body = Limited::new(response.into_body(), MAX_DOCUMENT)
                 .collect()
                 .await
                 .map_err(|_| {
-                    format!("{url} is over {MAX_DOCUMENT} bytes (or the connection broke)")
+                    Refused(format!(
+                        "{url} is over {MAX_DOCUMENT} bytes (or the connection broke)"
+                    ))
                 })?
                 .to_bytes();
             let document: Value = serde_json::from_slice(&body)
-                .map_err(|e| format!("{url} is not a JSON document: {e}"))?;
+                .map_err(|e| Refused(format!("{url} is not a JSON document: {e}")))?;
             if !document.is_object() {
-                return Err(format!("{url} is not a JSON object"));
+                return Err(Refused(format!("{url} is not a JSON object")));
             }
             Ok(document)
         };
         tokio::time::timeout(FETCH_TIMEOUT, fetch)
             .await
-            .unwrap_or_else(|_| Err(format!("{url} did not answer within {FETCH_TIMEOUT:?}")))
+            .unwrap_or_else(|_| {
+                Err(Unreachable(format!(
+                    "{url} did not answer within {FETCH_TIMEOUT:?}"
+                )))
+            })
     }
 }
 
@@ -218,10 +266,21 @@ mod tests {
             "::ffff:169.254.169.254",
             "2001:db8::1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "fec0::1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }
@@ -260,18 +319,23 @@ mod tests {
         let url = Url::parse(&serve(answer("200 OK", b"{\"a\":1}")).await).unwrap();
         let guarded = Fetcher::new(false).unwrap();
         let error = guarded.get_json(&url).await.unwrap_err();
-        assert!(error.contains("must be an https URL"), "{error}");
+        assert!(error.detail().contains("must be an https URL"), "{error:?}");
         let mut https = url.clone();
         https.set_scheme("https").unwrap();
         let error = guarded.get_json(&https).await.unwrap_err();
-        assert!(error.contains("not a public address"), "{error}");
+        assert!(error.detail().contains("not a public address"), "{error:?}");
         let by_name = Url::parse(&format!(
             "https://localhost:{}/client.json",
             url.port().unwrap()
         ))
         .unwrap();
         let error = guarded.get_json(&by_name).await.unwrap_err();
-        assert!(error.contains("not a public address"), "{error}");
+        assert!(error.detail().contains("not a public address"), "{error:?}");
+        let shown = error.public("https://localhost/client.json");
+        assert!(
+            !shown.contains("127.0.0.1") && !shown.contains("resolves"),
+            "the browser learns nothing about the gateway's network: {shown}"
+        );
         let allowed = Fetcher::new(true).unwrap();
         assert_eq!(allowed.get_json(&url).await.unwrap()["a"], 1);
     }
@@ -282,15 +346,18 @@ mod tests {
         let big = vec![b' '; MAX_DOCUMENT + 1];
         let url = Url::parse(&serve(answer("200 OK", &big)).await).unwrap();
         let error = allowed.get_json(&url).await.unwrap_err();
-        assert!(error.contains("are refused"), "{error}");
+        assert!(error.detail().contains("are refused"), "{error:?}");
         let redirect =
             b"HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:1/\r\ncontent-length: 0\r\n\r\n"
                 .to_vec();
         let url = Url::parse(&serve(redirect).await).unwrap();
         let error = allowed.get_json(&url).await.unwrap_err();
-        assert!(error.contains("redirects are not followed"), "{error}");
+        assert!(
+            error.detail().contains("redirects are not followed"),
+            "{error:?}"
+        );
         let url = Url::parse(&serve(answer("200 OK", b"[1]")).await).unwrap();
         let error = allowed.get_json(&url).await.unwrap_err();
-        assert!(error.contains("not a JSON object"), "{error}");
+        assert!(error.detail().contains("not a JSON object"), "{error:?}");
     }
 }

@@ -3,7 +3,8 @@
 //! document, shared by every replica through the key store (a Secret of the gateway
 //! namespace, or a 0600 file standalone), so each replica verifies what any other signed.
 //! Rotation adds a key and keeps the one before it: tokens signed before a rotation verify
-//! until they expire.
+//! until they expire. A new key is published at once and signs only after [`ACTIVATION`],
+//! by when every replica has read it (they re-read the keys every minute).
 
 use std::collections::HashMap;
 
@@ -20,6 +21,8 @@ use crate::auth::oidc::LEEWAY;
 
 /// Keys kept at most: the signing one and the one before it.
 const KEPT: usize = 2;
+/// Seconds a new key is published before it signs.
+pub const ACTIVATION: u64 = 180;
 
 /// Why keys could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +125,14 @@ impl TryFrom<&KeyDocument> for SigningKeys {
 
     fn try_from(document: &KeyDocument) -> Result<Self, KeyError> {
         let unusable = |what: &str| KeyError::Unusable(what.to_owned());
-        let newest = document
+        let now = crate::auth::now().as_secs();
+        // The newest key old enough that every replica knows it; the oldest before that.
+        let signing = document
             .keys
-            .last()
+            .iter()
+            .rev()
+            .find(|k| k.created.saturating_add(ACTIVATION) <= now)
+            .or(document.keys.first())
             .ok_or_else(|| unusable("it has no keys"))?;
         let mut decoding = HashMap::new();
         let mut published = Vec::new();
@@ -157,12 +165,12 @@ impl TryFrom<&KeyDocument> for SigningKeys {
             .ok()
             .filter(|k| k.len() == 32)
             .ok_or_else(|| unusable("the MAC key is not 32 bytes of base64url"))?;
-        let newest_der = URL_SAFE_NO_PAD
-            .decode(&newest.pkcs8)
+        let signing_der = URL_SAFE_NO_PAD
+            .decode(&signing.pkcs8)
             .map_err(|_| unusable("a key is not base64url"))?;
         Ok(Self {
-            kid: newest.kid.clone(),
-            encoding: EncodingKey::from_ec_der(&newest_der),
+            kid: signing.kid.clone(),
+            encoding: EncodingKey::from_ec_der(&signing_der),
             decoding,
             jwks: json!({"keys": published}),
             mac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac),
@@ -171,7 +179,7 @@ impl TryFrom<&KeyDocument> for SigningKeys {
 }
 
 impl SigningKeys {
-    /// `claims` signed as an ES256 JWT with the newest key.
+    /// `claims` signed as an ES256 JWT with the signing key.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -297,8 +305,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_key_is_published_before_it_signs() {
+        let first = KeyDocument::generate(now() - 1000).unwrap();
+        let rotated = first.rotated(now(), 100).unwrap().unwrap();
+        let keys = SigningKeys::try_from(&rotated).unwrap();
+        let token = keys.sign(&claims(now() + 60)).unwrap();
+        let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+        assert_eq!(
+            kid, rotated.keys[0].kid,
+            "the old key signs while the new one spreads"
+        );
+        assert_eq!(
+            keys.jwks()["keys"].as_array().unwrap().len(),
+            2,
+            "both published"
+        );
+        let mut settled = rotated.clone();
+        settled.keys[1].created = now() - ACTIVATION;
+        let keys = SigningKeys::try_from(&settled).unwrap();
+        let token = keys.sign(&claims(now() + 60)).unwrap();
+        let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+        assert_eq!(kid, settled.keys[1].kid);
+    }
+
+    #[test]
     fn rotation_keeps_the_previous_key_verifying() {
-        let start = now() - 1000;
+        let start = now() - 10_000;
         let first = KeyDocument::generate(start).unwrap();
         assert_eq!(first.rotated(start + 10, 100).unwrap(), None, "not due");
         let before = SigningKeys::try_from(&first).unwrap();

@@ -1,6 +1,7 @@
 //! The authorization server's endpoints for MCP clients (OAuth 2.1):
-//! - `/-/oauth/authorize`: checks the client and its redirect URI before anything else (a
-//!   bad one gets a page, never a redirect), requires PKCE S256, takes RFC 8707 `resource`s
+//! - `/-/oauth/authorize`: checks the client and its redirect URI before anything else, and
+//!   answers every error with a page, never a redirect (only the person's decision sends the
+//!   browser back to the client); requires PKCE S256, takes RFC 8707 `resource`s
 //!   that are the gateway or its routes, signs the person in, and asks their consent every
 //!   time (MCP's rule for dynamically registered clients: a client's name is its own claim);
 //! - `/-/oauth/token`: authorization codes (sealed, one minute, single use: a replay revokes
@@ -156,7 +157,7 @@ impl SignIn {
             (Err(e), _) | (_, Err(e)) => return bad(&e),
             _ => return bad("client_id and redirect_uri are required"),
         };
-        let client = match self.clients.resolve(client_id).await {
+        let client = match self.clients.resolve(client_id, context.peer).await {
             Ok(client) => client,
             Err(message) => return bad(&message),
         };
@@ -165,14 +166,9 @@ impl SignIn {
                 "redirect_uri {redirect_uri:?} is not registered for this client"
             ));
         }
-        // From here on the redirect URI is the client's own: errors go back to it.
         let state = match one("state") {
             Ok(state) => state,
             Err(e) => return bad(&e),
-        };
-        let back = Back {
-            redirect_uri,
-            state,
         };
         let checked = (|| {
             let value = |name| one(name).map_err(|e| ("invalid_request", e));
@@ -217,9 +213,12 @@ impl SignIn {
             let scope = value("scope")?.unwrap_or_default().to_owned();
             Ok((challenge.to_owned(), resources, scope))
         })();
+        // A page, not a redirect: anyone can register a client with any redirect URI, so
+        // redirecting errors before the person decided would make the gateway an open
+        // redirector (RFC 9700 §4.11.2).
         let (challenge, resources, scope) = match checked {
             Ok(checked) => checked,
-            Err((error, description)) => return self.error_back(&back, error, &description),
+            Err((error, description)) => return bad(&format!("{error}: {description}")),
         };
         let Some(session) = self.session(req.headers()) else {
             let here = req.uri().path_and_query().map_or("", |p| p.as_str());
@@ -240,11 +239,7 @@ impl SignIn {
             .ok()
             .and_then(|c| self.seal.seal_for(CONSENT_PURPOSE, &c).ok())
         else {
-            return self.error_back(
-                &back,
-                "server_error",
-                "the gateway could not seal the request",
-            );
+            return bad("the gateway could not seal the request; try again");
         };
         let redirect_host = url::Url::parse(redirect_uri)
             .ok()
@@ -262,6 +257,7 @@ impl SignIn {
                 client.registered,
                 &redirect_host,
                 &self.describe(context, &consent.resources),
+                &consent.scope,
                 &sealed,
                 &session.csrf,
             ),
@@ -340,6 +336,7 @@ impl SignIn {
     /// response to send.
     async fn client(
         &self,
+        context: &Context<'_>,
         headers: &HeaderMap,
         fields: &[(String, String)],
     ) -> Result<Client, Response<Body>> {
@@ -375,7 +372,7 @@ impl SignIn {
             (None, Some(id)) => (id, form_secret),
             (None, None) => return invalid("client_id is required"),
         };
-        let client = match self.clients.resolve(id).await {
+        let client = match self.clients.resolve(id, context.peer).await {
             Ok(client) => client,
             Err(message) => return invalid(&message),
         };
@@ -386,12 +383,16 @@ impl SignIn {
     }
 
     /// POST /-/oauth/token.
-    pub(super) async fn token(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn token(
+        &self,
+        context: &Context<'_>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let (headers, fields) = match form(req).await {
             Ok(form) => form,
             Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e),
         };
-        let client = match self.client(&headers, &fields).await {
+        let client = match self.client(context, &headers, &fields).await {
             Ok(client) => client,
             Err(response) => return response,
         };
@@ -401,7 +402,7 @@ impl SignIn {
             Ok(Some("refresh_token")) => match one("refresh_token") {
                 Ok(Some(token)) => self
                     .tokens
-                    .refresh(token, &client.id)
+                    .refresh(token, &client.id, &resources(&fields))
                     .await
                     .map_err(grant_error),
                 _ => Err(("invalid_request", "refresh_token is required".to_owned())),
@@ -494,11 +495,7 @@ impl SignIn {
                 "code_verifier does not match the code_challenge".into(),
             ));
         }
-        let requested: Vec<String> = fields
-            .iter()
-            .filter(|(k, _)| k == "resource")
-            .map(|(_, v)| v.trim_end_matches('/').to_owned())
-            .collect();
+        let requested = resources(fields);
         let resources = if requested.is_empty() {
             code.resources.clone()
         } else if requested.iter().all(|r| code.resources.contains(r)) {
@@ -521,10 +518,21 @@ impl SignIn {
         context: &Context<'_>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let (_, bytes) = match body(req).await {
+        let (headers, bytes) = match body(req).await {
             Ok(read) => read,
             Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", &e),
         };
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client_metadata",
+                "send the client metadata as application/json",
+            );
+        }
         let metadata: Value = match serde_json::from_slice(&bytes) {
             Ok(metadata) => metadata,
             Err(e) => {
@@ -553,6 +561,14 @@ impl SignIn {
                     .insert(header::RETRY_AFTER, HeaderValue::from(wait));
                 response
             }
+            Err(super::clients::RegistrationError::Full) => {
+                tracing::warn!("client registration refused: too many waiting for their first use");
+                oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "slow_down",
+                    "too many client registrations are waiting for their first use: try again later",
+                )
+            }
             Err(super::clients::RegistrationError::Store(error)) => {
                 tracing::warn!(%error, "storing a client registration failed");
                 oauth_error(
@@ -566,12 +582,16 @@ impl SignIn {
     }
 
     /// POST /-/oauth/revoke (RFC 7009: unknown tokens are not an error).
-    pub(super) async fn revoke(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn revoke(
+        &self,
+        context: &Context<'_>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let (headers, fields) = match form(req).await {
             Ok(form) => form,
             Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e),
         };
-        let client = match self.client(&headers, &fields).await {
+        let client = match self.client(context, &headers, &fields).await {
             Ok(client) => client,
             Err(response) => return response,
         };
@@ -600,9 +620,19 @@ impl SignIn {
     }
 }
 
+/// The RFC 8707 `resource` parameters of a token request.
+fn resources(fields: &[(String, String)]) -> Vec<String> {
+    fields
+        .iter()
+        .filter(|(k, _)| k == "resource")
+        .map(|(_, v)| v.trim_end_matches('/').to_owned())
+        .collect()
+}
+
 fn grant_error(error: IssueError) -> (&'static str, String) {
     match error {
         IssueError::InvalidGrant(message) => ("invalid_grant", message.to_owned()),
+        IssueError::InvalidTarget => ("invalid_target", error.to_string()),
         other => ("server_error", other.to_string()),
     }
 }

@@ -15,6 +15,18 @@ pub struct RouteLink {
     pub path: String,
 }
 
+/// An MCP client's authorization as listed.
+pub struct GrantRow {
+    /// Its id.
+    pub id: String,
+    /// The client, by name (or id).
+    pub client: String,
+    /// What it may use.
+    pub resources: String,
+    /// When it was given (RFC 3339).
+    pub created: String,
+}
+
 /// A personal access token as listed.
 pub struct TokenRow {
     /// Its id.
@@ -88,9 +100,15 @@ pub fn consent(
     registered: bool,
     redirect_host: &str,
     routes: &[String],
+    scope: &str,
     request: &str,
     csrf: &str,
 ) -> String {
+    let scope = if scope.is_empty() {
+        String::new()
+    } else {
+        format!("<p>Scope asked for: <code>{}</code></p>", text(scope))
+    };
     let who = match client_name {
         Some(name) => format!("<strong>{}</strong>", text(name)),
         None => "An MCP client".to_owned(),
@@ -109,6 +127,7 @@ pub fn consent(
         &format!(
             r#"<p>{who} asks to use MCP servers at this gateway as <strong>{user}</strong>:</p>
 <ul>{servers}</ul>
+{scope}
 <p class="warn">{provenance}<br>Client ID: <code>{client_id}</code><br>After you decide, your browser goes to <code>{redirect_host}</code>.</p>
 <form method="post" action="/-/oauth/authorize">
 {csrf}
@@ -126,8 +145,35 @@ pub fn consent(
     )
 }
 
-/// The signed-in home: the routes this person may use, and the way out.
-pub fn home(user: &str, email: Option<&str>, routes: &[RouteLink], csrf: &str) -> String {
+/// The signed-in home: the routes this person may use, the clients they allowed, and the
+/// way out.
+pub fn home(
+    user: &str,
+    email: Option<&str>,
+    routes: &[RouteLink],
+    grants: &[GrantRow],
+    csrf: &str,
+) -> String {
+    let clients = if grants.is_empty() {
+        "<p>No MCP client holds an authorization from you.</p>".to_owned()
+    } else {
+        let body: String = grants
+            .iter()
+            .map(|g| {
+                format!(
+                    "<tr><td>{client}</td><td>{resources}</td><td>{created}</td><td><form method=\"post\" action=\"/-/grants/revoke\">{csrf}<input type=\"hidden\" name=\"id\" value=\"{id}\"><button type=\"submit\" aria-label=\"Revoke {client}\">Revoke</button></form></td></tr>",
+                    client = text(&g.client),
+                    resources = text(&g.resources),
+                    created = text(&g.created),
+                    id = attr(&g.id),
+                    csrf = csrf_field(csrf),
+                )
+            })
+            .collect();
+        format!(
+            "<table><thead><tr><th>Client</th><th>May use</th><th>Allowed</th><th></th></tr></thead><tbody>{body}</tbody></table>"
+        )
+    };
     let email = email.map(|e| format!(" ({})", text(e))).unwrap_or_default();
     let rows: String = if routes.is_empty() {
         "<p>No MCP server at this gateway lists you as a collaborator yet.</p>".to_owned()
@@ -150,6 +196,9 @@ pub fn home(user: &str, email: Option<&str>, routes: &[RouteLink], csrf: &str) -
         &format!(
             r#"<p>Signed in as <strong>{user}</strong>{email}.</p>
 {rows}
+<h2>MCP clients you allowed</h2>
+<p>Each keeps its access, with the groups you had when you allowed it, until you revoke it or it expires.</p>
+{clients}
 <p><a href="/-/tokens">Personal access tokens</a> for scripts and agents.</p>
 <form method="post" action="/-/signout">{csrf}<button type="submit" id="sign-out">Sign out</button></form>"#,
             user = text(user),
@@ -288,6 +337,7 @@ mod tests {
             &[evil.into()],
             evil,
             evil,
+            evil,
         );
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
@@ -298,7 +348,18 @@ mod tests {
             path: evil.into(),
         };
         for html in [
-            home(evil, Some(evil), std::slice::from_ref(&route), evil),
+            home(
+                evil,
+                Some(evil),
+                std::slice::from_ref(&route),
+                &[GrantRow {
+                    id: evil.into(),
+                    client: evil.into(),
+                    resources: evil.into(),
+                    created: evil.into(),
+                }],
+                evil,
+            ),
             connect(&route),
             tokens(
                 &[TokenRow {
@@ -334,8 +395,19 @@ mod tests {
             route: None,
         };
         for html in [
-            consent("alice", None, "c", true, "h", &[], "r", "CSRF-1"),
-            home("alice", None, &[], "CSRF-1"),
+            consent("alice", None, "c", true, "h", &[], "mcp", "r", "CSRF-1"),
+            home(
+                "alice",
+                None,
+                &[],
+                &[GrantRow {
+                    id: "g".into(),
+                    client: "c".into(),
+                    resources: "r".into(),
+                    created: "t".into(),
+                }],
+                "CSRF-1",
+            ),
             tokens(&[row], &[route], None, "CSRF-1"),
         ] {
             let forms = html.matches("<form").count();

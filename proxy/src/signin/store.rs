@@ -115,8 +115,16 @@ impl Store {
     /// Removes record `id` (gone already is fine).
     pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
         match self {
-            Self::Secrets(s) => s.delete(kind, id).await,
-            Self::Files(f) => f.delete(kind, id).await,
+            Self::Secrets(s) => s.delete(kind, id, None).await,
+            Self::Files(f) => f.delete(kind, id, None).await,
+        }
+    }
+
+    /// Removes record `id` if it is still at `version` (changed or gone: left alone).
+    pub async fn delete_if(&self, kind: Kind, id: &str, version: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Secrets(s) => s.delete(kind, id, Some(version)).await,
+            Self::Files(f) => f.delete(kind, id, Some(version)).await,
         }
     }
 
@@ -126,10 +134,54 @@ impl Store {
         kind: Kind,
     ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
         match self {
-            Self::Secrets(s) => s.list(kind).await,
+            Self::Secrets(s) => s.list(kind, None).await,
             Self::Files(f) => f.list(kind).await,
         }
     }
+
+    /// The records of `kind` that belong to `user` (whose `person.user` is theirs).
+    pub async fn list_owned<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        user: &str,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+        let all: Vec<(String, Versioned<serde_json::Value>)> = match self {
+            Self::Secrets(s) => s.list(kind, Some(user)).await?,
+            Self::Files(f) => f.list(kind).await?,
+        };
+        all.into_iter()
+            .filter(|(_, record)| owner(&record.value) == Some(user))
+            .map(|(id, record)| {
+                let value =
+                    serde_json::from_value(record.value).map_err(|e| StoreError::Corrupt {
+                        path: format!("{}/{id}", kind.name()),
+                        error: e.to_string(),
+                    })?;
+                Ok((
+                    id,
+                    Versioned {
+                        value,
+                        version: record.version,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The person a record belongs to: records about a person carry it as `person.user`.
+fn owner(record: &serde_json::Value) -> Option<&str> {
+    record.get("person")?.get("user")?.as_str()
+}
+
+/// Label on a record Secret naming its owner (a digest of the user: label values are short
+/// and plain), so one person's records are listed, or deleted, by label.
+pub const LABEL_OWNER: &str = "mcpgate.dev/owner";
+
+/// The [`LABEL_OWNER`] value of `user`.
+pub fn owner_label(user: &str) -> String {
+    use sha2::Digest;
+    base16ct::lower::encode_string(&sha2::Sha256::digest(user.as_bytes())[..20])
 }
 
 /// Ids are the gateway's own base64url; anything else never reaches the disk or the API.
@@ -187,24 +239,28 @@ impl SecretStore {
         version: Option<&str>,
     ) -> Result<k8s_openapi::api::core::v1::Secret, StoreError> {
         let name = Self::name(kind, id);
-        let record = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
             path: name.clone(),
             error: e.to_string(),
-        })?;
+        };
+        let value = serde_json::to_value(value).map_err(corrupt)?;
+        let record = serde_json::to_vec(&value).map_err(corrupt)?;
+        let mut labels: std::collections::BTreeMap<String, String> = [
+            (
+                mcpgate_crds::names::LABEL_MANAGED_BY.to_owned(),
+                "mcpgate-proxy".to_owned(),
+            ),
+            (LABEL_SIGNIN.to_owned(), kind.name().to_owned()),
+        ]
+        .into();
+        if let Some(user) = owner(&value) {
+            labels.insert(LABEL_OWNER.to_owned(), owner_label(user));
+        }
         Ok(k8s_openapi::api::core::v1::Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name),
                 resource_version: version.map(str::to_owned),
-                labels: Some(
-                    [
-                        (
-                            mcpgate_crds::names::LABEL_MANAGED_BY.to_owned(),
-                            "mcpgate-proxy".to_owned(),
-                        ),
-                        (LABEL_SIGNIN.to_owned(), kind.name().to_owned()),
-                    ]
-                    .into(),
-                ),
+                labels: Some(labels),
                 ..Default::default()
             },
             data: Some(
@@ -309,14 +365,21 @@ impl SecretStore {
         }
     }
 
-    async fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+    async fn delete(&self, kind: Kind, id: &str, version: Option<&str>) -> Result<(), StoreError> {
         if !plain_id(id) {
             return Ok(());
         }
         let name = Self::name(kind, id);
-        match self.api.delete(&name, &Default::default()).await {
+        let params = kube::api::DeleteParams {
+            preconditions: version.map(|v| kube::api::Preconditions {
+                resource_version: Some(v.to_owned()),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        match self.api.delete(&name, &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
             Err(e) => Err(Self::api_error(&name, e)),
         }
     }
@@ -324,14 +387,30 @@ impl SecretStore {
     async fn list<T: DeserializeOwned>(
         &self,
         kind: Kind,
+        owner: Option<&str>,
     ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
-        let selector = format!("{LABEL_SIGNIN}={}", kind.name());
-        let secrets = self
-            .api
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| Self::api_error(&selector, e))?;
-        secrets.items.iter().map(Self::record).collect()
+        let mut selector = format!("{LABEL_SIGNIN}={}", kind.name());
+        if let Some(user) = owner {
+            selector.push_str(&format!(",{LABEL_OWNER}={}", owner_label(user)));
+        }
+        let mut records = Vec::new();
+        let mut params = kube::api::ListParams::default()
+            .labels(&selector)
+            .limit(500);
+        loop {
+            let page = self
+                .api
+                .list(&params)
+                .await
+                .map_err(|e| Self::api_error(&selector, e))?;
+            for secret in &page.items {
+                records.push(Self::record(secret)?);
+            }
+            match page.metadata.continue_ {
+                Some(next) if !next.is_empty() => params = params.continue_token(&next),
+                _ => return Ok(records),
+            }
+        }
     }
 }
 
@@ -437,12 +516,23 @@ impl FileStore {
         Ok(Write::Done)
     }
 
-    /// Removes record `id` (gone already is fine).
-    pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+    /// Removes record `id` (at `version`, if given); gone or changed is fine.
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<(), StoreError> {
         let Some(path) = self.path(kind, id) else {
             return Ok(());
         };
         let _one = self.writing.lock().await;
+        if let Some(version) = version {
+            let current = read::<serde_json::Value>(&path).await?;
+            if current.is_none_or(|c| c.version != version) {
+                return Ok(());
+            }
+        }
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -576,7 +666,16 @@ mod tests {
         let listed = store.list::<u32>(Kind::Family).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].0.as_str(), listed[0].1.value), ("f1", 3));
-        store.delete(Kind::Family, "f1").await.unwrap();
+        store.delete_if(Kind::Family, "f1", "1").await.unwrap();
+        assert!(
+            store
+                .get::<u32>(Kind::Family, "f1")
+                .await
+                .unwrap()
+                .is_some(),
+            "a changed record is not deleted"
+        );
+        store.delete_if(Kind::Family, "f1", "2").await.unwrap();
         store.delete(Kind::Family, "f1").await.unwrap();
         assert!(
             store

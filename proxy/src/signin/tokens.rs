@@ -124,6 +124,9 @@ pub enum IssueError {
     /// The grant is not (or no longer) valid; the message is for the client.
     #[error("{0}")]
     InvalidGrant(&'static str),
+    /// A resource outside the grant was asked for.
+    #[error("resource was not part of the authorization")]
+    InvalidTarget,
 }
 
 /// An access token and, for client authorizations, the refresh token that comes with it.
@@ -238,7 +241,14 @@ impl Tokens {
 
     /// New tokens for a refresh token of `client_id`. An older generation than the family's
     /// current one is a replay: the family is revoked, and with it every token issued under it.
-    pub async fn refresh(&self, token: &str, client_id: &str) -> Result<Issued, IssueError> {
+    /// `resources`, when given, narrows the new access token to some of the grant's
+    /// resources (RFC 8707); one outside the grant is refused.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        client_id: &str,
+        resources: &[String],
+    ) -> Result<Issued, IssueError> {
         const INVALID: IssueError = IssueError::InvalidGrant("the refresh token is not valid");
         let (id, generation) = self.parse_refresh(token).ok_or(INVALID)?;
         for _ in 0..5 {
@@ -270,6 +280,9 @@ impl Tokens {
                     "the refresh token was already used: its authorization is revoked, authorize again",
                 ));
             }
+            if resources.iter().any(|r| !family.resources.contains(r)) {
+                return Err(IssueError::InvalidTarget);
+            }
             family.generation += 1;
             if self
                 .store
@@ -277,6 +290,9 @@ impl Tokens {
                 .await?
                 == Write::Done
             {
+                if !resources.is_empty() {
+                    family.resources = resources.to_vec();
+                }
                 return self.issue(&id, &family);
             }
             // Changed under us: read again (a concurrent use is then seen as reuse).
@@ -311,8 +327,9 @@ impl Tokens {
         Ok(())
     }
 
-    /// Revokes whatever `token` is (refresh, access or personal token of the gateway), if it
-    /// belongs to `client_id` when one is named. Unknown tokens are ignored (RFC 7009).
+    /// Revokes the grant of `token` (a refresh or access token of the gateway), if it belongs
+    /// to `client_id` when one is named. Other tokens are ignored (RFC 7009); personal access
+    /// tokens are revoked by their owner on the tokens page.
     pub async fn revoke(&self, token: &str, client_id: Option<&str>) -> Result<(), IssueError> {
         let family = if let Some((id, _)) = self.parse_refresh(token) {
             Some(id)
@@ -334,7 +351,12 @@ impl Tokens {
 
     fn issue(&self, family_id: &str, family: &Family) -> Result<Issued, IssueError> {
         let now = now().as_secs();
-        let lifetime = self.access_lifetime.as_secs();
+        // Never outliving the grant it was issued under.
+        let lifetime = self
+            .access_lifetime
+            .as_secs()
+            .min(family.expires.saturating_sub(now))
+            .max(1);
         let audience = match family.resources.as_slice() {
             [one] => Value::String(one.clone()),
             many => json!(many),
@@ -460,14 +482,41 @@ impl Tokens {
     ) -> Result<Vec<(String, PersonalToken)>, IssueError> {
         let mut mine: Vec<(String, PersonalToken)> = self
             .store
-            .list::<PersonalToken>(Kind::PersonalToken)
+            .list_owned::<PersonalToken>(Kind::PersonalToken, user)
             .await?
             .into_iter()
-            .filter(|(_, t)| t.value.person.user == user)
             .map(|(id, t)| (id, t.value))
             .collect();
         mine.sort_by_key(|(_, token)| std::cmp::Reverse(token.created));
         Ok(mine)
+    }
+
+    /// The MCP client authorizations `user` has given that still stand, newest first.
+    pub async fn grants(&self, user: &str) -> Result<Vec<(String, Family)>, IssueError> {
+        let now = now().as_secs();
+        let mut live: Vec<(String, Family)> = self
+            .store
+            .list_owned::<Family>(Kind::Family, user)
+            .await?
+            .into_iter()
+            .filter(|(_, f)| !f.value.revoked && f.value.expires > now)
+            .map(|(id, f)| (id, f.value))
+            .collect();
+        live.sort_by_key(|(_, family)| std::cmp::Reverse(family.created));
+        Ok(live)
+    }
+
+    /// Revokes `user`'s authorization `id`; false when they have none by that id.
+    pub async fn revoke_grant(&self, user: &str, id: &str) -> Result<bool, IssueError> {
+        let owned = self
+            .store
+            .get::<Family>(Kind::Family, id)
+            .await?
+            .is_some_and(|f| f.value.person.user == user);
+        if owned {
+            self.revoke_family(id).await?;
+        }
+        Ok(owned)
     }
 
     /// Deletes `user`'s personal token `id`; false when they have none by that id.

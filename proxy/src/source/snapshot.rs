@@ -108,6 +108,16 @@ impl Route {
         }
     }
 
+    /// Whether the route sends the caller's own bearer token upstream (a `Passthrough`
+    /// server, or a virtual server with one among its members).
+    pub fn forwards_caller_token(&self) -> bool {
+        let passthrough = |s: &ServerRoute| matches!(s.config.auth, UpstreamAuth::Passthrough);
+        match self {
+            Self::Server(s) => passthrough(s),
+            Self::Virtual(v) => v.members.iter().any(|m| passthrough(&m.server)),
+        }
+    }
+
     /// `(namespace, name)` of the McpServer or VirtualMcpServer.
     pub fn name(&self) -> (&str, &str) {
         match self {

@@ -114,6 +114,16 @@ impl SignIn {
         Ok((session, fields))
     }
 
+    /// The `id` a signed-in browser's form names (a grant or token to revoke).
+    async fn checked_id(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(BrowserSession, String), Response<Body>> {
+        let (session, fields) = self.checked_form(req).await?;
+        let id = single(&fields, "id").ok().flatten().unwrap_or_default();
+        Ok((session, id.to_owned()))
+    }
+
     /// GET /-/signin?next=/-/...: off to the identity provider.
     pub(super) async fn sign_in(&self, req: &Request<Incoming>) -> Response<Body> {
         let parameters = query(req);
@@ -319,11 +329,11 @@ impl SignIn {
         context: &Context<'_>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let (session, fields) = match self.checked_form(req).await {
+        let (session, id) = match self.checked_id(req).await {
             Ok(checked) => checked,
             Err(page) => return page,
         };
-        let id = single(&fields, "id").ok().flatten().unwrap_or_default();
+        let id = id.as_str();
         match self.tokens.revoke_grant(&session.person.user, id).await {
             Ok(true) => {
                 tracing::info!(user = %session.person.user, "client authorization revoked");
@@ -491,11 +501,11 @@ impl SignIn {
         context: &Context<'_>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let (session, fields) = match self.checked_form(req).await {
+        let (session, id) = match self.checked_id(req).await {
             Ok(checked) => checked,
             Err(page) => return page,
         };
-        let id = single(&fields, "id").ok().flatten().unwrap_or_default();
+        let id = id.as_str();
         match self.tokens.revoke_personal(&session.person.user, id).await {
             Ok(true) => {
                 tracing::info!(user = %session.person.user, "personal access token revoked");

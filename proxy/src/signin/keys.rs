@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,9 @@ pub fn random_id<const N: usize>() -> Result<String, KeyError> {
 /// Keys ready to sign and verify.
 pub struct SigningKeys {
     kid: String,
-    encoding: EncodingKey,
+    /// The signing key (ring's ECDSA: several times faster than the JWT crate's).
+    signer: EcdsaKeyPair,
+    rng: SystemRandom,
     decoding: HashMap<String, DecodingKey>,
     jwks: Value,
     mac: ring::hmac::Key,
@@ -170,7 +172,13 @@ impl TryFrom<&KeyDocument> for SigningKeys {
             .map_err(|_| unusable("a key is not base64url"))?;
         Ok(Self {
             kid: signing.kid.clone(),
-            encoding: EncodingKey::from_ec_der(&signing_der),
+            signer: EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &signing_der,
+                &SystemRandom::new(),
+            )
+            .map_err(|_| unusable("a key is not an ES256 PKCS#8 key pair"))?,
+            rng: SystemRandom::new(),
             decoding,
             jwks: json!({"keys": published}),
             mac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac),
@@ -179,13 +187,22 @@ impl TryFrom<&KeyDocument> for SigningKeys {
 }
 
 impl SigningKeys {
-    /// `claims` signed as an ES256 JWT with the signing key.
+    /// `claims` signed as an ES256 JWT (RFC 7515 compact form; the signature is the fixed
+    /// 64-byte `r || s` JWS asks for) with the signing key.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some("at+jwt".to_owned());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| KeyError::Unusable(format!("signing failed: {e}")))
+        let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": self.kid});
+        let payload =
+            serde_json::to_vec(claims).map_err(|e| KeyError::Unusable(format!("claims: {e}")))?;
+        let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(payload));
+        let signature = self
+            .signer
+            .sign(&self.rng, token.as_bytes())
+            .map_err(|_| KeyError::Random)?;
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));
+        Ok(token)
     }
 
     /// The claims of `token` if one of the keys signed it for `issuer` and it has not
@@ -251,6 +268,7 @@ impl SigningKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
 
     const ISSUER: &str = "https://gw.example.com";
 

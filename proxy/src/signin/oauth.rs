@@ -382,18 +382,27 @@ impl SignIn {
         Ok(client)
     }
 
+    /// A form posted by an authenticated client (the token and revocation endpoints).
+    async fn client_form(
+        &self,
+        context: &Context<'_>,
+        req: Request<Incoming>,
+    ) -> Result<(Client, Vec<(String, String)>), Response<Body>> {
+        let (headers, fields) = form(req)
+            .await
+            .map_err(|e| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e))?;
+        let client = self.client(context, &headers, &fields).await?;
+        Ok((client, fields))
+    }
+
     /// POST /-/oauth/token.
     pub(super) async fn token(
         &self,
         context: &Context<'_>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let (headers, fields) = match form(req).await {
-            Ok(form) => form,
-            Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e),
-        };
-        let client = match self.client(context, &headers, &fields).await {
-            Ok(client) => client,
+        let (client, fields) = match self.client_form(context, req).await {
+            Ok(posted) => posted,
             Err(response) => return response,
         };
         let one = |name| single(&fields, name);
@@ -587,12 +596,8 @@ impl SignIn {
         context: &Context<'_>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let (headers, fields) = match form(req).await {
-            Ok(form) => form,
-            Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e),
-        };
-        let client = match self.client(context, &headers, &fields).await {
-            Ok(client) => client,
+        let (client, fields) = match self.client_form(context, req).await {
+            Ok(posted) => posted,
             Err(response) => return response,
         };
         let Ok(Some(token)) = single(&fields, "token") else {

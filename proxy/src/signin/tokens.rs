@@ -109,7 +109,10 @@ pub struct Tokens {
     keys: ArcSwap<SigningKeys>,
     store: Arc<Store>,
     /// Grants known to be live (true) or ended (false), briefly.
-    liveness: moka::future::Cache<String, bool>,
+    /// Families known to stand (true) or to have ended (false), briefly, by id.
+    families: moka::sync::Cache<String, bool>,
+    /// Personal tokens likewise.
+    personal: moka::sync::Cache<String, bool>,
 }
 
 /// Why a token could not be issued.
@@ -169,10 +172,8 @@ impl Tokens {
             refresh_lifetime,
             keys: ArcSwap::from_pointee(SigningKeys::try_from(&document)?),
             store,
-            liveness: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(LIVENESS_AGE)
-                .build(),
+            families: liveness_cache(),
+            personal: liveness_cache(),
         })
     }
 
@@ -323,7 +324,7 @@ impl Tokens {
                 break;
             }
         }
-        self.liveness.insert(family_key(id), false).await;
+        self.families.insert(id.to_owned(), false);
         Ok(())
     }
 
@@ -532,7 +533,7 @@ impl Tokens {
             return Ok(false);
         }
         self.store.delete(Kind::PersonalToken, id).await?;
-        self.liveness.insert(personal_key(id), false).await;
+        self.personal.insert(id.to_owned(), false);
         Ok(true)
     }
 
@@ -579,32 +580,36 @@ impl Tokens {
         ))
     }
 
-    /// Whether `grant` still stands (not revoked), from a cache at most [`LIVENESS_AGE`] old.
+    /// Whether `grant` still stands (not revoked), from a cache at most [`LIVENESS_AGE`] old
+    /// (a hash lookup on the request path; the store is read on a miss).
     pub async fn live(&self, grant: &Grant) -> Result<(), AuthError> {
-        let (key, kind, id) = match grant {
-            Grant::Client { family, .. } => (family_key(family), Kind::Family, family),
-            Grant::Personal { id } => (personal_key(id), Kind::PersonalToken, id),
+        let (cache, id) = match grant {
+            Grant::Client { family, .. } => (&self.families, family),
+            Grant::Personal { id } => (&self.personal, id),
         };
-        let store = &self.store;
-        let live = self
-            .liveness
-            .try_get_with(key, async move {
-                match kind {
-                    Kind::Family => store
-                        .get::<Family>(kind, id)
+        let live = match cache.get(id.as_str()) {
+            Some(live) => live,
+            None => {
+                let read = match grant {
+                    Grant::Client { .. } => self
+                        .store
+                        .get::<Family>(Kind::Family, id)
                         .await
                         .map(|f| f.is_some_and(|f| !f.value.revoked)),
-                    _ => store
-                        .get::<PersonalToken>(kind, id)
+                    Grant::Personal { .. } => self
+                        .store
+                        .get::<PersonalToken>(Kind::PersonalToken, id)
                         .await
                         .map(|t| t.is_some()),
-                }
-            })
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "could not check whether a gateway token was revoked");
-                AuthError::Unavailable
-            })?;
+                };
+                let live = read.map_err(|error| {
+                    tracing::warn!(%error, "could not check whether a gateway token was revoked");
+                    AuthError::Unavailable
+                })?;
+                cache.insert(id.clone(), live);
+                live
+            }
+        };
         if live {
             Ok(())
         } else {
@@ -637,12 +642,11 @@ impl Tokens {
     }
 }
 
-fn family_key(id: &str) -> String {
-    format!("f:{id}")
-}
-
-fn personal_key(id: &str) -> String {
-    format!("p:{id}")
+fn liveness_cache() -> moka::sync::Cache<String, bool> {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(LIVENESS_AGE)
+        .build()
 }
 
 /// Hex SHA-256 of `text`.

@@ -232,9 +232,12 @@ impl RateLimit {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (started, per_address, overall) = &mut *counts;
         if started.elapsed() >= self.window {
-            *started = Instant::now();
             per_address.clear();
             *overall = 0;
+        }
+        // A window opens with its first registration.
+        if *overall == 0 {
+            *started = Instant::now();
         }
         let wait = self
             .window

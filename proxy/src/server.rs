@@ -268,6 +268,14 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
         tracing::info!(user = %identity.user, namespace, name, "access denied: not a collaborator");
         return forbidden(identity, route);
     }
+    if let Err(problem) = crate::mcp::extra_headers::ExtraHeaders::parse(req.headers()) {
+        return jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            crate::error::code::INVALID_REQUEST,
+            problem,
+        );
+    }
     match route {
         Route::Server(server) => {
             if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {

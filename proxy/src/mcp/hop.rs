@@ -13,6 +13,7 @@ use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
 use mcpgate_crds::v1alpha1::Transport;
 use serde_json::{Value, json};
 
+use super::extra_headers;
 use super::message::{Event, events};
 use crate::error::{Body, full};
 use crate::session::UpstreamSession;
@@ -147,7 +148,26 @@ impl Hop<'_> {
         {
             hash.update(value.as_bytes());
         }
+        // The caller's own headers for this upstream are a credential too.
+        for (name, value) in self.extra_headers() {
+            hash.update(b"\0");
+            hash.update(name.as_str().as_bytes());
+            hash.update(b"\0");
+            hash.update(value.as_bytes());
+        }
         hash.finalize().into()
+    }
+
+    /// The caller's `x-mcp-headers` for this server (validated when the request arrived).
+    fn extra_headers(&self) -> Vec<(http::HeaderName, HeaderValue)> {
+        if !self.caller.contains_key(extra_headers::HEADER) {
+            return Vec::new();
+        }
+        extra_headers::ExtraHeaders::parse(self.caller)
+            .ok()
+            .flatten()
+            .map(|extra| extra.for_server(&self.route.config.name).to_vec())
+            .unwrap_or_default()
     }
 
     /// The route's timeout.
@@ -233,6 +253,10 @@ impl Hop<'_> {
             }
             for (name, value) in &self.route.inject {
                 headers.insert(name.clone(), value.clone());
+            }
+            // The caller's headers for this upstream win over what the gateway injects.
+            for (name, value) in self.extra_headers() {
+                headers.insert(name, value);
             }
         }
         builder

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod era;
+pub mod extra_headers;
 pub mod filter;
 pub mod forward;
 pub mod hop;

@@ -61,7 +61,7 @@ fn each_upstream_gets_only_the_headers_meant_for_it() -> Result<()> {
         dir.path(),
         "servers.yaml",
         &format!(
-            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: echo, namespace: team}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{port}/mcp\"}}\n  public: true\n---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {{name: bundle, namespace: team}}\nspec:\n  public: true\n  tools:\n  - server: echo\n    tools: [header]\n"
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: echo, namespace: team}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{port}/mcp\"}}\n  public: true\n---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {{name: bundle, namespace: team}}\nspec:\n  public: true\n  tools:\n  - server: echo\n    tools: [header]\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: team-token\n  namespace: team\n  labels: {{mcpgate.dev/credential: \"true\"}}\n  annotations: {{mcpgate.dev/allowed-servers: keyed}}\nstringData: {{token: from-the-gateway}}\n---\napiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: keyed, namespace: team}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{port}/mcp\"}}\n  public: true\n  auth:\n    type: ApiKey\n    apiKey:\n      scope: Shared\n      headerName: X-Team-Token\n      secretKeyRef: {{name: team-token, key: token}}\n"
         ),
     )?;
     let base = format!("http://127.0.0.1:{}", proxy.port);
@@ -103,6 +103,22 @@ fn each_upstream_gets_only_the_headers_meant_for_it() -> Result<()> {
         )?,
         (200, "-".into()),
         "the header itself is not forwarded"
+    );
+    let keyed = format!("{base}/team/mcp/keyed/server");
+    assert_eq!(
+        call(&keyed, "header", ask.clone(), None)?,
+        (200, "from-the-gateway".into()),
+        "the shared key is injected"
+    );
+    assert_eq!(
+        call(
+            &keyed,
+            "header",
+            ask.clone(),
+            Some(r#"{"keyed": {"X-Team-Token": "the-callers-own"}}"#)
+        )?,
+        (200, "the-callers-own".into()),
+        "the caller's header wins over the injected key"
     );
     for (bad, says) in [
         (

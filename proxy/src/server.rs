@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::auth::inbound::{Inbound, METADATA_PREFIX};
-use crate::auth::{AuthError, Identity, Method as AuthMethod};
+use crate::auth::{Identity, Method as AuthMethod};
 use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
 use crate::guard::RequestGuard;
 use crate::listener::{Limits, busy};
@@ -224,19 +224,6 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
                     .auth_failures
                     .with_label_values(&[error.reason()])
                     .inc();
-                // Not the token's fault: a 401 would make the client throw a good token away.
-                if error == AuthError::Unavailable {
-                    let mut response = jsonrpc_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        None,
-                        crate::error::code::INTERNAL,
-                        format!("{error}: try again shortly"),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                    return response;
-                }
                 return app.inbound.challenge(req.headers(), key, &error);
             }
         }

@@ -220,6 +220,29 @@ async fn a_discovery_document_naming_another_issuer_is_not_trusted() {
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 0);
 }
 
+#[tokio::test]
+async fn a_provider_that_cannot_be_asked_gets_503_not_a_challenge() {
+    let idp = provider().await;
+    let ec = es256("ec-1");
+    idp.publish(&[&ec]);
+    *idp.discovery_issuer.lock().unwrap() = Some("https://evil.example".into());
+    let inbound = inbound(idp.verifier(), None);
+    let route = "/team-a/mcp/tools/server";
+    let request = bearer(&sign(&ec, &idp.claims()));
+    let error = inbound.authenticate(&request, route).await.unwrap_err();
+    assert_eq!(error, AuthError::Unavailable);
+    let refused = inbound.challenge(&request, route, &error);
+    assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "5");
+    assert!(
+        !refused.headers().contains_key(header::WWW_AUTHENTICATE),
+        "no challenge: the client keeps its token"
+    );
+    let challenged = inbound.challenge(&request, route, &AuthError::Expired);
+    assert_eq!(challenged.status(), http::StatusCode::UNAUTHORIZED);
+    assert!(challenged.headers().contains_key(header::WWW_AUTHENTICATE));
+}
+
 #[test]
 fn issuer_settings_are_checked_with_messages_that_say_what_to_fix() {
     let config = |issuer: &str, audience: &str| IssuerConfig {

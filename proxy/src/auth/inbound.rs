@@ -112,8 +112,22 @@ impl Inbound {
         result
     }
 
-    /// The 401 for `error` on the route at `path`.
+    /// The answer to a request refused with `error` on the route at `path`: a 401 challenge,
+    /// or a 503 when the token could not be checked (a 401 would make the client throw a
+    /// good token away).
     pub fn challenge(&self, headers: &HeaderMap, path: &str, error: &AuthError) -> Response<Body> {
+        if *error == AuthError::Unavailable {
+            let mut response = crate::error::jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                crate::error::code::INTERNAL,
+                format!("{error}: try again shortly"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
         let metadata = format!("{}{METADATA_PREFIX}{path}", self.base(headers));
         let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
         if !matches!(error, AuthError::Missing | AuthError::NotConfigured) {

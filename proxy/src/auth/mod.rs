@@ -149,6 +149,20 @@ impl Unverified {
     }
 }
 
+/// The values of a JWT's `aud` claim (a string or an array of strings).
+pub(crate) fn audiences(aud: &serde_json::Value) -> Result<Vec<String>, AuthError> {
+    use serde_json::Value;
+    match aud {
+        Value::String(one) => Ok(vec![one.clone()]),
+        Value::Array(many) => Ok(many
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()),
+        _ => Err(AuthError::Claim("aud".into())),
+    }
+}
+
 /// Time since the epoch, the clock token claims are read against.
 pub(crate) fn now() -> std::time::Duration {
     std::time::SystemTime::now()

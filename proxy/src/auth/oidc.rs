@@ -484,15 +484,7 @@ fn identity(config: &IssuerConfig, claims: &Value) -> Result<Identity, AuthError
 
 /// Where a token whose `aud` claim is `aud` may be used.
 fn audience(config: &IssuerConfig, aud: &Value) -> Result<Audience, AuthError> {
-    let named: Vec<String> = match aud {
-        Value::String(one) => vec![one.clone()],
-        Value::Array(many) => many
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => return Err(AuthError::Claim("aud".into())),
-    };
+    let named = super::audiences(aud)?;
     if named.iter().any(|a| config.audiences.contains(a)) {
         return Ok(Audience::Gateway);
     }

@@ -92,7 +92,7 @@ impl SignIn {
         let response = match (method, rest.as_str()) {
             (Method::GET, "jwks.json") => json_response(StatusCode::OK, &self.tokens.jwks()),
             (Method::GET, "oauth/authorize") => self.authorize(context, &req).await,
-            (Method::POST, "oauth/authorize") => self.decide(context, req).await,
+            (Method::POST, "oauth/authorize") => self.decide(req).await,
             (Method::POST, "oauth/token") => self.token(context, req).await,
             (Method::POST, "oauth/register") => self.register(context, req).await,
             (Method::POST, "oauth/revoke") => self.revoke(context, req).await,

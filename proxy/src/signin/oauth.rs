@@ -265,11 +265,7 @@ impl SignIn {
     }
 
     /// POST /-/oauth/authorize: the person's decision.
-    pub(super) async fn decide(
-        &self,
-        _context: &Context<'_>,
-        req: Request<Incoming>,
-    ) -> Response<Body> {
+    pub(super) async fn decide(&self, req: Request<Incoming>) -> Response<Body> {
         let (session, fields): (BrowserSession, _) = match self.checked_form(req).await {
             Ok(checked) => checked,
             Err(page) => return page,

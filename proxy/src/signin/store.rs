@@ -180,8 +180,13 @@ pub const LABEL_OWNER: &str = "mcpgate.dev/owner";
 
 /// The [`LABEL_OWNER`] value of `user`.
 pub fn owner_label(user: &str) -> String {
+    short_digest(user)
+}
+
+/// The first 20 bytes of the SHA-256 of `text`, in hex: fits a label value and a name part.
+fn short_digest(text: &str) -> String {
     use sha2::Digest;
-    base16ct::lower::encode_string(&sha2::Sha256::digest(user.as_bytes())[..20])
+    base16ct::lower::encode_string(&sha2::Sha256::digest(text.as_bytes())[..20])
 }
 
 /// Ids are the gateway's own base64url; anything else never reaches the disk or the API.
@@ -216,13 +221,7 @@ impl SecretStore {
     /// The Secret name of a record: ids are mixed-case, names may not be, so the name carries
     /// a digest of the id.
     fn name(kind: Kind, id: &str) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(id.as_bytes());
-        format!(
-            "mcpgate-signin.{}.{}",
-            kind.name(),
-            base16ct::lower::encode_string(&digest[..20])
-        )
+        format!("mcpgate-signin.{}.{}", kind.name(), short_digest(id))
     }
 
     fn api_error(name: &str, source: kube::Error) -> StoreError {

@@ -413,15 +413,7 @@ impl Tokens {
                 .map(str::to_owned)
                 .ok_or_else(|| AuthError::Claim(name.to_owned()))
         };
-        let audiences: Vec<String> = match &claims["aud"] {
-            Value::String(one) => vec![one.clone()],
-            Value::Array(many) => many
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            _ => return Err(AuthError::Claim("aud".into())),
-        };
+        let audiences = crate::auth::audiences(&claims["aud"])?;
         let audience = if audiences.iter().any(|a| a == &self.issuer) {
             Audience::Gateway
         } else {
@@ -561,6 +553,8 @@ impl Tokens {
         if record.expires < now().as_secs() {
             return Err(AuthError::Expired);
         }
+        // Just read: the liveness check that follows need not read it again.
+        self.personal.insert(id.to_owned(), true);
         let audience = match &record.route {
             Some(route) => Audience::Resources(vec![route.clone()].into()),
             None => Audience::Gateway,

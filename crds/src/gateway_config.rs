@@ -160,6 +160,16 @@ pub enum UpstreamAuth {
     Passthrough,
 }
 
+impl UpstreamAuth {
+    /// Whether each caller's own credential is sent (so the gateway needs to know who calls).
+    pub fn per_user(&self) -> bool {
+        matches!(
+            self,
+            Self::PerUserApiKey { .. } | Self::OAuth2AuthorizationCode { .. }
+        )
+    }
+}
+
 /// A user's own credential for a server.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -21,6 +21,9 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32003;
     /// The upstream failed or timed out.
     pub const UPSTREAM: i64 = -32001;
+    /// The call needs the user's own credential for an upstream, which the gateway does not
+    /// hold yet (the answer says where to supply it).
+    pub const AUTHORIZATION_REQUIRED: i64 = -32004;
     /// A failure inside the gateway itself.
     pub const INTERNAL: i64 = -32603;
 }

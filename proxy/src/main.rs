@@ -22,6 +22,8 @@ use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::mcp::hop::ReadLimits;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::server::{self, App};
+use mcpgate_proxy::outbound::Outbound;
+use mcpgate_proxy::outbound::vault::Vault;
 use mcpgate_proxy::session::{SessionKeys, Sessions};
 use mcpgate_proxy::signin::SignIn;
 use mcpgate_proxy::signin::clients::{Clients, RateLimit};
@@ -234,6 +236,10 @@ struct Args {
     /// Seconds an MCP client's authorization lasts (its refresh tokens work until then).
     #[arg(long, env = "MCPGATE_REFRESH_TOKEN_LIFETIME_SECONDS", default_value_t = 30 * 86_400)]
     refresh_token_lifetime_seconds: u64,
+    /// Seconds a credential a user stored may go unused by the configuration (its server
+    /// gone, or the user no longer granted it) before it is deleted.
+    #[arg(long, env = "MCPGATE_STORED_CREDENTIAL_GRACE_SECONDS", default_value_t = 3600)]
+    stored_credential_grace_seconds: u64,
     /// Days between rotations of the token signing key (the previous key keeps verifying).
     #[arg(long, env = "MCPGATE_SIGNING_KEY_ROTATION_DAYS", default_value_t = 30)]
     signing_key_rotation_days: u64,
@@ -350,6 +356,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(args.refresh_token_lifetime_seconds),
         ));
     }
+    let grace = Duration::from_secs(args.stored_credential_grace_seconds);
+    let vault = signin
+        .as_ref()
+        .map(|s| Vault::new(s.store.clone(), keys.clone(), grace));
+    if let Some(vault) = &vault {
+        if args.session_key_file.is_none() {
+            tracing::warn!(
+                "no --session-key-file: the credentials users store are sealed with a random key and cannot be opened after a restart"
+            );
+        }
+        tokio::spawn(vault.clone().listen());
+        tokio::spawn(sweep_vault(vault.clone(), current.clone(), grace));
+    }
+    let http = mcpgate_proxy::upstream::client().context("loading TLS roots")?;
+    let outbound = Outbound::new(http.clone(), vault, args.public_url.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let audit = audit(&args.audit_log, &metrics)?;
     let limits = Limits {
@@ -364,7 +385,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let app = Arc::new(App {
         current: current.clone(),
         forwarder: Forwarder {
-            client: mcpgate_proxy::upstream::client().context("loading TLS roots")?,
+            client: http,
+            outbound,
             max_body: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.request_body_timeout_seconds.max(1)),
             read_limits: ReadLimits {
@@ -584,6 +606,7 @@ async fn signin(
         secure: public_url.starts_with("https://"),
         issuer: public_url,
         tokens: Arc::new(tokens),
+        store: store.clone(),
         clients: Clients::new(
             store,
             Fetcher::new(args.insecure_client_metadata_on_private_addresses)
@@ -630,6 +653,26 @@ async fn maintain(signin: Arc<SignIn>, rotation: Duration, idle_client: Duration
                 (_, Err(error)) => tracing::warn!(%error, "sweeping client registrations failed"),
                 _ => {}
             }
+        }
+    }
+}
+
+/// Deletes the credentials users stored for servers that left the configuration or no longer
+/// grant them, whenever the configuration changes.
+async fn sweep_vault(vault: Arc<Vault>, current: Arc<Current>, grace: Duration) {
+    let mut changes = current.subscribe();
+    let period = grace.clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        if let Some(snapshot) = current.load() {
+            match vault.sweep(&snapshot).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "deleted stored credentials no longer in use"),
+                Err(error) => tracing::warn!(%error, "sweeping stored credentials failed"),
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(period) => {}
         }
     }
 }

@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Map, Value, json};
 
 use super::era;
-use super::forward::{Forwarder, Message, not_a_message, upstream_failure};
+use super::forward::{Forwarder, Message, hop_failure, not_a_message, upstream_failure};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID, gateway_id};
 use super::message::{Kind, child_object, params_mut};
 use super::relay::{self, EventIds, Rewrite};
@@ -88,6 +88,10 @@ pub async fn handle(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let owner = crate::session::owner(caller.as_ref());
+    let identity = caller
+        .as_ref()
+        .filter(|_| route.members.iter().any(|m| m.server.config.auth.per_user()))
+        .cloned();
     let admitted = fwd.admit(&parts, body).await.and_then(|message| {
         message
             .map(|message| {
@@ -110,7 +114,7 @@ pub async fn handle(
             None => call,
         }
     });
-    let response = dispatch(fwd, parts, post, route, owner).await;
+    let response = dispatch(fwd, parts, post, route, owner, identity.as_ref()).await;
     Pending::observe_some(audit, response)
 }
 
@@ -128,6 +132,7 @@ async fn dispatch(
     post: Option<Post>,
     route: &VirtualRoute,
     owner: Option<String>,
+    identity: Option<&Identity>,
 ) -> Response<Body> {
     let path = &route.config.path;
     let id = post.as_ref().and_then(|p| p.message.envelope.id.clone());
@@ -146,6 +151,7 @@ async fn dispatch(
             &post.request,
             id.as_ref(),
             owner,
+            identity,
         )
         .await;
     }
@@ -180,6 +186,7 @@ async fn dispatch(
         route,
         caller: &parts.headers,
         owner: owner.as_deref(),
+        identity,
         via,
     };
     match (&parts.method, post) {
@@ -204,6 +211,7 @@ async fn initialize(
     request: &Value,
     id: Option<&Value>,
     owner: Option<String>,
+    identity: Option<&Identity>,
 ) -> Response<Body> {
     let params = &request["params"];
     let asked = params["protocolVersion"].as_str().unwrap_or_default();
@@ -227,6 +235,8 @@ async fn initialize(
                 client: &fwd.client,
                 limits: fwd.read_limits,
                 owner: owner.as_deref(),
+                identity,
+                outbound: &fwd.outbound,
                 route: &member.server,
                 caller,
             };
@@ -323,6 +333,7 @@ struct Ctx<'a> {
     route: &'a VirtualRoute,
     caller: &'a HeaderMap,
     owner: Option<&'a str>,
+    identity: Option<&'a Identity>,
     via: Via<'a>,
 }
 
@@ -351,6 +362,8 @@ impl Ctx<'_> {
             client: &self.fwd.client,
             limits: self.fwd.read_limits,
             owner: self.owner,
+            identity: self.identity,
+            outbound: &self.fwd.outbound,
             route: &member.server,
             caller,
         }
@@ -488,7 +501,7 @@ impl Ctx<'_> {
         };
         match response {
             Ok(response) => response,
-            Err(error) => upstream_failure(&Method::POST, id, error.to_string()),
+            Err(error) => hop_failure(&Method::POST, id, &error),
         }
     }
 
@@ -769,7 +782,7 @@ impl Ctx<'_> {
                     .await
                     .map(|body| self.fwd.long_lived(None, body))
             }
-            Err(error) => upstream_failure(&Method::GET, None, error.to_string()),
+            Err(error) => hop_failure(&Method::GET, None, &error),
         }
     }
 

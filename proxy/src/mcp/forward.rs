@@ -19,6 +19,7 @@ use super::message::{Envelope, Kind};
 use crate::audit::{Audit, Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, code, jsonrpc_error};
+use crate::outbound::OutboundError;
 use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
 use crate::upstream::HttpClient;
@@ -51,6 +52,8 @@ pub struct Forwarder {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The audit trail of tool calls.
     pub audit: Audit,
+    /// The credentials sent upstream beyond what routes inject by themselves.
+    pub outbound: crate::outbound::Outbound,
 }
 
 /// A request body read whole and checked.
@@ -186,6 +189,10 @@ impl Forwarder {
     ) -> (Response<Body>, Option<Duration>) {
         let (parts, body) = req.into_parts();
         let owner = crate::session::owner(caller.as_ref());
+        let identity = caller
+            .as_ref()
+            .filter(|_| route.config.auth.per_user())
+            .cloned();
         let message = match self.admit(&parts, body).await {
             Ok(message) => message,
             Err(response) => return (response, None),
@@ -195,7 +202,9 @@ impl Forwarder {
             ToolCall::new(caller, &config.namespace, &config.name, "server", envelope)
                 .served_by(config, envelope.name())
         });
-        let (response, latency) = self.deliver(parts, message, route, owner).await;
+        let (response, latency) = self
+            .deliver(parts, message, route, owner, identity.as_ref())
+            .await;
         (Pending::observe_some(audit, response), latency)
     }
 
@@ -216,11 +225,14 @@ impl Forwarder {
         message: Option<Message>,
         route: &ServerRoute,
         owner: Option<String>,
+        identity: Option<&Identity>,
     ) -> (Response<Body>, Option<Duration>) {
         let hop = Hop {
             client: &self.client,
             limits: self.read_limits,
             owner: owner.as_deref(),
+            identity,
+            outbound: &self.outbound,
             route,
             caller: &parts.headers,
         };
@@ -275,7 +287,7 @@ impl Forwarder {
             };
             return match self.eras.send(&hop, request, rewrite).await {
                 Ok(response) => (response, None),
-                Err(error) => (upstream_failure(&parts.method, id, error.to_string()), None),
+                Err(error) => (hop_failure(&parts.method, id, &error), None),
             };
         }
         let version = parts
@@ -300,7 +312,7 @@ impl Forwarder {
             .await;
         let response = match attempt {
             Ok(response) => response,
-            Err(error) => return (upstream_failure(&parts.method, id, error.to_string()), None),
+            Err(error) => return (hop_failure(&parts.method, id, &error), None),
         };
         let latency = started.elapsed();
 
@@ -589,6 +601,58 @@ fn too_large(limit: usize) -> Response<Body> {
         None,
         code::INVALID_REQUEST,
         format!("request body over the {limit}-byte limit"),
+    )
+}
+
+/// What a caller is told when an upstream request failed: where to supply a missing
+/// credential of theirs, or which server failed ([`upstream_failure`]).
+pub fn hop_failure(method: &Method, id: Option<&Value>, error: &HopError) -> Response<Body> {
+    match error {
+        HopError::Credential(needed @ OutboundError::AuthorizationRequired { .. }) => {
+            authorization_required(id, &[needed])
+        }
+        _ => upstream_failure(method, id, error.to_string()),
+    }
+}
+
+/// HTTP 401 saying which servers need the user's own credential and where to supply each:
+/// `error.type` `McpAuthRequiredError`, `authorization_urls` and `server_names` keyed by the
+/// server's name on this route, and a `message`; also a JSON-RPC error answering `id`. It
+/// carries no `WWW-Authenticate`: the caller's token for the gateway is fine, so a client
+/// must not start over with the gateway's own authorization.
+pub fn authorization_required(id: Option<&Value>, needs: &[&OutboundError]) -> Response<Body> {
+    let mut urls = serde_json::Map::new();
+    let mut names = serde_json::Map::new();
+    let mut lines = Vec::new();
+    for need in needs {
+        if let OutboundError::AuthorizationRequired {
+            namespace,
+            server,
+            url,
+            ..
+        } = need
+        {
+            urls.insert(server.clone(), Value::String(url.clone()));
+            names.insert(server.clone(), Value::String(format!("{namespace}/{server}")));
+            lines.push(need.to_string());
+        }
+    }
+    let message = lines.join("; ");
+    crate::error::json_response(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id.cloned().unwrap_or(Value::Null),
+            "error": {
+                "type": "McpAuthRequiredError",
+                "code": code::AUTHORIZATION_REQUIRED,
+                "message": message,
+                "data": {"authorization_urls": urls},
+            },
+            "message": message,
+            "authorization_urls": urls,
+            "server_names": names,
+        }),
     )
 }
 

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::extra_headers;
 use super::message::{Event, events};
-use crate::error::{Body, full};
+use crate::auth::Identity;
+use crate::error::full;
+use crate::outbound::{Outbound, Resolved};
 use crate::session::UpstreamSession;
 use crate::source::ServerRoute;
 use crate::upstream::HttpClient;
@@ -112,6 +114,9 @@ pub enum HopError {
     /// The route cannot be served by this build.
     #[error("{0}")]
     Unsupported(String),
+    /// The gateway has no credential to send for this caller (or could not obtain one).
+    #[error(transparent)]
+    Credential(#[from] crate::outbound::OutboundError),
 }
 
 /// How an upstream request is addressed.
@@ -122,6 +127,10 @@ pub struct Hop<'a> {
     pub limits: ReadLimits,
     /// Who is calling ([`crate::session::owner`]); None on a public route.
     pub owner: Option<&'a str>,
+    /// The caller, when the route sends a credential of theirs upstream (per-user modes).
+    pub identity: Option<&'a Identity>,
+    /// Obtains the credentials the route sends beyond what it injects by itself.
+    pub outbound: &'a Outbound,
     /// The server.
     pub route: &'a ServerRoute,
     /// The caller's request headers.
@@ -181,22 +190,13 @@ impl Hop<'_> {
         method: Method,
         session: Option<&UpstreamSession>,
         body: Bytes,
-    ) -> Result<Request<Body>, HopError> {
+    ) -> Result<Request<Bytes>, HopError> {
         let Some(upstream) = &self.route.upstream else {
             return Err(HopError::Unsupported(format!(
                 "{}: OpenAPI upstreams are not served by this gateway build",
                 self.server()
             )));
         };
-        if !matches!(
-            self.route.config.auth,
-            UpstreamAuth::None | UpstreamAuth::SharedApiKey { .. } | UpstreamAuth::Passthrough
-        ) {
-            return Err(HopError::Unsupported(format!(
-                "{}: its outbound auth mode is not served by this gateway build",
-                self.server()
-            )));
-        }
         let target = match &self.route.config.upstream {
             Upstream::Remote {
                 transport: Transport::Sse,
@@ -260,12 +260,66 @@ impl Hop<'_> {
             }
         }
         builder
-            .body(full(body))
+            .body(body)
             .map_err(|e| HopError::Answer(self.server(), e.to_string()))
     }
 
-    /// Sends a request; the answer's headers must arrive within the route's timeout.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, HopError> {
+    /// Sends a request with the credential the route's mode gives this caller; the answer's
+    /// headers must arrive within the route's timeout. A token the gateway obtained that the
+    /// upstream refuses (401) is renewed and the request sent once more; a credential the
+    /// upstream still refuses is an error, never a 401 the client would take as the
+    /// gateway's own challenge.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Incoming>, HopError> {
+        let resolved = self.outbound.resolve(self.route, self.identity).await?;
+        let again = resolved.renewable.then(|| copy(&request));
+        let mut response = self.dispatch(self.with(request, &resolved)).await?;
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let Some(request) = again
+        {
+            self.outbound.refused(self.route, &resolved);
+            let renewed = self.outbound.resolve(self.route, self.identity).await?;
+            response = self.dispatch(self.with(request, &renewed)).await?;
+        }
+        if response.status() != StatusCode::UNAUTHORIZED
+            || matches!(
+                self.route.config.auth,
+                UpstreamAuth::None | UpstreamAuth::Passthrough
+            )
+        {
+            return Ok(response);
+        }
+        if self.extra_headers().is_empty()
+            && let Some(error) = self.outbound.refused_error(self.route, self.identity)
+        {
+            return Err(error.into());
+        }
+        Err(HopError::Status(
+            self.server(),
+            401,
+            format!(
+                "(it refused the credential it was sent): {}",
+                status_text(response.into_body()).await
+            ),
+        ))
+    }
+
+    /// `request` with `resolved`'s headers, except those the caller set for this upstream.
+    fn with(&self, mut request: Request<Bytes>, resolved: &Resolved) -> Request<Bytes> {
+        let Some(headers) = &resolved.headers else {
+            return request;
+        };
+        let own = self.extra_headers();
+        for (name, value) in headers.iter() {
+            if !own.iter().any(|(n, _)| n == name) {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        request
+    }
+
+    /// Sends `request` as it is.
+    async fn dispatch(&self, request: Request<Bytes>) -> Result<Response<Incoming>, HopError> {
+        let request = request.map(full);
         let timeout = self.timeout();
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -390,6 +444,16 @@ impl Hop<'_> {
             .await?;
         Ok((session, result))
     }
+}
+
+/// A copy of a request the gateway built (to send again).
+fn copy(request: &Request<Bytes>) -> Request<Bytes> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// The first bytes of an error body, for messages: at most [`ERROR_EXCERPT`] bytes are

@@ -7,11 +7,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::{BodyExt, Limited};
-use secrecy::{ExposeSecret, SecretString};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -20,15 +17,10 @@ use super::keys::random_id;
 use super::tokens::constant_time_eq;
 use crate::auth::Identity;
 use crate::auth::oidc::OidcVerifier;
-use crate::error::full;
 use crate::upstream::HttpClient;
 
 /// How long a person has to complete the provider's login.
 pub const LOGIN_TIME: Duration = Duration::from_secs(600);
-/// Largest token response read.
-const MAX_RESPONSE: usize = 256 * 1024;
-/// How long the provider may take to answer.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The identity provider people sign in with.
 pub struct IdentityProvider {
@@ -215,72 +207,24 @@ impl IdentityProvider {
         verifier: &str,
         redirect_uri: &str,
     ) -> Result<String, String> {
-        // Serializers are not Send: the form is finished before anything awaits.
-        let form = |client_id: Option<&str>| {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "authorization_code")
-                .append_pair("code", code)
-                .append_pair("redirect_uri", redirect_uri)
-                .append_pair("code_verifier", verifier);
-            if let Some(id) = client_id {
-                form.append_pair("client_id", id);
-            }
-            form.finish()
+        let client = crate::token_endpoint::Client {
+            id: &self.client_id,
+            secret: self.client_secret.as_ref(),
         };
-        let mut request = Request::post(token_endpoint)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json");
-        let form = match &self.client_secret {
-            Some(secret) => {
-                let encode = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                let basic = STANDARD.encode(format!(
-                    "{}:{}",
-                    encode(&self.client_id),
-                    encode(secret.expose_secret())
-                ));
-                request = request.header(header::AUTHORIZATION, format!("Basic {basic}"));
-                form(None)
-            }
-            None => form(Some(&self.client_id)),
-        };
-        let request = request
-            .body(full(Bytes::from(form)))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| format!("the identity provider's token endpoint failed: {e}"))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the identity provider's token response: {e}"))?
-                .to_bytes();
-            let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
-            if !status.is_success() {
-                return Err(format!(
-                    "the identity provider refused the code (HTTP {}): {} {}",
-                    status.as_u16(),
-                    answer["error"].as_str().unwrap_or_default(),
-                    answer["error_description"].as_str().unwrap_or_default()
-                ));
-            }
-            answer["id_token"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    "the identity provider sent no ID token (is `openid` among the scopes?)"
-                        .to_owned()
-                })
-        };
-        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ];
+        let answer = crate::token_endpoint::request(&self.http, token_endpoint, client, &form)
             .await
-            .unwrap_or_else(|_| {
-                Err("the identity provider's token endpoint did not answer in time".into())
+            .map_err(|e| format!("the identity provider's token endpoint refused the code: {e}"))?;
+        answer["id_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                "the identity provider sent no ID token (is `openid` among the scopes?)".to_owned()
             })
     }
 }

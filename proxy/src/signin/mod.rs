@@ -59,6 +59,8 @@ pub struct SignIn {
     pub idp: IdentityProvider,
     /// Seals cookies, consent requests and authorization codes.
     pub seal: Arc<SessionKeys>,
+    /// Where sign-in state (and users' upstream credentials) live.
+    pub store: Arc<store::Store>,
     /// How long an authorization code may wait to be redeemed.
     pub code_lifetime: Duration,
     /// How long a browser session lasts.

@@ -21,6 +21,8 @@ pub enum Kind {
     Family,
     /// A personal access token.
     PersonalToken,
+    /// A user's own credential for one upstream server, sealed.
+    Credential,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Self::Client => "clients",
             Self::Family => "families",
             Self::PersonalToken => "tokens",
+            Self::Credential => "credentials",
         }
     }
 }
@@ -136,6 +139,16 @@ impl Store {
         match self {
             Self::Secrets(s) => s.list(kind, None).await,
             Self::Files(f) => f.list(kind).await,
+        }
+    }
+
+    /// Ids of records of `kind` that another process changed, as they change (Secrets are
+    /// watched; files belong to this process alone, so there is nothing to hear).
+    pub fn changes(&self, kind: Kind) -> futures::stream::BoxStream<'static, String> {
+        use futures::StreamExt;
+        match self {
+            Self::Secrets(s) => s.changes(kind),
+            Self::Files(_) => futures::stream::pending().boxed(),
         }
     }
 
@@ -381,6 +394,35 @@ impl SecretStore {
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
             Err(e) => Err(Self::api_error(&name, e)),
         }
+    }
+
+    fn changes(&self, kind: Kind) -> futures::stream::BoxStream<'static, String> {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let config = watcher::Config::default().labels(&format!("{LABEL_SIGNIN}={}", kind.name()));
+        watcher::watcher(self.api.clone(), config)
+            .default_backoff()
+            .filter_map(|event| async move {
+                let secrets = match event {
+                    Ok(Event::Apply(secret) | Event::Delete(secret) | Event::InitApply(secret)) => {
+                        vec![secret]
+                    }
+                    Ok(_) => Vec::new(),
+                    Err(error) => {
+                        tracing::warn!(%error, "watching sign-in state failed; retrying");
+                        Vec::new()
+                    }
+                };
+                let ids: Vec<String> = secrets
+                    .iter()
+                    .filter_map(|s| s.data.as_ref()?.get(ID_KEY))
+                    .filter_map(|id| String::from_utf8(id.0.clone()).ok())
+                    .collect();
+                Some(futures::stream::iter(ids))
+            })
+            .flatten()
+            .boxed()
     }
 
     async fn list<T: DeserializeOwned>(

@@ -55,6 +55,20 @@ impl Person {
             issuer: identity.method.issuer()?.to_owned(),
         })
     }
+
+    /// The person as a caller from their identity provider (for access checks of what they
+    /// stored).
+    pub fn identity(&self) -> Identity {
+        Identity {
+            user: self.user.clone(),
+            email: self.email.clone(),
+            groups: self.groups.clone(),
+            method: crate::auth::Method::Oidc {
+                issuer: self.issuer.clone(),
+            },
+            audience: crate::auth::Audience::Gateway,
+        }
+    }
 }
 
 /// One MCP client's authorization and its refresh-token rotations.

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Uri};
 use mcpgate_crds::gateway_config::{
-    CredentialRef, GatewayConfig, SCHEMA_VERSION, ServerConfig, Upstream, UpstreamAuth,
+    CredentialForm, CredentialRef, GatewayConfig, SCHEMA_VERSION, ServerConfig, Upstream, UpstreamAuth,
     VirtualServerConfig,
 };
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::access::Access;
+use crate::outbound::api_key;
 
 /// Credential values by Secret name and key.
 pub type Credentials = BTreeMap<String, BTreeMap<String, SecretString>>;
@@ -56,6 +57,10 @@ pub struct ServerRoute {
     pub upstream: Option<Uri>,
     /// Headers injected on every upstream request (shared credentials), marked sensitive.
     pub inject: Vec<(HeaderName, HeaderValue)>,
+    /// Per-user API keys from AuthOverrides: the headers for each user (name or email).
+    pub users: HashMap<String, crate::outbound::Headers>,
+    /// The client secret of an OAuth 2 mode, when the server has one.
+    pub client_secret: Option<SecretString>,
     /// Who may use it.
     pub access: Access,
 }
@@ -199,40 +204,63 @@ impl Snapshot {
                 }
                 Upstream::OpenApi { .. } => None,
             };
-            let inject = match &server.auth {
+            let invalid = |what: String| SnapshotError::Invalid {
+                server: key.clone(),
+                what,
+            };
+            let mut inject = Vec::new();
+            let mut users = HashMap::new();
+            let mut client_secret = None;
+            match &server.auth {
                 UpstreamAuth::SharedApiKey {
                     header,
                     template,
                     credential,
                 } => {
                     let value = lookup(credentials, credential, &key)?;
-                    let value = match template {
-                        Some(t) => t.replace("{{API_KEY}}", value.expose_secret()),
-                        None => value.expose_secret().to_owned(),
-                    };
-                    let name = HeaderName::try_from(header.as_str()).map_err(|e| {
-                        SnapshotError::Invalid {
-                            server: key.clone(),
-                            what: format!("header name {header:?}: {e}"),
-                        }
-                    })?;
-                    let mut value =
-                        HeaderValue::try_from(value).map_err(|_| SnapshotError::Invalid {
-                            server: key.clone(),
-                            what: format!(
-                                "the value for header {header} is not a valid header value"
-                            ),
-                        })?;
-                    value.set_sensitive(true);
-                    vec![(name, value)]
+                    inject.push(
+                        api_key::header(header, template.as_deref(), value.expose_secret())
+                            .map_err(invalid)?,
+                    );
                 }
-                _ => Vec::new(),
-            };
+                UpstreamAuth::PerUserApiKey {
+                    header,
+                    template,
+                    overrides,
+                } => {
+                    for o in overrides {
+                        let value = lookup(credentials, &o.credential, &key)?.expose_secret();
+                        let headers = match o.form {
+                            CredentialForm::ApiKey => {
+                                vec![api_key::header(header, template.as_deref(), value)]
+                            }
+                            CredentialForm::Headers => {
+                                api_key::headers(value.as_bytes()).map_or_else(|e| vec![Err(e)], |h| h.into_iter().map(Ok).collect())
+                            }
+                        }
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| invalid(format!("AuthOverride for {:?}: {e}", o.user)))?;
+                        users.insert(o.user.clone(), headers.into());
+                    }
+                }
+                UpstreamAuth::OAuth2AuthorizationCode {
+                    client_secret: Some(secret),
+                    ..
+                }
+                | UpstreamAuth::OAuth2ClientCredentials {
+                    client_secret: secret,
+                    ..
+                } => client_secret = Some(lookup(credentials, secret, &key)?.clone()),
+                _ => {}
+            }
             let route = Arc::new(ServerRoute {
                 access: Access::new(&server.access),
                 config: server,
                 upstream,
                 inject,
+                users,
+                client_secret,
             });
             servers.insert(
                 (route.config.namespace.clone(), route.config.name.clone()),
@@ -273,6 +301,15 @@ impl Snapshot {
             version: config.version,
             routes,
         })
+    }
+
+    /// The McpServer `namespace/name`, if served.
+    pub fn server(&self, key: &str) -> Option<&Arc<ServerRoute>> {
+        let (namespace, name) = key.split_once('/')?;
+        match self.routes.get(&mcpgate_crds::names::server_path(namespace, name))? {
+            Route::Server(server) => Some(server),
+            Route::Virtual(_) => None,
+        }
     }
 
     /// The route at an exact, already normalised path.

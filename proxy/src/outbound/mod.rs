@@ -1,0 +1,214 @@
+//! The credentials the gateway sends upstream in its own name or in a user's: decided per
+//! request from the route's auth mode and the caller, and never shown to the caller.
+//!
+//! Shared API keys are resolved once per configuration version (`source::snapshot`) and
+//! injected by the hop itself. The modes here need more than the configuration: a token the
+//! gateway obtains with the client credentials grant (`service`), and each user's own API
+//! key, from an AuthOverride or entered by the user on the gateway's pages and kept sealed
+//! in the credential vault (`vault`). A call that needs a user's credential the gateway does
+//! not hold fails with [`OutboundError::AuthorizationRequired`], which the MCP routes answer
+//! with where the user can supply it.
+
+pub mod api_key;
+pub mod service;
+pub mod vault;
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use mcpgate_crds::gateway_config::UpstreamAuth;
+
+use crate::auth::{Identity, Method};
+use crate::source::ServerRoute;
+use crate::upstream::HttpClient;
+
+/// Headers set on one upstream request.
+pub type Headers = Arc<[(HeaderName, HeaderValue)]>;
+
+/// What the gateway sends upstream for one request, and how it was obtained.
+#[derive(Clone, Default)]
+pub struct Resolved {
+    /// The headers.
+    pub headers: Option<Headers>,
+    /// Whether an upstream 401 should make the gateway obtain a fresh credential and try
+    /// once more (a token it obtains, as opposed to a key it was given).
+    pub renewable: bool,
+}
+
+/// Why the gateway has no credential to send for a call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OutboundError {
+    /// The user has not supplied their credential for the server yet (or the upstream
+    /// refused the one they supplied): they can at `url`.
+    #[error(
+        "McpServer {namespace}/{server} needs your own {what}: open {url} in a browser, then retry"
+    )]
+    AuthorizationRequired {
+        /// The server's namespace.
+        namespace: String,
+        /// The server's name.
+        server: String,
+        /// What is needed, e.g. "API key".
+        what: &'static str,
+        /// Where the user supplies it.
+        url: String,
+    },
+    /// The server uses per-user credentials and the caller has none it could supply here.
+    #[error("{0}")]
+    NoUserCredential(String),
+    /// The gateway's own token could not be obtained.
+    #[error("McpServer {server}: the gateway could not obtain its token from {endpoint}: {why}")]
+    TokenEndpoint {
+        /// `namespace/name`.
+        server: String,
+        /// The token endpoint.
+        endpoint: String,
+        /// What it said (never a secret).
+        why: String,
+    },
+    /// The route's mode is not served by this build.
+    #[error("McpServer {0}: its outbound auth mode is not served by this gateway build")]
+    Unsupported(String),
+}
+
+/// Decides and obtains upstream credentials.
+pub struct Outbound {
+    service: service::ServiceTokens,
+    vault: Option<Arc<vault::Vault>>,
+    /// The gateway's public URL (no trailing slash), where people supply credentials.
+    public_url: Option<String>,
+}
+
+impl Outbound {
+    /// Token requests go through `http`. `vault` holds what users enter on the gateway's
+    /// pages (present when people sign in at the gateway, at `public_url`).
+    pub fn new(http: HttpClient, vault: Option<Arc<vault::Vault>>, public_url: Option<String>) -> Self {
+        Self {
+            service: service::ServiceTokens::new(http),
+            vault,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+        }
+    }
+
+    /// The vault of users' own credentials, when people sign in at the gateway.
+    pub fn vault(&self) -> Option<&Arc<vault::Vault>> {
+        self.vault.as_ref()
+    }
+
+    /// Where a person supplies their credential for `route`.
+    pub fn connect_url(&self, route: &ServerRoute) -> Option<String> {
+        let base = self.public_url.as_ref()?;
+        self.vault.as_ref()?;
+        Some(format!(
+            "{base}/-/connections/{}/{}",
+            route.config.namespace, route.config.name
+        ))
+    }
+
+    /// The credential for one request of `caller` to `route` (beyond what the route injects
+    /// by itself).
+    pub async fn resolve(
+        &self,
+        route: &ServerRoute,
+        caller: Option<&Identity>,
+    ) -> Result<Resolved, OutboundError> {
+        match &route.config.auth {
+            UpstreamAuth::None | UpstreamAuth::SharedApiKey { .. } | UpstreamAuth::Passthrough => {
+                Ok(Resolved::default())
+            }
+            UpstreamAuth::OAuth2ClientCredentials { .. } => {
+                let header = self.service.token(route).await?;
+                Ok(Resolved {
+                    headers: Some(header),
+                    renewable: true,
+                })
+            }
+            UpstreamAuth::PerUserApiKey { .. } => {
+                let person = self.person(route, caller, "an API key")?;
+                if let Some(headers) = route.users.get(&person.user).or_else(|| {
+                    person.email.as_ref().and_then(|email| route.users.get(email))
+                }) {
+                    return Ok(Resolved {
+                        headers: Some(headers.clone()),
+                        renewable: false,
+                    });
+                }
+                let stored = match &self.vault {
+                    Some(vault) if person.method != Method::ServiceAccount => {
+                        vault.api_key(route, person).await
+                    }
+                    _ => None,
+                };
+                match stored {
+                    Some(headers) => Ok(Resolved {
+                        headers: Some(headers),
+                        renewable: false,
+                    }),
+                    None => Err(self.required(route, person, "API key")),
+                }
+            }
+            UpstreamAuth::OAuth2AuthorizationCode { .. } => Err(OutboundError::Unsupported(
+                format!("{}/{}", route.config.namespace, route.config.name),
+            )),
+        }
+    }
+
+    /// The upstream answered 401 to `used`: forget it, so the next [`Self::resolve`]
+    /// obtains a fresh one.
+    pub fn refused(&self, route: &ServerRoute, used: &Resolved) {
+        if used.renewable
+            && let Some(headers) = &used.headers
+        {
+            self.service.forget(route, headers);
+        }
+    }
+
+    /// What to tell a caller whose own credential the upstream refused.
+    pub fn refused_error(&self, route: &ServerRoute, caller: Option<&Identity>) -> Option<OutboundError> {
+        match route.config.auth {
+            UpstreamAuth::PerUserApiKey { .. } => {
+                let person = caller?;
+                Some(self.required(route, person, "API key (the upstream refused the one the gateway holds)"))
+            }
+            _ => None,
+        }
+    }
+
+    /// The caller, if a per-user credential can be looked up for them.
+    fn person<'a>(
+        &self,
+        route: &ServerRoute,
+        caller: Option<&'a Identity>,
+        what: &str,
+    ) -> Result<&'a Identity, OutboundError> {
+        let server = format!("{}/{}", route.config.namespace, route.config.name);
+        caller.ok_or_else(|| {
+            OutboundError::NoUserCredential(format!(
+                "McpServer {server} sends each user's own {what} upstream, and this route is public: callers without a token have none; make the route non-public"
+            ))
+        })
+    }
+
+    /// The error for a person (or machine) without their credential for `route`.
+    fn required(&self, route: &ServerRoute, caller: &Identity, what: &'static str) -> OutboundError {
+        let server = format!("{}/{}", route.config.namespace, route.config.name);
+        if caller.method == Method::ServiceAccount {
+            return OutboundError::NoUserCredential(format!(
+                "McpServer {server} sends each user's own {what} upstream, and {} is a machine identity with none: call as a person, or have a tenant admin create an AuthOverride for {}",
+                caller.user, caller.user
+            ));
+        }
+        match self.connect_url(route) {
+            Some(url) => OutboundError::AuthorizationRequired {
+                namespace: route.config.namespace.clone(),
+                server: route.config.name.clone(),
+                what,
+                url,
+            },
+            None => OutboundError::NoUserCredential(format!(
+                "McpServer {server} sends each user's own {what} upstream and the gateway holds none for {}: a tenant admin can create an AuthOverride, or the gateway's operators can turn on sign-in so users enter their own",
+                caller.user
+            )),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Requests to an OAuth 2 token endpoint (RFC 6749 section 3.2), for every grant the gateway
+//! uses as a client: the form, the client's authentication (HTTP Basic for a confidential
+//! client, `client_id` in the form for a public one), and the JSON answer read within a size
+//! and time bound. Errors name the endpoint's `error` and `error_description`, never a
+//! secret the request carried.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Limited};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::error::full;
+use crate::upstream::HttpClient;
+
+/// Largest token response read.
+const MAX_RESPONSE: usize = 256 * 1024;
+/// How long an endpoint may take to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who the gateway is at the authorization server.
+#[derive(Clone, Copy)]
+pub struct Client<'a> {
+    /// The client id.
+    pub id: &'a str,
+    /// The secret of a confidential client.
+    pub secret: Option<&'a SecretString>,
+}
+
+/// Why a token request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// No answer: unreachable, broken off or too slow.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The endpoint answered with an OAuth error (or something that is not a token answer).
+    #[error("it answered HTTP {status}: {error}{}", if description.is_empty() { String::new() } else { format!(" ({description})") })]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The OAuth `error` code, e.g. `invalid_grant`.
+        error: String,
+        /// The `error_description`, if any.
+        description: String,
+    },
+}
+
+impl TokenError {
+    /// Whether the grant itself was refused (`invalid_grant`): a refresh token that expired
+    /// or was revoked, a code used twice. The person must authorize again.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Self::Refused { error, .. } if error == "invalid_grant")
+    }
+}
+
+/// POSTs `form` to `endpoint` as `client` and returns the JSON object it answered with (a
+/// 2xx answer); `Err` says what the endpoint said instead.
+pub async fn request(
+    http: &HttpClient,
+    endpoint: &str,
+    client: Client<'_>,
+    form: &[(&str, &str)],
+) -> Result<Value, TokenError> {
+    // Serializers are not Send: the form is finished before anything awaits.
+    let body = {
+        let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in form {
+            serializer.append_pair(name, value);
+        }
+        if client.secret.is_none() {
+            serializer.append_pair("client_id", client.id);
+        }
+        serializer.finish()
+    };
+    let mut request = Request::post(endpoint)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json");
+    if let Some(secret) = client.secret {
+        // RFC 6749 section 2.3.1: both parts form-encoded before Basic encoding.
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let basic = STANDARD.encode(format!(
+            "{}:{}",
+            encode(client.id),
+            encode(secret.expose_secret())
+        ));
+        let mut value = http::HeaderValue::try_from(format!("Basic {basic}"))
+            .map_err(|_| TokenError::Unreachable("the client id is not a valid header".into()))?;
+        value.set_sensitive(true);
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let request = request
+        .body(full(Bytes::from(body)))
+        .map_err(|e| TokenError::Unreachable(format!("{endpoint} is not a valid URL: {e}")))?;
+    let exchange = async {
+        let response = http
+            .request(request)
+            .await
+            .map_err(|e| TokenError::Unreachable(format!("{endpoint} is unreachable: {e}")))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| TokenError::Unreachable(format!("reading {endpoint}'s answer: {e}")))?
+            .to_bytes();
+        let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
+        if !status.is_success() || !answer.is_object() {
+            let text = |key: &str| {
+                answer[key]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            };
+            let error = text("error");
+            return Err(TokenError::Refused {
+                status: status.as_u16(),
+                error: if error.is_empty() {
+                    "no OAuth error in the answer".into()
+                } else {
+                    error
+                },
+                description: text("error_description"),
+            });
+        }
+        Ok(answer)
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(TokenError::Unreachable(format!(
+                "{endpoint} did not answer within {} s",
+                TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// An access token from a token answer, and how long it lives (`expires_in`, when given).
+pub fn access_token(answer: &Value) -> Result<(SecretString, Option<Duration>), TokenError> {
+    let token = answer["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::Refused {
+            status: 200,
+            error: "no access_token in the answer".into(),
+            description: String::new(),
+        })?;
+    let lifetime = answer["expires_in"]
+        .as_u64()
+        .or_else(|| answer["expires_in"].as_str()?.parse().ok())
+        .map(Duration::from_secs);
+    Ok((SecretString::from(token.to_owned()), lifetime))
+}

@@ -188,6 +188,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
                 }
                 let context = SignInContext {
                     current: &app.current,
+                    outbound: &app.forwarder.outbound,
                     peer,
                 };
                 Box::pin(signin.serve(&context, req))

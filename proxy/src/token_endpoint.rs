@@ -29,6 +29,18 @@ pub struct Client<'a> {
     pub id: &'a str,
     /// The secret of a confidential client.
     pub secret: Option<&'a SecretString>,
+    /// How a confidential client presents its secret.
+    pub method: AuthMethod,
+}
+
+/// How a confidential client authenticates (RFC 6749 section 2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic (`client_secret_basic`), which every server must support.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form (`client_secret_post`).
+    Post,
 }
 
 /// Why a token request failed.
@@ -55,6 +67,41 @@ impl TokenError {
     pub fn is_invalid_grant(&self) -> bool {
         matches!(self, Self::Refused { error, .. } if error == "invalid_grant")
     }
+
+    /// Whether the server did not accept how the client authenticated (`invalid_client`).
+    pub fn is_invalid_client(&self) -> bool {
+        matches!(self, Self::Refused { error, .. } if error == "invalid_client")
+    }
+}
+
+/// [`request`] as a confidential client that presents its secret the way the server takes
+/// it: HTTP Basic, and in the form if the server refuses that as `invalid_client` (servers
+/// may register a client for one method only). Returns the method that worked with the
+/// answer, so the caller can start with it next time.
+pub async fn request_adapting(
+    http: &HttpClient,
+    endpoint: &str,
+    client: Client<'_>,
+    form: &[(&str, &str)],
+) -> Result<(Value, AuthMethod), TokenError> {
+    match request(http, endpoint, client, form).await {
+        Err(error) if error.is_invalid_client() && client.secret.is_some() => {
+            let other = match client.method {
+                AuthMethod::Basic => AuthMethod::Post,
+                AuthMethod::Post => AuthMethod::Basic,
+            };
+            let client = Client {
+                method: other,
+                ..client
+            };
+            // The first refusal is the one to report if both fail.
+            let answer = request(http, endpoint, client, form)
+                .await
+                .map_err(|_| error)?;
+            Ok((answer, other))
+        }
+        other => other.map(|answer| (answer, client.method)),
+    }
 }
 
 /// POSTs `form` to `endpoint` as `client` and returns the JSON object it answered with (a
@@ -71,15 +118,22 @@ pub async fn request(
         for (name, value) in form {
             serializer.append_pair(name, value);
         }
-        if client.secret.is_none() {
-            serializer.append_pair("client_id", client.id);
+        match (client.secret, client.method) {
+            (None, _) => {
+                serializer.append_pair("client_id", client.id);
+            }
+            (Some(secret), AuthMethod::Post) => {
+                serializer.append_pair("client_id", client.id);
+                serializer.append_pair("client_secret", secret.expose_secret());
+            }
+            (Some(_), AuthMethod::Basic) => {}
         }
         serializer.finish()
     };
     let mut request = Request::post(endpoint)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json");
-    if let Some(secret) = client.secret {
+    if let (Some(secret), AuthMethod::Basic) = (client.secret, client.method) {
         // RFC 6749 section 2.3.1: both parts form-encoded before Basic encoding.
         let encode =
             |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();

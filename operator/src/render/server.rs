@@ -209,22 +209,13 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
 const NOT_SERVED_FIX: &str = "the server is left out of the gateway and no credential is copied; remove the field or choose a served mode";
 
 /// The first field of `server` that the proxy does not serve yet, as a path with its value.
-/// Served: `spec.remote` with auth `None`, shared `ApiKey` or `Passthrough`.
+/// Served: `spec.remote` with every auth mode but `OAuth2AuthorizationCode`.
 fn not_served(server: &McpServer) -> Option<&'static str> {
     let spec = &server.spec;
-    let per_user = spec
-        .auth
-        .api_key
-        .as_ref()
-        .is_some_and(|k| k.scope == ApiKeyScope::PerUser);
     if spec.openapi.is_some() {
         Some("spec.openapi (OpenAPI sources)")
-    } else if spec.auth.mode == AuthMode::ApiKey && per_user {
-        Some("spec.auth.apiKey.scope PerUser (per-user API keys)")
     } else if spec.auth.mode == AuthMode::OAuth2AuthorizationCode {
         Some("spec.auth.type OAuth2AuthorizationCode")
-    } else if spec.auth.mode == AuthMode::OAuth2ClientCredentials {
-        Some("spec.auth.type OAuth2ClientCredentials")
     } else if spec.retry.is_some() {
         Some("spec.retry")
     } else if spec.rate_limits.is_some() {
@@ -459,13 +450,7 @@ fn render_overrides(
         }
         let resolved =
             resolved.map_or_else(|c| c, |_| Check::pass(REASON_RESOLVED, "Secret found"));
-        let mut diagnostic = Diagnostic::new(o.metadata.generation, accepted, resolved);
-        if diagnostic.accepted.ok {
-            diagnostic.ready = Check::fail(
-                REASON_NOT_SERVED,
-                "AuthOverrides (per-user API keys) are not served by this gateway build yet: no credential is copied",
-            );
-        }
+        let diagnostic = Diagnostic::new(o.metadata.generation, accepted, resolved);
         out.diagnostics.insert(
             ResourceRef {
                 kind: Kind::AuthOverride,

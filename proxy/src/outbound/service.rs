@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 
 use super::{Headers, OutboundError};
 use crate::source::ServerRoute;
-use crate::token_endpoint::{self, Client};
+use crate::token_endpoint::{self, AuthMethod, Client};
 use crate::upstream::HttpClient;
 
 /// A token is renewed this long before it expires (or at a tenth of its life, if shorter).
@@ -32,6 +32,8 @@ struct Token {
 struct Slot {
     token: ArcSwapOption<Token>,
     renewing: tokio::sync::Mutex<()>,
+    /// The client authentication the token endpoint took last (Post when set).
+    post: std::sync::atomic::AtomicBool,
 }
 
 /// Tokens by server configuration.
@@ -63,7 +65,7 @@ impl ServiceTokens {
         if let Some(token) = fresh(&slot) {
             return Ok(token);
         }
-        let token = self.request(route).await?;
+        let token = self.request(route, &slot).await?;
         let headers = token.headers.clone();
         slot.token.store(Some(Arc::new(token)));
         Ok(headers)
@@ -86,7 +88,8 @@ impl ServiceTokens {
         self.slots.get_with(slot_key(route), Default::default)
     }
 
-    async fn request(&self, route: &ServerRoute) -> Result<Token, OutboundError> {
+    async fn request(&self, route: &ServerRoute, slot: &Slot) -> Result<Token, OutboundError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let UpstreamAuth::OAuth2ClientCredentials {
             token_url,
             client_id,
@@ -115,10 +118,17 @@ impl ServiceTokens {
         let client = Client {
             id: client_id,
             secret: route.client_secret.as_ref(),
+            method: if slot.post.load(Relaxed) {
+                AuthMethod::Post
+            } else {
+                AuthMethod::Basic
+            },
         };
-        let answer = token_endpoint::request(&self.http, token_url, client, &form)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let (answer, method) =
+            token_endpoint::request_adapting(&self.http, token_url, client, &form)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        slot.post.store(method == AuthMethod::Post, Relaxed);
         let (token, lifetime) = token_endpoint::access_token(&answer).map_err(|e| failed(e.to_string()))?;
         let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
             .map_err(|_| failed("the access token is not a valid header value".into()))?;

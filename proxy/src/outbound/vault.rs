@@ -325,7 +325,7 @@ mod tests {
         let store = Arc::new(Store::Files(
             crate::signin::store::FileStore::open(dir.path()).unwrap(),
         ));
-        let vault = Vault::new(store, Arc::new(SessionKeys::new([3; 32], None)));
+        let vault = Vault::new(store, Arc::new(SessionKeys::new([3; 32], None)), Duration::ZERO);
         let alice = record_id(&person("alice", "https://a"), "t/s").unwrap();
         let bob = record_id(&person("bob", "https://a"), "t/s").unwrap();
         let sealed = vault.keys.seal_for(&purpose(&alice), b"alice-key").unwrap();

@@ -17,7 +17,7 @@ use super::login::{LOGIN_TIME, Pending};
 use super::pages::{self, GrantRow, RouteLink, TokenRow};
 use super::tokens::{Person, constant_time_eq};
 use super::{Context, PREFIX, SignIn, cookie, form, html, query, redirect, single};
-use crate::auth::{Audience, Identity, Method, now};
+use crate::auth::{Identity, now};
 use crate::error::Body;
 use crate::source::Route;
 
@@ -40,15 +40,7 @@ pub struct BrowserSession {
 impl BrowserSession {
     /// The person as a caller, for access checks.
     pub fn identity(&self) -> Identity {
-        Identity {
-            user: self.person.user.clone(),
-            email: self.person.email.clone(),
-            groups: self.person.groups.clone(),
-            method: Method::Oidc {
-                issuer: self.person.issuer.clone(),
-            },
-            audience: Audience::Gateway,
-        }
+        self.person.identity()
     }
 }
 
@@ -239,7 +231,7 @@ impl SignIn {
     }
 
     /// The session, or a redirect to sign in and come back to this page.
-    fn signed_in(&self, req: &Request<Incoming>) -> Result<BrowserSession, Response<Body>> {
+    pub(super) fn signed_in(&self, req: &Request<Incoming>) -> Result<BrowserSession, Response<Body>> {
         self.session(req.headers()).ok_or_else(|| {
             let here = req
                 .uri()
@@ -533,14 +525,14 @@ fn is_gateway_path(next: &str) -> bool {
         && next.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn unavailable(message: &str) -> Response<Body> {
+pub(super) fn unavailable(message: &str) -> Response<Body> {
     html(
         StatusCode::SERVICE_UNAVAILABLE,
         pages::problem("Unavailable", message),
     )
 }
 
-fn timestamp(seconds: u64) -> String {
+pub(super) fn timestamp(seconds: u64) -> String {
     jiff::Timestamp::from_second(i64::try_from(seconds).unwrap_or(i64::MAX))
         .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default()

@@ -210,6 +210,7 @@ impl IdentityProvider {
         let client = crate::token_endpoint::Client {
             id: &self.client_id,
             secret: self.client_secret.as_ref(),
+            method: crate::token_endpoint::AuthMethod::Basic,
         };
         let form = [
             ("grant_type", "authorization_code"),

@@ -13,6 +13,7 @@
 
 pub mod browser;
 pub mod clients;
+pub mod connections;
 pub mod fetch;
 pub mod keys;
 pub mod login;
@@ -71,6 +72,8 @@ pub struct SignIn {
 pub struct Context<'a> {
     /// The configuration in service (routes and their collaborators).
     pub current: &'a Current,
+    /// Upstream credentials (the vault of what users store).
+    pub outbound: &'a crate::outbound::Outbound,
     /// The caller's address.
     pub peer: IpAddr,
 }
@@ -106,6 +109,15 @@ impl SignIn {
             (Method::GET, "tokens") => self.tokens_page(context, &req, None).await,
             (Method::POST, "tokens") => self.create_token(context, req).await,
             (Method::POST, "tokens/revoke") => self.revoke_token(context, req).await,
+            (Method::GET, "connections") => self.connections(context, &req).await,
+            (Method::GET, path) if path.starts_with("connections/") => {
+                let server = path["connections/".len()..].to_owned();
+                self.connection(context, &req, &server, None).await
+            }
+            (Method::POST, path) if path.starts_with("connections/") => {
+                let server = path["connections/".len()..].to_owned();
+                self.change_connection(context, req, &server).await
+            }
             (Method::GET, path) if path.starts_with("connect/") => {
                 self.connect(context, &req, &path["connect".len()..])
             }

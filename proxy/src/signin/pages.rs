@@ -41,6 +41,36 @@ pub struct TokenRow {
     pub route: Option<String>,
 }
 
+/// A server that takes each user's own credential, as listed for one person.
+pub struct ConnectionRow {
+    /// `namespace/name`.
+    pub server: String,
+    /// What it takes, e.g. "API key".
+    pub what: &'static str,
+    /// What the gateway holds.
+    pub state: ConnectionState,
+}
+
+/// What the gateway holds of one person's credential for one server.
+pub enum ConnectionState {
+    /// Nothing: calls fail until they supply it.
+    Missing,
+    /// What they entered, saved at this time (RFC 3339).
+    Stored(String),
+    /// A tenant admin set it (an AuthOverride); they cannot change it here.
+    SetByAdministrator,
+}
+
+impl ConnectionState {
+    fn describe(&self) -> String {
+        match self {
+            Self::Missing => "not connected: calls fail until you add it".into(),
+            Self::Stored(when) => format!("yours, saved {when}"),
+            Self::SetByAdministrator => "set by your administrator".into(),
+        }
+    }
+}
+
 /// A whole page.
 pub fn page(title: &str, body: &str) -> String {
     format!(
@@ -58,6 +88,7 @@ pre,code{{background:#f3f3f3;border-radius:4px}} pre{{padding:.75rem;overflow-x:
 button{{font-size:1rem;padding:.4rem 1rem;margin-right:.5rem}}
 table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:.3rem;border-bottom:1px solid #ddd}}
 .warn{{background:#fff4d6;padding:.75rem;border-radius:4px}}
+.ok{{background:#e3f6e3;padding:.75rem;border-radius:4px}}
 label{{display:block;margin-top:.75rem}}
 </style>
 </head>
@@ -200,6 +231,7 @@ pub fn home(
 <p>Each keeps its access, with the groups you had when you allowed it, until you revoke it or it expires.</p>
 {clients}
 <p><a href="/-/tokens">Personal access tokens</a> for scripts and agents.</p>
+<p><a href="/-/connections">Your credentials for servers</a> that act as you upstream.</p>
 <form method="post" action="/-/signout">{csrf}<button type="submit" id="sign-out">Sign out</button></form>"#,
             user = text(user),
             csrf = csrf_field(csrf),
@@ -317,6 +349,86 @@ pub fn tokens(
 </form>
 <p><a href="/-/">All your servers</a></p>"#,
             csrf = csrf_field(csrf),
+        ),
+    )
+}
+
+/// The servers that take the person's own credential.
+pub fn connections(rows: &[ConnectionRow]) -> String {
+    let list = if rows.is_empty() {
+        "<p>None of the servers you may use needs a credential of your own.</p>".to_owned()
+    } else {
+        let body: String = rows
+            .iter()
+            .map(|row| {
+                format!(
+                    "<tr><td><a href=\"/-/connections/{href}\">{server}</a></td><td>{what}</td><td>{state}</td></tr>",
+                    href = attr(&row.server),
+                    server = text(&row.server),
+                    what = text(row.what),
+                    state = text(&row.state.describe()),
+                )
+            })
+            .collect();
+        format!(
+            "<table><thead><tr><th>Server</th><th>Needs your</th><th>The gateway holds</th></tr></thead><tbody>{body}</tbody></table>"
+        )
+    };
+    page(
+        "Your credentials for servers",
+        &format!(
+            "<p>These servers act as you upstream, with a credential of yours. The gateway keeps it sealed and sends it only to that server; it is never shown again.</p>{list}<p><a href=\"/-/\">All your servers</a></p>"
+        ),
+    )
+}
+
+/// One server's credential: enter, replace or delete the person's API key.
+pub fn connection(
+    server: &str,
+    state: &ConnectionState,
+    notice: Option<&str>,
+    csrf: &str,
+) -> String {
+    let notice = notice
+        .map(|n| format!("<div class=\"ok\" role=\"status\"><p>{}</p></div>", text(n)))
+        .unwrap_or_default();
+    let action = format!("/-/connections/{}", attr(server));
+    let form = match state {
+        ConnectionState::SetByAdministrator => {
+            "<p>Your administrator set your key for this server. Ask them to change it.</p>".to_owned()
+        }
+        _ => {
+            let delete = if matches!(state, ConnectionState::Stored(_)) {
+                format!(
+                    "<form method=\"post\" action=\"{action}\">{csrf}<input type=\"hidden\" name=\"action\" value=\"delete\"><p><button type=\"submit\" id=\"delete\">Delete my key</button></p></form>",
+                    csrf = csrf_field(csrf),
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                r#"<form method="post" action="{action}">
+{csrf}
+<input type="hidden" name="action" value="save">
+<label for="key">Your API key</label>
+<input id="key" name="key" type="password" autocomplete="off" required maxlength="{max}">
+<p><button type="submit" id="save">{verb}</button></p>
+</form>
+{delete}"#,
+                csrf = csrf_field(csrf),
+                max = crate::outbound::api_key::MAX_KEY_BYTES,
+                verb = if matches!(state, ConnectionState::Stored(_)) { "Replace my key" } else { "Save my key" },
+            )
+        }
+    };
+    page(
+        &format!("Your API key for {server}"),
+        &format!(
+            r#"{notice}<p>McpServer <code>{name}</code> calls its upstream with your own API key. The gateway holds: <strong id="state">{state}</strong>.</p>
+{form}
+<p><a href="/-/connections">All your credentials</a></p>"#,
+            name = text(server),
+            state = text(&state.describe()),
         ),
     )
 }

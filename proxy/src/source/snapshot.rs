@@ -123,6 +123,14 @@ impl Route {
         }
     }
 
+    /// The McpServer route, if this is one.
+    pub fn as_server(&self) -> Option<&Arc<ServerRoute>> {
+        match self {
+            Self::Server(s) => Some(s),
+            Self::Virtual(_) => None,
+        }
+    }
+
     /// `(namespace, name)` of the McpServer or VirtualMcpServer.
     pub fn name(&self) -> (&str, &str) {
         match self {

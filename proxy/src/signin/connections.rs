@@ -1,0 +1,234 @@
+//! The pages where a signed-in person manages their own credentials for upstream servers:
+//! `/-/connections` lists the servers they may use that take each user's own credential,
+//! `/-/connections/{namespace}/{name}` lets them enter (masked), replace or delete their API
+//! key there. A key is never shown again once stored. These are the URLs the MCP routes
+//! name when a call needs a credential the gateway does not hold.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use mcpgate_crds::gateway_config::UpstreamAuth;
+
+use super::browser::{BrowserSession, timestamp, unavailable};
+use super::pages::{self, ConnectionRow, ConnectionState};
+use super::{Context, SignIn, html, single};
+use crate::error::Body;
+use crate::outbound::api_key;
+use crate::outbound::vault::Vault;
+use crate::source::ServerRoute;
+
+impl SignIn {
+    /// GET /-/connections.
+    pub(super) async fn connections(
+        &self,
+        context: &Context<'_>,
+        req: &Request<Incoming>,
+    ) -> Response<Body> {
+        let session = match self.signed_in(req) {
+            Ok(session) => session,
+            Err(to_sign_in) => return to_sign_in,
+        };
+        let Some(vault) = context.outbound.vault() else {
+            return unavailable("the gateway keeps no credentials of users");
+        };
+        let identity = session.identity();
+        let stored = match vault.list(&identity).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "listing stored credentials failed");
+                return unavailable("the gateway could not read its credential store");
+            }
+        };
+        let rows: Vec<ConnectionRow> = self
+            .per_user_servers(context, &session)
+            .into_iter()
+            .map(|route| {
+                let name = server_name(&route);
+                let state = if admin_set(&route, &session) {
+                    ConnectionState::SetByAdministrator
+                } else {
+                    match stored.iter().find(|s| s.server == name) {
+                        Some(s) => ConnectionState::Stored(timestamp(s.updated)),
+                        None => ConnectionState::Missing,
+                    }
+                };
+                ConnectionRow {
+                    server: name,
+                    what: "API key",
+                    state,
+                }
+            })
+            .collect();
+        html(StatusCode::OK, pages::connections(&rows))
+    }
+
+    /// GET /-/connections/{namespace}/{name}; `notice` says what just changed.
+    pub(super) async fn connection(
+        &self,
+        context: &Context<'_>,
+        req: &Request<Incoming>,
+        server: &str,
+        notice: Option<&str>,
+    ) -> Response<Body> {
+        let session = match self.signed_in(req) {
+            Ok(session) => session,
+            Err(to_sign_in) => return to_sign_in,
+        };
+        self.render_connection(context, &session, server, notice)
+            .await
+    }
+
+    async fn render_connection(
+        &self,
+        context: &Context<'_>,
+        session: &BrowserSession,
+        server: &str,
+        notice: Option<&str>,
+    ) -> Response<Body> {
+        let (route, vault) = match self.connectable(context, session, server) {
+            Ok(found) => found,
+            Err(page) => return page,
+        };
+        let state = if admin_set(&route, session) {
+            ConnectionState::SetByAdministrator
+        } else {
+            match vault.list(&session.identity()).await {
+                Ok(stored) => match stored.into_iter().find(|s| s.server == server) {
+                    Some(s) => ConnectionState::Stored(timestamp(s.updated)),
+                    None => ConnectionState::Missing,
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "reading stored credentials failed");
+                    return unavailable("the gateway could not read its credential store");
+                }
+            }
+        };
+        html(
+            StatusCode::OK,
+            pages::connection(server, &state, notice, &session.csrf),
+        )
+    }
+
+    /// POST /-/connections/{namespace}/{name}: `action` `save` (with `key`) or `delete`.
+    pub(super) async fn change_connection(
+        &self,
+        context: &Context<'_>,
+        req: Request<Incoming>,
+        server: &str,
+    ) -> Response<Body> {
+        let (session, fields) = match self.checked_form(req).await {
+            Ok(checked) => checked,
+            Err(page) => return page,
+        };
+        let (route, vault) = match self.connectable(context, &session, server) {
+            Ok(found) => found,
+            Err(page) => return page,
+        };
+        let field = |name| single(&fields, name).ok().flatten().unwrap_or_default();
+        let identity = session.identity();
+        let notice = match field("action") {
+            "save" => {
+                let key = match api_key::check_entered(field("key")) {
+                    Ok(key) => key,
+                    Err(why) => {
+                        return html(
+                            StatusCode::BAD_REQUEST,
+                            pages::problem("Key not saved", &format!("The key was not saved: {why}.")),
+                        );
+                    }
+                };
+                if let UpstreamAuth::PerUserApiKey { header, template, .. } = &route.config.auth
+                    && let Err(why) = api_key::header(header, template.as_deref(), key)
+                {
+                    return html(
+                        StatusCode::BAD_REQUEST,
+                        pages::problem("Key not saved", &format!("The key was not saved: {why}.")),
+                    );
+                }
+                if let Err(error) = vault.store_api_key(&route, &identity, key).await {
+                    tracing::warn!(%error, "storing an API key failed");
+                    return unavailable("the gateway could not store the key");
+                }
+                tracing::info!(user = %identity.user, server = %server, "API key stored");
+                "Your key is saved. Calls to this server now use it."
+            }
+            "delete" => {
+                if let Err(error) = vault.delete(&route, &identity).await {
+                    tracing::warn!(%error, "deleting an API key failed");
+                    return unavailable("the gateway could not update its credential store");
+                }
+                tracing::info!(user = %identity.user, server = %server, "API key deleted");
+                "Your key is deleted."
+            }
+            _ => {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::problem("Bad request", "Choose save or delete."),
+                );
+            }
+        };
+        self.render_connection(context, &session, server, Some(notice))
+            .await
+    }
+
+    /// The servers `session`'s person may use that take each user's own credential.
+    fn per_user_servers(
+        &self,
+        context: &Context<'_>,
+        session: &BrowserSession,
+    ) -> Vec<Arc<ServerRoute>> {
+        let Some(snapshot) = context.current.load() else {
+            return Vec::new();
+        };
+        let identity = session.identity();
+        let mut servers: Vec<Arc<ServerRoute>> = snapshot
+            .routes()
+            .filter_map(|(_, route)| route.as_server())
+            .filter(|s| matches!(s.config.auth, UpstreamAuth::PerUserApiKey { .. }))
+            .filter(|s| s.config.public || s.access.permits(&identity))
+            .cloned()
+            .collect();
+        servers.sort_by_key(|s| server_name(s));
+        servers
+    }
+
+    /// The server `namespace/name` if the person may store a credential for it.
+    fn connectable<'a>(
+        &self,
+        context: &Context<'a>,
+        session: &BrowserSession,
+        server: &str,
+    ) -> Result<(Arc<ServerRoute>, &'a Arc<Vault>), Response<Body>> {
+        let Some(vault) = context.outbound.vault() else {
+            return Err(unavailable("the gateway keeps no credentials of users"));
+        };
+        self.per_user_servers(context, session)
+            .into_iter()
+            .find(|route| server_name(route) == server)
+            .map(|route| (route, vault))
+            .ok_or_else(|| {
+                html(
+                    StatusCode::NOT_FOUND,
+                    pages::problem(
+                        "No such server",
+                        &format!("{server} is not a server you may use that takes your own credential. See all of them at /-/connections."),
+                    ),
+                )
+            })
+    }
+}
+
+fn server_name(route: &ServerRoute) -> String {
+    format!("{}/{}", route.config.namespace, route.config.name)
+}
+
+/// Whether a tenant admin set this person's key with an AuthOverride (which wins).
+fn admin_set(route: &ServerRoute, session: &BrowserSession) -> bool {
+    route.users.contains_key(&session.person.user)
+        || session
+            .person
+            .email
+            .as_ref()
+            .is_some_and(|email| route.users.contains_key(email))
+}

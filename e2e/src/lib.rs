@@ -646,6 +646,37 @@ impl IdentityProvider {
     }
 }
 
+/// The flags of a gateway at `url` whose people sign in at the OpenID provider `issuer` (as
+/// client `mcpgate`, see [`IdentityProvider::start_for`]) and whose users are named by email;
+/// the client secret and a fixed session key are written into `dir`.
+pub fn signin_args(dir: &Path, url: &str, issuer: &str) -> Result<Vec<String>> {
+    std::fs::write(dir.join("client-secret"), "mcpgate-secret\n")?;
+    std::fs::write(dir.join("session-key"), [7u8; 32])?;
+    Ok([
+        "--public-url",
+        url,
+        "--oidc-issuer",
+        issuer,
+        "--oidc-audience",
+        "https://unused.example",
+        "--oidc-user-claim",
+        "email",
+        "--session-key-file",
+        &dir.join("session-key").display().to_string(),
+        "--signin-issuer",
+        issuer,
+        "--signin-client-id",
+        "mcpgate",
+        "--signin-client-secret-file",
+        &dir.join("client-secret").display().to_string(),
+        "--signin-scopes",
+        "openid email groups",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect())
+}
+
 /// Status, headers (lower-case names) and JSON-RPC messages of an MCP response.
 pub type McpReply = (u16, Vec<(String, String)>, Vec<serde_json::Value>);
 
@@ -838,10 +869,15 @@ pub fn peer_around(
 /// A Python MCP server from `e2e/peers/` (`script PORT`) on 127.0.0.1:`port`, listening.
 /// Each start logs to its own file in `log_dir` (a restarted peer keeps the old log).
 pub fn python_peer(script: &str, port: u16, log_dir: &Path) -> Result<Process> {
+    python_peer_with(script, &[&port.to_string()], log_dir, port)
+}
+
+/// [`python_peer`] with `args` (which name the port among others), waiting for `port`.
+pub fn python_peer_with(script: &str, args: &[&str], log_dir: &Path, port: u16) -> Result<Process> {
     let mut command = Command::new(python()?);
     command
         .arg(workspace().join("e2e/peers").join(script))
-        .arg(port.to_string());
+        .args(args);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mcpgate_e2e::{
     ControlPlane, IdentityProvider, Operator, Process, Proxy, free_port, http_get, python_peer,
-    render, run_peer, wait_for,
+    render, run_peer, signin_args, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -71,35 +71,6 @@ spec:
   - {kind: Group, name: team-a}
 ";
 
-/// The sign-in flags every gateway of these tests gets.
-fn signin_args(dir: &Path, url: &str, idp: &IdentityProvider) -> Result<Vec<String>> {
-    std::fs::write(dir.join("client-secret"), "mcpgate-secret\n")?;
-    std::fs::write(dir.join("session-key"), [7u8; 32])?;
-    Ok([
-        "--public-url",
-        url,
-        "--oidc-issuer",
-        &idp.issuer,
-        "--oidc-audience",
-        "https://unused.example",
-        "--oidc-user-claim",
-        "email",
-        "--session-key-file",
-        &dir.join("session-key").display().to_string(),
-        "--signin-issuer",
-        &idp.issuer,
-        "--signin-client-id",
-        "mcpgate",
-        "--signin-client-secret-file",
-        &dir.join("client-secret").display().to_string(),
-        "--signin-scopes",
-        "openid email groups",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect())
-}
-
 /// An upstream, the provider and a gateway with sign-in enabled, all on loopback.
 struct Gateway {
     proxy: Proxy,
@@ -131,7 +102,7 @@ impl Gateway {
         render(&manifests, &config)?;
         let state = dir.join("signin-state");
         let audit = dir.join("audit.log");
-        let mut args = signin_args(dir, &url, &idp)?;
+        let mut args = signin_args(dir, &url, &idp.issuer)?;
         for arg in [
             "--config-dir",
             &config.display().to_string(),
@@ -542,7 +513,7 @@ fn replicas_share_keys_and_grants_through_secrets() -> Result<()> {
         "https://unused.example",
         &[format!("{url}/-/signin/callback")],
     )?;
-    let mut args = signin_args(dir.path(), &url, &idp)?;
+    let mut args = signin_args(dir.path(), &url, &idp.issuer)?;
     args.extend(["--config-namespace".to_owned(), "gw".to_owned()]);
     let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     let env = [("KUBECONFIG", plane.kubeconfig.as_os_str())];

@@ -21,9 +21,9 @@ use mcpgate_proxy::listener::{self, Limits};
 use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::mcp::hop::ReadLimits;
 use mcpgate_proxy::metrics::Metrics;
-use mcpgate_proxy::server::{self, App};
 use mcpgate_proxy::outbound::Outbound;
 use mcpgate_proxy::outbound::vault::Vault;
+use mcpgate_proxy::server::{self, App};
 use mcpgate_proxy::session::{SessionKeys, Sessions};
 use mcpgate_proxy::signin::SignIn;
 use mcpgate_proxy::signin::clients::{Clients, RateLimit};
@@ -238,7 +238,11 @@ struct Args {
     refresh_token_lifetime_seconds: u64,
     /// Seconds a credential a user stored may go unused by the configuration (its server
     /// gone, or the user no longer granted it) before it is deleted.
-    #[arg(long, env = "MCPGATE_STORED_CREDENTIAL_GRACE_SECONDS", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "MCPGATE_STORED_CREDENTIAL_GRACE_SECONDS",
+        default_value_t = 3600
+    )]
     stored_credential_grace_seconds: u64,
     /// Days between rotations of the token signing key (the previous key keeps verifying).
     #[arg(long, env = "MCPGATE_SIGNING_KEY_ROTATION_DAYS", default_value_t = 30)]
@@ -666,7 +670,9 @@ async fn sweep_vault(vault: Arc<Vault>, current: Arc<Current>, grace: Duration) 
         if let Some(snapshot) = current.load() {
             match vault.sweep(&snapshot).await {
                 Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "deleted stored credentials no longer in use"),
+                Ok(removed) => {
+                    tracing::info!(removed, "deleted stored credentials no longer in use")
+                }
                 Err(error) => tracing::warn!(%error, "sweeping stored credentials failed"),
             }
         }

@@ -90,7 +90,12 @@ pub async fn handle(
     let owner = crate::session::owner(caller.as_ref());
     let identity = caller
         .as_ref()
-        .filter(|_| route.members.iter().any(|m| m.server.config.auth.per_user()))
+        .filter(|_| {
+            route
+                .members
+                .iter()
+                .any(|m| m.server.config.auth.per_user())
+        })
         .cloned();
     let admitted = fwd.admit(&parts, body).await.and_then(|message| {
         message

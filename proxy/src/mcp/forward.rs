@@ -633,7 +633,10 @@ pub fn authorization_required(id: Option<&Value>, needs: &[&OutboundError]) -> R
         } = need
         {
             urls.insert(server.clone(), Value::String(url.clone()));
-            names.insert(server.clone(), Value::String(format!("{namespace}/{server}")));
+            names.insert(
+                server.clone(),
+                Value::String(format!("{namespace}/{server}")),
+            );
             lines.push(need.to_string());
         }
     }

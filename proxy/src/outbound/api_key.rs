@@ -82,7 +82,10 @@ mod tests {
         let error = header("X-Key", None, "secret\nvalue").unwrap_err();
         assert!(!error.contains("secret"), "{error}");
         let error = headers(br#"{"X-Key": "a\u0000b"}"#).unwrap_err();
-        assert!(error.contains("X-Key") && !error.contains("a\u{0}b"), "{error}");
+        assert!(
+            error.contains("X-Key") && !error.contains("a\u{0}b"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -82,7 +82,11 @@ pub struct Outbound {
 impl Outbound {
     /// Token requests go through `http`. `vault` holds what users enter on the gateway's
     /// pages (present when people sign in at the gateway, at `public_url`).
-    pub fn new(http: HttpClient, vault: Option<Arc<vault::Vault>>, public_url: Option<String>) -> Self {
+    pub fn new(
+        http: HttpClient,
+        vault: Option<Arc<vault::Vault>>,
+        public_url: Option<String>,
+    ) -> Self {
         Self {
             service: service::ServiceTokens::new(http),
             vault,
@@ -126,7 +130,10 @@ impl Outbound {
             UpstreamAuth::PerUserApiKey { .. } => {
                 let person = self.person(route, caller, "an API key")?;
                 if let Some(headers) = route.users.get(&person.user).or_else(|| {
-                    person.email.as_ref().and_then(|email| route.users.get(email))
+                    person
+                        .email
+                        .as_ref()
+                        .and_then(|email| route.users.get(email))
                 }) {
                     return Ok(Resolved {
                         headers: Some(headers.clone()),
@@ -164,11 +171,19 @@ impl Outbound {
     }
 
     /// What to tell a caller whose own credential the upstream refused.
-    pub fn refused_error(&self, route: &ServerRoute, caller: Option<&Identity>) -> Option<OutboundError> {
+    pub fn refused_error(
+        &self,
+        route: &ServerRoute,
+        caller: Option<&Identity>,
+    ) -> Option<OutboundError> {
         match route.config.auth {
             UpstreamAuth::PerUserApiKey { .. } => {
                 let person = caller?;
-                Some(self.required(route, person, "API key (the upstream refused the one the gateway holds)"))
+                Some(self.required(
+                    route,
+                    person,
+                    "API key (the upstream refused the one the gateway holds)",
+                ))
             }
             _ => None,
         }
@@ -190,7 +205,12 @@ impl Outbound {
     }
 
     /// The error for a person (or machine) without their credential for `route`.
-    fn required(&self, route: &ServerRoute, caller: &Identity, what: &'static str) -> OutboundError {
+    fn required(
+        &self,
+        route: &ServerRoute,
+        caller: &Identity,
+        what: &'static str,
+    ) -> OutboundError {
         let server = format!("{}/{}", route.config.namespace, route.config.name);
         if caller.method == Method::ServiceAccount {
             return OutboundError::NoUserCredential(format!(

@@ -129,7 +129,8 @@ impl ServiceTokens {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
         slot.post.store(method == AuthMethod::Post, Relaxed);
-        let (token, lifetime) = token_endpoint::access_token(&answer).map_err(|e| failed(e.to_string()))?;
+        let (token, lifetime) =
+            token_endpoint::access_token(&answer).map_err(|e| failed(e.to_string()))?;
         let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
             .map_err(|_| failed("the access token is not a valid header value".into()))?;
         value.set_sensitive(true);

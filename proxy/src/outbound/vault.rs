@@ -141,7 +141,9 @@ impl Vault {
     fn open(&self, id: &str, sealed: &str) -> Option<Opened> {
         let plain = self.keys.open_for(&purpose(id), sealed);
         if plain.is_none() {
-            tracing::warn!("a stored credential does not open with the gateway's session keys (rotated past, or not this record's)");
+            tracing::warn!(
+                "a stored credential does not open with the gateway's session keys (rotated past, or not this record's)"
+            );
         }
         let key = String::from_utf8(plain?).ok()?;
         Some(Opened {
@@ -283,7 +285,10 @@ fn record_id(caller: &Identity, server: &str) -> Option<String> {
     caller.method.issuer()?;
     let owner = crate::session::owner(Some(caller))?;
     let server = sha2::Sha256::digest(server.as_bytes());
-    Some(format!("{owner}-{}", base16ct::lower::encode_string(&server[..12])))
+    Some(format!(
+        "{owner}-{}",
+        base16ct::lower::encode_string(&server[..12])
+    ))
 }
 
 /// What a record's value is sealed for: its own id.
@@ -313,7 +318,10 @@ mod tests {
         let a = record_id(&person("alice", "https://a"), "t/s").unwrap();
         assert_ne!(a, record_id(&person("alice", "https://b"), "t/s").unwrap());
         assert_ne!(a, record_id(&person("bob", "https://a"), "t/s").unwrap());
-        assert_ne!(a, record_id(&person("alice", "https://a"), "t/other").unwrap());
+        assert_ne!(
+            a,
+            record_id(&person("alice", "https://a"), "t/other").unwrap()
+        );
         let mut machine = person("system:serviceaccount:t:bot", "x");
         machine.method = Method::ServiceAccount;
         assert!(record_id(&machine, "t/s").is_none());
@@ -325,7 +333,11 @@ mod tests {
         let store = Arc::new(Store::Files(
             crate::signin::store::FileStore::open(dir.path()).unwrap(),
         ));
-        let vault = Vault::new(store, Arc::new(SessionKeys::new([3; 32], None)), Duration::ZERO);
+        let vault = Vault::new(
+            store,
+            Arc::new(SessionKeys::new([3; 32], None)),
+            Duration::ZERO,
+        );
         let alice = record_id(&person("alice", "https://a"), "t/s").unwrap();
         let bob = record_id(&person("bob", "https://a"), "t/s").unwrap();
         let sealed = vault.keys.seal_for(&purpose(&alice), b"alice-key").unwrap();

@@ -231,7 +231,10 @@ impl SignIn {
     }
 
     /// The session, or a redirect to sign in and come back to this page.
-    pub(super) fn signed_in(&self, req: &Request<Incoming>) -> Result<BrowserSession, Response<Body>> {
+    pub(super) fn signed_in(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<BrowserSession, Response<Body>> {
         self.session(req.headers()).ok_or_else(|| {
             let here = req
                 .uri()

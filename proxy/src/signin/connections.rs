@@ -134,11 +134,16 @@ impl SignIn {
                     Err(why) => {
                         return html(
                             StatusCode::BAD_REQUEST,
-                            pages::problem("Key not saved", &format!("The key was not saved: {why}.")),
+                            pages::problem(
+                                "Key not saved",
+                                &format!("The key was not saved: {why}."),
+                            ),
                         );
                     }
                 };
-                if let UpstreamAuth::PerUserApiKey { header, template, .. } = &route.config.auth
+                if let UpstreamAuth::PerUserApiKey {
+                    header, template, ..
+                } = &route.config.auth
                     && let Err(why) = api_key::header(header, template.as_deref(), key)
                 {
                     return html(

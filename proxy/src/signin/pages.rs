@@ -395,7 +395,8 @@ pub fn connection(
     let action = format!("/-/connections/{}", attr(server));
     let form = match state {
         ConnectionState::SetByAdministrator => {
-            "<p>Your administrator set your key for this server. Ask them to change it.</p>".to_owned()
+            "<p>Your administrator set your key for this server. Ask them to change it.</p>"
+                .to_owned()
         }
         _ => {
             let delete = if matches!(state, ConnectionState::Stored(_)) {
@@ -417,7 +418,11 @@ pub fn connection(
 {delete}"#,
                 csrf = csrf_field(csrf),
                 max = crate::outbound::api_key::MAX_KEY_BYTES,
-                verb = if matches!(state, ConnectionState::Stored(_)) { "Replace my key" } else { "Save my key" },
+                verb = if matches!(state, ConnectionState::Stored(_)) {
+                    "Replace my key"
+                } else {
+                    "Save my key"
+                },
             )
         }
     };

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Uri};
 use mcpgate_crds::gateway_config::{
-    CredentialForm, CredentialRef, GatewayConfig, SCHEMA_VERSION, ServerConfig, Upstream, UpstreamAuth,
-    VirtualServerConfig,
+    CredentialForm, CredentialRef, GatewayConfig, SCHEMA_VERSION, ServerConfig, Upstream,
+    UpstreamAuth, VirtualServerConfig,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -242,9 +242,8 @@ impl Snapshot {
                             CredentialForm::ApiKey => {
                                 vec![api_key::header(header, template.as_deref(), value)]
                             }
-                            CredentialForm::Headers => {
-                                api_key::headers(value.as_bytes()).map_or_else(|e| vec![Err(e)], |h| h.into_iter().map(Ok).collect())
-                            }
+                            CredentialForm::Headers => api_key::headers(value.as_bytes())
+                                .map_or_else(|e| vec![Err(e)], |h| h.into_iter().map(Ok).collect()),
                         }
                         .into_iter()
                         .collect::<Result<Vec<_>, _>>()
@@ -314,7 +313,10 @@ impl Snapshot {
     /// The McpServer `namespace/name`, if served.
     pub fn server(&self, key: &str) -> Option<&Arc<ServerRoute>> {
         let (namespace, name) = key.split_once('/')?;
-        match self.routes.get(&mcpgate_crds::names::server_path(namespace, name))? {
+        match self
+            .routes
+            .get(&mcpgate_crds::names::server_path(namespace, name))?
+        {
             Route::Server(server) => Some(server),
             Route::Virtual(_) => None,
         }

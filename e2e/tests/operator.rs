@@ -198,15 +198,18 @@ fn crds_are_established_and_explained(plane: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-/// Every sample (namespace `ns`), with each McpServer pointed at `upstream` and every server
-/// and virtual server public, so the test calls them without an identity provider.
-fn samples_in_front_of(upstream: &str) -> Result<String> {
+/// Every sample (namespace `ns`), with each McpServer pointed at `upstream`, client
+/// credentials asked of the provider at `issuer` (test client `mcp-tests`), and every server
+/// and virtual server public but those taking each user's own key, so the test calls them
+/// without tokens but as alice where a person is needed.
+fn samples_in_front_of(upstream: &str, issuer: &str) -> Result<String> {
     let mut documents = Vec::new();
     let dir = workspace().join("config/samples");
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()?;
     files.sort();
+    let mut client_secrets = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         for document in serde_yaml::Deserializer::from_str(&text) {
@@ -216,16 +219,42 @@ fn samples_in_front_of(upstream: &str) -> Result<String> {
                     if value["spec"]["remote"].is_object() {
                         value["spec"]["remote"] = serde_json::json!({"url": upstream});
                     }
-                    value["spec"]["public"] = Value::Bool(true);
+                    let auth = &mut value["spec"]["auth"];
+                    if let Some(grant) = auth.get_mut("oauth2ClientCredentials") {
+                        grant["tokenUrl"] = Value::String(format!("{issuer}/token"));
+                        grant["clientId"] = Value::String("mcp-tests".into());
+                        grant["audience"] = Value::String(SAMPLES_AUDIENCE.into());
+                        client_secrets.push(grant["clientSecretRef"].clone());
+                    }
+                    let per_user = auth["apiKey"]["scope"] == "PerUser";
+                    value["spec"]["public"] = Value::Bool(!per_user);
                 }
                 Some("VirtualMcpServer") => value["spec"]["public"] = Value::Bool(true),
                 _ => {}
             }
-            documents.push(serde_json::to_string(&value)?);
+            documents.push(value);
         }
     }
-    Ok(documents.join("\n---\n"))
+    // The test provider knows its client by its own secret.
+    for reference in client_secrets {
+        for secret in documents
+            .iter_mut()
+            .filter(|d| d["kind"] == "Secret" && d["metadata"]["name"] == reference["name"])
+        {
+            secret["stringData"][reference["key"].as_str().unwrap_or_default()] =
+                Value::String("mcp-tests-secret".into());
+        }
+    }
+    documents
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<serde_json::Result<Vec<_>>>()
+        .map(|d| d.join("\n---\n"))
+        .map_err(Into::into)
 }
+
+/// The audience of the samples test's provider (its tokens for the gateway and upstreams).
+const SAMPLES_AUDIENCE: &str = "https://samples.example";
 
 /// Status against behaviour: every sample is accepted; those reporting Ready answer real tool
 /// calls through the proxy, those reporting NotServed have no route and no credential copy.
@@ -234,18 +263,30 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     let logs = tempfile::tempdir()?;
     let upstream_port = free_port();
     let _upstream = mcpgate_e2e::python_peer("samples_server.py", upstream_port, logs.path())?;
+    let idp = mcpgate_e2e::IdentityProvider::start(logs.path(), SAMPLES_AUDIENCE)?;
+    let alice = idp.password_token("alice", "alice-pw")?;
     plane.apply(
         &ns,
-        &samples_in_front_of(&format!("http://127.0.0.1:{upstream_port}/mcp"))?,
+        &samples_in_front_of(
+            &format!("http://127.0.0.1:{upstream_port}/mcp"),
+            &idp.issuer,
+        )?,
     )?;
     let _operator = Operator::start(plane, &[&ns], &gw, "samples")?;
-    let config = wait_for("3 servers and 1 virtual server rendered", WAIT, || {
+    let config = wait_for("5 servers and 1 virtual server rendered", WAIT, || {
         config(plane, &gw).filter(|c| {
-            server_names(c, "servers").len() == 3 && server_names(c, "virtualServers").len() == 1
+            server_names(c, "servers").len() == 5 && server_names(c, "virtualServers").len() == 1
         })
     })?;
     let proxy = Proxy::start(
-        &[OsStr::new("--config-namespace"), OsStr::new(&gw)],
+        &[
+            OsStr::new("--config-namespace"),
+            OsStr::new(&gw),
+            OsStr::new("--oidc-issuer"),
+            OsStr::new(&idp.issuer),
+            OsStr::new("--oidc-audience"),
+            OsStr::new(SAMPLES_AUDIENCE),
+        ],
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
         logs.path(),
     )?;
@@ -291,11 +332,23 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     }
     ready_routes.sort();
     ensure!(
-        ready_routes == ["deepwiki", "engineering", "huggingface", "internal-docs"],
+        ready_routes
+            == [
+                "deepwiki",
+                "engineering",
+                "huggingface",
+                "internal-docs",
+                "inventory",
+                "linear"
+            ],
         "Ready routes: {ready_routes:?}"
     );
     for name in &ready_routes {
         let url = format!("http://127.0.0.1:{}/{ns}/mcp/{name}/server", proxy.port);
+        // The per-user server is called by alice, whose key an AuthOverride supplies.
+        let bearer = (name == "linear").then_some(alice.as_str());
+        let mcp_client =
+            |url: &str, mode: &str, args: &[&str]| mcp_client_as(url, mode, args, bearer);
         let tools = mcp_client(&url, "legacy", &["list"]).map_err(anyhow::Error::msg)?;
         let tools: Vec<String> = serde_json::from_value(tools)?;
         ensure!(!tools.is_empty(), "{name} is Ready but lists no tools");
@@ -310,13 +363,15 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
                 "{name} {tool}: {answer}"
             );
         }
-        // The shared key of huggingface reaches its upstream; the others send none.
+        // The gateway's credentials reach their upstreams (huggingface's shared key,
+        // inventory's client credentials token, alice's own key for linear); the others
+        // send none.
         let credential = mcp_client(&url, "legacy", &["call", &tools[0], "{}"])
             .map_err(anyhow::Error::msg)?["text"][0]
             .as_str()
             .is_some_and(|t| t.ends_with("with a credential"));
         ensure!(
-            credential == (name == "huggingface"),
+            credential == ["huggingface", "inventory", "linear"].contains(&name.as_str()),
             "{name}: credential sent: {credential}"
         );
     }
@@ -359,17 +414,31 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
         "jsonpath={.items[*].metadata.name}",
     ])?;
     ensure!(
-        copies.split_whitespace().collect::<Vec<_>>() == [format!("mcpgate-cred.{ns}.huggingface")],
+        copies.split_whitespace().collect::<Vec<_>>()
+            == ["huggingface", "inventory", "linear"].map(|s| format!("mcpgate-cred.{ns}.{s}")),
         "credential copies: {copies}"
     );
     let text = config.to_string();
     ensure!(
-        !text.contains("hf_example_not_a_real_token") && !text.contains("example-client-secret"),
+        [
+            "hf_example_not_a_real_token",
+            "example-client-secret",
+            "lin_api_example_alice",
+            "mcp-tests-secret"
+        ]
+        .iter()
+        .all(|secret| !text.contains(secret)),
         "a secret leaked into the ConfigMap"
     );
     let statuses = plane.kubectl(&["get", "mcpgate", "-n", &ns, "-o", "json"])?;
     ensure!(
-        !statuses.contains("hf_example_not_a_real_token"),
+        [
+            "hf_example_not_a_real_token",
+            "lin_api_example_alice",
+            "mcp-tests-secret"
+        ]
+        .iter()
+        .all(|secret| !statuses.contains(secret)),
         "a secret leaked into a status"
     );
     Ok(())
@@ -823,7 +892,19 @@ fn manager_collaborators_get_rbac_on_one_resource(plane: &ControlPlane) -> Resul
 
 /// Runs the Python MCP client against `url`; returns its JSON output or its stderr.
 fn mcp_client(url: &str, mode: &str, args: &[&str]) -> std::result::Result<Value, String> {
-    mcpgate_e2e::run_peer("call.py", &[&[url, mode], args].concat()).map_err(|e| format!("{e:#}"))
+    mcp_client_as(url, mode, args, None)
+}
+
+/// [`mcp_client`] as the bearer of `token`, when given.
+fn mcp_client_as(
+    url: &str,
+    mode: &str,
+    args: &[&str],
+    token: Option<&str>,
+) -> std::result::Result<Value, String> {
+    let env: Vec<(&str, &str)> = token.map(|t| ("MCPGATE_BEARER", t)).into_iter().collect();
+    mcpgate_e2e::run_peer_with("call.py", &[&[url, mode], args].concat(), &env)
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()> {

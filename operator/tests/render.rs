@@ -70,7 +70,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
 }
 
 /// Samples that use a field the proxy does not serve yet.
-const NOT_SERVED_SAMPLES: [&str; 5] = ["alice-linear", "github", "inventory", "linear", "petstore"];
+const NOT_SERVED_SAMPLES: [&str; 2] = ["github", "petstore"];
 
 #[test]
 fn every_sample_renders_ready_or_not_served() {
@@ -98,11 +98,27 @@ fn every_sample_renders_ready_or_not_served() {
         .iter()
         .map(|s| s.name.as_str())
         .collect();
-    assert_eq!(served, ["deepwiki", "huggingface", "internal-docs"]);
+    assert_eq!(
+        served,
+        [
+            "deepwiki",
+            "huggingface",
+            "internal-docs",
+            "inventory",
+            "linear"
+        ]
+    );
     assert_eq!(rendered.config.virtual_servers.len(), 1);
     // Only served servers get their credentials copied.
     let copied: Vec<_> = rendered.secrets.keys().map(String::as_str).collect();
-    assert_eq!(copied, ["mcpgate-cred.demo.huggingface"]);
+    assert_eq!(
+        copied,
+        [
+            "mcpgate-cred.demo.huggingface",
+            "mcpgate-cred.demo.inventory",
+            "mcpgate-cred.demo.linear"
+        ]
+    );
     insta::assert_yaml_snapshot!("samples", summary(&rendered));
 }
 
@@ -119,7 +135,7 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
         server("retry", r#"{remote: {url: "http://a/mcp"}, retry: {attempts: 2}}"#),
         server("limits", r#"{remote: {url: "http://a/mcp"}, rateLimits: {perUser: {requests: 5}}}"#),
         server("openapi", r#"{openapi: {inline: "openapi: 3.1.0", baseUrl: "http://a"}}"#),
-        server("per-user", r#"{remote: {url: "http://a/mcp"}, auth: {type: ApiKey, apiKey: {scope: PerUser}}}"#),
+        server("per-user-oauth", r#"{remote: {url: "http://a/mcp"}, auth: {type: OAuth2AuthorizationCode, oauth2AuthorizationCode: {authorizationUrl: "https://a/authorize", tokenUrl: "https://a/token", clientId: c}}}"#),
         server("served", r#"{remote: {url: "http://a/mcp"}}"#),
         "---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle, namespace: demo}\nspec: {tools: [{server: served, tools: [\"*\"]}, {server: retry, tools: [\"*\"]}]}\n".to_owned(),
     ]
@@ -132,7 +148,7 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
         ("retry", "spec.retry"),
         ("limits", "spec.rateLimits"),
         ("openapi", "spec.openapi"),
-        ("per-user", "spec.auth.apiKey.scope PerUser"),
+        ("per-user-oauth", "spec.auth.type OAuth2AuthorizationCode"),
     ] {
         let ready = ready(name);
         assert!(!ready.ok, "{name}: {ready:?}");
@@ -293,7 +309,14 @@ fn secret_values_never_reach_the_configuration_or_debug_output() {
                 .map(|v| String::from_utf8_lossy(v.expose()).into_owned())
         })
         .collect();
-    assert_eq!(values, ["hf_example_not_a_real_token"]);
+    assert_eq!(
+        values,
+        [
+            "hf_example_not_a_real_token",
+            "example-inventory-secret",
+            "lin_api_example_alice"
+        ]
+    );
 }
 
 #[test]

@@ -677,6 +677,54 @@ pub fn signin_args(dir: &Path, url: &str, issuer: &str) -> Result<Vec<String>> {
     .collect())
 }
 
+/// The status, response headers (lower-case names) and last JSON-RPC message of an exchange.
+pub type Exchange = (u16, Vec<(String, String)>, serde_json::Value);
+
+/// `tools/call` of `tool` with `arguments` in a fresh 2025-11-25 session at `url`, every
+/// request carrying `headers`: the status, response headers and last message of the call, or
+/// of the `initialize` when that was refused.
+pub fn call_in_session(
+    url: &str,
+    headers: &[(&str, &str)],
+    tool: &str,
+    arguments: serde_json::Value,
+) -> Result<Exchange> {
+    let mut headers = headers.to_vec();
+    headers.push(("mcp-protocol-version", "2025-11-25"));
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
+    let (status, response_headers, messages) = mcp_post(url, &headers, &initialize)?;
+    if status != 200 {
+        return Ok((
+            status,
+            response_headers,
+            messages.last().cloned().unwrap_or_default(),
+        ));
+    }
+    let session = response_headers
+        .iter()
+        .find(|(k, _)| k == "mcp-session-id")
+        .map(|(_, v)| v.clone())
+        .context("no session id")?;
+    headers.push(("mcp-session-id", &session));
+    mcp_post(
+        url,
+        &headers,
+        &serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )?;
+    let (status, response_headers, messages) = mcp_post(
+        url,
+        &headers,
+        &serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}),
+    )?;
+    Ok((
+        status,
+        response_headers,
+        messages.last().cloned().unwrap_or_default(),
+    ))
+}
+
 /// Status, headers (lower-case names) and JSON-RPC messages of an MCP response.
 pub type McpReply = (u16, Vec<(String, String)>, Vec<serde_json::Value>);
 

@@ -5,45 +5,18 @@
 //! `make e2e` runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use anyhow::{Context, Result, ensure};
-use mcpgate_e2e::{free_port, gateway_for, mcp_post, python_peer};
+use anyhow::{Result, ensure};
+use mcpgate_e2e::{call_in_session, free_port, gateway_for, python_peer};
 use serde_json::{Value, json};
 
 /// `tools/call` of `tool` with `arguments` in a fresh legacy session at `url`, sending
 /// `extra` as `x-mcp-headers` when given; the HTTP status and the first text (or the error).
 fn call(url: &str, tool: &str, arguments: Value, extra: Option<&str>) -> Result<(u16, String)> {
-    let mut headers = vec![("mcp-protocol-version", "2025-11-25")];
-    if let Some(extra) = extra {
-        headers.push(("x-mcp-headers", extra));
-    }
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
-    let (status, response_headers, messages) = mcp_post(url, &headers, &initialize)?;
+    let headers: Vec<(&str, &str)> = extra.map(|e| ("x-mcp-headers", e)).into_iter().collect();
+    let (status, _, message) = call_in_session(url, &headers, tool, arguments)?;
     if status != 200 {
-        return Ok((
-            status,
-            messages.first().map(|m| m.to_string()).unwrap_or_default(),
-        ));
+        return Ok((status, message.to_string()));
     }
-    let session = response_headers
-        .iter()
-        .find(|(k, _)| k == "mcp-session-id")
-        .map(|(_, v)| v.clone())
-        .context("no session id")?;
-    let mut with_session = headers.clone();
-    with_session.push(("mcp-session-id", &session));
-    mcp_post(
-        url,
-        &with_session,
-        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )?;
-    let (status, _, messages) = mcp_post(
-        url,
-        &with_session,
-        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}),
-    )?;
-    let message = messages.first().cloned().unwrap_or_default();
     let text = message["result"]["content"][0]["text"]
         .as_str()
         .map(str::to_owned)

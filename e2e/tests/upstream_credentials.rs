@@ -8,10 +8,10 @@
 use std::ffi::OsStr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use mcpgate_e2e::{
-    IdentityProvider, Proxy, free_port, mcp_post, python_peer, render, run_peer, signin_args,
-    wait_for,
+    Exchange, IdentityProvider, Proxy, call_in_session, free_port, python_peer, render, run_peer,
+    signin_args, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -91,53 +91,10 @@ spec:
   - {kind: User, name: alice@example.com}
 "#;
 
-/// `tools/call` of `tool` with `arguments` as the bearer of `token`, in a fresh legacy
-/// session: the HTTP status, the response headers and the last JSON-RPC message (or the
-/// JSON body of a refusal).
-fn call(
-    url: &str,
-    token: &str,
-    tool: &str,
-    arguments: Value,
-) -> Result<(u16, Vec<(String, String)>, Value)> {
+/// `tools/call` of `tool` with `arguments` as the bearer of `token`, in a fresh session.
+fn call(url: &str, token: &str, tool: &str, arguments: Value) -> Result<Exchange> {
     let bearer = format!("Bearer {token}");
-    let headers = [
-        ("mcp-protocol-version", "2025-11-25"),
-        ("authorization", bearer.as_str()),
-    ];
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
-    let (status, response_headers, messages) = mcp_post(url, &headers, &initialize)?;
-    if status != 200 {
-        return Ok((
-            status,
-            response_headers,
-            messages.last().cloned().unwrap_or_default(),
-        ));
-    }
-    let session = response_headers
-        .iter()
-        .find(|(k, _)| k == "mcp-session-id")
-        .map(|(_, v)| v.clone())
-        .context("no session id")?;
-    let mut with_session = headers.to_vec();
-    with_session.push(("mcp-session-id", &session));
-    mcp_post(
-        url,
-        &with_session,
-        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )?;
-    let (status, response_headers, messages) = mcp_post(
-        url,
-        &with_session,
-        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}),
-    )?;
-    Ok((
-        status,
-        response_headers,
-        messages.last().cloned().unwrap_or_default(),
-    ))
+    call_in_session(url, &[("authorization", &bearer)], tool, arguments)
 }
 
 /// The first text of a tool result (or the whole message).

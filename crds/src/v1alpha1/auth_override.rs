@@ -5,11 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::common::CommonStatus;
 
-/// A user's own credential for an McpServer whose API key is per user, pre-supplied instead
-/// of entered in the gateway's prompt.
-///
-/// Not served yet: per-user credentials are being built, and every AuthOverride reports
-/// `Ready=False` with reason `NotServed` until they are.
+/// A user's own credential for an McpServer whose API key is per user, pre-supplied by a
+/// tenant admin instead of entered by the user on the gateway's `/-/connections` page. It
+/// wins over a key the user entered. The oldest AuthOverride for one user and server wins.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mcpgate.dev",

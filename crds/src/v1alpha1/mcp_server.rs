@@ -13,10 +13,11 @@ use super::rules;
 /// operations become tools (`spec.openapi`). `spec.auth` says which credential the gateway
 /// sends upstream; callers never see it.
 ///
-/// Served today: `spec.remote` with auth `None`, shared `ApiKey` or `Passthrough`. A server
-/// that sets a field still being built (`spec.openapi`, per-user `ApiKey`, the `OAuth2*`
-/// modes, `spec.retry`, `spec.rateLimits`) is accepted but not served: it reports
-/// `Ready=False` with reason `NotServed` naming the field, and no credential is copied.
+/// Served today: `spec.remote` with auth `None`, `ApiKey` (shared or per user),
+/// `OAuth2ClientCredentials` or `Passthrough`. A server that sets a field still being built
+/// (`spec.openapi`, `OAuth2AuthorizationCode`, `spec.retry`, `spec.rateLimits`) is accepted
+/// but not served: it reports `Ready=False` with reason `NotServed` naming the field, and no
+/// credential is copied.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mcpgate.dev",
@@ -145,9 +146,8 @@ pub struct OutboundAuth {
     /// `None`, `ApiKey`, `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or
     /// `Passthrough`. Passthrough forwards the caller's own token upstream, which the MCP
     /// specification forbids (token passthrough); choose it only for upstreams that
-    /// validate the gateway's audience themselves. Served today: `None`, `ApiKey` with
-    /// scope `Shared`, and `Passthrough`; the others report `Ready=False` with reason
-    /// `NotServed`.
+    /// validate the gateway's audience themselves. `OAuth2AuthorizationCode` is not served
+    /// yet and reports `Ready=False` with reason `NotServed`.
     #[serde(rename = "type", default)]
     pub mode: AuthMode,
     /// Settings for `type: ApiKey`.
@@ -167,13 +167,14 @@ pub enum AuthMode {
     /// No credential is sent.
     #[default]
     None,
-    /// An API key in a header: one shared key, or each user's own key.
+    /// An API key in a header: one shared key, or each user's own key (from an
+    /// AuthOverride, or entered by the user on the gateway's `/-/connections` page).
     ApiKey,
     /// Each user authorizes the gateway once (OAuth 2 authorization code with PKCE); the
     /// gateway stores and refreshes their tokens. Not served yet.
     OAuth2AuthorizationCode,
-    /// The gateway obtains its own token with the OAuth 2 client credentials grant. Not
-    /// served yet.
+    /// The gateway obtains its own token with the OAuth 2 client credentials grant, keeps it
+    /// until shortly before it expires, and renews it once when the upstream answers 401.
     OAuth2ClientCredentials,
     /// The caller's own bearer token is forwarded (explicit opt-in; see `type`).
     Passthrough,
@@ -187,8 +188,10 @@ pub enum AuthMode {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyAuth {
-    /// `Shared`: every caller uses the key in `secretKeyRef`. `PerUser`: each user supplies
-    /// their own key (not served yet).
+    /// `Shared`: every caller uses the key in `secretKeyRef`. `PerUser`: each user's own key,
+    /// from an AuthOverride or entered on the gateway's `/-/connections` page (which needs
+    /// sign-in at the gateway); a call without one is answered HTTP 401
+    /// `McpAuthRequiredError` naming that page.
     #[serde(default)]
     pub scope: ApiKeyScope,
     /// Header that carries the key, e.g. `Authorization` or `X-API-Key`.
@@ -220,7 +223,7 @@ pub enum ApiKeyScope {
     /// One key for all callers.
     #[default]
     Shared,
-    /// Each user's own key (not served yet).
+    /// Each user's own key.
     PerUser,
 }
 
@@ -266,7 +269,9 @@ pub enum PkceMethod {
     S256,
 }
 
-/// OAuth 2 client credentials grant: one token for the gateway itself (not served yet).
+/// OAuth 2 client credentials grant: one token for the gateway itself. The client
+/// authenticates with HTTP Basic, or with the secret in the form when the server refuses
+/// Basic.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2ClientCredentials {

@@ -129,12 +129,7 @@ impl Outbound {
             }
             UpstreamAuth::PerUserApiKey { .. } => {
                 let person = self.person(route, caller, "an API key")?;
-                if let Some(headers) = route.users.get(&person.user).or_else(|| {
-                    person
-                        .email
-                        .as_ref()
-                        .and_then(|email| route.users.get(email))
-                }) {
+                if let Some(headers) = route.override_for(person) {
                     return Ok(Resolved {
                         headers: Some(headers.clone()),
                         renewable: false,
@@ -154,9 +149,9 @@ impl Outbound {
                     None => Err(self.required(route, person, "API key")),
                 }
             }
-            UpstreamAuth::OAuth2AuthorizationCode { .. } => Err(OutboundError::Unsupported(
-                format!("{}/{}", route.config.namespace, route.config.name),
-            )),
+            UpstreamAuth::OAuth2AuthorizationCode { .. } => {
+                Err(OutboundError::Unsupported(route.key()))
+            }
         }
     }
 
@@ -196,7 +191,7 @@ impl Outbound {
         caller: Option<&'a Identity>,
         what: &str,
     ) -> Result<&'a Identity, OutboundError> {
-        let server = format!("{}/{}", route.config.namespace, route.config.name);
+        let server = route.key();
         caller.ok_or_else(|| {
             OutboundError::NoUserCredential(format!(
                 "McpServer {server} sends each user's own {what} upstream, and this route is public: callers without a token have none; make the route non-public"
@@ -211,7 +206,7 @@ impl Outbound {
         caller: &Identity,
         what: &'static str,
     ) -> OutboundError {
-        let server = format!("{}/{}", route.config.namespace, route.config.name);
+        let server = route.key();
         if caller.method == Method::ServiceAccount {
             return OutboundError::NoUserCredential(format!(
                 "McpServer {server} sends each user's own {what} upstream, and {} is a machine identity with none: call as a person, or have a tenant admin create an AuthOverride for {}",

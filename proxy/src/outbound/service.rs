@@ -98,10 +98,10 @@ impl ServiceTokens {
             ..
         } = &route.config.auth
         else {
-            return Err(OutboundError::Unsupported(server(route)));
+            return Err(OutboundError::Unsupported(route.key()));
         };
         let failed = |why: String| OutboundError::TokenEndpoint {
-            server: server(route),
+            server: route.key(),
             endpoint: token_url.clone(),
             why,
         };
@@ -136,7 +136,7 @@ impl ServiceTokens {
         value.set_sensitive(true);
         let lifetime = lifetime.unwrap_or(UNDATED);
         let early = EARLY.min(lifetime / 10);
-        tracing::info!(server = %server(route), lifetime_s = lifetime.as_secs(), "obtained the gateway's token");
+        tracing::info!(server = %route.key(), lifetime_s = lifetime.as_secs(), "obtained the gateway's token");
         Ok(Token {
             headers: Arc::new([(header::AUTHORIZATION, value)]),
             renew_at: Instant::now() + lifetime.saturating_sub(early),
@@ -150,10 +150,6 @@ fn fresh(slot: &Slot) -> Option<Headers> {
         .as_ref()
         .filter(|t| Instant::now() < t.renew_at)
         .map(|t| t.headers.clone())
-}
-
-fn server(route: &ServerRoute) -> String {
-    format!("{}/{}", route.config.namespace, route.config.name)
 }
 
 /// Everything a token depends on: a changed secret, scope or endpoint is another slot.

@@ -110,12 +110,12 @@ impl Vault {
         else {
             return None;
         };
-        let id = record_id(caller, &server_key(route))?;
+        let id = record_id(caller, &route.key())?;
         let opened = self.opened(&id).await?;
         match super::api_key::header(header, template.as_deref(), opened.key.expose_secret()) {
             Ok(pair) => Some(Arc::new([pair])),
             Err(why) => {
-                tracing::warn!(server = %server_key(route), %why, "a stored API key cannot be sent");
+                tracing::warn!(server = %route.key(), %why, "a stored API key cannot be sent");
                 None
             }
         }
@@ -159,7 +159,7 @@ impl Vault {
         key: &str,
     ) -> Result<(), VaultError> {
         let person = Person::of(caller).ok_or(VaultError::NotAPerson)?;
-        let server = server_key(route);
+        let server = route.key();
         let id = record_id(caller, &server).ok_or(VaultError::NotAPerson)?;
         let sealed = self
             .keys
@@ -191,7 +191,7 @@ impl Vault {
 
     /// Deletes `caller`'s credential for `route`.
     pub async fn delete(&self, route: &ServerRoute, caller: &Identity) -> Result<(), VaultError> {
-        let id = record_id(caller, &server_key(route)).ok_or(VaultError::NotAPerson)?;
+        let id = record_id(caller, &route.key()).ok_or(VaultError::NotAPerson)?;
         self.store.delete(Kind::Credential, &id).await?;
         self.cache.invalidate(&id);
         Ok(())
@@ -272,10 +272,6 @@ pub enum VaultError {
     /// Writers kept conflicting.
     #[error("the credential changed while it was being saved: try again")]
     Busy,
-}
-
-fn server_key(route: &ServerRoute) -> String {
-    format!("{}/{}", route.config.namespace, route.config.name)
 }
 
 /// The record id of `caller`'s credential for `server`: the session owner (a digest of

@@ -44,7 +44,7 @@ impl SignIn {
             .per_user_servers(context, &session)
             .into_iter()
             .map(|route| {
-                let name = server_name(&route);
+                let name = route.key();
                 let state = if admin_set(&route, &session) {
                     ConnectionState::SetByAdministrator
                 } else {
@@ -194,7 +194,7 @@ impl SignIn {
             .filter(|s| s.config.public || s.access.permits(&identity))
             .cloned()
             .collect();
-        servers.sort_by_key(|s| server_name(s));
+        servers.sort_by_key(|s| s.key());
         servers
     }
 
@@ -210,7 +210,7 @@ impl SignIn {
         };
         self.per_user_servers(context, session)
             .into_iter()
-            .find(|route| server_name(route) == server)
+            .find(|route| route.key() == server)
             .map(|route| (route, vault))
             .ok_or_else(|| {
                 html(
@@ -224,16 +224,7 @@ impl SignIn {
     }
 }
 
-fn server_name(route: &ServerRoute) -> String {
-    format!("{}/{}", route.config.namespace, route.config.name)
-}
-
 /// Whether a tenant admin set this person's key with an AuthOverride (which wins).
 fn admin_set(route: &ServerRoute, session: &BrowserSession) -> bool {
-    route.users.contains_key(&session.person.user)
-        || session
-            .person
-            .email
-            .as_ref()
-            .is_some_and(|email| route.users.contains_key(email))
+    route.override_for(&session.identity()).is_some()
 }

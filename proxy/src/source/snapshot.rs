@@ -65,6 +65,26 @@ pub struct ServerRoute {
     pub access: Access,
 }
 
+impl ServerRoute {
+    /// `namespace/name`, as messages, records and pages name the server.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.config.namespace, self.config.name)
+    }
+
+    /// The headers an AuthOverride gives `caller` here (named by user or verified email).
+    pub fn override_for(
+        &self,
+        caller: &crate::auth::Identity,
+    ) -> Option<&crate::outbound::Headers> {
+        self.users.get(&caller.user).or_else(|| {
+            caller
+                .email
+                .as_ref()
+                .and_then(|email| self.users.get(email))
+        })
+    }
+}
+
 /// What a path leads to.
 #[derive(Debug, Clone)]
 pub enum Route {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::v1alpha1::{PkceMethod, SubjectKind, Transport};
+use crate::v1alpha1::{PkceMethod, SentToken, SubjectKind, Transport};
 
 /// The schema version of [`GatewayConfig`]; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -127,8 +127,8 @@ pub enum UpstreamAuth {
     /// OAuth 2 authorization code with PKCE, one token per user.
     #[serde(rename_all = "camelCase")]
     OAuth2AuthorizationCode {
-        /// Authorization endpoint.
-        authorization_url: String,
+        /// Authorization endpoint, unless discovered from the provider's metadata.
+        authorization_url: Option<String>,
         /// Token endpoint.
         token_url: String,
         /// Client id, unless registered dynamically.
@@ -141,6 +141,8 @@ pub enum UpstreamAuth {
         pkce: PkceMethod,
         /// Dynamic client registration endpoint.
         registration_url: Option<String>,
+        /// Which token is sent upstream.
+        send_token: SentToken,
     },
     /// OAuth 2 client credentials: one token for the gateway.
     #[serde(rename_all = "camelCase")]

@@ -14,8 +14,8 @@ use super::rules;
 /// sends upstream; callers never see it.
 ///
 /// Served today: `spec.remote` with auth `None`, `ApiKey` (shared or per user),
-/// `OAuth2ClientCredentials` or `Passthrough`. A server that sets a field still being built
-/// (`spec.openapi`, `OAuth2AuthorizationCode`, `spec.retry`, `spec.rateLimits`) is accepted
+/// `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or `Passthrough`. A server that sets
+/// a field still being built (`spec.openapi`, `spec.retry`, `spec.rateLimits`) is accepted
 /// but not served: it reports `Ready=False` with reason `NotServed` naming the field, and no
 /// credential is copied.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -146,8 +146,7 @@ pub struct OutboundAuth {
     /// `None`, `ApiKey`, `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or
     /// `Passthrough`. Passthrough forwards the caller's own token upstream, which the MCP
     /// specification forbids (token passthrough); choose it only for upstreams that
-    /// validate the gateway's audience themselves. `OAuth2AuthorizationCode` is not served
-    /// yet and reports `Ready=False` with reason `NotServed`.
+    /// validate the gateway's audience themselves.
     #[serde(rename = "type", default)]
     pub mode: AuthMode,
     /// Settings for `type: ApiKey`.
@@ -170,8 +169,10 @@ pub enum AuthMode {
     /// An API key in a header: one shared key, or each user's own key (from an
     /// AuthOverride, or entered by the user on the gateway's `/-/connections` page).
     ApiKey,
-    /// Each user authorizes the gateway once (OAuth 2 authorization code with PKCE); the
-    /// gateway stores and refreshes their tokens. Not served yet.
+    /// Each user authorizes the gateway once (OAuth 2 authorization code with PKCE) on the
+    /// gateway's `/-/connections` page (which needs sign-in at the gateway); the gateway
+    /// stores their tokens sealed, refreshes them, and answers a call that needs a missing
+    /// authorization with HTTP 401 `McpAuthRequiredError` naming that page.
     OAuth2AuthorizationCode,
     /// The gateway obtains its own token with the OAuth 2 client credentials grant, keeps it
     /// until shortly before it expires, and renews it once when the upstream answers 401.
@@ -227,15 +228,21 @@ pub enum ApiKeyScope {
     PerUser,
 }
 
-/// OAuth 2 authorization code grant with PKCE, one token per user (not served yet).
+/// OAuth 2 authorization code grant with PKCE, one token per user: each user authorizes the
+/// gateway at the provider once (on the gateway's connections page, which calls that need it
+/// link to), and the gateway keeps their tokens, refreshes them and sends them upstream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.clientId) || has(self.registrationUrl)").message("set spec.auth.oauth2AuthorizationCode.clientId, or registrationUrl so the gateway registers itself as a client"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2AuthorizationCode {
-    /// The provider's authorization endpoint (https, or http on loopback).
+    /// The provider's authorization endpoint (https, or http on loopback). When absent, the
+    /// gateway reads it from the provider's metadata (RFC 8414 or OpenID discovery), found
+    /// through the upstream's protected resource metadata (RFC 9728) or at the token URL's
+    /// origin; that metadata must name `tokenUrl` as its token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
-    pub authorization_url: String,
+    pub authorization_url: Option<String>,
     /// The provider's token endpoint (https, or http on loopback).
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
@@ -259,6 +266,21 @@ pub struct OAuth2AuthorizationCode {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
     pub registration_url: Option<String>,
+    /// Which of the user's tokens goes upstream as `Authorization: Bearer`: the access
+    /// token (the default), or the ID token for upstreams that take one (the scopes must then
+    /// include `openid`).
+    #[serde(default)]
+    pub send_token: SentToken,
+}
+
+/// Which of a user's tokens is sent upstream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SentToken {
+    /// The access token.
+    #[default]
+    AccessToken,
+    /// The OpenID Connect ID token.
+    IdToken,
 }
 
 /// PKCE code challenge method.

@@ -209,13 +209,11 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
 const NOT_SERVED_FIX: &str = "the server is left out of the gateway and no credential is copied; remove the field or choose a served mode";
 
 /// The first field of `server` that the proxy does not serve yet, as a path with its value.
-/// Served: `spec.remote` with every auth mode but `OAuth2AuthorizationCode`.
+/// Served: `spec.remote` with every auth mode.
 fn not_served(server: &McpServer) -> Option<&'static str> {
     let spec = &server.spec;
     if spec.openapi.is_some() {
         Some("spec.openapi (OpenAPI sources)")
-    } else if spec.auth.mode == AuthMode::OAuth2AuthorizationCode {
-        Some("spec.auth.type OAuth2AuthorizationCode")
     } else if spec.retry.is_some() {
         Some("spec.retry")
     } else if spec.rate_limits.is_some() {
@@ -363,6 +361,7 @@ fn resolve_auth(
                 scopes: o.scopes.clone(),
                 pkce: o.pkce,
                 registration_url: o.registration_url.clone(),
+                send_token: o.send_token,
             })
         }
         AuthMode::OAuth2ClientCredentials => {

@@ -9,15 +9,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Limited};
+use http::Uri;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::{Audience, AuthError, Identity, Method};
-use crate::error::full;
 use crate::upstream::HttpClient;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -374,29 +371,7 @@ impl OidcVerifier {
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let request = Request::get(url)
-            .header(header::ACCEPT, "application/json")
-            .body(full(Bytes::new()))
-            .map_err(|e| format!("{url}: {e}"))?;
-        let fetch = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!("{url}: HTTP {}", response.status().as_u16()));
-            }
-            let body = Limited::new(response.into_body(), MAX_DOCUMENT)
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, fetch)
-            .await
-            .unwrap_or_else(|_| Err(format!("{url}: no answer in time")))
+        crate::upstream::get_json(&self.client, url, MAX_DOCUMENT, FETCH_TIMEOUT).await
     }
 }
 

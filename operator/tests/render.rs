@@ -70,7 +70,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
 }
 
 /// Samples that use a field the proxy does not serve yet.
-const NOT_SERVED_SAMPLES: [&str; 2] = ["github", "petstore"];
+const NOT_SERVED_SAMPLES: [&str; 1] = ["petstore"];
 
 #[test]
 fn every_sample_renders_ready_or_not_served() {
@@ -102,6 +102,7 @@ fn every_sample_renders_ready_or_not_served() {
         served,
         [
             "deepwiki",
+            "github",
             "huggingface",
             "internal-docs",
             "inventory",
@@ -114,6 +115,7 @@ fn every_sample_renders_ready_or_not_served() {
     assert_eq!(
         copied,
         [
+            "mcpgate-cred.demo.github",
             "mcpgate-cred.demo.huggingface",
             "mcpgate-cred.demo.inventory",
             "mcpgate-cred.demo.linear"
@@ -135,7 +137,6 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
         server("retry", r#"{remote: {url: "http://a/mcp"}, retry: {attempts: 2}}"#),
         server("limits", r#"{remote: {url: "http://a/mcp"}, rateLimits: {perUser: {requests: 5}}}"#),
         server("openapi", r#"{openapi: {inline: "openapi: 3.1.0", baseUrl: "http://a"}}"#),
-        server("per-user-oauth", r#"{remote: {url: "http://a/mcp"}, auth: {type: OAuth2AuthorizationCode, oauth2AuthorizationCode: {authorizationUrl: "https://a/authorize", tokenUrl: "https://a/token", clientId: c}}}"#),
         server("served", r#"{remote: {url: "http://a/mcp"}}"#),
         "---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle, namespace: demo}\nspec: {tools: [{server: served, tools: [\"*\"]}, {server: retry, tools: [\"*\"]}]}\n".to_owned(),
     ]
@@ -148,7 +149,6 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
         ("retry", "spec.retry"),
         ("limits", "spec.rateLimits"),
         ("openapi", "spec.openapi"),
-        ("per-user-oauth", "spec.auth.type OAuth2AuthorizationCode"),
     ] {
         let ready = ready(name);
         assert!(!ready.ok, "{name}: {ready:?}");
@@ -312,6 +312,7 @@ fn secret_values_never_reach_the_configuration_or_debug_output() {
     assert_eq!(
         values,
         [
+            "example-client-secret",
             "hf_example_not_a_real_token",
             "example-inventory-secret",
             "lin_api_example_alice"

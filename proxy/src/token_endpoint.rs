@@ -1,5 +1,6 @@
 //! Requests to an OAuth 2 token endpoint (RFC 6749 section 3.2), for every grant the gateway
-//! uses as a client: the form, the client's authentication (HTTP Basic for a confidential
+//! uses as a client, and to the endpoints beside it (revocation, RFC 7009; dynamic client
+//! registration, RFC 7591): the form, the client's authentication (HTTP Basic for a confidential
 //! client, `client_id` in the form for a public one), and the JSON answer read within a size
 //! and time bound. Errors name the endpoint's `error` and `error_description`, never a
 //! secret the request carried.
@@ -112,7 +113,49 @@ pub async fn request(
     client: Client<'_>,
     form: &[(&str, &str)],
 ) -> Result<Value, TokenError> {
-    // Serializers are not Send: the form is finished before anything awaits.
+    let request = form_request(endpoint, client, form)?;
+    json_answer(send(http, endpoint, request).await?)
+}
+
+/// Revokes `token` at `endpoint` (RFC 7009) as `client`; `hint` is `refresh_token` or
+/// `access_token`. A token the server does not know counts as revoked (it answers 200).
+pub async fn revoke(
+    http: &HttpClient,
+    endpoint: &str,
+    client: Client<'_>,
+    token: &str,
+    hint: &str,
+) -> Result<(), TokenError> {
+    let form = [("token", token), ("token_type_hint", hint)];
+    let request = form_request(endpoint, client, &form)?;
+    let (status, body) = send(http, endpoint, request).await?;
+    if status.is_success() {
+        return Ok(());
+    }
+    json_answer((status, body)).map(|_| ())
+}
+
+/// POSTs the JSON `document` to `endpoint` (as for dynamic client registration, RFC 7591)
+/// and returns the JSON object it answered with.
+pub async fn post_json(
+    http: &HttpClient,
+    endpoint: &str,
+    document: &Value,
+) -> Result<Value, TokenError> {
+    let request = Request::post(endpoint)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(full(Bytes::from(document.to_string())))
+        .map_err(|e| TokenError::Unreachable(format!("{endpoint} is not a valid URL: {e}")))?;
+    json_answer(send(http, endpoint, request).await?)
+}
+
+/// The form POST of `client` to `endpoint`, authenticated as the client's method says.
+fn form_request(
+    endpoint: &str,
+    client: Client<'_>,
+    form: &[(&str, &str)],
+) -> Result<Request<crate::error::Body>, TokenError> {
     let body = {
         let mut serializer = url::form_urlencoded::Serializer::new(String::new());
         for (name, value) in form {
@@ -147,9 +190,17 @@ pub async fn request(
         value.set_sensitive(true);
         request = request.header(header::AUTHORIZATION, value);
     }
-    let request = request
+    request
         .body(full(Bytes::from(body)))
-        .map_err(|e| TokenError::Unreachable(format!("{endpoint} is not a valid URL: {e}")))?;
+        .map_err(|e| TokenError::Unreachable(format!("{endpoint} is not a valid URL: {e}")))
+}
+
+/// Sends `request` and reads the answer, within [`MAX_RESPONSE`] bytes and [`TIMEOUT`].
+async fn send(
+    http: &HttpClient,
+    endpoint: &str,
+    request: Request<crate::error::Body>,
+) -> Result<(http::StatusCode, Bytes), TokenError> {
     let exchange = async {
         let response = http
             .request(request)
@@ -161,28 +212,7 @@ pub async fn request(
             .await
             .map_err(|e| TokenError::Unreachable(format!("reading {endpoint}'s answer: {e}")))?
             .to_bytes();
-        let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
-        if !status.is_success() || !answer.is_object() {
-            let text = |key: &str| {
-                answer[key]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            };
-            let error = text("error");
-            return Err(TokenError::Refused {
-                status: status.as_u16(),
-                error: if error.is_empty() {
-                    "no OAuth error in the answer".into()
-                } else {
-                    error
-                },
-                description: text("error_description"),
-            });
-        }
-        Ok(answer)
+        Ok((status, body))
     };
     tokio::time::timeout(TIMEOUT, exchange)
         .await
@@ -192,6 +222,32 @@ pub async fn request(
                 TIMEOUT.as_secs()
             )))
         })
+}
+
+/// The JSON object of a 2xx answer, or the OAuth error it carries.
+fn json_answer((status, body): (http::StatusCode, Bytes)) -> Result<Value, TokenError> {
+    let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() && answer.is_object() {
+        return Ok(answer);
+    }
+    let text = |key: &str| {
+        answer[key]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect::<String>()
+    };
+    let error = text("error");
+    Err(TokenError::Refused {
+        status: status.as_u16(),
+        error: if error.is_empty() {
+            "no OAuth error in the answer".into()
+        } else {
+            error
+        },
+        description: text("error_description"),
+    })
 }
 
 /// An access token from a token answer, and how long it lives (`expires_in`, when given).

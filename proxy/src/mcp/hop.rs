@@ -276,7 +276,7 @@ impl Hop<'_> {
         if response.status() == StatusCode::UNAUTHORIZED
             && let Some(request) = again
         {
-            self.outbound.refused(self.route, &resolved);
+            self.outbound.refused(self.route, self.identity, &resolved);
             let renewed = self.outbound.resolve(self.route, self.identity).await?;
             response = self.dispatch(self.with(request, &renewed)).await?;
         }

@@ -3,13 +3,15 @@
 //!
 //! Shared API keys are resolved once per configuration version (`source::snapshot`) and
 //! injected by the hop itself. The modes here need more than the configuration: a token the
-//! gateway obtains with the client credentials grant (`service`), and each user's own API
-//! key, from an AuthOverride or entered by the user on the gateway's pages and kept sealed
-//! in the credential vault (`vault`). A call that needs a user's credential the gateway does
+//! gateway obtains with the client credentials grant (`service`), each user's own API
+//! key, from an AuthOverride or entered by the user on the gateway's pages, and each user's
+//! OAuth tokens, from their authorization of the gateway at the upstream's provider
+//! (`authorization_code`); users' credentials are kept sealed in the vault (`vault`). A call that needs a user's credential the gateway does
 //! not hold fails with [`OutboundError::AuthorizationRequired`], which the MCP routes answer
 //! with where the user can supply it.
 
 pub mod api_key;
+pub mod authorization_code;
 pub mod service;
 pub mod vault;
 
@@ -21,6 +23,9 @@ use mcpgate_crds::gateway_config::UpstreamAuth;
 use crate::auth::{Identity, Method};
 use crate::source::ServerRoute;
 use crate::upstream::HttpClient;
+
+/// What a per-user OAuth server needs of each user.
+const AUTHORIZATION: &str = "authorization (OAuth)";
 
 /// Headers set on one upstream request.
 pub type Headers = Arc<[(HeaderName, HeaderValue)]>;
@@ -75,6 +80,7 @@ pub enum OutboundError {
 pub struct Outbound {
     service: service::ServiceTokens,
     vault: Option<Arc<vault::Vault>>,
+    oauth: Option<authorization_code::UserOAuth>,
     /// The gateway's public URL (no trailing slash), where people supply credentials.
     public_url: Option<String>,
 }
@@ -87,11 +93,28 @@ impl Outbound {
         vault: Option<Arc<vault::Vault>>,
         public_url: Option<String>,
     ) -> Self {
+        let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
+        let oauth = vault
+            .as_ref()
+            .zip(public_url.as_ref())
+            .map(|(vault, base)| {
+                authorization_code::UserOAuth::new(
+                    http.clone(),
+                    vault.clone(),
+                    format!("{base}/-/connections/callback"),
+                )
+            });
         Self {
             service: service::ServiceTokens::new(http),
             vault,
-            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            oauth,
+            public_url,
         }
+    }
+
+    /// Users' OAuth authorizations, when people sign in at the gateway.
+    pub fn oauth(&self) -> Option<&authorization_code::UserOAuth> {
+        self.oauth.as_ref()
     }
 
     /// The vault of users' own credentials, when people sign in at the gateway.
@@ -150,18 +173,33 @@ impl Outbound {
                 }
             }
             UpstreamAuth::OAuth2AuthorizationCode { .. } => {
-                Err(OutboundError::Unsupported(route.key()))
+                let person = self.person(route, caller, AUTHORIZATION)?;
+                let resolved = match &self.oauth {
+                    Some(oauth) if person.method != Method::ServiceAccount => {
+                        oauth.resolve(route, person).await?
+                    }
+                    _ => None,
+                };
+                resolved.ok_or_else(|| self.required(route, person, AUTHORIZATION))
             }
         }
     }
 
     /// The upstream answered 401 to `used`: forget it, so the next [`Self::resolve`]
     /// obtains a fresh one.
-    pub fn refused(&self, route: &ServerRoute, used: &Resolved) {
-        if used.renewable
-            && let Some(headers) = &used.headers
-        {
-            self.service.forget(route, headers);
+    pub fn refused(&self, route: &ServerRoute, caller: Option<&Identity>, used: &Resolved) {
+        if !used.renewable {
+            return;
+        }
+        match (&route.config.auth, &self.oauth, caller) {
+            (UpstreamAuth::OAuth2AuthorizationCode { .. }, Some(oauth), Some(person)) => {
+                oauth.refused(route, person, used);
+            }
+            _ => {
+                if let Some(headers) = &used.headers {
+                    self.service.forget(route, headers);
+                }
+            }
         }
     }
 
@@ -172,14 +210,16 @@ impl Outbound {
         caller: Option<&Identity>,
     ) -> Option<OutboundError> {
         match route.config.auth {
-            UpstreamAuth::PerUserApiKey { .. } => {
-                let person = caller?;
-                Some(self.required(
-                    route,
-                    person,
-                    "API key (the upstream refused the one the gateway holds)",
-                ))
-            }
+            UpstreamAuth::PerUserApiKey { .. } => Some(self.required(
+                route,
+                caller?,
+                "API key (the upstream refused the one the gateway holds)",
+            )),
+            UpstreamAuth::OAuth2AuthorizationCode { .. } => Some(self.required(
+                route,
+                caller?,
+                "authorization (the upstream refused the token the gateway holds)",
+            )),
             _ => None,
         }
     }
@@ -226,4 +266,27 @@ impl Outbound {
             )),
         }
     }
+}
+
+/// Everything a server's outbound auth depends on (its name, mode settings and client
+/// secret): what the gateway learns or obtains for one configuration is kept under this, so
+/// a changed secret, scope or endpoint starts afresh.
+pub fn config_key(route: &ServerRoute) -> [u8; 32] {
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in [
+        route.config.namespace.as_str(),
+        route.config.name.as_str(),
+        &serde_json::to_string(&route.config.auth).unwrap_or_default(),
+        route
+            .client_secret
+            .as_ref()
+            .map(|s| s.expose_secret())
+            .unwrap_or_default(),
+    ] {
+        hash.update(part.as_bytes());
+        hash.update(b"\0");
+    }
+    hash.finalize().into()
 }

@@ -85,7 +85,8 @@ impl ServiceTokens {
     }
 
     fn slot(&self, route: &ServerRoute) -> Arc<Slot> {
-        self.slots.get_with(slot_key(route), Default::default)
+        self.slots
+            .get_with(super::config_key(route), Default::default)
     }
 
     async fn request(&self, route: &ServerRoute, slot: &Slot) -> Result<Token, OutboundError> {
@@ -150,24 +151,4 @@ fn fresh(slot: &Slot) -> Option<Headers> {
         .as_ref()
         .filter(|t| Instant::now() < t.renew_at)
         .map(|t| t.headers.clone())
-}
-
-/// Everything a token depends on: a changed secret, scope or endpoint is another slot.
-fn slot_key(route: &ServerRoute) -> [u8; 32] {
-    use sha2::Digest;
-    let mut hash = sha2::Sha256::new();
-    for part in [
-        route.config.namespace.as_str(),
-        route.config.name.as_str(),
-        &serde_json::to_string(&route.config.auth).unwrap_or_default(),
-        route
-            .client_secret
-            .as_ref()
-            .map(|s| s.expose_secret())
-            .unwrap_or_default(),
-    ] {
-        hash.update(part.as_bytes());
-        hash.update(b"\0");
-    }
-    hash.finalize().into()
 }

@@ -46,6 +46,64 @@ struct Record {
 pub enum CredentialKind {
     /// An API key the user entered.
     ApiKey,
+    /// The OAuth tokens the user's authorization gave the gateway.
+    #[serde(rename = "oauth")]
+    OAuth,
+}
+
+impl CredentialKind {
+    /// The kind a server's auth mode takes, if it takes users' own credentials.
+    pub fn of(auth: &UpstreamAuth) -> Option<Self> {
+        match auth {
+            UpstreamAuth::PerUserApiKey { .. } => Some(Self::ApiKey),
+            UpstreamAuth::OAuth2AuthorizationCode { .. } => Some(Self::OAuth),
+            _ => None,
+        }
+    }
+}
+
+/// A user's OAuth tokens for one server, as sealed in the store.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenSet {
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token, if the provider gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The OpenID Connect ID token, if the provider gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    /// When the access token expires, in seconds since the epoch, if the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When the gateway obtained it, in seconds since the epoch.
+    pub obtained_at: u64,
+}
+
+/// A user's OAuth tokens, opened: the headers they give, ready to send.
+pub struct Tokens {
+    /// `Authorization: Bearer <access token>`.
+    pub access: Headers,
+    /// `Authorization: Bearer <ID token>`, if there is one.
+    pub id: Option<Headers>,
+    /// Digests of the two headers, to recognise the one the upstream refused.
+    pub access_digest: [u8; 32],
+    /// See `access_digest`.
+    pub id_digest: Option<[u8; 32]>,
+    /// When to stop using the access token (renew it first), seconds since the epoch.
+    pub renew_at: Option<u64>,
+    /// The tokens themselves, to refresh or revoke them.
+    pub set: TokenSet,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("id_token", &self.id_token.is_some())
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A credential as the pages show it: never its value.
@@ -59,9 +117,10 @@ pub struct Summary {
     pub updated: u64,
 }
 
-/// A user's key, opened.
-struct Opened {
-    key: SecretString,
+/// A stored credential, opened.
+enum Opened {
+    Key(SecretString),
+    OAuth(Arc<Tokens>),
 }
 
 /// The vault.
@@ -94,6 +153,11 @@ impl Vault {
         })
     }
 
+    /// Where records live, and what seals them.
+    pub fn parts(&self) -> (Arc<Store>, Arc<SessionKeys>) {
+        (self.store.clone(), self.keys.clone())
+    }
+
     /// Forgets cached records as other replicas change them; runs until the watch ends.
     pub async fn listen(self: Arc<Self>) {
         let mut changes = self.store.changes(Kind::Credential);
@@ -111,8 +175,10 @@ impl Vault {
             return None;
         };
         let id = record_id(caller, &route.key())?;
-        let opened = self.opened(&id).await?;
-        match super::api_key::header(header, template.as_deref(), opened.key.expose_secret()) {
+        let Opened::Key(key) = &*self.opened(&id).await? else {
+            return None;
+        };
+        match super::api_key::header(header, template.as_deref(), key.expose_secret()) {
             Ok(pair) => Some(Arc::new([pair])),
             Err(why) => {
                 tracing::warn!(server = %route.key(), %why, "a stored API key cannot be sent");
@@ -121,12 +187,32 @@ impl Vault {
         }
     }
 
+    /// `caller`'s OAuth tokens for `route`, if the gateway holds them; `fresh` reads the
+    /// store rather than what this replica last read.
+    pub async fn oauth(
+        &self,
+        route: &ServerRoute,
+        caller: &Identity,
+        fresh: bool,
+    ) -> Option<Arc<Tokens>> {
+        let id = record_id(caller, &route.key())?;
+        if fresh {
+            self.cache.invalidate(&id);
+        }
+        match &*self.opened(&id).await? {
+            Opened::OAuth(tokens) => Some(tokens.clone()),
+            Opened::Key(_) => None,
+        }
+    }
+
     async fn opened(&self, id: &str) -> Option<Arc<Opened>> {
         if let Some(hit) = self.cache.get(id) {
             return hit;
         }
         let opened = match self.store.get::<Record>(Kind::Credential, id).await {
-            Ok(Some(record)) => self.open(id, &record.value.sealed).map(Arc::new),
+            Ok(Some(record)) => self
+                .open(id, record.value.kind, &record.value.sealed)
+                .map(Arc::new),
             Ok(None) => None,
             Err(error) => {
                 // Not cached: the next call asks again.
@@ -138,17 +224,29 @@ impl Vault {
         opened
     }
 
-    fn open(&self, id: &str, sealed: &str) -> Option<Opened> {
+    fn open(&self, id: &str, kind: CredentialKind, sealed: &str) -> Option<Opened> {
         let plain = self.keys.open_for(&purpose(id), sealed);
         if plain.is_none() {
             tracing::warn!(
                 "a stored credential does not open with the gateway's session keys (rotated past, or not this record's)"
             );
         }
-        let key = String::from_utf8(plain?).ok()?;
-        Some(Opened {
-            key: SecretString::from(key),
-        })
+        let plain = plain?;
+        match kind {
+            CredentialKind::ApiKey => Some(Opened::Key(SecretString::from(
+                String::from_utf8(plain).ok()?,
+            ))),
+            CredentialKind::OAuth => {
+                let set: TokenSet = serde_json::from_slice(&plain).ok()?;
+                match tokens(set) {
+                    Some(tokens) => Some(Opened::OAuth(Arc::new(tokens))),
+                    None => {
+                        tracing::warn!("stored OAuth tokens are not valid header values");
+                        None
+                    }
+                }
+            }
+        }
     }
 
     /// Stores `key` as `caller`'s API key for `route`, replacing theirs.
@@ -158,17 +256,40 @@ impl Vault {
         caller: &Identity,
         key: &str,
     ) -> Result<(), VaultError> {
+        self.store(route, caller, CredentialKind::ApiKey, key.as_bytes())
+            .await
+    }
+
+    /// Stores `set` as `caller`'s OAuth tokens for `route`, replacing what they had.
+    pub async fn store_oauth(
+        &self,
+        route: &ServerRoute,
+        caller: &Identity,
+        set: &TokenSet,
+    ) -> Result<(), VaultError> {
+        let plain = serde_json::to_vec(set).map_err(|e| VaultError::Seal(e.to_string()))?;
+        self.store(route, caller, CredentialKind::OAuth, &plain)
+            .await
+    }
+
+    async fn store(
+        &self,
+        route: &ServerRoute,
+        caller: &Identity,
+        kind: CredentialKind,
+        plain: &[u8],
+    ) -> Result<(), VaultError> {
         let person = Person::of(caller).ok_or(VaultError::NotAPerson)?;
         let server = route.key();
         let id = record_id(caller, &server).ok_or(VaultError::NotAPerson)?;
         let sealed = self
             .keys
-            .seal_for(&purpose(&id), key.as_bytes())
+            .seal_for(&purpose(&id), plain)
             .map_err(|e| VaultError::Seal(e.to_string()))?;
         let record = Record {
             person,
             server,
-            kind: CredentialKind::ApiKey,
+            kind,
             sealed,
             updated: jiff::Timestamp::now().as_second().max(0).unsigned_abs(),
         };
@@ -228,7 +349,7 @@ impl Vault {
             let mut still = std::collections::HashMap::new();
             for (id, record) in records {
                 let used = snapshot.server(&record.value.server).is_some_and(|route| {
-                    matches!(route.config.auth, UpstreamAuth::PerUserApiKey { .. })
+                    CredentialKind::of(&route.config.auth) == Some(record.value.kind)
                         && (route.config.public
                             || route.access.permits(&record.value.person.identity()))
                 });
@@ -276,7 +397,7 @@ pub enum VaultError {
 
 /// The record id of `caller`'s credential for `server`: the session owner (a digest of
 /// identity provider and user) and a digest of the server.
-fn record_id(caller: &Identity, server: &str) -> Option<String> {
+pub fn record_id(caller: &Identity, server: &str) -> Option<String> {
     use sha2::Digest;
     caller.method.issuer()?;
     let owner = crate::session::owner(Some(caller))?;
@@ -285,6 +406,41 @@ fn record_id(caller: &Identity, server: &str) -> Option<String> {
         "{owner}-{}",
         base16ct::lower::encode_string(&server[..12])
     ))
+}
+
+/// Opened tokens, with the headers they give.
+fn tokens(set: TokenSet) -> Option<Tokens> {
+    use sha2::Digest;
+    let bearer = |token: &str| {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+        value.set_sensitive(true);
+        let digest: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
+        Some((
+            Arc::new([(http::header::AUTHORIZATION, value)]) as Headers,
+            digest,
+        ))
+    };
+    let (access, access_digest) = bearer(&set.access_token)?;
+    let (id, id_digest) = match &set.id_token {
+        Some(token) => {
+            let (headers, digest) = bearer(token)?;
+            (Some(headers), Some(digest))
+        }
+        None => (None, None),
+    };
+    let lifetime = set.expires_at.map(|at| at.saturating_sub(set.obtained_at));
+    Some(Tokens {
+        access,
+        id,
+        access_digest,
+        id_digest,
+        // Renewed a minute early, or at nine tenths of a short life.
+        renew_at: set
+            .expires_at
+            .zip(lifetime)
+            .map(|(at, life)| at.saturating_sub(60.min(life / 10))),
+        set,
+    })
 }
 
 /// What a record's value is sealed for: its own id.
@@ -337,11 +493,11 @@ mod tests {
         let alice = record_id(&person("alice", "https://a"), "t/s").unwrap();
         let bob = record_id(&person("bob", "https://a"), "t/s").unwrap();
         let sealed = vault.keys.seal_for(&purpose(&alice), b"alice-key").unwrap();
-        assert_eq!(
-            vault.open(&alice, &sealed).unwrap().key.expose_secret(),
-            "alice-key"
-        );
-        assert!(vault.open(&bob, &sealed).is_none());
+        let Some(Opened::Key(key)) = vault.open(&alice, CredentialKind::ApiKey, &sealed) else {
+            panic!("alice's key does not open");
+        };
+        assert_eq!(key.expose_secret(), "alice-key");
+        assert!(vault.open(&bob, CredentialKind::ApiKey, &sealed).is_none());
         assert!(!sealed.contains("alice-key"));
     }
 }

@@ -1,8 +1,10 @@
 //! The pages where a signed-in person manages their own credentials for upstream servers:
 //! `/-/connections` lists the servers they may use that take each user's own credential,
 //! `/-/connections/{namespace}/{name}` lets them enter (masked), replace or delete their API
-//! key there. A key is never shown again once stored. These are the URLs the MCP routes
-//! name when a call needs a credential the gateway does not hold.
+//! key there, or connect (authorize the gateway at the server's OAuth provider) and
+//! disconnect; `/-/connections/callback` is where every provider sends them back. A key or
+//! token is never shown. These are the URLs the MCP routes name when a call needs a
+//! credential the gateway does not hold.
 
 use std::sync::Arc;
 
@@ -12,10 +14,10 @@ use mcpgate_crds::gateway_config::UpstreamAuth;
 
 use super::browser::{BrowserSession, timestamp, unavailable};
 use super::pages::{self, ConnectionRow, ConnectionState};
-use super::{Context, SignIn, html, single};
+use super::{Context, SignIn, html, query, redirect, single};
 use crate::error::Body;
 use crate::outbound::api_key;
-use crate::outbound::vault::Vault;
+use crate::outbound::vault::{CredentialKind, Summary, Vault};
 use crate::source::ServerRoute;
 
 impl SignIn {
@@ -45,18 +47,13 @@ impl SignIn {
             .into_iter()
             .map(|route| {
                 let name = route.key();
-                let state = if admin_set(&route, &session) {
-                    ConnectionState::SetByAdministrator
-                } else {
-                    match stored.iter().find(|s| s.server == name) {
-                        Some(s) => ConnectionState::Stored(timestamp(s.updated)),
-                        None => ConnectionState::Missing,
-                    }
-                };
                 ConnectionRow {
+                    state: state_of(&route, &session, &stored),
+                    what: match CredentialKind::of(&route.config.auth) {
+                        Some(CredentialKind::OAuth) => "authorization (OAuth)",
+                        _ => "API key",
+                    },
                     server: name,
-                    what: "API key",
-                    state,
                 }
             })
             .collect();
@@ -90,23 +87,18 @@ impl SignIn {
             Ok(found) => found,
             Err(page) => return page,
         };
-        let state = if admin_set(&route, session) {
-            ConnectionState::SetByAdministrator
-        } else {
-            match vault.list(&session.identity()).await {
-                Ok(stored) => match stored.into_iter().find(|s| s.server == server) {
-                    Some(s) => ConnectionState::Stored(timestamp(s.updated)),
-                    None => ConnectionState::Missing,
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "reading stored credentials failed");
-                    return unavailable("the gateway could not read its credential store");
-                }
+        let stored = match vault.list(&session.identity()).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "reading stored credentials failed");
+                return unavailable("the gateway could not read its credential store");
             }
         };
+        let state = state_of(&route, session, &stored);
+        let oauth = CredentialKind::of(&route.config.auth) == Some(CredentialKind::OAuth);
         html(
             StatusCode::OK,
-            pages::connection(server, &state, notice, &session.csrf),
+            pages::connection(server, oauth, &state, notice, &session.csrf),
         )
     }
 
@@ -127,8 +119,37 @@ impl SignIn {
         };
         let field = |name| single(&fields, name).ok().flatten().unwrap_or_default();
         let identity = session.identity();
-        let notice = match field("action") {
-            "save" => {
+        let oauth = context
+            .outbound
+            .oauth()
+            .filter(|_| CredentialKind::of(&route.config.auth) == Some(CredentialKind::OAuth));
+        let notice = match (field("action"), oauth) {
+            ("connect", Some(oauth)) => {
+                return match oauth.start(&route, &identity).await {
+                    Ok(url) => redirect(&url),
+                    Err(why) => {
+                        tracing::warn!(server = %server, %why, "starting an upstream authorization failed");
+                        html(
+                            StatusCode::BAD_GATEWAY,
+                            pages::problem(
+                                "Cannot connect",
+                                &format!(
+                                    "The gateway cannot send you to {server}'s sign-in: {why}"
+                                ),
+                            ),
+                        )
+                    }
+                };
+            }
+            ("delete", Some(oauth)) => {
+                if let Err(why) = oauth.disconnect(&route, &identity).await {
+                    tracing::warn!(%why, "forgetting an upstream authorization failed");
+                    return unavailable("the gateway could not update its credential store");
+                }
+                tracing::info!(user = %identity.user, server = %server, "upstream authorization disconnected");
+                "Disconnected. The gateway no longer holds your authorization for this server."
+            }
+            ("save", None) => {
                 let key = match api_key::check_entered(field("key")) {
                     Ok(key) => key,
                     Err(why) => {
@@ -158,7 +179,7 @@ impl SignIn {
                 tracing::info!(user = %identity.user, server = %server, "API key stored");
                 "Your key is saved. Calls to this server now use it."
             }
-            "delete" => {
+            ("delete", None) => {
                 if let Err(error) = vault.delete(&route, &identity).await {
                     tracing::warn!(%error, "deleting an API key failed");
                     return unavailable("the gateway could not update its credential store");
@@ -169,12 +190,64 @@ impl SignIn {
             _ => {
                 return html(
                     StatusCode::BAD_REQUEST,
-                    pages::problem("Bad request", "Choose save or delete."),
+                    pages::problem(
+                        "Bad request",
+                        "Choose save or delete (connect or delete for an OAuth server).",
+                    ),
                 );
             }
         };
         self.render_connection(context, &session, server, Some(notice))
             .await
+    }
+
+    /// GET /-/connections/callback: a provider sends the person back with the answer to an
+    /// authorization they started; their tokens are stored and they return to the server's
+    /// page.
+    pub(super) async fn connection_callback(
+        &self,
+        context: &Context<'_>,
+        req: &Request<Incoming>,
+    ) -> Response<Body> {
+        let session = match self.signed_in(req) {
+            Ok(session) => session,
+            Err(to_sign_in) => return to_sign_in,
+        };
+        let (Some(oauth), Some(snapshot)) = (context.outbound.oauth(), context.current.load())
+        else {
+            return unavailable("the gateway keeps no authorizations of users");
+        };
+        let identity = session.identity();
+        let failed = |why: &str| {
+            html(
+                StatusCode::BAD_REQUEST,
+                pages::problem(
+                    "Not connected",
+                    &format!("The authorization did not complete: {why}"),
+                ),
+            )
+        };
+        let parameters = query(req);
+        // Only for a server this person may still use.
+        let allowed = |server: &str| {
+            self.per_user_servers(context, &session)
+                .iter()
+                .any(|r| r.key() == server)
+        };
+        match oauth.finish(&snapshot, &identity, &parameters).await {
+            Ok(route) if allowed(&route.key()) => {
+                redirect(&format!("/-/connections/{}?done=connected", route.key()))
+            }
+            Ok(route) => {
+                // Stored a moment ago for someone no longer granted the server: take it back.
+                let _ = oauth.disconnect(&route, &identity).await;
+                failed("you may no longer use this server")
+            }
+            Err(why) => {
+                tracing::info!(user = %identity.user, %why, "an upstream authorization failed");
+                failed(&why)
+            }
+        }
     }
 
     /// The servers `session`'s person may use that take each user's own credential.
@@ -190,7 +263,7 @@ impl SignIn {
         let mut servers: Vec<Arc<ServerRoute>> = snapshot
             .routes()
             .filter_map(|(_, route)| route.as_server())
-            .filter(|s| matches!(s.config.auth, UpstreamAuth::PerUserApiKey { .. }))
+            .filter(|s| CredentialKind::of(&s.config.auth).is_some())
             .filter(|s| s.config.public || s.access.permits(&identity))
             .cloned()
             .collect();
@@ -224,7 +297,21 @@ impl SignIn {
     }
 }
 
-/// Whether a tenant admin set this person's key with an AuthOverride (which wins).
-fn admin_set(route: &ServerRoute, session: &BrowserSession) -> bool {
-    route.override_for(&session.identity()).is_some()
+/// What the gateway holds for `session`'s person and `route`, of what they `stored`; a key
+/// a tenant admin set with an AuthOverride wins.
+fn state_of(route: &ServerRoute, session: &BrowserSession, stored: &[Summary]) -> ConnectionState {
+    if route.override_for(&session.identity()).is_some() {
+        return ConnectionState::SetByAdministrator;
+    }
+    let kind = CredentialKind::of(&route.config.auth);
+    match stored
+        .iter()
+        .find(|s| s.server == route.key() && Some(s.kind) == kind)
+    {
+        Some(s) if s.kind == CredentialKind::OAuth => {
+            ConnectionState::Connected(timestamp(s.updated))
+        }
+        Some(s) => ConnectionState::Stored(timestamp(s.updated)),
+        None => ConnectionState::Missing,
+    }
 }

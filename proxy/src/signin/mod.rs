@@ -110,9 +110,12 @@ impl SignIn {
             (Method::POST, "tokens") => self.create_token(context, req).await,
             (Method::POST, "tokens/revoke") => self.revoke_token(context, req).await,
             (Method::GET, "connections") => self.connections(context, &req).await,
+            (Method::GET, "connections/callback") => self.connection_callback(context, &req).await,
             (Method::GET, path) if path.starts_with("connections/") => {
                 let server = path["connections/".len()..].to_owned();
-                self.connection(context, &req, &server, None).await
+                let notice = (single(&query(&req), "done") == Ok(Some("connected")))
+                    .then_some("Connected. Calls to this server now use your authorization.");
+                self.connection(context, &req, &server, notice).await
             }
             (Method::POST, path) if path.starts_with("connections/") => {
                 let server = path["connections/".len()..].to_owned();

@@ -57,6 +57,8 @@ pub enum ConnectionState {
     Missing,
     /// What they entered, saved at this time (RFC 3339).
     Stored(String),
+    /// Their OAuth authorization, last renewed at this time (RFC 3339).
+    Connected(String),
     /// A tenant admin set it (an AuthOverride); they cannot change it here.
     SetByAdministrator,
 }
@@ -66,6 +68,7 @@ impl ConnectionState {
         match self {
             Self::Missing => "not connected: calls fail until you add it".into(),
             Self::Stored(when) => format!("yours, saved {when}"),
+            Self::Connected(when) => format!("connected {when}"),
             Self::SetByAdministrator => "set by your administrator".into(),
         }
     }
@@ -382,9 +385,11 @@ pub fn connections(rows: &[ConnectionRow]) -> String {
     )
 }
 
-/// One server's credential: enter, replace or delete the person's API key.
+/// One server's credential: enter, replace or delete the person's API key, or connect and
+/// disconnect their OAuth authorization (`oauth`).
 pub fn connection(
     server: &str,
+    oauth: bool,
     state: &ConnectionState,
     notice: Option<&str>,
     csrf: &str,
@@ -393,17 +398,39 @@ pub fn connection(
         .map(|n| format!("<div class=\"ok\" role=\"status\"><p>{}</p></div>", text(n)))
         .unwrap_or_default();
     let action = format!("/-/connections/{}", attr(server));
-    let form = match state {
-        ConnectionState::SetByAdministrator => {
+    let stored = matches!(
+        state,
+        ConnectionState::Stored(_) | ConnectionState::Connected(_)
+    );
+    let button = |name: &str, id: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"{action}\">{csrf}<input type=\"hidden\" name=\"action\" value=\"{name}\"><p><button type=\"submit\" id=\"{id}\">{label}</button></p></form>",
+            csrf = csrf_field(csrf),
+        )
+    };
+    let form = match (state, oauth) {
+        (ConnectionState::SetByAdministrator, _) => {
             "<p>Your administrator set your key for this server. Ask them to change it.</p>"
                 .to_owned()
         }
-        _ => {
-            let delete = if matches!(state, ConnectionState::Stored(_)) {
-                format!(
-                    "<form method=\"post\" action=\"{action}\">{csrf}<input type=\"hidden\" name=\"action\" value=\"delete\"><p><button type=\"submit\" id=\"delete\">Delete my key</button></p></form>",
-                    csrf = csrf_field(csrf),
-                )
+        (_, true) => {
+            let disconnect = if stored {
+                button("delete", "disconnect", "Disconnect")
+            } else {
+                String::new()
+            };
+            format!(
+                "<p>Connecting takes you to the server's sign-in to let the gateway act for you there; you come back here after.</p>{connect}{disconnect}",
+                connect = button(
+                    "connect",
+                    "connect",
+                    if stored { "Connect again" } else { "Connect" }
+                ),
+            )
+        }
+        (_, false) => {
+            let delete = if stored {
+                button("delete", "delete", "Delete my key")
             } else {
                 String::new()
             };
@@ -418,7 +445,7 @@ pub fn connection(
 {delete}"#,
                 csrf = csrf_field(csrf),
                 max = crate::outbound::api_key::MAX_KEY_BYTES,
-                verb = if matches!(state, ConnectionState::Stored(_)) {
+                verb = if stored {
                     "Replace my key"
                 } else {
                     "Save my key"
@@ -426,10 +453,18 @@ pub fn connection(
             )
         }
     };
+    let (title, what) = if oauth {
+        (
+            "Your authorization for",
+            "your own authorization at its OAuth provider",
+        )
+    } else {
+        ("Your API key for", "your own API key")
+    };
     page(
-        &format!("Your API key for {server}"),
+        &format!("{title} {server}"),
         &format!(
-            r#"{notice}<p>McpServer <code>{name}</code> calls its upstream with your own API key. The gateway holds: <strong id="state">{state}</strong>.</p>
+            r#"{notice}<p>McpServer <code>{name}</code> calls its upstream with {what}. The gateway holds: <strong id="state">{state}</strong>.</p>
 {form}
 <p><a href="/-/connections">All your credentials</a></p>"#,
             name = text(server),

@@ -23,6 +23,9 @@ pub enum Kind {
     PersonalToken,
     /// A user's own credential for one upstream server, sealed.
     Credential,
+    /// The gateway's own registration as an OAuth client at an upstream's authorization
+    /// server (dynamic client registration), one per server.
+    Registration,
 }
 
 impl Kind {
@@ -34,6 +37,7 @@ impl Kind {
             Self::Family => "families",
             Self::PersonalToken => "tokens",
             Self::Credential => "credentials",
+            Self::Registration => "registrations",
         }
     }
 }

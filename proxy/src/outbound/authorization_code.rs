@@ -1,0 +1,846 @@
+//! Each user's authorization of the gateway at an upstream's OAuth authorization server
+//! (authorization code grant with PKCE S256, RFC 6749 and RFC 7636), the gateway being the
+//! OAuth client, so the upstream's tokens never reach the MCP client:
+//! - the provider's endpoints come from the McpServer, the rest from its metadata (RFC 8414
+//!   or OpenID discovery), found through the upstream's protected resource metadata
+//!   (RFC 9728) or at the token URL; metadata is used only if it names the configured token
+//!   endpoint, so a document elsewhere cannot redirect the gateway's codes and secrets;
+//! - the client is pre-registered, or registered once per server through dynamic client
+//!   registration (RFC 7591) and shared by its users (every replica reads the same record);
+//! - `state` is sealed and names the user's record, so an answer only completes the
+//!   authorization its own user started; `iss` is checked (RFC 9207); `resource` names the
+//!   upstream (RFC 8707); one callback URL serves every server;
+//! - tokens are refreshed before they expire and once after an upstream 401, one refresh per
+//!   user and server however many calls wait (rotated refresh tokens are kept);
+//! - Disconnect revokes at the provider (RFC 7009) when it offers revocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
+use mcpgate_crds::v1alpha1::SentToken;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::vault::{TokenSet, Tokens, Vault, record_id};
+use super::{OutboundError, Resolved};
+use crate::auth::Identity;
+use crate::session::SessionKeys;
+use crate::signin::keys::random_id;
+use crate::signin::store::{Kind, Store, Write};
+use crate::signin::tokens::constant_time_eq;
+use crate::source::{ServerRoute, Snapshot};
+use crate::token_endpoint::{self, AuthMethod, Client, TokenError};
+use crate::upstream::HttpClient;
+
+/// How long a person has to complete the provider's consent.
+const AUTHORIZE_TIME: Duration = Duration::from_secs(600);
+/// Largest metadata document read.
+const MAX_METADATA: usize = 64 * 1024;
+/// How long a metadata document may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many metadata URLs are tried for one server.
+const MAX_METADATA_TRIES: usize = 8;
+/// How long what was learnt about a provider is kept.
+const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+/// What `state` is sealed for.
+const STATE_PURPOSE: &[u8] = b"mcpgate upstream authorization state";
+
+/// What the gateway knows about one server's authorization server.
+struct Provider {
+    /// Its issuer, when its metadata was found.
+    issuer: Option<String>,
+    authorization: String,
+    token: String,
+    revocation: Option<String>,
+    /// It promises `iss` in every authorization response (RFC 9207).
+    sends_iss: bool,
+    client_id: String,
+    client_secret: Option<SecretString>,
+    method: std::sync::atomic::AtomicBool,
+}
+
+impl Provider {
+    fn client(&self) -> Client<'_> {
+        Client {
+            id: &self.client_id,
+            secret: self.client_secret.as_ref(),
+            method: if self.method.load(std::sync::atomic::Ordering::Relaxed) {
+                AuthMethod::Post
+            } else {
+                AuthMethod::Basic
+            },
+        }
+    }
+
+    /// A token request, remembering which client authentication the server took.
+    async fn request(&self, http: &HttpClient, form: &[(&str, &str)]) -> Result<Value, TokenError> {
+        let (answer, method) =
+            token_endpoint::request_adapting(http, &self.token, self.client(), form).await?;
+        self.method.store(
+            method == AuthMethod::Post,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(answer)
+    }
+}
+
+/// An authorization in progress, sealed into `state`.
+#[derive(Serialize, Deserialize)]
+struct State {
+    /// `namespace/name` of the server.
+    server: String,
+    /// The record the tokens go to: the user who started it.
+    record: String,
+    /// The PKCE verifier.
+    verifier: String,
+    /// Seconds since the epoch.
+    expires: u64,
+}
+
+/// The gateway's registration at a provider (dynamic client registration), as stored.
+#[derive(Serialize, Deserialize)]
+struct Registration {
+    server: String,
+    endpoint: String,
+    client_id: String,
+    /// Sealed for this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+}
+
+/// Users' OAuth tokens for upstream servers; `state` is sealed with the vault's keys.
+pub struct UserOAuth {
+    http: HttpClient,
+    vault: Arc<Vault>,
+    store: Arc<Store>,
+    keys: Arc<SessionKeys>,
+    /// The one callback URL.
+    redirect_uri: String,
+    providers: moka::sync::Cache<[u8; 32], Arc<tokio::sync::OnceCell<Arc<Provider>>>>,
+    /// One refresh at a time per record.
+    renewing: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
+    /// The digest of the access token the upstream last refused, per record.
+    refused: moka::sync::Cache<String, [u8; 32]>,
+}
+
+impl UserOAuth {
+    /// Tokens kept in `vault`, registrations in `store`, `state` sealed with `keys`; the
+    /// provider sends people back to `redirect_uri`.
+    pub fn new(http: HttpClient, vault: Arc<Vault>, redirect_uri: String) -> Self {
+        let (store, keys) = vault.parts();
+        Self {
+            http,
+            vault,
+            store,
+            keys,
+            redirect_uri,
+            providers: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(PROVIDER_TTL)
+                .build(),
+            renewing: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            refused: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    /// The callback URL providers send people back to.
+    pub fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+
+    /// The header for `person`'s call to `route`: their token, refreshed first when it has
+    /// expired or the upstream refused it. `Ok(None)`: they have not authorized the gateway
+    /// (or no longer can be refreshed) and must.
+    pub async fn resolve(
+        &self,
+        route: &ServerRoute,
+        person: &Identity,
+    ) -> Result<Option<Resolved>, OutboundError> {
+        let Some(id) = record_id(person, &route.key()) else {
+            return Ok(None);
+        };
+        if let Some(tokens) = self.vault.oauth(route, person, false).await
+            && self.usable(&id, &tokens)
+        {
+            return Ok(Some(resolved(route, &tokens)));
+        }
+        let renewing = self.renewing.get_with(id.clone(), Default::default);
+        let _one = renewing.lock().await;
+        // Another call, or another replica, may have refreshed it meanwhile.
+        let Some(tokens) = self.vault.oauth(route, person, true).await else {
+            return Ok(None);
+        };
+        if self.usable(&id, &tokens) {
+            return Ok(Some(resolved(route, &tokens)));
+        }
+        let Some(refresh) = tokens.set.refresh_token.clone() else {
+            return Ok(None);
+        };
+        let provider = self
+            .provider(route)
+            .await
+            .map_err(|why| failed(route, why))?;
+        let resource = resource(route);
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ];
+        if let Some(resource) = &resource {
+            form.push(("resource", resource));
+        }
+        let answer = match provider.request(&self.http, &form).await {
+            Ok(answer) => answer,
+            Err(error) if error.is_invalid_grant() => {
+                // Expired or revoked at the provider: only the person can authorize again.
+                tracing::info!(server = %route.key(), user = %person.user, "the provider refused the refresh token");
+                if let Err(error) = self.vault.delete(route, person).await {
+                    tracing::warn!(%error, "deleting refused OAuth tokens failed");
+                }
+                return Ok(None);
+            }
+            Err(error) => {
+                return Err(OutboundError::TokenEndpoint {
+                    server: route.key(),
+                    endpoint: provider.token.clone(),
+                    why: error.to_string(),
+                });
+            }
+        };
+        let set = token_set(&answer, Some(&tokens.set)).map_err(|why| failed(route, why))?;
+        self.vault
+            .store_oauth(route, person, &set)
+            .await
+            .map_err(|e| failed(route, e.to_string()))?;
+        self.refused.invalidate(&id);
+        tracing::info!(server = %route.key(), user = %person.user, rotated = answer["refresh_token"].is_string(), "refreshed a user's upstream token");
+        let tokens = self
+            .vault
+            .oauth(route, person, false)
+            .await
+            .ok_or_else(|| failed(route, "the refreshed tokens were not stored".into()))?;
+        Ok(Some(resolved(route, &tokens)))
+    }
+
+    /// The upstream answered 401 to `used`: the next [`Self::resolve`] refreshes.
+    pub fn refused(&self, route: &ServerRoute, person: &Identity, used: &Resolved) {
+        let (Some(id), Some(headers)) = (record_id(person, &route.key()), &used.headers) else {
+            return;
+        };
+        if let Some((_, value)) = headers.first() {
+            // The access token is what goes stale; an ID token sent instead is its twin.
+            self.refused
+                .insert(id, Sha256::digest(value.as_bytes()).into());
+        }
+    }
+
+    fn usable(&self, id: &str, tokens: &Tokens) -> bool {
+        let now = now();
+        tokens.renew_at.is_none_or(|at| now < at)
+            && self.refused.get(id).is_none_or(|digest| {
+                digest != tokens.access_digest && Some(digest) != tokens.id_digest
+            })
+    }
+
+    /// Where to send `person`'s browser to authorize the gateway for `route`.
+    pub async fn start(&self, route: &ServerRoute, person: &Identity) -> Result<String, String> {
+        let UpstreamAuth::OAuth2AuthorizationCode { scopes, .. } = &route.config.auth else {
+            return Err(format!("{} does not use OAuth", route.key()));
+        };
+        let record = record_id(person, &route.key())
+            .ok_or("only a person signed in with an identity provider can authorize")?;
+        let provider = self.provider(route).await?;
+        let state = State {
+            server: route.key(),
+            record,
+            verifier: random_id::<32>().map_err(|e| e.to_string())?,
+            expires: now() + AUTHORIZE_TIME.as_secs(),
+        };
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(state.verifier.as_bytes()));
+        let sealed = self
+            .keys
+            .seal_for(
+                STATE_PURPOSE,
+                &serde_json::to_vec(&state).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &provider.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("state", &sealed)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        if !scopes.is_empty() {
+            query.append_pair("scope", &scopes.join(" "));
+        }
+        if let Some(resource) = resource(route) {
+            query.append_pair("resource", &resource);
+        }
+        let separator = if provider.authorization.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        Ok(format!(
+            "{}{separator}{}",
+            provider.authorization,
+            query.finish()
+        ))
+    }
+
+    /// Completes the authorization the provider's answer (the callback's query
+    /// `parameters`) belongs to, for the signed-in `person`, and stores their tokens.
+    /// Returns the server, whose page the person goes back to.
+    pub async fn finish(
+        &self,
+        snapshot: &Snapshot,
+        person: &Identity,
+        parameters: &[(String, String)],
+    ) -> Result<Arc<ServerRoute>, String> {
+        let get = |name: &str| {
+            parameters
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let state: State = get("state")
+            .and_then(|sealed| self.keys.open_for(STATE_PURPOSE, sealed))
+            .and_then(|plain| serde_json::from_slice(&plain).ok())
+            .ok_or("this answer does not carry an authorization the gateway started")?;
+        if state.expires < now() {
+            return Err("the authorization took too long: start it again".into());
+        }
+        let route = snapshot
+            .server(&state.server)
+            .filter(|r| matches!(r.config.auth, UpstreamAuth::OAuth2AuthorizationCode { .. }))
+            .ok_or_else(|| format!("{} no longer takes an OAuth authorization", state.server))?
+            .clone();
+        let mine = record_id(person, &state.server)
+            .is_some_and(|id| constant_time_eq(id.as_bytes(), state.record.as_bytes()));
+        if !mine {
+            return Err(
+                "this authorization was started by someone else: start it again yourself".into(),
+            );
+        }
+        let provider = self.provider(&route).await?;
+        match (get("iss"), &provider.issuer) {
+            (Some(iss), Some(issuer)) if iss != issuer => {
+                return Err(format!(
+                    "the answer came from issuer {iss:?}, not {issuer:?} (mix-up attack?)"
+                ));
+            }
+            (None, Some(_)) if provider.sends_iss => {
+                return Err("the answer lacks the iss parameter its provider promises".into());
+            }
+            _ => {}
+        }
+        if let Some(error) = get("error") {
+            let description = get("error_description").unwrap_or_default();
+            return Err(format!("the provider said {error}: {description}"));
+        }
+        let code = get("code").ok_or("the answer has no authorization code")?;
+        let resource = resource(&route);
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("code_verifier", state.verifier.as_str()),
+        ];
+        if let Some(resource) = &resource {
+            form.push(("resource", resource));
+        }
+        let answer = provider
+            .request(&self.http, &form)
+            .await
+            .map_err(|e| format!("the provider's token endpoint refused the code: {e}"))?;
+        let set = token_set(&answer, None)?;
+        if let UpstreamAuth::OAuth2AuthorizationCode {
+            send_token: SentToken::IdToken,
+            ..
+        } = route.config.auth
+            && set.id_token.is_none()
+        {
+            return Err("the provider sent no ID token, which this server sends upstream: its scopes must include openid".into());
+        }
+        self.vault
+            .store_oauth(&route, person, &set)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.refused.invalidate(&state.record);
+        tracing::info!(server = %route.key(), user = %person.user, refresh = set.refresh_token.is_some(), "a user authorized the gateway upstream");
+        Ok(route)
+    }
+
+    /// Forgets `person`'s tokens for `route`, revoking them at the provider first when it
+    /// offers revocation. A provider that cannot be reached does not keep the tokens here.
+    pub async fn disconnect(&self, route: &ServerRoute, person: &Identity) -> Result<(), String> {
+        if let Some(tokens) = self.vault.oauth(route, person, true).await {
+            match self.provider(route).await {
+                Ok(provider) => {
+                    if let Some(endpoint) = &provider.revocation {
+                        let revoke = [
+                            (tokens.set.refresh_token.as_deref(), "refresh_token"),
+                            (Some(tokens.set.access_token.as_str()), "access_token"),
+                        ];
+                        for (token, hint) in revoke {
+                            let Some(token) = token else { continue };
+                            if let Err(error) = token_endpoint::revoke(
+                                &self.http,
+                                endpoint,
+                                provider.client(),
+                                token,
+                                hint,
+                            )
+                            .await
+                            {
+                                tracing::warn!(server = %route.key(), %error, "revoking a user's upstream token failed");
+                            }
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(server = %route.key(), %why, "the provider is unknown: its tokens are forgotten, not revoked")
+                }
+            }
+        }
+        self.vault
+            .delete(route, person)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// What the gateway knows about `route`'s provider, learnt once per configuration.
+    async fn provider(&self, route: &ServerRoute) -> Result<Arc<Provider>, String> {
+        let cell = self
+            .providers
+            .get_with(super::config_key(route), Default::default);
+        cell.get_or_try_init(|| async { self.discover(route).await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
+    async fn discover(&self, route: &ServerRoute) -> Result<Provider, String> {
+        let UpstreamAuth::OAuth2AuthorizationCode {
+            authorization_url,
+            token_url,
+            client_id,
+            registration_url,
+            ..
+        } = &route.config.auth
+        else {
+            return Err(format!("{} does not use OAuth", route.key()));
+        };
+        let metadata = self.metadata(route, token_url).await;
+        let text = |name: &str| {
+            metadata
+                .as_ref()
+                .and_then(|m| m[name].as_str())
+                .map(str::to_owned)
+        };
+        let authorization = authorization_url
+            .clone()
+            .or_else(|| text("authorization_endpoint"))
+            .ok_or_else(|| {
+                format!(
+                    "McpServer {}: no authorizationUrl is set and no metadata naming token endpoint {token_url} was found; set spec.auth.oauth2AuthorizationCode.authorizationUrl",
+                    route.key()
+                )
+            })?;
+        let (client_id, client_secret) = match client_id {
+            Some(id) => (id.clone(), route.client_secret.clone()),
+            None => {
+                let endpoint = registration_url
+                    .clone()
+                    .or_else(|| text("registration_endpoint"))
+                    .ok_or_else(|| {
+                        format!("McpServer {}: set clientId or registrationUrl", route.key())
+                    })?;
+                self.registered(route, &endpoint).await?
+            }
+        };
+        Ok(Provider {
+            issuer: text("issuer"),
+            authorization,
+            token: token_url.clone(),
+            revocation: text("revocation_endpoint"),
+            sends_iss: metadata.as_ref().is_some_and(|m| {
+                m["authorization_response_iss_parameter_supported"] == Value::Bool(true)
+            }),
+            client_id,
+            client_secret,
+            method: Default::default(),
+        })
+    }
+
+    /// The provider's metadata: the first document, among those the upstream's protected
+    /// resource metadata and the token URL point at, that names `token_url`.
+    async fn metadata(&self, route: &ServerRoute, token_url: &str) -> Option<Value> {
+        let mut issuers = Vec::new();
+        if let Upstream::Remote { url, .. } = &route.config.upstream {
+            for document in resource_metadata_urls(url) {
+                if let Ok(found) =
+                    crate::upstream::get_json(&self.http, &document, MAX_METADATA, METADATA_TIMEOUT)
+                        .await
+                {
+                    let servers = found["authorization_servers"].as_array().cloned();
+                    issuers.extend(
+                        servers
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .take(2),
+                    );
+                    break;
+                }
+            }
+        }
+        issuers.extend(issuers_of(token_url));
+        let mut tried = 0;
+        for issuer in dedup(issuers) {
+            for document in metadata_urls(&issuer) {
+                if tried == MAX_METADATA_TRIES {
+                    return None;
+                }
+                tried += 1;
+                let Ok(found) = crate::upstream::get_json(
+                    &self.http,
+                    &document,
+                    MAX_METADATA,
+                    METADATA_TIMEOUT,
+                )
+                .await
+                else {
+                    continue;
+                };
+                if found["issuer"].as_str() == Some(issuer.as_str())
+                    && found["token_endpoint"].as_str() == Some(token_url)
+                {
+                    return Some(found);
+                }
+            }
+        }
+        tracing::info!(server = %route.key(), "no authorization server metadata names its token endpoint");
+        None
+    }
+
+    /// The client the gateway registered at `endpoint` for `route`, registering it the
+    /// first time (by whichever replica gets there first).
+    async fn registered(
+        &self,
+        route: &ServerRoute,
+        endpoint: &str,
+    ) -> Result<(String, Option<SecretString>), String> {
+        let id = {
+            let digest = Sha256::digest(
+                [route.key().as_str(), endpoint, &self.redirect_uri]
+                    .join("\0")
+                    .as_bytes(),
+            );
+            base16ct::lower::encode_string(&digest[..16])
+        };
+        let purpose = [b"mcpgate client registration\0".as_slice(), id.as_bytes()].concat();
+        let open = |registration: Registration| {
+            let secret = match registration.client_secret {
+                Some(sealed) => Some(
+                    self.keys
+                        .open_for(&purpose, &sealed)
+                        .and_then(|plain| String::from_utf8(plain).ok())
+                        .map(SecretString::from)
+                        .ok_or(
+                            "the stored client registration does not open with the gateway's keys",
+                        )?,
+                ),
+                None => None,
+            };
+            Ok::<_, String>((registration.client_id, secret))
+        };
+        let read = |e: crate::signin::store::StoreError| e.to_string();
+        if let Some(found) = self
+            .store
+            .get::<Registration>(Kind::Registration, &id)
+            .await
+            .map_err(read)?
+        {
+            return open(found.value);
+        }
+        let scopes = match &route.config.auth {
+            UpstreamAuth::OAuth2AuthorizationCode { scopes, .. } => scopes.join(" "),
+            _ => String::new(),
+        };
+        let mut request = json!({
+            "client_name": format!("mcpgate for {}", route.key()),
+            "redirect_uris": [self.redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        });
+        if !scopes.is_empty() {
+            request["scope"] = Value::String(scopes);
+        }
+        let answer = token_endpoint::post_json(&self.http, endpoint, &request)
+            .await
+            .map_err(|e| {
+                format!(
+                    "McpServer {}: registering the gateway at {endpoint} failed: {e}",
+                    route.key()
+                )
+            })?;
+        let client_id = answer["client_id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| format!("{endpoint} registered the gateway without a client_id"))?
+            .to_owned();
+        let secret = answer["client_secret"].as_str().map(str::to_owned);
+        let registration = Registration {
+            server: route.key(),
+            endpoint: endpoint.to_owned(),
+            client_id,
+            client_secret: match &secret {
+                Some(secret) => Some(
+                    self.keys
+                        .seal_for(&purpose, secret.as_bytes())
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            },
+        };
+        match self
+            .store
+            .create(Kind::Registration, &id, &registration)
+            .await
+            .map_err(read)?
+        {
+            Write::Done => {
+                tracing::info!(server = %route.key(), %endpoint, "registered the gateway as an OAuth client");
+                Ok((registration.client_id, secret.map(SecretString::from)))
+            }
+            Write::Conflict => {
+                // Another replica registered first: everyone uses that one.
+                let found = self
+                    .store
+                    .get::<Registration>(Kind::Registration, &id)
+                    .await
+                    .map_err(read)?
+                    .ok_or("the client registration vanished while it was written")?;
+                open(found.value)
+            }
+        }
+    }
+}
+
+/// The headers `tokens` give for `route`.
+fn resolved(route: &ServerRoute, tokens: &Tokens) -> Resolved {
+    let headers = match &route.config.auth {
+        UpstreamAuth::OAuth2AuthorizationCode {
+            send_token: SentToken::IdToken,
+            ..
+        } => tokens.id.clone(),
+        _ => Some(tokens.access.clone()),
+    };
+    Resolved {
+        headers,
+        renewable: true,
+    }
+}
+
+fn failed(route: &ServerRoute, why: String) -> OutboundError {
+    OutboundError::TokenEndpoint {
+        server: route.key(),
+        endpoint: match &route.config.auth {
+            UpstreamAuth::OAuth2AuthorizationCode { token_url, .. } => token_url.clone(),
+            _ => String::new(),
+        },
+        why,
+    }
+}
+
+/// The RFC 8707 resource: the upstream MCP server's URL.
+fn resource(route: &ServerRoute) -> Option<String> {
+    match &route.config.upstream {
+        Upstream::Remote { url, .. } => Some(url.clone()),
+        Upstream::OpenApi { .. } => None,
+    }
+}
+
+/// The tokens in a token endpoint's `answer`; a refresh that returns no new refresh token
+/// (or ID token) keeps the `previous` one.
+fn token_set(answer: &Value, previous: Option<&TokenSet>) -> Result<TokenSet, String> {
+    let (access, lifetime) = token_endpoint::access_token(answer).map_err(|e| e.to_string())?;
+    let text = |name: &str| {
+        answer[name]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    };
+    let obtained_at = now();
+    Ok(TokenSet {
+        access_token: access.expose_secret().to_owned(),
+        refresh_token: text("refresh_token")
+            .or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+        id_token: text("id_token").or_else(|| previous.and_then(|p| p.id_token.clone())),
+        expires_at: lifetime.map(|l| obtained_at + l.as_secs()),
+        obtained_at,
+    })
+}
+
+/// Where RFC 9728 puts the protected resource metadata of the MCP endpoint `url`: inserted
+/// before its path, then at the host's root.
+fn resource_metadata_urls(url: &str) -> Vec<String> {
+    well_known(url, "oauth-protected-resource")
+}
+
+/// Where an issuer's metadata is: RFC 8414 (path inserted), then OpenID discovery (path
+/// appended, and inserted).
+fn metadata_urls(issuer: &str) -> Vec<String> {
+    let mut urls = well_known(issuer, "oauth-authorization-server");
+    urls.truncate(1);
+    urls.push(format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    ));
+    urls
+}
+
+/// `/.well-known/{name}` inserted before `url`'s path, and at its root when it has one.
+fn well_known(url: &str, name: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let origin = parsed.origin().ascii_serialization();
+    let path = parsed.path().trim_end_matches('/');
+    let mut urls = vec![format!("{origin}/.well-known/{name}{path}")];
+    if !path.is_empty() {
+        urls.push(format!("{origin}/.well-known/{name}"));
+    }
+    urls
+}
+
+/// The issuers a token URL may belong to: its origin with each shorter prefix of its path,
+/// longest first (`https://h/realms/x/protocol/openid-connect/token` has issuer
+/// `https://h/realms/x`), at most four.
+fn issuers_of(token_url: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(token_url) else {
+        return Vec::new();
+    };
+    let origin = parsed.origin().ascii_serialization();
+    let segments: Vec<&str> = parsed.path().split('/').filter(|s| !s.is_empty()).collect();
+    let mut issuers: Vec<String> = (0..segments.len())
+        .rev()
+        .map(|n| {
+            let prefix = segments[..n].join("/");
+            if prefix.is_empty() {
+                origin.clone()
+            } else {
+                format!("{origin}/{prefix}")
+            }
+        })
+        .collect();
+    // The origin is the likeliest; always try it.
+    if issuers.len() > 4 {
+        let root = issuers.pop();
+        issuers.truncate(3);
+        issuers.extend(root);
+    }
+    issuers
+}
+
+fn dedup(items: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .into_iter()
+        .filter(|i| seen.insert(i.clone()))
+        .collect()
+}
+
+fn now() -> u64 {
+    jiff::Timestamp::now().as_second().max(0).unsigned_abs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers_are_guessed_from_the_token_url_longest_first() {
+        assert_eq!(
+            issuers_of("https://kc.example/realms/x/protocol/openid-connect/token"),
+            [
+                "https://kc.example/realms/x/protocol/openid-connect",
+                "https://kc.example/realms/x/protocol",
+                "https://kc.example/realms/x",
+                "https://kc.example"
+            ]
+        );
+        assert_eq!(
+            issuers_of("http://127.0.0.1:9/token"),
+            ["http://127.0.0.1:9"]
+        );
+        assert_eq!(
+            issuers_of("https://github.example/login/oauth/access_token"),
+            [
+                "https://github.example/login/oauth",
+                "https://github.example/login",
+                "https://github.example"
+            ]
+        );
+        assert!(issuers_of("not a url").is_empty());
+    }
+
+    #[test]
+    fn metadata_is_looked_for_where_the_rfcs_put_it() {
+        assert_eq!(
+            resource_metadata_urls("https://mcp.example/v1/mcp/"),
+            [
+                "https://mcp.example/.well-known/oauth-protected-resource/v1/mcp",
+                "https://mcp.example/.well-known/oauth-protected-resource"
+            ]
+        );
+        assert_eq!(
+            metadata_urls("https://as.example/tenant"),
+            [
+                "https://as.example/.well-known/oauth-authorization-server/tenant",
+                "https://as.example/tenant/.well-known/openid-configuration"
+            ]
+        );
+        assert_eq!(
+            metadata_urls("http://127.0.0.1:9"),
+            [
+                "http://127.0.0.1:9/.well-known/oauth-authorization-server",
+                "http://127.0.0.1:9/.well-known/openid-configuration"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refresh_keeps_what_the_provider_did_not_rotate() {
+        let first = token_set(
+            &json!({"access_token": "a1", "refresh_token": "r1", "id_token": "i1", "expires_in": 60}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(first.expires_at, Some(first.obtained_at + 60));
+        let kept = token_set(&json!({"access_token": "a2"}), Some(&first)).unwrap();
+        assert_eq!(kept.refresh_token.as_deref(), Some("r1"));
+        assert_eq!(kept.id_token.as_deref(), Some("i1"));
+        assert_eq!(kept.expires_at, None);
+        let rotated = token_set(
+            &json!({"access_token": "a3", "refresh_token": "r2"}),
+            Some(&first),
+        )
+        .unwrap();
+        assert_eq!(rotated.refresh_token.as_deref(), Some("r2"));
+        assert!(token_set(&json!({"refresh_token": "r"}), None).is_err());
+    }
+}

@@ -12,8 +12,16 @@
 // tokens carry sub (the user name), email, email_verified and groups. The users sign in on
 // the form of /interaction/UID (inputs `username` and `password`, button `sign-in`); consent
 // is implied for this first-party client. Authorization responses carry `iss` (RFC 9207).
-// Cookies are not Secure over http and named idp_* (cookies ignore ports: on 127.0.0.1 they
-// are shared with the gateway's).
+// Cookies are not Secure over http and named idp<PORT>_* (cookies ignore ports: on 127.0.0.1
+// they are shared with the gateway's and with other providers').
+//
+// With OIDC_UPSTREAM=1 it plays an MCP upstream's authorization server, the gateway being its
+// client: every client's access tokens are JWTs for AUDIENCE (RFC 8707, the upstream's URL),
+// dynamic client registration is open at /reg (RFC 7591), revocation is at /token/revocation
+// (RFC 7009, each revoked grant logged as "revoked grant ID"), refresh tokens are issued to
+// every client allowed the grant and rotated on each use, and consent is implied for every
+// client. OIDC_ACCESS_TTL sets the access tokens' lifetime in seconds (default 600), to make
+// the client refresh.
 //
 // usage: node oidc_provider.mjs PORT AUDIENCE [REDIRECT_URIS]
 import { generateKeyPairSync } from "node:crypto";
@@ -28,6 +36,8 @@ if (!port || !audience) {
   process.exit(2);
 }
 const issuer = `http://127.0.0.1:${port}`;
+const upstream = process.env.OIDC_UPSTREAM === "1";
+const accessTtl = Number(process.env.OIDC_ACCESS_TTL ?? 600);
 const redirectUris = (redirects ?? "").split(",").map((uri) => uri.trim()).filter(Boolean);
 
 // name -> password, email, groups
@@ -45,7 +55,7 @@ const signing = generateKeyPairSync("ec", { namedCurve: "P-256" })
 const resource = {
   scope: "mcp",
   audience,
-  accessTokenTTL: 600,
+  accessTokenTTL: accessTtl,
   accessTokenFormat: "jwt",
   jwt: { sign: { alg: "ES256" } },
 };
@@ -69,7 +79,7 @@ if (redirectUris.length) {
     grant_types: ["authorization_code", "refresh_token"],
     redirect_uris: redirectUris,
     response_types: ["code"],
-    scope: "openid email groups",
+    scope: upstream ? "openid email groups mcp" : "openid email groups",
     id_token_signed_response_alg: "ES256",
     token_endpoint_auth_method: "client_secret_basic",
   });
@@ -102,9 +112,9 @@ const provider = new Provider(issuer, {
   // SameSite=Lax suits the top-level redirects of the flow.
   cookies: {
     names: {
-      session: "idp_session",
-      interaction: "idp_interaction",
-      resume: "idp_interaction_resume",
+      session: `idp${port}_session`,
+      interaction: `idp${port}_interaction`,
+      resume: `idp${port}_interaction_resume`,
     },
     long: { httpOnly: true, sameSite: "lax" },
     short: { httpOnly: true, sameSite: "lax" },
@@ -116,16 +126,20 @@ const provider = new Provider(issuer, {
   // The gateway's client gets a refresh token without asking for offline_access.
   issueRefreshToken: async (_ctx, client, source) =>
     client.grantTypeAllowed("refresh_token")
-    && (client.clientId === GATEWAY_CLIENT || source.scopes.has("offline_access")),
-  ttl: { AccessToken: 600, ClientCredentials: 600 },
+    && (upstream || client.clientId === GATEWAY_CLIENT || source.scopes.has("offline_access")),
+  rotateRefreshToken: upstream ? true : undefined,
+  ttl: { AccessToken: accessTtl, ClientCredentials: 600 },
   jwks: { keys: [{ ...signing, kid: "test-es256", alg: "ES256", use: "sig" }] },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    registration: { enabled: upstream },
+    revocation: { enabled: upstream },
     resourceIndicators: {
       enabled: true,
       // The browser flow's access token is only for userinfo (unless a resource is asked).
-      defaultResource: (_ctx, client) => (client?.clientId === GATEWAY_CLIENT ? undefined : audience),
+      defaultResource: (_ctx, client) =>
+        (client?.clientId === GATEWAY_CLIENT && !upstream ? undefined : audience),
       useGrantedResource: () => true,
       getResourceServerInfo: (_ctx, indicator) => {
         if (indicator !== audience) throw new errors.InvalidTarget();
@@ -236,7 +250,9 @@ provider.use(async (ctx, next) => {
   const { name } = details.prompt;
 
   if (name === "consent") {
-    if (clientId !== GATEWAY_CLIENT) ctx.throw(403, "consent is only implied for mcpgate");
+    if (clientId !== GATEWAY_CLIENT && !upstream) {
+      ctx.throw(403, "consent is only implied for mcpgate");
+    }
     return consent(ctx, details);
   }
   if (name !== "login") ctx.throw(501, `prompt ${name} not implemented`);
@@ -262,7 +278,12 @@ provider.use(async (ctx, next) => {
   return undefined;
 });
 
+provider.on("grant.revoked", (_ctx, grantId) => console.log(`revoked grant ${grantId}`));
+provider.on("registration_create.success", (_ctx, client) =>
+  console.log(`registered client ${client.clientId}`));
+
 provider.listen(Number(port), "127.0.0.1", () => {
   const extra = redirectUris.length ? `, client ${GATEWAY_CLIENT} -> ${redirectUris.join(" ")}` : "";
-  console.log(`oidc provider ${issuer} (audience ${audience}${extra})`);
+  const mode = upstream ? `, upstream authorization server, access tokens ${accessTtl} s` : "";
+  console.log(`oidc provider ${issuer} (audience ${audience}${extra}${mode})`);
 });

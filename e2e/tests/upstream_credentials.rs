@@ -91,6 +91,56 @@ spec:
   - {kind: User, name: alice@example.com}
 "#;
 
+/// A standalone gateway with sign-in at `issuer`, serving `yaml`.
+struct Gateway {
+    proxy: Proxy,
+    manifests: std::path::PathBuf,
+    config: std::path::PathBuf,
+    state: std::path::PathBuf,
+    audit: std::path::PathBuf,
+}
+
+impl Gateway {
+    fn start(
+        dir: &std::path::Path,
+        port: u16,
+        admin: u16,
+        issuer: &str,
+        yaml: &str,
+    ) -> Result<Self> {
+        let url = format!("http://127.0.0.1:{port}");
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        std::fs::write(manifests.join("team.yaml"), yaml)?;
+        let config = dir.join("config");
+        render(&manifests, &config)?;
+        let state = dir.join("state");
+        let audit = dir.join("audit.log");
+        let mut args = signin_args(dir, &url, issuer)?;
+        for arg in [
+            "--config-dir",
+            &config.display().to_string(),
+            "--signin-state-dir",
+            &state.display().to_string(),
+            "--audit-log",
+            &audit.display().to_string(),
+            "--stored-credential-grace-seconds",
+            "1",
+        ] {
+            args.push(arg.to_owned());
+        }
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let proxy = Proxy::start_at(port, admin, &args, &[], dir)?;
+        Ok(Self {
+            proxy,
+            manifests,
+            config,
+            state,
+            audit,
+        })
+    }
+}
+
 /// `tools/call` of `tool` with `arguments` as the bearer of `token`, in a fresh session.
 fn call(url: &str, token: &str, tool: &str, arguments: Value) -> Result<Exchange> {
     let bearer = format!("Bearer {token}");
@@ -120,33 +170,18 @@ fn client_credentials_and_per_user_api_keys() -> Result<()> {
         bearer_port,
     )?;
     let _headers = python_peer("headers_server.py", headers_port, dir.path())?;
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
     let yaml = MANIFESTS
         .replace("BEARER", &bearer_port.to_string())
         .replace("HEADERS", &headers_port.to_string())
         .replace("ISSUER", &idp.issuer)
         .replace("AUDIENCE", AUDIENCE);
-    std::fs::write(manifests.join("team.yaml"), &yaml)?;
-    let config = dir.path().join("config");
-    render(&manifests, &config)?;
-    let state = dir.path().join("state");
-    let audit = dir.path().join("audit.log");
-    let mut args = signin_args(dir.path(), &url, &idp.issuer)?;
-    for arg in [
-        "--config-dir",
-        &config.display().to_string(),
-        "--signin-state-dir",
-        &state.display().to_string(),
-        "--audit-log",
-        &audit.display().to_string(),
-        "--stored-credential-grace-seconds",
-        "1",
-    ] {
-        args.push(arg.to_owned());
-    }
-    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let proxy = Proxy::start_at(port, admin, &args, &[], dir.path())?;
+    let Gateway {
+        proxy,
+        manifests,
+        config,
+        state,
+        audit,
+    } = Gateway::start(dir.path(), port, admin, &idp.issuer, &yaml)?;
     let log = || proxy.process.log();
     let alice = idp.password_token("alice", "alice-pw")?;
     let bob = idp.password_token("bob", "bob-pw")?;
@@ -272,6 +307,254 @@ fn client_credentials_and_per_user_api_keys() -> Result<()> {
     for secret in ["alice-override-key", "bob-own-key", "mcp-tests-secret"] {
         ensure!(!log().contains(secret), "{secret} in the gateway's log");
         ensure!(!trail.contains(secret), "{secret} in the audit trail");
+    }
+    Ok(())
+}
+
+const OAUTH_MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: docs-client
+  namespace: team
+  labels: {mcpgate.dev/credential: "true"}
+  annotations: {mcpgate.dev/allowed-servers: docs}
+stringData: {secret: mcpgate-secret}
+---
+# A pre-registered client; the authorization endpoint is discovered from the provider's
+# metadata at the token URL's origin.
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: docs, namespace: team}
+spec:
+  remote: {url: "UPSTREAM"}
+  auth:
+    type: OAuth2AuthorizationCode
+    oauth2AuthorizationCode:
+      tokenUrl: PROVIDER/token
+      clientId: mcpgate
+      clientSecretRef: {name: docs-client, key: secret}
+      scopes: [openid, mcp]
+---
+# The gateway registers itself (RFC 7591).
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: notes, namespace: team}
+spec:
+  remote: {url: "UPSTREAM"}
+  auth:
+    type: OAuth2AuthorizationCode
+    oauth2AuthorizationCode:
+      authorizationUrl: PROVIDER/auth
+      tokenUrl: PROVIDER/token
+      registrationUrl: PROVIDER/reg
+      scopes: [openid, mcp]
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: docs-users, namespace: team}
+spec:
+  targetRef: {kind: McpServer, name: docs}
+  role: User
+  subjects:
+  - {kind: User, name: alice@example.com}
+  - {kind: User, name: bob@example.com}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: notes-users, namespace: team}
+spec:
+  targetRef: {kind: McpServer, name: notes}
+  role: User
+  subjects:
+  - {kind: User, name: alice@example.com}
+"#;
+
+/// How long the upstream's access tokens live: short, so the gateway refreshes them.
+const ACCESS_TTL: u32 = 5;
+
+#[test]
+#[ignore = "needs the Python MCP peers, two OpenID providers and Chromium: run `make e2e`"]
+fn per_user_oauth_authorization() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (port, admin) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{port}");
+    let idp =
+        IdentityProvider::start_for(dir.path(), AUDIENCE, &[format!("{url}/-/signin/callback")])?;
+    let bearer_port = free_port();
+    let upstream = format!("http://127.0.0.1:{bearer_port}/mcp");
+    // The upstream's own authorization server: a second provider, not the people's.
+    let provider = IdentityProvider::start_upstream(
+        dir.path(),
+        &upstream,
+        &[format!("{url}/-/connections/callback")],
+        ACCESS_TTL,
+    )?;
+    let provider_log = || provider.process.log();
+    let _bearer = mcpgate_e2e::python_peer_with(
+        "bearer_server.py",
+        &[&bearer_port.to_string(), &provider.issuer, &upstream],
+        dir.path(),
+        bearer_port,
+    )?;
+    let yaml = OAUTH_MANIFESTS
+        .replace("UPSTREAM", &upstream)
+        .replace("PROVIDER", &provider.issuer);
+    let gateway = Gateway::start(dir.path(), port, admin, &idp.issuer, &yaml)?;
+    let log = || gateway.proxy.process.log();
+    let alice = idp.password_token("alice", "alice-pw")?;
+    let bob = idp.password_token("bob", "bob-pw")?;
+    let docs = format!("{url}/team/mcp/docs/server");
+    let docs_page = format!("{url}/-/connections/team/docs");
+    let whoami = |token: &str, server: &str| -> Result<(u16, String)> {
+        let (status, _, answer) = call(server, token, "whoami", json!({}))?;
+        Ok((status, text(&answer)))
+    };
+
+    // Before she authorized the gateway: 401 McpAuthRequiredError naming the page.
+    let (status, headers, refusal) = call(&docs, &alice, "whoami", json!({}))?;
+    ensure!(
+        status == 401
+            && refusal["error"]["type"] == "McpAuthRequiredError"
+            && refusal["authorization_urls"]["docs"] == docs_page.as_str()
+            && !headers.iter().any(|(k, _)| k == "www-authenticate"),
+        "alice before connecting: {status} {refusal}\n{}",
+        log()
+    );
+    // She connects in a browser: the gateway's sign-in, then the upstream's.
+    let connect = |page: &str, user: &str, password: &str| -> Result<Value> {
+        run_peer("connect_oauth.py", &[page, user, password, user, password])
+            .map_err(|e| e.context(format!("{}\n{}", log(), provider_log())))
+    };
+    let connected = connect(&docs_page, "alice", "alice-pw")?;
+    ensure!(
+        connected["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("connected"))
+            && connected["notice"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("Connected")),
+        "page: {connected}"
+    );
+    let (status, first) = whoami(&alice, &docs)?;
+    ensure!(
+        status == 200 && first.starts_with("alice "),
+        "alice's call carries her upstream token: {status} {first}\n{}",
+        log()
+    );
+    // Her token is never sent for bob: he has to connect himself.
+    let (status, answer) = whoami(&bob, &docs)?;
+    ensure!(status == 401, "bob before connecting: {status} {answer}");
+    connect(&docs_page, "bob", "bob-pw")?;
+    let (status, answer) = whoami(&bob, &docs)?;
+    ensure!(
+        status == 200 && answer.starts_with("bob "),
+        "bob's call carries his token: {status} {answer}"
+    );
+    let (_, answer) = whoami(&alice, &docs)?;
+    ensure!(answer.starts_with("alice "), "alice after bob: {answer}");
+
+    // The upstream refuses her token: the gateway refreshes it once and the call goes through.
+    call(&docs, &alice, "forget_token", json!({}))?;
+    let (status, renewed) = whoami(&alice, &docs)?;
+    ensure!(
+        status == 200 && renewed.starts_with("alice ") && renewed != first,
+        "after a 401 the gateway refreshes: {status} {renewed} (was {first})\n{}",
+        log()
+    );
+    // Her access token expires: the gateway refreshes it before sending (rotated refresh
+    // tokens are kept: this works more than once).
+    let mut seen = renewed;
+    for round in 0..2 {
+        seen = wait_for(
+            "a refreshed token after expiry",
+            Duration::from_secs(u64::from(ACCESS_TTL) * 4),
+            || {
+                let (status, now) = whoami(&alice, &docs).ok()?;
+                (status == 200 && now.starts_with("alice ") && now != seen).then_some(now)
+            },
+        )
+        .map_err(|e| e.context(format!("round {round}\n{}", log())))?;
+    }
+    ensure!(
+        log().matches("refreshed a user's upstream token").count() >= 3,
+        "three refreshes logged\n{}",
+        log()
+    );
+
+    // A server whose client the gateway registers itself, once.
+    let notes = format!("{url}/team/mcp/notes/server");
+    connect(
+        &format!("{url}/-/connections/team/notes"),
+        "alice",
+        "alice-pw",
+    )?;
+    let (status, answer) = whoami(&alice, &notes)?;
+    ensure!(
+        status == 200 && answer.starts_with("alice "),
+        "notes through a registered client: {status} {answer}\n{}",
+        log()
+    );
+    ensure!(
+        provider_log().matches("registered client").count() == 1,
+        "one registration\n{}",
+        provider_log()
+    );
+    let registrations = std::fs::read_dir(gateway.state.join("registrations"))?.count();
+    ensure!(registrations == 1, "{registrations} registration records");
+
+    // Disconnect: revoked at the provider, forgotten here, calls need her again.
+    let revoked_before = provider_log().matches("revoked grant").count();
+    let disconnected = run_peer(
+        "connect_oauth.py",
+        &[&docs_page, "alice", "alice-pw", "--disconnect"],
+    )?;
+    ensure!(
+        disconnected["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("not connected")),
+        "{disconnected}"
+    );
+    ensure!(
+        provider_log().matches("revoked grant").count() > revoked_before,
+        "the grant is revoked at the provider\n{}",
+        provider_log()
+    );
+    let (status, _) = whoami(&alice, &docs)?;
+    ensure!(status == 401, "alice after disconnecting: {status}");
+
+    // The provider goes down: once bob's token expires, his call fails naming the server
+    // and the provider, not with a challenge.
+    drop(provider);
+    let failure = wait_for(
+        "a clear error once the provider is down",
+        Duration::from_secs(u64::from(ACCESS_TTL) * 4),
+        || {
+            let (status, _, answer) = call(&docs, &bob, "whoami", json!({})).ok()?;
+            let message = answer.to_string();
+            (status != 401 && message.contains("could not obtain a token")).then_some(message)
+        },
+    )
+    .map_err(|e| e.context(log()))?;
+    ensure!(
+        failure.contains("team/docs") && failure.contains("/token"),
+        "{failure}"
+    );
+
+    // No token or secret in the log, the audit trail or the stored records.
+    let trail = std::fs::read_to_string(&gateway.audit).unwrap_or_default();
+    let mut stored = String::new();
+    for kind in ["credentials", "registrations"] {
+        for entry in std::fs::read_dir(gateway.state.join(kind))? {
+            stored.push_str(&std::fs::read_to_string(entry?.path())?);
+        }
+    }
+    for (what, text) in [("log", log()), ("audit trail", trail), ("store", stored)] {
+        ensure!(!text.contains("eyJ"), "a JWT in the gateway's {what}");
+        ensure!(
+            !text.contains("mcpgate-secret"),
+            "the client secret in the {what}"
+        );
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ pub enum OutboundError {
     #[error("{0}")]
     NoUserCredential(String),
     /// The gateway's own token could not be obtained.
-    #[error("McpServer {server}: the gateway could not obtain its token from {endpoint}: {why}")]
+    #[error("McpServer {server}: the gateway could not obtain a token from {endpoint}: {why}")]
     TokenEndpoint {
         /// `namespace/name`.
         server: String,

@@ -723,18 +723,18 @@ pub fn call_in_session(
     let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
     let (status, response_headers, messages) = mcp_post(url, &headers, &initialize)?;
-    if status != 200 {
+    let session = response_headers
+        .iter()
+        .find(|(k, _)| k == "mcp-session-id")
+        .map(|(_, v)| v.clone());
+    // A refused initialize (an HTTP error, or a JSON-RPC error and no session) is the answer.
+    let Some(session) = session.filter(|_| status == 200) else {
         return Ok((
             status,
             response_headers,
             messages.last().cloned().unwrap_or_default(),
         ));
-    }
-    let session = response_headers
-        .iter()
-        .find(|(k, _)| k == "mcp-session-id")
-        .map(|(_, v)| v.clone())
-        .context("no session id")?;
+    };
     headers.push(("mcp-session-id", &session));
     mcp_post(
         url,

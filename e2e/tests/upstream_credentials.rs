@@ -526,16 +526,19 @@ fn per_user_oauth_authorization() -> Result<()> {
     // The provider goes down: once bob's token expires, his call fails naming the server
     // and the provider, not with a challenge.
     drop(provider);
+    let last = std::cell::RefCell::new(String::new());
     let failure = wait_for(
         "a clear error once the provider is down",
         Duration::from_secs(u64::from(ACCESS_TTL) * 4),
         || {
-            let (status, _, answer) = call(&docs, &bob, "whoami", json!({})).ok()?;
+            let outcome = call(&docs, &bob, "whoami", json!({}));
+            *last.borrow_mut() = format!("{outcome:?}");
+            let (status, _, answer) = outcome.ok()?;
             let message = answer.to_string();
             (status != 401 && message.contains("could not obtain a token")).then_some(message)
         },
     )
-    .map_err(|e| e.context(log()))?;
+    .map_err(|e| e.context(format!("last: {}\n{}", last.borrow(), log())))?;
     ensure!(
         failure.contains("team/docs") && failure.contains("/token"),
         "{failure}"

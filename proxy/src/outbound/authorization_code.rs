@@ -396,7 +396,7 @@ impl UserOAuth {
                         ];
                         for (token, hint) in revoke {
                             let Some(token) = token else { continue };
-                            if let Err(error) = token_endpoint::revoke(
+                            match token_endpoint::revoke(
                                 &self.http,
                                 endpoint,
                                 provider.client(),
@@ -405,7 +405,16 @@ impl UserOAuth {
                             )
                             .await
                             {
-                                tracing::warn!(server = %route.key(), %error, "revoking a user's upstream token failed");
+                                Ok(()) => {}
+                                // RFC 7009 section 2.2.1: e.g. self-contained access tokens.
+                                Err(TokenError::Refused { error, .. })
+                                    if error == "unsupported_token_type" =>
+                                {
+                                    tracing::debug!(server = %route.key(), hint, "the provider does not revoke this kind of token");
+                                }
+                                Err(error) => {
+                                    tracing::warn!(server = %route.key(), %error, "revoking a user's upstream token failed");
+                                }
                             }
                         }
                     }
@@ -467,7 +476,7 @@ impl UserOAuth {
                     .ok_or_else(|| {
                         format!("McpServer {}: set clientId or registrationUrl", route.key())
                     })?;
-                self.registered(route, &endpoint).await?
+                self.registered(route, &endpoint, metadata.as_ref()).await?
             }
         };
         Ok(Provider {
@@ -541,6 +550,7 @@ impl UserOAuth {
         &self,
         route: &ServerRoute,
         endpoint: &str,
+        metadata: Option<&Value>,
     ) -> Result<(String, Option<SecretString>), String> {
         let id = {
             let digest = Sha256::digest(
@@ -588,6 +598,17 @@ impl UserOAuth {
         });
         if !scopes.is_empty() {
             request["scope"] = Value::String(scopes);
+        }
+        // OpenID registration defaults ID tokens to RS256, which a provider signing with
+        // other keys refuses: ask for one it lists.
+        let algorithms = metadata
+            .and_then(|m| m["id_token_signing_alg_values_supported"].as_array())
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if let Some(first) = algorithms.first()
+            && !algorithms.contains(&"RS256")
+        {
+            request["id_token_signed_response_alg"] = Value::String((*first).to_owned());
         }
         let answer = token_endpoint::post_json(&self.http, endpoint, &request)
             .await

@@ -679,6 +679,11 @@ impl IdentityProvider {
 /// client `mcpgate`, see [`IdentityProvider::start_for`]) and whose users are named by email;
 /// the client secret and a fixed session key are written into `dir`.
 pub fn signin_args(dir: &Path, url: &str, issuer: &str) -> Result<Vec<String>> {
+    signin_args_for(dir, url, issuer, "https://unused.example")
+}
+
+/// [`signin_args`] for a gateway that takes the provider's tokens for `audience`.
+pub fn signin_args_for(dir: &Path, url: &str, issuer: &str, audience: &str) -> Result<Vec<String>> {
     std::fs::write(dir.join("client-secret"), "mcpgate-secret\n")?;
     std::fs::write(dir.join("session-key"), [7u8; 32])?;
     Ok([
@@ -687,7 +692,7 @@ pub fn signin_args(dir: &Path, url: &str, issuer: &str) -> Result<Vec<String>> {
         "--oidc-issuer",
         issuer,
         "--oidc-audience",
-        "https://unused.example",
+        audience,
         "--oidc-user-claim",
         "email",
         "--session-key-file",

@@ -202,7 +202,7 @@ fn crds_are_established_and_explained(plane: &ControlPlane) -> Result<()> {
 /// credentials asked of the provider at `issuer` (test client `mcp-tests`), and every server
 /// and virtual server public but those taking each user's own key, so the test calls them
 /// without tokens but as alice where a person is needed.
-fn samples_in_front_of(upstream: &str, issuer: &str) -> Result<String> {
+fn samples_in_front_of(upstream: &str, issuer: &str, code_issuer: &str) -> Result<String> {
     let mut documents = Vec::new();
     let dir = workspace().join("config/samples");
     let mut files: Vec<_> = std::fs::read_dir(dir)?
@@ -224,9 +224,17 @@ fn samples_in_front_of(upstream: &str, issuer: &str) -> Result<String> {
                         grant["tokenUrl"] = Value::String(format!("{issuer}/token"));
                         grant["clientId"] = Value::String("mcp-tests".into());
                         grant["audience"] = Value::String(SAMPLES_AUDIENCE.into());
-                        client_secrets.push(grant["clientSecretRef"].clone());
+                        client_secrets.push((grant["clientSecretRef"].clone(), "mcp-tests-secret"));
                     }
-                    let per_user = auth["apiKey"]["scope"] == "PerUser";
+                    if let Some(grant) = auth.get_mut("oauth2AuthorizationCode") {
+                        grant["authorizationUrl"] = Value::String(format!("{code_issuer}/auth"));
+                        grant["tokenUrl"] = Value::String(format!("{code_issuer}/token"));
+                        grant["clientId"] = Value::String("mcpgate".into());
+                        grant["scopes"] = serde_json::json!(["openid", "mcp"]);
+                        client_secrets.push((grant["clientSecretRef"].clone(), "mcpgate-secret"));
+                    }
+                    let per_user = auth["apiKey"]["scope"] == "PerUser"
+                        || auth["type"] == "OAuth2AuthorizationCode";
                     value["spec"]["public"] = Value::Bool(!per_user);
                 }
                 Some("VirtualMcpServer") => value["spec"]["public"] = Value::Bool(true),
@@ -235,14 +243,14 @@ fn samples_in_front_of(upstream: &str, issuer: &str) -> Result<String> {
             documents.push(value);
         }
     }
-    // The test provider knows its client by its own secret.
-    for reference in client_secrets {
+    // The test providers know their clients by their own secrets.
+    for (reference, value) in client_secrets {
         for secret in documents
             .iter_mut()
             .filter(|d| d["kind"] == "Secret" && d["metadata"]["name"] == reference["name"])
         {
             secret["stringData"][reference["key"].as_str().unwrap_or_default()] =
-                Value::String("mcp-tests-secret".into());
+                Value::String(value.into());
         }
     }
     documents
@@ -262,34 +270,63 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     let (ns, gw) = namespaces(plane, "samples")?;
     let logs = tempfile::tempdir()?;
     let upstream_port = free_port();
+    let upstream = format!("http://127.0.0.1:{upstream_port}/mcp");
     let _upstream = mcpgate_e2e::python_peer("samples_server.py", upstream_port, logs.path())?;
-    let idp = mcpgate_e2e::IdentityProvider::start(logs.path(), SAMPLES_AUDIENCE)?;
+    // People sign in at the gateway with one provider; the per-user OAuth sample's upstream
+    // has its own authorization server.
+    let (port, admin) = (free_port(), free_port());
+    let gateway = format!("http://127.0.0.1:{port}");
+    let idp = mcpgate_e2e::IdentityProvider::start_for(
+        logs.path(),
+        SAMPLES_AUDIENCE,
+        &[format!("{gateway}/-/signin/callback")],
+    )?;
+    let code_provider = mcpgate_e2e::IdentityProvider::start_upstream(
+        logs.path(),
+        &upstream,
+        &[format!("{gateway}/-/connections/callback")],
+        600,
+    )?;
     let alice = idp.password_token("alice", "alice-pw")?;
     plane.apply(
         &ns,
-        &samples_in_front_of(
-            &format!("http://127.0.0.1:{upstream_port}/mcp"),
-            &idp.issuer,
-        )?,
+        &samples_in_front_of(&upstream, &idp.issuer, &code_provider.issuer)?,
     )?;
     let _operator = Operator::start(plane, &[&ns], &gw, "samples")?;
-    let config = wait_for("5 servers and 1 virtual server rendered", WAIT, || {
+    let config = wait_for("6 servers and 1 virtual server rendered", WAIT, || {
         config(plane, &gw).filter(|c| {
-            server_names(c, "servers").len() == 5 && server_names(c, "virtualServers").len() == 1
+            server_names(c, "servers").len() == 6 && server_names(c, "virtualServers").len() == 1
         })
     })?;
-    let proxy = Proxy::start(
-        &[
-            OsStr::new("--config-namespace"),
-            OsStr::new(&gw),
-            OsStr::new("--oidc-issuer"),
-            OsStr::new(&idp.issuer),
-            OsStr::new("--oidc-audience"),
-            OsStr::new(SAMPLES_AUDIENCE),
-        ],
+    let mut args =
+        mcpgate_e2e::signin_args_for(logs.path(), &gateway, &idp.issuer, SAMPLES_AUDIENCE)?;
+    args.extend(["--config-namespace".to_owned(), gw.clone()]);
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let proxy = Proxy::start_at(
+        port,
+        admin,
+        &args,
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
         logs.path(),
     )?;
+    // Alice connects her account at the per-user OAuth sample's provider, in a browser.
+    let connected = mcpgate_e2e::run_peer(
+        "connect_oauth.py",
+        &[
+            &format!("{gateway}/-/connections/{ns}/github"),
+            "alice",
+            "alice-pw",
+            "alice",
+            "alice-pw",
+        ],
+    )
+    .map_err(|e| e.context(proxy.process.log()))?;
+    ensure!(
+        connected["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("connected")),
+        "github connection page: {connected}"
+    );
 
     let mut ready_routes = Vec::new();
     for resource in [
@@ -336,6 +373,7 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
             == [
                 "deepwiki",
                 "engineering",
+                "github",
                 "huggingface",
                 "internal-docs",
                 "inventory",
@@ -345,8 +383,11 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
     );
     for name in &ready_routes {
         let url = format!("http://127.0.0.1:{}/{ns}/mcp/{name}/server", proxy.port);
-        // The per-user server is called by alice, whose key an AuthOverride supplies.
-        let bearer = (name == "linear").then_some(alice.as_str());
+        // The per-user servers are called by alice, whose key an AuthOverride supplies and
+        // who connected her account for github.
+        let bearer = ["github", "linear"]
+            .contains(&name.as_str())
+            .then_some(alice.as_str());
         let mcp_client =
             |url: &str, mode: &str, args: &[&str]| mcp_client_as(url, mode, args, bearer);
         let tools = mcp_client(&url, "legacy", &["list"]).map_err(anyhow::Error::msg)?;
@@ -364,14 +405,14 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
             );
         }
         // The gateway's credentials reach their upstreams (huggingface's shared key,
-        // inventory's client credentials token, alice's own key for linear); the others
-        // send none.
+        // inventory's client credentials token, alice's own key for linear and her own token
+        // for github); the others send none.
         let credential = mcp_client(&url, "legacy", &["call", &tools[0], "{}"])
             .map_err(anyhow::Error::msg)?["text"][0]
             .as_str()
             .is_some_and(|t| t.ends_with("with a credential"));
         ensure!(
-            credential == ["huggingface", "inventory", "linear"].contains(&name.as_str()),
+            credential == ["github", "huggingface", "inventory", "linear"].contains(&name.as_str()),
             "{name}: credential sent: {credential}"
         );
     }
@@ -413,10 +454,23 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
         "-o",
         "jsonpath={.items[*].metadata.name}",
     ])?;
+    // (Beside them: the proxy's own sign-in state, alice's github tokens sealed among it.)
     ensure!(
-        copies.split_whitespace().collect::<Vec<_>>()
-            == ["huggingface", "inventory", "linear"].map(|s| format!("mcpgate-cred.{ns}.{s}")),
+        copies
+            .split_whitespace()
+            .filter(|name| name.starts_with("mcpgate-cred."))
+            .collect::<Vec<_>>()
+            == ["github", "huggingface", "inventory", "linear"]
+                .map(|s| format!("mcpgate-cred.{ns}.{s}")),
         "credential copies: {copies}"
+    );
+    ensure!(
+        copies
+            .split_whitespace()
+            .filter(|name| name.starts_with("mcpgate-signin.credentials."))
+            .count()
+            == 1,
+        "alice's stored github authorization: {copies}"
     );
     let text = config.to_string();
     ensure!(
@@ -1164,7 +1218,8 @@ fn operator_rbac_is_least_privilege(plane: &ControlPlane) -> Result<()> {
     let kubeconfig = plane.service_account_kubeconfig(&gw, "mcpgate-operator", dir.path())?;
     let operator = Operator::start_as(&[&ns], &gw, "least", &kubeconfig)?;
     wait_condition(plane, &ns, "vmcps/engineering", "Ready", "True")?;
-    wait_condition(plane, &ns, "mcps/github", "Ready", "False")?;
+    wait_condition(plane, &ns, "mcps/github", "Ready", "True")?;
+    wait_condition(plane, &ns, "mcps/petstore", "Ready", "False")?;
     wait_for("credential copied", WAIT, || {
         plane
             .kubectl(&[

@@ -24,6 +24,8 @@ pub mod code {
     /// The call needs the user's own credential for an upstream, which the gateway does not
     /// hold yet (the answer says where to supply it).
     pub const AUTHORIZATION_REQUIRED: i64 = -32004;
+    /// URL-mode elicitation required (MCP 2025-11-25 URLElicitationRequiredError).
+    pub const URL_ELICITATION_REQUIRED: i64 = -32042;
     /// A failure inside the gateway itself.
     pub const INTERNAL: i64 = -32603;
 }

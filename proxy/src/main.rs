@@ -402,6 +402,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sessions: Sessions::new(keys)
                 .with_max_age(Duration::from_secs(args.session_max_age_seconds.max(1))),
             eras: Default::default(),
+            listed: Default::default(),
             current: current.clone(),
             stopping: stop_rx.clone(),
             audit: audit.clone(),

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Map, Value, json};
 
+use super::asking::{self, Asking};
 use super::era;
 use super::forward::{Forwarder, Message, hop_failure, not_a_message, upstream_failure};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID, gateway_id};
@@ -25,6 +26,7 @@ use super::relay::{self, EventIds, Rewrite};
 use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, code, full, json_response, jsonrpc_error};
+use crate::outbound::OutboundError;
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::{Current, Member, VirtualRoute};
 
@@ -489,6 +491,7 @@ impl Ctx<'_> {
         if let Some(slot) = request.pointer_mut(pointer) {
             *slot = original;
         }
+        let asking = self.asking(method, &request);
         let hop = self.hop(member, &caller);
         let rewrite = from_member(member.name().to_owned());
         let response = match &self.via {
@@ -506,8 +509,38 @@ impl Ctx<'_> {
         };
         match response {
             Ok(response) => response,
-            Err(error) => hop_failure(&Method::POST, id, &error),
+            Err(HopError::Credential(needed @ OutboundError::AuthorizationRequired { .. })) => {
+                // One answer for everything this user still has to supply here.
+                let others = self.needs(Some(member)).await;
+                let needs: Vec<&OutboundError> = std::iter::once(&needed).chain(&others).collect();
+                asking::answer(asking, id, &needs)
+            }
+            Err(error) => hop_failure(&Method::POST, id, &error, asking),
         }
+    }
+
+    /// How to ask this request's client for an authorization.
+    fn asking(&self, method: &str, request: &Value) -> Asking {
+        match &self.via {
+            Via::Session { state, .. } => Asking::in_session(method, &state.capabilities),
+            Via::Stateless { .. } => Asking::stateless(request),
+        }
+    }
+
+    /// What the caller still has to supply for the members (but `except`) that send each
+    /// user's own credential.
+    async fn needs(&self, except: Option<&Member>) -> Vec<OutboundError> {
+        let members = self.route.members.iter().filter(|m| {
+            m.server.config.auth.per_user() && except.is_none_or(|e| e.name() != m.name())
+        });
+        join_all(members.map(|m| self.fwd.outbound.resolve(&m.server, self.identity)))
+            .await
+            .into_iter()
+            .filter_map(|resolved| match resolved {
+                Err(need @ OutboundError::AuthorizationRequired { .. }) => Some(need),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The member named by the prefix of `name` (before `separator`), and the rest.
@@ -527,8 +560,19 @@ impl Ctx<'_> {
         .await;
         let mut items = Vec::new();
         for (member, list) in self.route.members.iter().zip(lists) {
+            let key = self.fwd.listed.key(&self.route.config.path, member, method);
             match list {
-                Ok(list) => items.extend(list),
+                Ok(list) => {
+                    self.fwd.listed.keep(key, &list);
+                    items.extend(list);
+                }
+                // The caller has not connected this member yet: its tools stay listed (as
+                // the member last listed them), and calling one asks them to connect.
+                Err(HopError::Credential(OutboundError::AuthorizationRequired { .. }))
+                    if let Some(last) = self.fwd.listed.get(&key) =>
+                {
+                    items.extend(last.iter().cloned());
+                }
                 Err(error) => {
                     tracing::warn!(server = %member.name(), %error, "{method} left out a server that failed")
                 }
@@ -761,8 +805,44 @@ impl Ctx<'_> {
             LIST_CHANGED.iter().map(|k| k.method),
             None,
         );
-        let streams = opened.into_iter().flatten().chain([keep_alive(), changes]);
+        let streams =
+            opened
+                .into_iter()
+                .flatten()
+                .chain([keep_alive(), changes, self.completions()]);
         event_stream(self.fwd, replaced, futures::stream::select_all(streams))
+    }
+
+    /// `notifications/elicitation/complete` as this session's user supplies a credential
+    /// (naming it as the URL elicitation that asked for it did), for clients that take URL
+    /// elicitations.
+    fn completions(&self) -> relay::Chunks {
+        let (Some((_, state)), Some(owner), Some(vault)) =
+            (self.session(), self.owner, self.fwd.outbound.vault())
+        else {
+            return futures::stream::empty().boxed();
+        };
+        if Asking::in_session("tools/call", &state.capabilities) != Asking::UrlError {
+            return futures::stream::empty().boxed();
+        }
+        let prefix = format!("{owner}-");
+        futures::stream::unfold(
+            (vault.stored(), prefix),
+            |(mut stored, prefix)| async move {
+                loop {
+                    match stored.recv().await {
+                        Ok(id) if id.starts_with(&prefix) => {
+                            let event =
+                                format!("event: message\ndata: {}\n\n", asking::complete(&id));
+                            return Some((Ok(Bytes::from(event)), (stored, prefix)));
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        )
+        .boxed()
     }
 
     /// The member, and its own event id, a GET's `Last-Event-ID` resumes (see
@@ -787,7 +867,7 @@ impl Ctx<'_> {
                     .await
                     .map(|body| self.fwd.long_lived(None, body))
             }
-            Err(error) => hop_failure(&Method::GET, None, &error),
+            Err(error) => hop_failure(&Method::GET, None, &error, Asking::Body),
         }
     }
 
@@ -1062,6 +1142,48 @@ pub(crate) fn tagged(server: String, subscription: Value) -> impl Rewrite {
             meta.insert(SUBSCRIPTION_ID.into(), subscription.clone());
         }
         from(message)
+    }
+}
+
+/// What each member of each virtual server last listed (items as the virtual server exposes
+/// them), by virtual server, member configuration and list: what a caller sees of a member
+/// that needs a credential they have not supplied yet. Upstreams that list differently per
+/// user show such a caller the last lister's view until they connect.
+pub struct Listed(moka::sync::Cache<String, std::sync::Arc<Vec<Value>>>);
+
+impl Default for Listed {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+        )
+    }
+}
+
+impl Listed {
+    fn key(&self, route: &str, member: &Member, method: &str) -> String {
+        let config = crate::outbound::config_key(&member.server);
+        format!(
+            "{route}\0{}\0{method}\0{}",
+            member.name(),
+            base16ct::lower::encode_string(&config)
+        )
+    }
+
+    fn keep(&self, key: String, items: &[Value]) {
+        let same = self
+            .0
+            .get(&key)
+            .is_some_and(|kept| kept.as_slice() == items);
+        if !same {
+            self.0.insert(key, std::sync::Arc::new(items.to_vec()));
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<std::sync::Arc<Vec<Value>>> {
+        self.0.get(key)
     }
 }
 

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use super::asking::{self, Asking};
 use super::era;
 use super::filter;
 use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
@@ -54,6 +55,9 @@ pub struct Forwarder {
     pub audit: Audit,
     /// The credentials sent upstream beyond what routes inject by themselves.
     pub outbound: crate::outbound::Outbound,
+    /// What each virtual server's members last listed, for callers whose own credential a
+    /// member still needs (see `aggregate`).
+    pub listed: super::aggregate::Listed,
 }
 
 /// A request body read whole and checked.
@@ -268,6 +272,14 @@ impl Forwarder {
             .as_ref()
             .map(|m| m.bytes.clone())
             .unwrap_or_default();
+        // How to tell this client that its user must authorize the upstream (read only then).
+        let asking = || match (&session, &message) {
+            (Some((_, state)), _) => Asking::in_session(method, &state.capabilities),
+            (None, Some(message)) if era::is_modern(&parts.headers, &message.envelope) => message
+                .request()
+                .map_or(Asking::Body, |request| Asking::stateless(&request)),
+            _ => Asking::Body,
+        };
         // A stateless client in front of an upstream that only knows sessions: the gateway
         // holds a session for it.
         if session.is_none()
@@ -287,7 +299,7 @@ impl Forwarder {
             };
             return match self.eras.send(&hop, request, rewrite).await {
                 Ok(response) => (response, None),
-                Err(error) => (hop_failure(&parts.method, id, &error), None),
+                Err(error) => (hop_failure(&parts.method, id, &error, asking()), None),
             };
         }
         let version = parts
@@ -312,7 +324,7 @@ impl Forwarder {
             .await;
         let response = match attempt {
             Ok(response) => response,
-            Err(error) => return (hop_failure(&parts.method, id, &error), None),
+            Err(error) => return (hop_failure(&parts.method, id, &error, asking()), None),
         };
         let latency = started.elapsed();
 
@@ -605,58 +617,20 @@ fn too_large(limit: usize) -> Response<Body> {
 }
 
 /// What a caller is told when an upstream request failed: where to supply a missing
-/// credential of theirs, or which server failed ([`upstream_failure`]).
-pub fn hop_failure(method: &Method, id: Option<&Value>, error: &HopError) -> Response<Body> {
+/// credential of theirs (asked the way `asking` says), or which server failed
+/// ([`upstream_failure`]).
+pub fn hop_failure(
+    method: &Method,
+    id: Option<&Value>,
+    error: &HopError,
+    asking: Asking,
+) -> Response<Body> {
     match error {
         HopError::Credential(needed @ OutboundError::AuthorizationRequired { .. }) => {
-            authorization_required(id, &[needed])
+            asking::answer(asking, id, &[needed])
         }
         _ => upstream_failure(method, id, error.to_string()),
     }
-}
-
-/// HTTP 401 saying which servers need the user's own credential and where to supply each:
-/// `error.type` `McpAuthRequiredError`, `authorization_urls` and `server_names` keyed by the
-/// server's name on this route, and a `message`; also a JSON-RPC error answering `id`. It
-/// carries no `WWW-Authenticate`: the caller's token for the gateway is fine, so a client
-/// must not start over with the gateway's own authorization.
-pub fn authorization_required(id: Option<&Value>, needs: &[&OutboundError]) -> Response<Body> {
-    let mut urls = serde_json::Map::new();
-    let mut names = serde_json::Map::new();
-    let mut lines = Vec::new();
-    for need in needs {
-        if let OutboundError::AuthorizationRequired {
-            namespace,
-            server,
-            url,
-            ..
-        } = need
-        {
-            urls.insert(server.clone(), Value::String(url.clone()));
-            names.insert(
-                server.clone(),
-                Value::String(format!("{namespace}/{server}")),
-            );
-            lines.push(need.to_string());
-        }
-    }
-    let message = lines.join("; ");
-    crate::error::json_response(
-        StatusCode::UNAUTHORIZED,
-        &serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": id.cloned().unwrap_or(Value::Null),
-            "error": {
-                "type": "McpAuthRequiredError",
-                "code": code::AUTHORIZATION_REQUIRED,
-                "message": message,
-                "data": {"authorization_urls": urls},
-            },
-            "message": message,
-            "authorization_urls": urls,
-            "server_names": names,
-        }),
-    )
 }
 
 /// A JSON-RPC error for requests (so the calling tool sees which server failed), 502 for

@@ -2,6 +2,7 @@
 //! their members (`aggregate`); both reach upstreams through `hop`.
 
 pub mod aggregate;
+pub mod asking;
 pub mod era;
 pub mod extra_headers;
 pub mod filter;

@@ -57,6 +57,8 @@ pub enum OutboundError {
         what: &'static str,
         /// Where the user supplies it.
         url: String,
+        /// Names this need of this user (an opaque digest) in URL elicitations.
+        elicitation: String,
     },
     /// The server uses per-user credentials and the caller has none it could supply here.
     #[error("{0}")]
@@ -259,6 +261,7 @@ impl Outbound {
                 server: route.config.name.clone(),
                 what,
                 url,
+                elicitation: vault::record_id(caller, &server).unwrap_or_default(),
             },
             None => OutboundError::NoUserCredential(format!(
                 "McpServer {server} sends each user's own {what} upstream and the gateway holds none for {}: a tenant admin can create an AuthOverride, or the gateway's operators can turn on sign-in so users enter their own",

@@ -133,6 +133,8 @@ pub struct Vault {
     grace: Duration,
     /// Since when each such record has been unused.
     unused: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Ids of records just stored, here or by another replica.
+    stored: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Vault {
@@ -146,6 +148,7 @@ impl Vault {
             keys,
             grace,
             unused: Default::default(),
+            stored: tokio::sync::broadcast::channel(256).0,
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(CACHE_TTL)
@@ -163,7 +166,16 @@ impl Vault {
         let mut changes = self.store.changes(Kind::Credential);
         while let Some(id) = changes.next().await {
             self.cache.invalidate(&id);
+            if self.stored.receiver_count() > 0 && self.opened(&id).await.is_some() {
+                let _ = self.stored.send(id);
+            }
         }
+    }
+
+    /// The ids of records as they are stored (by any replica, when the store is shared): a
+    /// user just supplied a credential, and sessions waiting for it can say so.
+    pub fn stored(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.stored.subscribe()
     }
 
     /// The headers `caller`'s own API key gives for `route`, if they stored one.
@@ -304,6 +316,7 @@ impl Vault {
             };
             if written == Write::Done {
                 self.cache.invalidate(&id);
+                let _ = self.stored.send(id);
                 return Ok(());
             }
         }

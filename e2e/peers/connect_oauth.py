@@ -25,16 +25,16 @@ def wait_for(driver, css: str, what: str) -> None:
         time.sleep(0.05)
 
 
-def main() -> None:
-    page, user, password = sys.argv[1:4]
-    rest = sys.argv[4:]
+def connect(page: str, user: str, password: str, upstream: tuple[str, str] | None) -> dict:
+    """Signs in at PAGE as USER and connects as `upstream` (user, password), or disconnects
+    when it is None; returns what the page then says."""
     with chromium() as driver:
         authorize(driver, page, user, password, until_prefix=page)
         wait_for(driver, "#state", "credential page")
-        if rest == ["--disconnect"]:
+        if upstream is None:
             driver.find_element(By.ID, "disconnect").click()
         else:
-            upstream_user, upstream_password = rest
+            upstream_user, upstream_password = upstream
             driver.find_element(By.ID, "connect").click()
             # Off to the upstream's sign-in, and back to the page once the gateway stored
             # the tokens (or to the gateway's error page, which authorize reports).
@@ -43,18 +43,24 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise BrowserError(f"Connect did not leave {driver.current_url}")
                 time.sleep(0.05)
-            if not driver.current_url.startswith(page):
-                try:
-                    authorize(driver, driver.current_url, upstream_user, upstream_password,
-                              until_prefix=page)
-                except BrowserError as e:
-                    body = driver.find_element(By.TAG_NAME, "body").text[:500]
-                    raise BrowserError(f"{e}; page says: {body}") from e
+            try:
+                authorize(driver, driver.current_url, upstream_user, upstream_password,
+                          until_prefix=page)
+            except BrowserError as e:
+                body = driver.find_element(By.TAG_NAME, "body").text[:500]
+                raise BrowserError(f"{e}; page says: {body}") from e
         wait_for(driver, "[role=status]", "confirmation")
-        print(json.dumps({
+        return {
             "state": driver.find_element(By.ID, "state").text,
             "notice": driver.find_element(By.CSS_SELECTOR, "[role=status]").text,
-        }))
+        }
+
+
+def main() -> None:
+    page, user, password = sys.argv[1:4]
+    rest = sys.argv[4:]
+    upstream = None if rest == ["--disconnect"] else (rest[0], rest[1])
+    print(json.dumps(connect(page, user, password, upstream)))
 
 
 if __name__ == "__main__":

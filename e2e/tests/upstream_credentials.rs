@@ -311,6 +311,54 @@ fn client_credentials_and_per_user_api_keys() -> Result<()> {
     Ok(())
 }
 
+/// People signing in at one provider, an upstream (`bearer_server.py`) whose authorization
+/// server is a second provider, and a gateway serving [`OAUTH_MANIFESTS`] followed by
+/// `extra` (documents each starting `---`; `HEADERS` in it is a `headers_server.py` port).
+struct OAuthWorld {
+    url: String,
+    idp: IdentityProvider,
+    provider: IdentityProvider,
+    gateway: Gateway,
+    _upstreams: [mcpgate_e2e::Process; 2],
+}
+
+impl OAuthWorld {
+    fn start(dir: &std::path::Path, extra: &str) -> Result<Self> {
+        let (port, admin) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{port}");
+        let idp =
+            IdentityProvider::start_for(dir, AUDIENCE, &[format!("{url}/-/signin/callback")])?;
+        let (bearer_port, headers_port) = (free_port(), free_port());
+        let upstream = format!("http://127.0.0.1:{bearer_port}/mcp");
+        // The upstream's own authorization server: a second provider, not the people's.
+        let provider = IdentityProvider::start_upstream(
+            dir,
+            &upstream,
+            &[format!("{url}/-/connections/callback")],
+            ACCESS_TTL,
+        )?;
+        let bearer = mcpgate_e2e::python_peer_with(
+            "bearer_server.py",
+            &[&bearer_port.to_string(), &provider.issuer, &upstream],
+            dir,
+            bearer_port,
+        )?;
+        let headers = python_peer("headers_server.py", headers_port, dir)?;
+        let yaml = format!("{OAUTH_MANIFESTS}{extra}")
+            .replace("UPSTREAM", &upstream)
+            .replace("PROVIDER", &provider.issuer)
+            .replace("HEADERS", &headers_port.to_string());
+        let gateway = Gateway::start(dir, port, admin, &idp.issuer, &yaml)?;
+        Ok(Self {
+            url,
+            idp,
+            provider,
+            gateway,
+            _upstreams: [bearer, headers],
+        })
+    }
+}
+
 const OAUTH_MANIFESTS: &str = r#"
 apiVersion: v1
 kind: Secret
@@ -377,30 +425,14 @@ const ACCESS_TTL: u32 = 5;
 #[ignore = "needs the Python MCP peers, two OpenID providers and Chromium: run `make e2e`"]
 fn per_user_oauth_authorization() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (port, admin) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{port}");
-    let idp =
-        IdentityProvider::start_for(dir.path(), AUDIENCE, &[format!("{url}/-/signin/callback")])?;
-    let bearer_port = free_port();
-    let upstream = format!("http://127.0.0.1:{bearer_port}/mcp");
-    // The upstream's own authorization server: a second provider, not the people's.
-    let provider = IdentityProvider::start_upstream(
-        dir.path(),
-        &upstream,
-        &[format!("{url}/-/connections/callback")],
-        ACCESS_TTL,
-    )?;
+    let OAuthWorld {
+        url,
+        idp,
+        provider,
+        gateway,
+        _upstreams,
+    } = OAuthWorld::start(dir.path(), "")?;
     let provider_log = || provider.process.log();
-    let _bearer = mcpgate_e2e::python_peer_with(
-        "bearer_server.py",
-        &[&bearer_port.to_string(), &provider.issuer, &upstream],
-        dir.path(),
-        bearer_port,
-    )?;
-    let yaml = OAUTH_MANIFESTS
-        .replace("UPSTREAM", &upstream)
-        .replace("PROVIDER", &provider.issuer);
-    let gateway = Gateway::start(dir.path(), port, admin, &idp.issuer, &yaml)?;
     let log = || gateway.proxy.process.log();
     let alice = idp.password_token("alice", "alice-pw")?;
     let bob = idp.password_token("bob", "bob-pw")?;
@@ -559,5 +591,179 @@ fn per_user_oauth_authorization() -> Result<()> {
             "the client secret in the {what}"
         );
     }
+    Ok(())
+}
+
+const BUNDLE_MANIFESTS: &str = r#"
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: keys, namespace: team}
+spec:
+  remote: {url: "http://127.0.0.1:HEADERS/mcp"}
+  auth:
+    type: ApiKey
+    apiKey: {scope: PerUser, headerName: X-Key}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: plain, namespace: team}
+spec:
+  remote: {url: "http://127.0.0.1:HEADERS/mcp"}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: VirtualMcpServer
+metadata: {name: bundle, namespace: team}
+spec:
+  tools:
+  - {server: docs, tools: [whoami]}
+  - {server: keys, tools: ["*"]}
+  - {server: plain, tools: ["*"]}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: alice-keys
+  namespace: team
+  labels: {mcpgate.dev/credential: "true"}
+  annotations: {mcpgate.dev/allowed-servers: keys}
+stringData: {key: alice-key}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: AuthOverride
+metadata: {name: alice-keys, namespace: team}
+spec:
+  serverRef: {name: keys}
+  subject: alice@example.com
+  secretRef: {name: alice-keys, key: key}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: bundle-users, namespace: team}
+spec:
+  targetRef: {kind: VirtualMcpServer, name: bundle}
+  role: User
+  subjects:
+  - {kind: User, name: alice@example.com}
+  - {kind: User, name: bob@example.com}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: keys-users, namespace: team}
+spec:
+  targetRef: {kind: McpServer, name: keys}
+  role: User
+  subjects:
+  - {kind: User, name: alice@example.com}
+  - {kind: User, name: bob@example.com}
+"#;
+
+/// Runs e2e/peers/elicit.py as the bearer of `token` (see there).
+fn elicit(
+    url: &str,
+    mode: &str,
+    tool: &str,
+    server: &str,
+    user: &str,
+    token: &str,
+) -> Result<Value> {
+    let password = format!("{user}-pw");
+    mcpgate_e2e::run_peer_with(
+        "elicit.py",
+        &[url, mode, tool, server, user, &password],
+        &[("MCPGATE_BEARER", token)],
+    )
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers, two OpenID providers and Chromium: run `make e2e`"]
+fn url_elicitation_and_virtual_servers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let world = OAuthWorld::start(dir.path(), BUNDLE_MANIFESTS)?;
+    let url = &world.url;
+    let log = || world.gateway.proxy.process.log();
+    let alice = world.idp.password_token("alice", "alice-pw")?;
+    let bob = world.idp.password_token("bob", "bob-pw")?;
+    let bundle = format!("{url}/team/mcp/bundle/server");
+    let docs = format!("{url}/team/mcp/docs/server");
+    let page = |server: &str| format!("{url}/-/connections/team/{server}");
+
+    // Alice connects docs (her key for keys comes from an AuthOverride) and lists the bundle.
+    run_peer(
+        "connect_oauth.py",
+        &[&page("docs"), "alice", "alice-pw", "alice", "alice-pw"],
+    )?;
+    let listed = mcpgate_e2e::run_peer_with(
+        "call.py",
+        &[&bundle, "legacy", "list"],
+        &[("MCPGATE_BEARER", &alice)],
+    )
+    .map_err(|e| e.context(log()))?;
+    let tools = json!(["docs_whoami", "keys_header", "plain_header"]);
+    ensure!(listed == tools, "alice lists {listed}");
+
+    // Bob has connected nothing: he still sees every tool; a call to one of docs gathers
+    // what he needs for the whole bundle into one 401 McpAuthRequiredError.
+    let (status, _, refusal) = call(&bundle, &bob, "docs_whoami", json!({}))?;
+    ensure!(
+        status == 401
+            && refusal["authorization_urls"]["docs"] == page("docs").as_str()
+            && refusal["authorization_urls"]["keys"] == page("keys").as_str()
+            && refusal["authorization_urls"]
+                .as_object()
+                .is_some_and(|o| o.len() == 2),
+        "bob's call: {status} {refusal}\n{}",
+        log()
+    );
+    // A client that takes URL elicitations (2025-11-25) gets -32042 with both, completes the
+    // one for docs in the browser, hears notifications/elicitation/complete, and retries.
+    let report = elicit(&bundle, "legacy", "docs_whoami", "docs", "bob", &bob)
+        .map_err(|e| e.context(log()))?;
+    ensure!(report["tools"] == tools, "bob lists {}", report["tools"]);
+    let elicitations = report["elicitations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        elicitations.len() == 2
+            && elicitations
+                .iter()
+                .all(|e| e["id"].as_str().is_some_and(|id| !id.is_empty())),
+        "elicitations: {report}"
+    );
+    let docs_id = elicitations
+        .iter()
+        .find(|e| e["url"] == page("docs").as_str())
+        .map(|e| e["id"].clone())
+        .unwrap_or_default();
+    ensure!(
+        report["completed"]
+            .as_array()
+            .is_some_and(|c| c.contains(&docs_id))
+            && report["text"][0]
+                .as_str()
+                .is_some_and(|t| t.starts_with("bob ")),
+        "bob after the elicitation: {report}\n{}",
+        log()
+    );
+
+    // A 2026-07-28 client gets an input_required result, its SDK hands the URL to the
+    // elicitation callback, and retries once the user connected.
+    run_peer(
+        "connect_oauth.py",
+        &[&page("docs"), "bob", "bob-pw", "--disconnect"],
+    )?;
+    let report =
+        elicit(&docs, "2026-07-28", "whoami", "docs", "bob", &bob).map_err(|e| e.context(log()))?;
+    ensure!(
+        report["elicitations"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+            && report["text"][0]
+                .as_str()
+                .is_some_and(|t| t.starts_with("bob ")),
+        "bob, stateless: {report}\n{}",
+        log()
+    );
     Ok(())
 }

@@ -13,6 +13,11 @@ that bearer token. Scenarios:
                                   after waiting (up to 20 s) for
                                   notifications/tools/list_changed, calling TOOL meanwhile
                                   (initialize era: fastmcp 4 has no subscriptions/listen)
+  auth-required TOOL           -> {"status": 401, "body": {...}} or {"code", "message",
+                                  "data"}: calls TOOL the way the reference docs' agent
+                                  example does (an httpx client that reads error bodies) and
+                                  reports the HTTP error, or the JSON-RPC error the SDK read
+                                  from that 401's body
 """
 
 import asyncio
@@ -20,17 +25,63 @@ import json
 import os
 import sys
 
+import httpx2 as httpx
+
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
 from fastmcp.client.transports import StreamableHttpTransport
+from mcp.shared.exceptions import MCPError
 
 
 def texts(result) -> list[str]:
     return [c.text for c in result.content if getattr(c, "text", None) is not None]
 
 
+def reading_error_bodies(**kwargs) -> httpx.AsyncClient:
+    """An httpx client that loads 4xx/5xx bodies before the transport raises on them."""
+
+    async def read(response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            await response.aread()
+
+    hooks = kwargs.pop("event_hooks", None) or {}
+    hooks.setdefault("response", []).append(read)
+    return httpx.AsyncClient(event_hooks=hooks, **kwargs)
+
+
+async def auth_required(url: str, mode: str, tool: str) -> dict:
+    token = os.environ.get("MCPGATE_BEARER")
+    transport = StreamableHttpTransport(
+        url, headers={"Authorization": f"Bearer {token}"}, httpx_client_factory=reading_error_bodies
+    )
+    try:
+        async with Client(transport, mode=mode) as client:
+            result = await client.call_tool(tool, {}, raise_on_error=False)
+            return {"status": 200, "text": texts(result)}
+    except Exception as raised:  # noqa: BLE001 - the error may come wrapped in groups
+        if (error := found(raised, httpx.HTTPStatusError)) is not None:
+            return {"status": error.response.status_code, "body": error.response.json()}
+        # SDKs that read a JSON-RPC error in the 401 body raise it as such.
+        if (error := found(raised, MCPError)) is not None:
+            return {"code": error.error.code, "message": error.error.message, "data": error.error.data}
+        raise
+
+
+def found(raised: BaseException, kind: type):
+    """The first exception of `kind` in `raised` or its exception groups."""
+    if isinstance(raised, kind):
+        return raised
+    for inner in getattr(raised, "exceptions", ()):
+        if (hit := found(inner, kind)) is not None:
+            return hit
+    return None
+
+
 async def main() -> None:
     url, mode, scenario, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    if scenario == "auth-required":
+        print(json.dumps(await auth_required(url, mode, args[0])))
+        return
     asked: list[str] = []
     changed = asyncio.Event()
 

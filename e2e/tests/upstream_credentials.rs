@@ -715,6 +715,26 @@ fn url_elicitation_and_virtual_servers() -> Result<()> {
         "bob's call: {status} {refusal}\n{}",
         log()
     );
+    // fastmcp, as the reference docs' agent example uses it, gets the 401 in both eras on a
+    // single server: this SDK reads the JSON-RPC error in its body (-32004, with the URLs in
+    // `data`) and raises that.
+    for mode in ["legacy", "2026-07-28"] {
+        let seen = mcpgate_e2e::run_peer_with(
+            "fastmcp_client.py",
+            &[&docs, mode, "auth-required", "whoami"],
+            &[("MCPGATE_BEARER", &bob)],
+        )
+        .map_err(|e| e.context(log()))?;
+        let as_body = seen["status"] == 401
+            && seen["body"]["error"]["type"] == "McpAuthRequiredError"
+            && seen["body"]["authorization_urls"]["docs"] == page("docs").as_str();
+        let as_error = seen["code"] == -32004
+            && seen["data"]["authorization_urls"]["docs"] == page("docs").as_str()
+            && seen["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&page("docs")));
+        ensure!(as_body || as_error, "fastmcp {mode}: {seen}");
+    }
     // A client that takes URL elicitations (2025-11-25) gets -32042 with both, completes the
     // one for docs in the browser, hears notifications/elicitation/complete, and retries.
     let report = elicit(&bundle, "legacy", "docs_whoami", "docs", "bob", &bob)

@@ -250,7 +250,11 @@ async fn initialize(
             match hop.initialize(version, capabilities, client_info).await {
                 Ok((session, result)) => (session, Some(result)),
                 Err(error) => {
-                    tracing::warn!(%error, "a member did not initialize; it is opened again when used");
+                    if matches!(error, HopError::Credential(OutboundError::AuthorizationRequired { .. })) {
+                        tracing::debug!(%error, "a member waits for the caller's own credential");
+                    } else {
+                        tracing::warn!(%error, "a member did not initialize; it is opened again when used");
+                    }
                     let session = UpstreamSession { server: member.name().to_owned(), id: None, version: String::new() };
                     (session, None)
                 }

@@ -5,7 +5,9 @@
 //! the cost of opening a session and the proxy's RSS with 10,000 idle sessions; last, the
 //! cost of authentication per call (OIDC JWT, ServiceAccount token, a token the gateway
 //! issued after sign-in) against a public route, and the rate of `/-/oauth/token` refresh
-//! grants (only those with `MCPGATE_BENCH=auth`). With `MCPGATE_BENCH_BASELINE=<mcpgate-proxy binary>`
+//! grants (only those with `MCPGATE_BENCH=auth`); last, the cost of the upstream credential
+//! per call: none, a shared key, a stored per-user OAuth token (only those with
+//! `MCPGATE_BENCH=outbound`). With `MCPGATE_BENCH_BASELINE=<mcpgate-proxy binary>`
 //! it instead compares that build's CPU and p50 per call with this one's, interleaved.
 //! Load generator, proxy and upstream share this machine's cores, so CPU per call is the
 //! figure that compares across machines.
@@ -230,8 +232,10 @@ fn main() -> Result<()> {
         runtime.spawn(upstream(listener));
     }
     let upstream_addr = upstreams[0];
-    if std::env::var("MCPGATE_BENCH").as_deref() == Ok("auth") {
-        return authentication(&runtime, upstream_addr);
+    match std::env::var("MCPGATE_BENCH").as_deref() {
+        Ok("auth") => return authentication(&runtime, upstream_addr),
+        Ok("outbound") => return outbound(&runtime, upstream_addr),
+        _ => {}
     }
 
     let dir = tempfile::tempdir()?;
@@ -376,7 +380,196 @@ fn main() -> Result<()> {
         rss_kib(pid, "VmRSS:").unwrap_or(0)
     );
     drop(proxy);
-    authentication(&runtime, upstream_addr)
+    authentication(&runtime, upstream_addr)?;
+    outbound(&runtime, upstream_addr)
+}
+
+/// Manifests of the outbound rows: one upstream behind four credential modes, alice may
+/// use each.
+const OUTBOUND_MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: shared-key, namespace: bench, labels: {mcpgate.dev/credential: "true"}, annotations: {mcpgate.dev/allowed-servers: shared}}
+stringData: {key: bench-shared-key}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: none, namespace: bench}
+spec: {remote: {url: "UPSTREAM"}}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: shared, namespace: bench}
+spec:
+  remote: {url: "UPSTREAM"}
+  auth: {type: ApiKey, apiKey: {scope: Shared, headerName: Authorization, valueTemplate: "Bearer {{API_KEY}}", secretKeyRef: {name: shared-key, key: key}}}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: oauth, namespace: bench}
+spec:
+  remote: {url: "UPSTREAM"}
+  auth:
+    type: OAuth2AuthorizationCode
+    oauth2AuthorizationCode: {authorizationUrl: "http://127.0.0.1:9/authorize", tokenUrl: "http://127.0.0.1:9/token", clientId: bench}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: alice, namespace: bench}
+spec:
+  targetRef: {kind: McpServer, name: none}
+  role: User
+  subjects: [{kind: User, name: alice@example.com}]
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: alice-shared, namespace: bench}
+spec:
+  targetRef: {kind: McpServer, name: shared}
+  role: User
+  subjects: [{kind: User, name: alice@example.com}]
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: alice-oauth, namespace: bench}
+spec:
+  targetRef: {kind: McpServer, name: oauth}
+  role: User
+  subjects: [{kind: User, name: alice@example.com}]
+"#;
+
+/// The CPU a call costs for its upstream credential: no credential, a shared key, and a
+/// stored per-user OAuth token (warm: opened and cached by the first call), each called by
+/// alice with the same OIDC JWT on one connection.
+fn outbound(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Result<()> {
+    const AUDIENCE: &str = "https://unused.example";
+    let dir = tempfile::tempdir()?;
+    let (port, admin) = (free_port(), free_port());
+    let public_url = format!("http://127.0.0.1:{port}");
+    let idp = IdentityProvider::start_for(
+        dir.path(),
+        AUDIENCE,
+        &[format!("{public_url}/-/signin/callback")],
+    )?;
+    let jwt = idp.password_token("alice", "alice-pw")?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("bench.yaml"),
+        OUTBOUND_MANIFESTS.replace("UPSTREAM", &format!("http://{upstream}/mcp")),
+    )?;
+    let config = dir.path().join("config");
+    mcpgate_e2e::render(&manifests, &config)?;
+    let state = dir.path().join("state");
+    let mut args = mcpgate_e2e::signin_args(dir.path(), &public_url, &idp.issuer)?;
+    args.extend([
+        "--config-dir".to_owned(),
+        config.display().to_string(),
+        "--signin-state-dir".to_owned(),
+        state.display().to_string(),
+    ]);
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let proxy = Proxy::start_at(
+        port,
+        admin,
+        &args,
+        &[
+            ("RUST_LOG", OsStr::new("warn")),
+            ("MCPGATE_WORKER_THREADS", OsStr::new("1")),
+        ],
+        dir.path(),
+    )?;
+    // Alice's tokens for `oauth`, stored as the gateway's callback stores them (same store,
+    // same session key), valid for the whole run.
+    let keys = std::fs::read(dir.path().join("session-key"))?;
+    let keys = mcpgate_proxy::session::SessionKeys::new(
+        keys.as_slice()
+            .try_into()
+            .context("a 32-byte session key")?,
+        None,
+    );
+    let vault = mcpgate_proxy::outbound::vault::Vault::new(
+        Arc::new(Store::Files(FileStore::open(&state)?)),
+        Arc::new(keys),
+        Duration::from_secs(3600),
+    );
+    let alice = mcpgate_proxy::auth::Identity {
+        user: "alice@example.com".into(),
+        email: Some("alice@example.com".into()),
+        groups: vec![],
+        method: mcpgate_proxy::auth::Method::Oidc {
+            issuer: idp.issuer.clone(),
+        },
+        audience: mcpgate_proxy::auth::Audience::Gateway,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    runtime.block_on(vault.store_oauth_for(
+        "bench/oauth".into(),
+        &alice,
+        &mcpgate_proxy::outbound::vault::TokenSet {
+            access_token: "bench-upstream-access-token-".repeat(30),
+            refresh_token: Some("bench-refresh".into()),
+            id_token: None,
+            expires_at: Some(now + 86_400),
+            obtained_at: now,
+        },
+    ))?;
+    let pid = proxy.process.pid();
+    let gateway: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
+    let routes = [
+        ("no credential", "/bench/mcp/none/server"),
+        ("shared API key", "/bench/mcp/shared/server"),
+        ("per-user OAuth", "/bench/mcp/oauth/server"),
+    ];
+    let mut sessions = Vec::new();
+    for (_, path) in routes {
+        sessions.push(runtime.block_on(open_session(gateway, path, Some(&jwt)))?);
+    }
+    let mut figures = vec![(Vec::new(), Vec::new()); routes.len()];
+    for _ in 0..AUTH_ROUNDS {
+        for (i, (_, path)) in routes.iter().enumerate() {
+            let before = cpu_seconds(pid).context("proxy CPU")?;
+            let (_, latencies) = runtime.block_on(load(
+                gateway,
+                path,
+                &sessions[i],
+                "echo",
+                1,
+                AUTH_CALLS,
+                Some(&jwt),
+            ))?;
+            let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
+            figures[i]
+                .0
+                .push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
+            figures[i].1.push(cpu * 1e6 / latencies.len() as f64);
+        }
+    }
+    println!(
+        "outbound credential per call, warm ({AUTH_CALLS} calls x {AUTH_ROUNDS} rounds, 1 connection, alice's OIDC JWT, medians):"
+    );
+    println!(
+        "{:<16} {:>10} {:>16} {:>18}",
+        "credential", "p50", "proxy CPU/call", "added vs shared"
+    );
+    let medians: Vec<(f64, f64)> = figures
+        .iter_mut()
+        .map(|(p50, cpu)| (median(p50), median(cpu)))
+        .collect();
+    let (_, shared_cpu) = medians[1];
+    for ((label, _), (p50, cpu)) in routes.iter().zip(&medians) {
+        println!(
+            "{label:<16} {p50:>8.1}us {cpu:>14.1}us {:>16.1}us",
+            cpu - shared_cpu
+        );
+    }
+    println!(
+        "a stored per-user OAuth token beyond a shared key: {:.1} us proxy CPU per call (target <= 5 us)",
+        medians[2].1 - shared_cpu
+    );
+    Ok(())
 }
 
 /// Calls per measurement in the before/after comparison.

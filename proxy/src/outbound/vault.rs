@@ -268,7 +268,7 @@ impl Vault {
         caller: &Identity,
         key: &str,
     ) -> Result<(), VaultError> {
-        self.store(route, caller, CredentialKind::ApiKey, key.as_bytes())
+        self.store(route.key(), caller, CredentialKind::ApiKey, key.as_bytes())
             .await
     }
 
@@ -279,20 +279,29 @@ impl Vault {
         caller: &Identity,
         set: &TokenSet,
     ) -> Result<(), VaultError> {
+        self.store_oauth_for(route.key(), caller, set).await
+    }
+
+    /// [`Self::store_oauth`] for the McpServer `namespace/name` (`server`).
+    pub async fn store_oauth_for(
+        &self,
+        server: String,
+        caller: &Identity,
+        set: &TokenSet,
+    ) -> Result<(), VaultError> {
         let plain = serde_json::to_vec(set).map_err(|e| VaultError::Seal(e.to_string()))?;
-        self.store(route, caller, CredentialKind::OAuth, &plain)
+        self.store(server, caller, CredentialKind::OAuth, &plain)
             .await
     }
 
     async fn store(
         &self,
-        route: &ServerRoute,
+        server: String,
         caller: &Identity,
         kind: CredentialKind,
         plain: &[u8],
     ) -> Result<(), VaultError> {
         let person = Person::of(caller).ok_or(VaultError::NotAPerson)?;
-        let server = route.key();
         let id = record_id(caller, &server).ok_or(VaultError::NotAPerson)?;
         let sealed = self
             .keys

@@ -158,6 +158,20 @@ pub enum UpstreamAuth {
         /// Requested audience.
         audience: Option<String>,
     },
+    /// The caller's token exchanged (RFC 8693) for the upstream's.
+    #[serde(rename_all = "camelCase")]
+    TokenExchange {
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: Option<CredentialRef>,
+        /// Requested audience.
+        audience: Option<String>,
+        /// Requested scopes.
+        scopes: Vec<String>,
+    },
     /// The caller's own token is forwarded (explicit opt-in).
     Passthrough,
 }

@@ -21,7 +21,10 @@
 // (RFC 7009, each revoked grant logged as "revoked grant ID"), refresh tokens are issued to
 // every client allowed the grant and rotated on each use, and consent is implied for every
 // client. OIDC_ACCESS_TTL sets the access tokens' lifetime in seconds (default 600), to make
-// the client refresh.
+// the client refresh. With OIDC_TRUST_ISSUER (another provider's issuer) it also grants
+// token exchange (RFC 8693, urn:ietf:params:oauth:grant-type:token-exchange) to client
+// `mcpgate`: a subject_token that is a JWT of that issuer, verified with its published keys,
+// becomes an access token for AUDIENCE whose subject is the subject token's `sub`.
 //
 // usage: node oidc_provider.mjs PORT AUDIENCE [REDIRECT_URIS]
 import { generateKeyPairSync } from "node:crypto";
@@ -37,6 +40,7 @@ if (!port || !audience) {
 }
 const issuer = `http://127.0.0.1:${port}`;
 const upstream = process.env.OIDC_UPSTREAM === "1";
+const trusted = process.env.OIDC_TRUST_ISSUER;
 const accessTtl = Number(process.env.OIDC_ACCESS_TTL ?? 600);
 const redirectUris = (redirects ?? "").split(",").map((uri) => uri.trim()).filter(Boolean);
 
@@ -48,6 +52,7 @@ const USERS = {
 
 // The browser-flow client (first-party: no consent asked).
 const GATEWAY_CLIENT = "mcpgate";
+const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 const signing = generateKeyPairSync("ec", { namedCurve: "P-256" })
   .privateKey.export({ format: "jwk" });
@@ -76,7 +81,7 @@ if (redirectUris.length) {
   clients.push({
     client_id: GATEWAY_CLIENT,
     client_secret: "mcpgate-secret",
-    grant_types: ["authorization_code", "refresh_token"],
+    grant_types: ["authorization_code", "refresh_token", ...(trusted ? [TOKEN_EXCHANGE] : [])],
     redirect_uris: redirectUris,
     response_types: ["code"],
     scope: upstream ? "openid email groups mcp" : "openid email groups",
@@ -179,6 +184,45 @@ provider.registerGrantType(
   },
   ["username", "password", "scope"],
 );
+
+if (trusted) {
+  const { createRemoteJWKSet, jwtVerify } = await import(new URL("jose/dist/webapi/index.js", modules));
+  const discovery = await (await fetch(`${trusted}/.well-known/openid-configuration`)).json();
+  const keys = createRemoteJWKSet(new URL(discovery.jwks_uri));
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    async (ctx) => {
+      const { client, params } = ctx.oidc;
+      if (params.subject_token_type !== "urn:ietf:params:oauth:token-type:access_token") {
+        throw new errors.InvalidRequest("subject_token_type must be an access token");
+      }
+      if (params.resource && params.resource !== audience) throw new errors.InvalidTarget();
+      let claims;
+      try {
+        ({ payload: claims } = await jwtVerify(params.subject_token, keys, { issuer: trusted }));
+      } catch (error) {
+        throw new errors.InvalidGrant(`subject_token refused: ${error.message}`);
+      }
+      const token = new provider.AccessToken({
+        accountId: claims.sub,
+        client,
+        gty: "token-exchange",
+        scope: "mcp",
+      });
+      token.resourceServer = new provider.ResourceServer(audience, resource);
+      ctx.oidc.entity("AccessToken", token);
+      const value = await token.save();
+      console.log(`exchanged a token of ${claims.sub}`);
+      ctx.body = {
+        access_token: value,
+        issued_token_type: "urn:ietf:params:oauth:token-type:access_token",
+        token_type: "Bearer",
+        expires_in: token.expiration,
+      };
+    },
+    ["subject_token", "subject_token_type", "requested_token_type", "resource", "audience", "scope"],
+  );
+}
 
 // The interaction pages: the login form, consent implied for the gateway's client.
 const escape = (text) =>

@@ -604,20 +604,19 @@ impl IdentityProvider {
     /// The provider as an MCP upstream's authorization server (`OIDC_UPSTREAM=1`, see
     /// e2e/peers/oidc_provider.mjs): access tokens for `audience` living `access_ttl`
     /// seconds, refresh tokens rotated on use, open dynamic registration at `/reg`,
-    /// revocation, and client `mcpgate` with `redirect_uris`.
+    /// revocation, and client `mcpgate` with `redirect_uris`; with `trust` (another
+    /// provider's issuer), token exchange of that provider's tokens for client `mcpgate`.
     pub fn start_upstream(
         log_dir: &Path,
         audience: &str,
         redirect_uris: &[String],
         access_ttl: u32,
+        trust: Option<&str>,
     ) -> Result<Self> {
         let ttl = access_ttl.to_string();
-        Self::spawn(
-            log_dir,
-            audience,
-            redirect_uris,
-            &[("OIDC_UPSTREAM", "1"), ("OIDC_ACCESS_TTL", &ttl)],
-        )
+        let mut env = vec![("OIDC_UPSTREAM", "1"), ("OIDC_ACCESS_TTL", ttl.as_str())];
+        env.extend(trust.map(|issuer| ("OIDC_TRUST_ISSUER", issuer)));
+        Self::spawn(log_dir, audience, redirect_uris, &env)
     }
 
     fn spawn(

@@ -22,6 +22,53 @@ const USER_AUDIENCE: &str = "https://mcp.example.test";
 /// The audience ServiceAccount tokens must carry.
 const SA_AUDIENCE: &str = "mcpgate";
 
+/// Agent scenarios on tenant A: `shared` sends one key for every caller, `personal` each
+/// user's own (both in front of `headers_server.py` at `headers`); the agent may use both.
+fn agent_manifests(headers: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata:
+  name: shared-key
+  labels: {{mcpgate.dev/credential: \"true\"}}
+  annotations: {{mcpgate.dev/allowed-servers: shared}}
+stringData: {{key: team-a-shared-key}}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: shared}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{headers}/mcp\"}}
+  auth: {{type: ApiKey, apiKey: {{scope: Shared, headerName: X-Api-Key, secretKeyRef: {{name: shared-key, key: key}}}}}}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {{name: personal}}
+spec:
+  remote: {{url: \"http://127.0.0.1:{headers}/mcp\"}}
+  auth: {{type: ApiKey, apiKey: {{scope: PerUser, headerName: X-Api-Key}}}}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {{name: agent-servers}}
+spec:
+  targetRef: {{kind: McpServer, name: shared}}
+  role: User
+  subjects:
+  - {{kind: ServiceAccount, name: agent, namespace: agents}}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {{name: agent-personal}}
+spec:
+  targetRef: {{kind: McpServer, name: personal}}
+  role: User
+  subjects:
+  - {{kind: ServiceAccount, name: agent, namespace: agents}}
+"
+    )
+}
+
 fn manifests(upstream: u16) -> (String, String) {
     let server = |name: &str| {
         format!(
@@ -133,8 +180,11 @@ fn identities_from_a_real_provider_and_the_api_server_decide_who_may_call() -> R
         .arg(workspace().join("e2e/peers/demo_server.py"))
         .arg(upstream_port.to_string());
     let _upstream = Process::spawn("demo MCP server", upstream, logs.path().join("up.log"))?;
+    let headers_port = free_port();
+    let _headers = mcpgate_e2e::python_peer("headers_server.py", headers_port, logs.path())?;
     let (team_a, team_b) = manifests(upstream_port);
     plane.apply("team-a", &team_a)?;
+    plane.apply("team-a", &agent_manifests(headers_port))?;
     plane.apply("team-b", &team_b)?;
     let _operator = Operator::start(&plane, &["team-a", "team-b"], "gw", "identity")?;
     let idp = IdentityProvider::start(logs.path(), USER_AUDIENCE)?;
@@ -216,6 +266,42 @@ fn identities_from_a_real_provider_and_the_api_server_decide_who_may_call() -> R
     ensure!(
         echo["text"] == json!(["from a pod"]),
         "ServiceAccount through fastmcp: {echo}"
+    );
+    // An in-cluster agent on a server with a shared credential: the gateway sends the key.
+    let shared = format!("{base}/team-a/mcp/shared/server");
+    let header = client(
+        "call.py",
+        &agent,
+        &[
+            &shared,
+            "legacy",
+            "call",
+            "header",
+            r#"{"name": "x-api-key"}"#,
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        header["text"] == json!(["team-a-shared-key"]),
+        "the agent through a shared key: {header}"
+    );
+    // The same agent on a server that sends each user's own key: a machine identity has
+    // none, and the error says so and what to do instead.
+    let personal = format!("{base}/team-a/mcp/personal/server");
+    let (status, answer) = mcpgate_e2e::call_in_session(
+        &personal,
+        &[("authorization", &format!("Bearer {agent}"))],
+        "header",
+        json!({"name": "x-api-key"}),
+    )
+    .map(|(status, _, answer)| (status, answer))?;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        status != 401
+            && message.contains("team-a/personal")
+            && message.contains("machine identity")
+            && message.contains("AuthOverride"),
+        "the agent on a per-user server: {status} {answer}"
     );
     let refused = client("call.py", &agent, &[&bundle, "2026-07-28", "list"])
         .err()

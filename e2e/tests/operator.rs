@@ -226,6 +226,12 @@ fn samples_in_front_of(upstream: &str, issuer: &str, code_issuer: &str) -> Resul
                         grant["audience"] = Value::String(SAMPLES_AUDIENCE.into());
                         client_secrets.push((grant["clientSecretRef"].clone(), "mcp-tests-secret"));
                     }
+                    if let Some(grant) = auth.get_mut("tokenExchange") {
+                        grant["tokenUrl"] = Value::String(format!("{code_issuer}/token"));
+                        grant["clientId"] = Value::String("mcpgate".into());
+                        grant["scopes"] = serde_json::json!(["mcp"]);
+                        client_secrets.push((grant["clientSecretRef"].clone(), "mcpgate-secret"));
+                    }
                     if let Some(grant) = auth.get_mut("oauth2AuthorizationCode") {
                         grant["authorizationUrl"] = Value::String(format!("{code_issuer}/auth"));
                         grant["tokenUrl"] = Value::String(format!("{code_issuer}/token"));
@@ -234,7 +240,8 @@ fn samples_in_front_of(upstream: &str, issuer: &str, code_issuer: &str) -> Resul
                         client_secrets.push((grant["clientSecretRef"].clone(), "mcpgate-secret"));
                     }
                     let per_user = auth["apiKey"]["scope"] == "PerUser"
-                        || auth["type"] == "OAuth2AuthorizationCode";
+                        || auth["type"] == "OAuth2AuthorizationCode"
+                        || auth["type"] == "TokenExchange";
                     value["spec"]["public"] = Value::Bool(!per_user);
                 }
                 Some("VirtualMcpServer") => value["spec"]["public"] = Value::Bool(true),
@@ -286,6 +293,7 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
         &upstream,
         &[format!("{gateway}/-/connections/callback")],
         600,
+        Some(&idp.issuer),
     )?;
     let alice = idp.password_token("alice", "alice-pw")?;
     plane.apply(
@@ -293,9 +301,9 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
         &samples_in_front_of(&upstream, &idp.issuer, &code_provider.issuer)?,
     )?;
     let _operator = Operator::start(plane, &[&ns], &gw, "samples")?;
-    let config = wait_for("6 servers and 1 virtual server rendered", WAIT, || {
+    let config = wait_for("7 servers and 1 virtual server rendered", WAIT, || {
         config(plane, &gw).filter(|c| {
-            server_names(c, "servers").len() == 6 && server_names(c, "virtualServers").len() == 1
+            server_names(c, "servers").len() == 7 && server_names(c, "virtualServers").len() == 1
         })
     })?;
     let mut args =
@@ -377,15 +385,16 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
                 "huggingface",
                 "internal-docs",
                 "inventory",
-                "linear"
+                "linear",
+                "tickets"
             ],
         "Ready routes: {ready_routes:?}"
     );
     for name in &ready_routes {
         let url = format!("http://127.0.0.1:{}/{ns}/mcp/{name}/server", proxy.port);
-        // The per-user servers are called by alice, whose key an AuthOverride supplies and
-        // who connected her account for github.
-        let bearer = ["github", "linear"]
+        // The per-user servers are called by alice, whose key an AuthOverride supplies, who
+        // connected her account for github, and whose token is exchanged for tickets.
+        let bearer = ["github", "linear", "tickets"]
             .contains(&name.as_str())
             .then_some(alice.as_str());
         let mcp_client =
@@ -412,7 +421,9 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
             .as_str()
             .is_some_and(|t| t.ends_with("with a credential"));
         ensure!(
-            credential == ["github", "huggingface", "inventory", "linear"].contains(&name.as_str()),
+            credential
+                == ["github", "huggingface", "inventory", "linear", "tickets"]
+                    .contains(&name.as_str()),
             "{name}: credential sent: {credential}"
         );
     }
@@ -460,7 +471,7 @@ fn every_sample_applies_and_renders(plane: &ControlPlane) -> Result<()> {
             .split_whitespace()
             .filter(|name| name.starts_with("mcpgate-cred."))
             .collect::<Vec<_>>()
-            == ["github", "huggingface", "inventory", "linear"]
+            == ["github", "huggingface", "inventory", "linear", "tickets"]
                 .map(|s| format!("mcpgate-cred.{ns}.{s}")),
         "credential copies: {copies}"
     );

@@ -336,6 +336,7 @@ impl OAuthWorld {
             &upstream,
             &[format!("{url}/-/connections/callback")],
             ACCESS_TTL,
+            Some(&idp.issuer),
         )?;
         let bearer = mcpgate_e2e::python_peer_with(
             "bearer_server.py",
@@ -785,5 +786,89 @@ fn url_elicitation_and_virtual_servers() -> Result<()> {
         "bob, stateless: {report}\n{}",
         log()
     );
+    Ok(())
+}
+
+const EXCHANGE_MANIFESTS: &str = r#"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: exchange-client
+  namespace: team
+  labels: {mcpgate.dev/credential: "true"}
+  annotations: {mcpgate.dev/allowed-servers: exchanged}
+stringData: {secret: mcpgate-secret}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: exchanged, namespace: team}
+spec:
+  remote: {url: "UPSTREAM"}
+  auth:
+    type: TokenExchange
+    tokenExchange:
+      tokenUrl: PROVIDER/token
+      clientId: mcpgate
+      clientSecretRef: {name: exchange-client, key: secret}
+---
+apiVersion: mcpgate.dev/v1alpha1
+kind: McpCollaborator
+metadata: {name: exchanged-users, namespace: team}
+spec:
+  targetRef: {kind: McpServer, name: exchanged}
+  role: User
+  subjects:
+  - {kind: User, name: alice@example.com}
+  - {kind: User, name: bob@example.com}
+"#;
+
+#[test]
+#[ignore = "needs the Python MCP peers and two OpenID providers: run `make e2e`"]
+fn token_exchange() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let world = OAuthWorld::start(dir.path(), EXCHANGE_MANIFESTS)?;
+    let log = || world.gateway.proxy.process.log();
+    let provider_log = || world.provider.process.log();
+    let exchanged = format!("{}/team/mcp/exchanged/server", world.url);
+    let alice = world.idp.password_token("alice", "alice-pw")?;
+    let bob = world.idp.password_token("bob", "bob-pw")?;
+    let whoami = |token: &str| -> Result<(u16, String)> {
+        let (status, _, answer) = call(&exchanged, token, "whoami", json!({}))?;
+        Ok((status, text(&answer)))
+    };
+    // The upstream gets a token its own provider issued for it, naming the caller.
+    let (status, first) = whoami(&alice)?;
+    ensure!(
+        status == 200 && first.starts_with("alice "),
+        "alice: {status} {first}\n{}\n{}",
+        log(),
+        provider_log()
+    );
+    let (_, again) = whoami(&alice)?;
+    ensure!(again == first, "kept per caller: {first} then {again}");
+    let (status, answer) = whoami(&bob)?;
+    ensure!(
+        status == 200 && answer.starts_with("bob "),
+        "bob: {status} {answer}"
+    );
+    // Refused upstream: exchanged again, the call goes through once more.
+    call(&exchanged, &alice, "forget_token", json!({}))?;
+    let (status, renewed) = whoami(&alice)?;
+    ensure!(
+        status == 200 && renewed.starts_with("alice ") && renewed != first,
+        "after a 401: {status} {renewed}\n{}",
+        log()
+    );
+    ensure!(
+        provider_log().matches("exchanged a token of alice").count() == 2
+            && provider_log().matches("exchanged a token of bob").count() == 1,
+        "three exchanges\n{}",
+        provider_log()
+    );
+    // Without a bearer token there is nothing to exchange: a clear refusal.
+    let (status, _, answer) = call_in_session(&exchanged, &[], "whoami", json!({}))?;
+    ensure!(status == 401, "no token: {status} {answer}");
+    ensure!(!log().contains("eyJ"), "a JWT in the gateway's log");
     Ok(())
 }

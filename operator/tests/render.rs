@@ -106,7 +106,8 @@ fn every_sample_renders_ready_or_not_served() {
             "huggingface",
             "internal-docs",
             "inventory",
-            "linear"
+            "linear",
+            "tickets"
         ]
     );
     assert_eq!(rendered.config.virtual_servers.len(), 1);
@@ -118,7 +119,8 @@ fn every_sample_renders_ready_or_not_served() {
             "mcpgate-cred.demo.github",
             "mcpgate-cred.demo.huggingface",
             "mcpgate-cred.demo.inventory",
-            "mcpgate-cred.demo.linear"
+            "mcpgate-cred.demo.linear",
+            "mcpgate-cred.demo.tickets"
         ]
     );
     insta::assert_yaml_snapshot!("samples", summary(&rendered));
@@ -315,7 +317,8 @@ fn secret_values_never_reach_the_configuration_or_debug_output() {
             "example-client-secret",
             "hf_example_not_a_real_token",
             "example-inventory-secret",
-            "lin_api_example_alice"
+            "lin_api_example_alice",
+            "example-tickets-secret"
         ]
     );
 }

@@ -140,11 +140,12 @@ pub struct OpenApiSource {
     validation = Rule::new("self.type == 'ApiKey' ? has(self.apiKey) : !has(self.apiKey)").message("spec.auth.apiKey is required when spec.auth.type is ApiKey and must be absent otherwise"),
     validation = Rule::new("self.type == 'OAuth2AuthorizationCode' ? has(self.oauth2AuthorizationCode) : !has(self.oauth2AuthorizationCode)").message("spec.auth.oauth2AuthorizationCode is required when spec.auth.type is OAuth2AuthorizationCode and must be absent otherwise"),
     validation = Rule::new("self.type == 'OAuth2ClientCredentials' ? has(self.oauth2ClientCredentials) : !has(self.oauth2ClientCredentials)").message("spec.auth.oauth2ClientCredentials is required when spec.auth.type is OAuth2ClientCredentials and must be absent otherwise"),
+    validation = Rule::new("self.type == 'TokenExchange' ? has(self.tokenExchange) : !has(self.tokenExchange)").message("spec.auth.tokenExchange is required when spec.auth.type is TokenExchange and must be absent otherwise"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundAuth {
-    /// `None`, `ApiKey`, `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or
-    /// `Passthrough`. Passthrough forwards the caller's own token upstream, which the MCP
+    /// `None`, `ApiKey`, `OAuth2AuthorizationCode`, `OAuth2ClientCredentials`,
+    /// `TokenExchange` or `Passthrough`. Passthrough forwards the caller's own token upstream, which the MCP
     /// specification forbids (token passthrough); choose it only for upstreams that
     /// validate the gateway's audience themselves.
     #[serde(rename = "type", default)]
@@ -158,6 +159,9 @@ pub struct OutboundAuth {
     /// Settings for `type: OAuth2ClientCredentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2_client_credentials: Option<OAuth2ClientCredentials>,
+    /// Settings for `type: TokenExchange`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
 }
 
 /// How the gateway authenticates to an upstream.
@@ -177,6 +181,10 @@ pub enum AuthMode {
     /// The gateway obtains its own token with the OAuth 2 client credentials grant, keeps it
     /// until shortly before it expires, and renews it once when the upstream answers 401.
     OAuth2ClientCredentials,
+    /// The caller's own bearer token is exchanged (RFC 8693) for one meant for this upstream,
+    /// kept per caller until shortly before it expires: the safe alternative to
+    /// `Passthrough`.
+    TokenExchange,
     /// The caller's own bearer token is forwarded (explicit opt-in; see `type`).
     Passthrough,
 }
@@ -281,6 +289,34 @@ pub enum SentToken {
     AccessToken,
     /// The OpenID Connect ID token.
     IdToken,
+}
+
+/// OAuth 2 token exchange (RFC 8693): the caller's bearer token, as the subject token, is
+/// exchanged at `tokenUrl` for a token whose audience is the upstream; the authorization
+/// server must trust the caller's token issuer. Callers without a bearer token (a public
+/// route) get an error saying so.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// The provider's token endpoint (https, or http on loopback).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
+    pub token_url: String,
+    /// The gateway's client id there.
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: String,
+    /// The client secret, for a confidential client (HTTP Basic, or in the form when the
+    /// server refuses Basic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
+    /// The `audience` asked for; the `resource` asked for is always the upstream's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: Option<String>,
+    /// Scopes asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
 }
 
 /// PKCE code challenge method.

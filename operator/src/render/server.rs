@@ -345,14 +345,13 @@ fn resolve_auth(
                 .oauth2_authorization_code
                 .as_ref()
                 .ok_or_else(|| missing("oauth2AuthorizationCode"))?;
-            let client_secret = match &o.client_secret_ref {
-                Some(r) => {
-                    let value = inputs.secret_value(key, &r.name, &r.key)?;
-                    secret.insert(KEY_CLIENT_SECRET.to_owned(), SecretValue::new(value));
-                    Some(credential(KEY_CLIENT_SECRET))
-                }
-                None => None,
-            };
+            let client_secret = optional_secret(
+                inputs,
+                key,
+                o.client_secret_ref.as_ref(),
+                secret,
+                credential(KEY_CLIENT_SECRET),
+            )?;
             Ok(UpstreamAuth::OAuth2AuthorizationCode {
                 authorization_url: o.authorization_url.clone(),
                 token_url: o.token_url.clone(),
@@ -380,7 +379,42 @@ fn resolve_auth(
                 audience: o.audience.clone(),
             })
         }
+        AuthMode::TokenExchange => {
+            let o = auth
+                .token_exchange
+                .as_ref()
+                .ok_or_else(|| missing("tokenExchange"))?;
+            Ok(UpstreamAuth::TokenExchange {
+                token_url: o.token_url.clone(),
+                client_id: o.client_id.clone(),
+                client_secret: optional_secret(
+                    inputs,
+                    key,
+                    o.client_secret_ref.as_ref(),
+                    secret,
+                    credential(KEY_CLIENT_SECRET),
+                )?,
+                audience: o.audience.clone(),
+                scopes: o.scopes.clone(),
+            })
+        }
     }
+}
+
+/// An optional client secret: copied into the credential Secret as `to` when referenced.
+fn optional_secret(
+    inputs: &Inputs,
+    key: &ObjectKey,
+    reference: Option<&mcpgate_crds::v1alpha1::SecretKeyRef>,
+    secret: &mut BTreeMap<String, SecretValue>,
+    to: CredentialRef,
+) -> Result<Option<CredentialRef>, Check> {
+    let Some(r) = reference else {
+        return Ok(None);
+    };
+    let value = inputs.secret_value(key, &r.name, &r.key)?;
+    secret.insert(to.key.clone(), SecretValue::new(value));
+    Ok(Some(to))
 }
 
 fn overrides_by_server(inputs: &Inputs) -> BTreeMap<ObjectKey, Vec<&AuthOverride>> {

@@ -537,14 +537,18 @@ impl Ctx<'_> {
         let members = self.route.members.iter().filter(|m| {
             m.server.config.auth.per_user() && except.is_none_or(|e| e.name() != m.name())
         });
-        join_all(members.map(|m| self.fwd.outbound.resolve(&m.server, self.identity)))
-            .await
-            .into_iter()
-            .filter_map(|resolved| match resolved {
-                Err(need @ OutboundError::AuthorizationRequired { .. }) => Some(need),
-                _ => None,
-            })
-            .collect()
+        join_all(members.map(|m| {
+            self.fwd
+                .outbound
+                .resolve(&m.server, self.identity, self.caller)
+        }))
+        .await
+        .into_iter()
+        .filter_map(|resolved| match resolved {
+            Err(need @ OutboundError::AuthorizationRequired { .. }) => Some(need),
+            _ => None,
+        })
+        .collect()
     }
 
     /// The member named by the prefix of `name` (before `separator`), and the rest.

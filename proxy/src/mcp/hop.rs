@@ -270,14 +270,21 @@ impl Hop<'_> {
     /// upstream still refuses is an error, never a 401 the client would take as the
     /// gateway's own challenge.
     pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Incoming>, HopError> {
-        let resolved = self.outbound.resolve(self.route, self.identity).await?;
+        let resolved = self
+            .outbound
+            .resolve(self.route, self.identity, self.caller)
+            .await?;
         let again = resolved.renewable.then(|| copy(&request));
         let mut response = self.dispatch(self.with(request, &resolved)).await?;
         if response.status() == StatusCode::UNAUTHORIZED
             && let Some(request) = again
         {
-            self.outbound.refused(self.route, self.identity, &resolved);
-            let renewed = self.outbound.resolve(self.route, self.identity).await?;
+            self.outbound
+                .refused(self.route, self.identity, self.caller, &resolved);
+            let renewed = self
+                .outbound
+                .resolve(self.route, self.identity, self.caller)
+                .await?;
             response = self.dispatch(self.with(request, &renewed)).await?;
         }
         if response.status() != StatusCode::UNAUTHORIZED

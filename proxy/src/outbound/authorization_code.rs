@@ -170,7 +170,7 @@ impl UserOAuth {
         let Some(id) = record_id(person, &route.key()) else {
             return Ok(None);
         };
-        if let Some(tokens) = self.vault.oauth(route, person, false).await
+        if let Some(tokens) = self.vault.oauth_at(&id, false).await
             && self.usable(&id, &tokens)
         {
             return Ok(Some(resolved(route, &tokens)));
@@ -178,7 +178,7 @@ impl UserOAuth {
         let renewing = self.renewing.get_with(id.clone(), Default::default);
         let _one = renewing.lock().await;
         // Another call, or another replica, may have refreshed it meanwhile.
-        let Some(tokens) = self.vault.oauth(route, person, true).await else {
+        let Some(tokens) = self.vault.oauth_at(&id, true).await else {
             return Ok(None);
         };
         if self.usable(&id, &tokens) {
@@ -226,7 +226,7 @@ impl UserOAuth {
         tracing::info!(server = %route.key(), user = %person.user, rotated = answer["refresh_token"].is_string(), "refreshed a user's upstream token");
         let tokens = self
             .vault
-            .oauth(route, person, false)
+            .oauth_at(&id, false)
             .await
             .ok_or_else(|| failed(route, "the refreshed tokens were not stored".into()))?;
         Ok(Some(resolved(route, &tokens)))

@@ -12,7 +12,9 @@
 
 pub mod api_key;
 pub mod authorization_code;
+pub mod exchange;
 pub mod service;
+pub mod slots;
 pub mod vault;
 
 use std::sync::Arc;
@@ -81,6 +83,7 @@ pub enum OutboundError {
 /// Decides and obtains upstream credentials.
 pub struct Outbound {
     service: service::ServiceTokens,
+    exchanges: exchange::Exchanges,
     vault: Option<Arc<vault::Vault>>,
     oauth: Option<authorization_code::UserOAuth>,
     /// The gateway's public URL (no trailing slash), where people supply credentials.
@@ -107,6 +110,7 @@ impl Outbound {
                 )
             });
         Self {
+            exchanges: exchange::Exchanges::new(http.clone()),
             service: service::ServiceTokens::new(http),
             vault,
             oauth,
@@ -134,14 +138,19 @@ impl Outbound {
         ))
     }
 
-    /// The credential for one request of `caller` to `route` (beyond what the route injects
-    /// by itself).
+    /// The credential for one request of `caller` (whose request carried `inbound`) to
+    /// `route`, beyond what the route injects by itself.
     pub async fn resolve(
         &self,
         route: &ServerRoute,
         caller: Option<&Identity>,
+        inbound: &http::HeaderMap,
     ) -> Result<Resolved, OutboundError> {
         match &route.config.auth {
+            UpstreamAuth::TokenExchange { .. } => Ok(Resolved {
+                headers: Some(self.exchanges.token(route, inbound).await?),
+                renewable: true,
+            }),
             UpstreamAuth::None | UpstreamAuth::SharedApiKey { .. } | UpstreamAuth::Passthrough => {
                 Ok(Resolved::default())
             }
@@ -189,19 +198,24 @@ impl Outbound {
 
     /// The upstream answered 401 to `used`: forget it, so the next [`Self::resolve`]
     /// obtains a fresh one.
-    pub fn refused(&self, route: &ServerRoute, caller: Option<&Identity>, used: &Resolved) {
-        if !used.renewable {
+    pub fn refused(
+        &self,
+        route: &ServerRoute,
+        caller: Option<&Identity>,
+        inbound: &http::HeaderMap,
+        used: &Resolved,
+    ) {
+        let (true, Some(headers)) = (used.renewable, &used.headers) else {
             return;
-        }
+        };
         match (&route.config.auth, &self.oauth, caller) {
             (UpstreamAuth::OAuth2AuthorizationCode { .. }, Some(oauth), Some(person)) => {
                 oauth.refused(route, person, used);
             }
-            _ => {
-                if let Some(headers) = &used.headers {
-                    self.service.forget(route, headers);
-                }
+            (UpstreamAuth::TokenExchange { .. }, _, _) => {
+                self.exchanges.forget(route, inbound, headers);
             }
+            _ => self.service.forget(route, headers),
         }
     }
 
@@ -233,10 +247,10 @@ impl Outbound {
         caller: Option<&'a Identity>,
         what: &str,
     ) -> Result<&'a Identity, OutboundError> {
-        let server = route.key();
         caller.ok_or_else(|| {
             OutboundError::NoUserCredential(format!(
-                "McpServer {server} sends each user's own {what} upstream, and this route is public: callers without a token have none; make the route non-public"
+                "McpServer {} sends each user's own {what} upstream, and this route is public: callers without a token have none; make the route non-public",
+                route.key()
             ))
         })
     }

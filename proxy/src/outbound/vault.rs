@@ -207,11 +207,16 @@ impl Vault {
         caller: &Identity,
         fresh: bool,
     ) -> Option<Arc<Tokens>> {
-        let id = record_id(caller, &route.key())?;
+        self.oauth_at(&record_id(caller, &route.key())?, fresh)
+            .await
+    }
+
+    /// [`Self::oauth`] by record id.
+    pub async fn oauth_at(&self, id: &str, fresh: bool) -> Option<Arc<Tokens>> {
         if fresh {
-            self.cache.invalidate(&id);
+            self.cache.invalidate(id);
         }
-        match &*self.opened(&id).await? {
+        match &*self.opened(id).await? {
             Opened::OAuth(tokens) => Some(tokens.clone()),
             Opened::Key(_) => None,
         }

@@ -278,6 +278,10 @@ impl Snapshot {
                 | UpstreamAuth::OAuth2ClientCredentials {
                     client_secret: secret,
                     ..
+                }
+                | UpstreamAuth::TokenExchange {
+                    client_secret: Some(secret),
+                    ..
                 } => client_secret = Some(lookup(credentials, secret, &key)?.clone()),
                 _ => {}
             }

@@ -606,11 +606,21 @@ spec:
     type: ApiKey
     apiKey: {scope: PerUser, headerName: X-Key}
 ---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: plain-key
+  namespace: team
+  labels: {mcpgate.dev/credential: "true"}
+  annotations: {mcpgate.dev/allowed-servers: plain}
+stringData: {key: team-shared-key}
+---
 apiVersion: mcpgate.dev/v1alpha1
 kind: McpServer
 metadata: {name: plain, namespace: team}
 spec:
   remote: {url: "http://127.0.0.1:HEADERS/mcp"}
+  auth: {type: ApiKey, apiKey: {scope: Shared, headerName: X-Key, secretKeyRef: {name: plain-key, key: key}}}
 ---
 apiVersion: mcpgate.dev/v1alpha1
 kind: VirtualMcpServer
@@ -702,6 +712,20 @@ fn url_elicitation_and_virtual_servers() -> Result<()> {
     .map_err(|e| e.context(log()))?;
     let tools = json!(["docs_whoami", "keys_header", "plain_header"]);
     ensure!(listed == tools, "alice lists {listed}");
+    // One caller token, three credentials: a shared key, her own key, her own OAuth token.
+    let ask = json!({"name": "x-key"});
+    for (tool, arguments, want) in [
+        ("plain_header", &ask, "team-shared-key"),
+        ("keys_header", &ask, "alice-key"),
+        ("docs_whoami", &json!({}), "alice "),
+    ] {
+        let (status, _, answer) = call(&bundle, &alice, tool, arguments.clone())?;
+        ensure!(
+            status == 200 && text(&answer).starts_with(want),
+            "alice's {tool}: {status} {answer}\n{}",
+            log()
+        );
+    }
 
     // Bob has connected nothing: he still sees every tool; a call to one of docs gathers
     // what he needs for the whole bundle into one 401 McpAuthRequiredError.
@@ -813,6 +837,16 @@ spec:
       clientSecretRef: {name: exchange-client, key: secret}
 ---
 apiVersion: mcpgate.dev/v1alpha1
+kind: McpServer
+metadata: {name: exchanged-open, namespace: team}
+spec:
+  public: true
+  remote: {url: "UPSTREAM"}
+  auth:
+    type: TokenExchange
+    tokenExchange: {tokenUrl: PROVIDER/token, clientId: mcpgate}
+---
+apiVersion: mcpgate.dev/v1alpha1
 kind: McpCollaborator
 metadata: {name: exchanged-users, namespace: team}
 spec:
@@ -866,9 +900,19 @@ fn token_exchange() -> Result<()> {
         "three exchanges\n{}",
         provider_log()
     );
-    // Without a bearer token there is nothing to exchange: a clear refusal.
-    let (status, _, answer) = call_in_session(&exchanged, &[], "whoami", json!({}))?;
-    ensure!(status == 401, "no token: {status} {answer}");
+    // On a public route nobody checked the caller's token: it is not sent to be exchanged.
+    let open = format!("{}/team/mcp/exchanged-open/server", world.url);
+    let (_, _, refusal) = call(&open, &alice, "whoami", json!({}))?;
+    let message = refusal["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("team/exchanged-open") && message.contains("public route"),
+        "a public exchange route: {refusal}"
+    );
+    ensure!(
+        provider_log().matches("exchanged a token of").count() == 3,
+        "nothing more was exchanged\n{}",
+        provider_log()
+    );
     ensure!(!log().contains("eyJ"), "a JWT in the gateway's log");
     Ok(())
 }

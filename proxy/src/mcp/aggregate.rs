@@ -571,13 +571,17 @@ impl Ctx<'_> {
             let key = self.fwd.listed.key(&self.route.config.path, member, method);
             match list {
                 Ok(list) => {
-                    self.fwd.listed.keep(key, &list);
+                    if method == "tools/list" {
+                        self.fwd.listed.keep(key, &list);
+                    }
                     items.extend(list);
                 }
                 // The caller has not connected this member yet: its tools stay listed (as
-                // the member last listed them), and calling one asks them to connect.
+                // the member last listed them), and calling one asks them to connect. Only
+                // tools: a resource or prompt list may hold another user's data.
                 Err(HopError::Credential(OutboundError::AuthorizationRequired { .. }))
-                    if let Some(last) = self.fwd.listed.get(&key) =>
+                    if method == "tools/list"
+                        && let Some(last) = self.fwd.listed.get(&key) =>
                 {
                     items.extend(last.iter().cloned());
                 }
@@ -1153,10 +1157,10 @@ pub(crate) fn tagged(server: String, subscription: Value) -> impl Rewrite {
     }
 }
 
-/// What each member of each virtual server last listed (items as the virtual server exposes
-/// them), by virtual server, member configuration and list: what a caller sees of a member
-/// that needs a credential they have not supplied yet. Upstreams that list differently per
-/// user show such a caller the last lister's view until they connect.
+/// The tools each member of each virtual server last listed (as the virtual server exposes
+/// them), by virtual server and member configuration: what a caller sees of a member that
+/// needs a credential they have not supplied yet. Upstreams that list tools differently per
+/// user show such a caller the last lister's tool names until they connect.
 pub struct Listed(moka::sync::Cache<String, std::sync::Arc<Vec<Value>>>);
 
 impl Default for Listed {

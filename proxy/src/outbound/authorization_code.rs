@@ -3,8 +3,9 @@
 //! OAuth client, so the upstream's tokens never reach the MCP client:
 //! - the provider's endpoints come from the McpServer, the rest from its metadata (RFC 8414
 //!   or OpenID discovery), found through the upstream's protected resource metadata
-//!   (RFC 9728) or at the token URL; metadata is used only if it names the configured token
-//!   endpoint, so a document elsewhere cannot redirect the gateway's codes and secrets;
+//!   (RFC 9728) or at the token URL; metadata is used only if it is on the token URL's
+//!   origin and names the configured token endpoint, and only endpoints on that origin are
+//!   taken from it, so a document elsewhere cannot redirect people, codes or secrets;
 //! - the client is pre-registered, or registered once per server through dynamic client
 //!   registration (RFC 7591) and shared by its users (every replica reads the same record);
 //! - `state` is sealed and names the user's record, so an answer only completes the
@@ -202,6 +203,12 @@ impl UserOAuth {
         let answer = match provider.request(&self.http, &form).await {
             Ok(answer) => answer,
             Err(error) if error.is_invalid_grant() => {
+                // Another replica may have used (and rotated) it first: take what it stored.
+                if let Some(now) = self.vault.oauth_at(&id, true).await
+                    && now.set.refresh_token.as_deref() != Some(refresh.as_str())
+                {
+                    return Ok(Some(resolved(route, &now)));
+                }
                 // Expired or revoked at the provider: only the person can authorize again.
                 tracing::info!(server = %route.key(), user = %person.user, "the provider refused the refresh token");
                 if let Err(error) = self.vault.delete(route, person).await {
@@ -301,14 +308,19 @@ impl UserOAuth {
     }
 
     /// Completes the authorization the provider's answer (the callback's query
-    /// `parameters`) belongs to, for the signed-in `person`, and stores their tokens.
-    /// Returns the server, whose page the person goes back to.
+    /// `parameters`) belongs to, for the signed-in `person`, and stores their tokens, if
+    /// they are still `allowed` the server (by `namespace/name`). Returns the server, whose
+    /// page the person goes back to.
     pub async fn finish(
         &self,
         snapshot: &Snapshot,
         person: &Identity,
         parameters: &[(String, String)],
+        allowed: impl Fn(&str) -> bool,
     ) -> Result<Arc<ServerRoute>, String> {
+        for name in ["state", "code", "iss", "error"] {
+            crate::signin::single(parameters, name)?;
+        }
         let get = |name: &str| {
             parameters
                 .iter()
@@ -333,6 +345,9 @@ impl UserOAuth {
             return Err(
                 "this authorization was started by someone else: start it again yourself".into(),
             );
+        }
+        if !allowed(&state.server) {
+            return Err(format!("you may no longer use {}", state.server));
         }
         let provider = self.provider(&route).await?;
         match (get("iss"), &provider.issuer) {
@@ -386,6 +401,13 @@ impl UserOAuth {
     /// Forgets `person`'s tokens for `route`, revoking them at the provider first when it
     /// offers revocation. A provider that cannot be reached does not keep the tokens here.
     pub async fn disconnect(&self, route: &ServerRoute, person: &Identity) -> Result<(), String> {
+        // Not while this replica refreshes them (which would store them again after).
+        let renewing =
+            record_id(person, &route.key()).map(|id| self.renewing.get_with(id, Default::default));
+        let _one = match &renewing {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         if let Some(tokens) = self.vault.oauth(route, person, true).await {
             match self.provider(route).await {
                 Ok(provider) => {
@@ -452,10 +474,13 @@ impl UserOAuth {
             return Err(format!("{} does not use OAuth", route.key()));
         };
         let metadata = self.metadata(route, token_url).await;
+        // Endpoints learnt from metadata are used only on the token endpoint's origin: a
+        // document cannot send people, codes, tokens or the client secret anywhere else.
         let text = |name: &str| {
             metadata
                 .as_ref()
                 .and_then(|m| m[name].as_str())
+                .filter(|url| same_origin(url, token_url))
                 .map(str::to_owned)
         };
         let authorization = authorization_url
@@ -509,6 +534,7 @@ impl UserOAuth {
                             .unwrap_or_default()
                             .iter()
                             .filter_map(|s| s.as_str().map(str::to_owned))
+                            .filter(|issuer| same_origin(issuer, token_url))
                             .take(2),
                     );
                     break;
@@ -777,6 +803,14 @@ fn issuers_of(token_url: &str) -> Vec<String> {
     issuers
 }
 
+/// Whether two URLs share scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
 fn dedup(items: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     items
@@ -842,6 +876,160 @@ mod tests {
                 "http://127.0.0.1:9/.well-known/openid-configuration"
             ]
         );
+    }
+
+    #[test]
+    fn endpoints_are_taken_only_on_the_token_url_origin() {
+        assert!(same_origin(
+            "https://as.example/authorize",
+            "https://as.example/token"
+        ));
+        assert!(!same_origin(
+            "https://evil.example/revoke",
+            "https://as.example/token"
+        ));
+        assert!(!same_origin(
+            "http://as.example/revoke",
+            "https://as.example/token"
+        ));
+        assert!(!same_origin(
+            "https://as.example:8443/x",
+            "https://as.example/token"
+        ));
+        assert!(!same_origin("not a url", "https://as.example/token"));
+    }
+
+    fn person(user: &str) -> Identity {
+        Identity {
+            user: user.into(),
+            email: None,
+            groups: vec![],
+            method: crate::auth::Method::Oidc {
+                issuer: "https://idp.example".into(),
+            },
+            audience: crate::auth::Audience::Gateway,
+        }
+    }
+
+    /// A gateway with one per-user OAuth server `team/docs` whose provider is unreachable
+    /// (every refusal below must come before the gateway would contact it).
+    fn gateway() -> (UserOAuth, Snapshot, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::Files(
+            crate::signin::store::FileStore::open(dir.path()).unwrap(),
+        ));
+        let keys = Arc::new(SessionKeys::new([5; 32], None));
+        let vault = Vault::new(store, keys, Duration::from_secs(60));
+        let oauth = UserOAuth::new(
+            crate::upstream::client().unwrap(),
+            vault,
+            "https://gw.example/-/connections/callback".into(),
+        );
+        let config = json!({
+            "schema": mcpgate_crds::gateway_config::SCHEMA_VERSION, "version": "v1",
+            "servers": [{"namespace": "team", "name": "docs", "path": "/team/mcp/docs/server",
+                "upstream": {"type": "remote", "url": "http://127.0.0.1:9/mcp", "transport": "StreamableHttp"},
+                "auth": {"type": "oAuth2AuthorizationCode", "authorizationUrl": "http://127.0.0.1:9/auth",
+                    "tokenUrl": "http://127.0.0.1:9/token", "clientId": "c", "clientSecret": null,
+                    "scopes": [], "pkce": "S256", "registrationUrl": null, "sendToken": "AccessToken"},
+                "tools": {"allow": [], "deny": []}, "timeoutMs": 1000,
+                "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
+                "public": false, "access": {"subjects": []}}],
+            "virtualServers": [],
+        });
+        let snapshot =
+            Snapshot::build(serde_json::from_value(config).unwrap(), &Default::default()).unwrap();
+        (oauth, snapshot, dir)
+    }
+
+    fn sealed(oauth: &UserOAuth, state: &State) -> String {
+        oauth
+            .keys
+            .seal_for(STATE_PURPOSE, &serde_json::to_vec(state).unwrap())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_that_are_not_this_users_authorization_are_refused() {
+        let (oauth, snapshot, _dir) = gateway();
+        let alice = person("alice");
+        let state = |who: &Identity, expires: u64| State {
+            server: "team/docs".into(),
+            record: record_id(who, "team/docs").unwrap(),
+            verifier: "v".repeat(43),
+            expires,
+        };
+        let later = now() + 60;
+        let query = |state: String| {
+            vec![
+                ("state".to_owned(), state),
+                ("code".to_owned(), "the-code".to_owned()),
+            ]
+        };
+        type Query = Vec<(String, String)>;
+        let cases: Vec<(&str, Query, &str)> = vec![
+            (
+                "no state",
+                vec![("code".into(), "c".into())],
+                "does not carry",
+            ),
+            (
+                "a forged state",
+                query("mcpgate-not-sealed".into()),
+                "does not carry",
+            ),
+            (
+                "bob's authorization",
+                query(sealed(&oauth, &state(&person("bob"), later))),
+                "someone else",
+            ),
+            (
+                "an expired one",
+                query(sealed(&oauth, &state(&alice, now() - 1))),
+                "too long",
+            ),
+            (
+                "a repeated state",
+                [
+                    query(sealed(&oauth, &state(&alice, later))),
+                    query("x".into()),
+                ]
+                .concat(),
+                "repeated",
+            ),
+        ];
+        for (what, parameters, why) in cases {
+            let error = oauth
+                .finish(&snapshot, &alice, &parameters, |_| true)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} was accepted"));
+            assert!(error.contains(why), "{what}: {error}");
+        }
+        // Her own answer, for a server she may no longer use.
+        let error = oauth
+            .finish(
+                &snapshot,
+                &alice,
+                &query(sealed(&oauth, &state(&alice, later))),
+                |_| false,
+            )
+            .await
+            .unwrap_err();
+        assert!(error.contains("no longer use"), "{error}");
+        // A state sealed for another purpose (a session id, say) does not open.
+        let other = oauth
+            .keys
+            .seal_for(
+                b"another purpose",
+                &serde_json::to_vec(&state(&alice, later)).unwrap(),
+            )
+            .unwrap();
+        let error = oauth
+            .finish(&snapshot, &alice, &query(other), |_| true)
+            .await
+            .unwrap_err();
+        assert!(error.contains("does not carry"), "{error}");
     }
 
     #[test]

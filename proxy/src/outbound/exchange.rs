@@ -45,6 +45,13 @@ impl Exchanges {
         route: &ServerRoute,
         inbound: &HeaderMap,
     ) -> Result<Headers, OutboundError> {
+        if route.config.public {
+            // Nobody checked the token of a caller on a public route.
+            return Err(OutboundError::NoUserCredential(format!(
+                "McpServer {} exchanges the caller's token, which a public route does not check: make the route non-public",
+                route.key()
+            )));
+        }
         let subject = subject(route, inbound)?;
         self.slots
             .get(key(route, subject), |method| {

@@ -165,8 +165,10 @@ impl Vault {
     pub async fn listen(self: Arc<Self>) {
         let mut changes = self.store.changes(Kind::Credential);
         while let Some(id) = changes.next().await {
+            let had = self.cache.get(&id).flatten().is_some();
             self.cache.invalidate(&id);
-            if self.stored.receiver_count() > 0 && self.opened(&id).await.is_some() {
+            // Another replica stored what this one did not know of.
+            if self.stored.receiver_count() > 0 && !had && self.opened(&id).await.is_some() {
                 let _ = self.stored.send(id);
             }
         }
@@ -320,17 +322,24 @@ impl Vault {
             updated: jiff::Timestamp::now().as_second().max(0).unsigned_abs(),
         };
         for _ in 0..3 {
-            let written = match self.store.get::<Record>(Kind::Credential, &id).await? {
-                Some(current) => {
+            let (written, created) = match self.store.get::<Record>(Kind::Credential, &id).await? {
+                Some(current) => (
                     self.store
                         .replace(Kind::Credential, &id, &record, &current.version)
-                        .await?
-                }
-                None => self.store.create(Kind::Credential, &id, &record).await?,
+                        .await?,
+                    false,
+                ),
+                None => (
+                    self.store.create(Kind::Credential, &id, &record).await?,
+                    true,
+                ),
             };
             if written == Write::Done {
                 self.cache.invalidate(&id);
-                let _ = self.stored.send(id);
+                if created {
+                    // A user supplied what they had not (a refresh replaces, and says nothing).
+                    let _ = self.stored.send(id);
+                }
                 return Ok(());
             }
         }

@@ -234,15 +234,11 @@ impl SignIn {
                 .iter()
                 .any(|r| r.key() == server)
         };
-        match oauth.finish(&snapshot, &identity, &parameters).await {
-            Ok(route) if allowed(&route.key()) => {
-                redirect(&format!("/-/connections/{}?done=connected", route.key()))
-            }
-            Ok(route) => {
-                // Stored a moment ago for someone no longer granted the server: take it back.
-                let _ = oauth.disconnect(&route, &identity).await;
-                failed("you may no longer use this server")
-            }
+        match oauth
+            .finish(&snapshot, &identity, &parameters, allowed)
+            .await
+        {
+            Ok(route) => redirect(&format!("/-/connections/{}?done=connected", route.key())),
             Err(why) => {
                 tracing::info!(user = %identity.user, %why, "an upstream authorization failed");
                 failed(&why)

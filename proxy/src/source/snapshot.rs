@@ -133,10 +133,16 @@ impl Route {
         }
     }
 
-    /// Whether the route sends the caller's own bearer token upstream (a `Passthrough`
-    /// server, or a virtual server with one among its members).
+    /// Whether the route sends the caller's own bearer token out of the gateway: upstream
+    /// (a `Passthrough` server), or to a token endpoint to exchange (a `TokenExchange`
+    /// server), or a virtual server with such a member.
     pub fn forwards_caller_token(&self) -> bool {
-        let passthrough = |s: &ServerRoute| matches!(s.config.auth, UpstreamAuth::Passthrough);
+        let passthrough = |s: &ServerRoute| {
+            matches!(
+                s.config.auth,
+                UpstreamAuth::Passthrough | UpstreamAuth::TokenExchange { .. }
+            )
+        };
         match self {
             Self::Server(s) => passthrough(s),
             Self::Virtual(v) => v.members.iter().any(|m| passthrough(&m.server)),

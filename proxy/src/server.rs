@@ -241,7 +241,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
             None,
             crate::error::code::FORBIDDEN,
             format!(
-                "{namespace}/{name} sends the caller's token out of the gateway (passthrough or token exchange), and the gateway never sends tokens it issued itself: call it with a token from your identity provider"
+                "{namespace}/{name} sends the caller's token out of the gateway (passthrough or token exchange), and the gateway never forwards tokens it issued itself: call it with a token from your identity provider"
             ),
         );
     }

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
-use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use super::slots::{Slots, bearer};
+use super::slots::{Slots, obtain};
 use super::{Headers, OutboundError};
 use crate::source::ServerRoute;
-use crate::token_endpoint::{self, AuthMethod, Client};
+use crate::token_endpoint::AuthMethod;
 use crate::upstream::HttpClient;
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -83,11 +82,6 @@ impl Exchanges {
         else {
             return Err(OutboundError::Unsupported(route.key()));
         };
-        let failed = |why: String| OutboundError::TokenEndpoint {
-            server: route.key(),
-            endpoint: token_url.clone(),
-            why,
-        };
         let scope = scopes.join(" ");
         let mut form = vec![
             ("grant_type", GRANT),
@@ -104,19 +98,9 @@ impl Exchanges {
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        let client = Client {
-            id: client_id,
-            secret: route.client_secret.as_ref(),
-            method,
-        };
-        let (answer, method) =
-            token_endpoint::request_adapting(&self.http, token_url, client, &form)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-        let (token, lifetime) =
-            token_endpoint::access_token(&answer).map_err(|e| failed(e.to_string()))?;
-        let headers = bearer(token.expose_secret())
-            .ok_or_else(|| failed("the exchanged token is not a valid header value".into()))?;
+        let client = (client_id.as_str(), route.client_secret.as_ref(), method);
+        let (headers, lifetime, method) =
+            obtain(&self.http, &route.key(), token_url, client, &form).await?;
         tracing::debug!(server = %route.key(), "exchanged a caller's token");
         Ok((headers, lifetime, method))
     }

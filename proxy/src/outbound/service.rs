@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use mcpgate_crds::gateway_config::UpstreamAuth;
-use secrecy::ExposeSecret;
 
-use super::slots::{Slots, bearer};
+use super::slots::{Slots, obtain};
 use super::{Headers, OutboundError};
 use crate::source::ServerRoute;
-use crate::token_endpoint::{self, Client};
+use crate::token_endpoint;
 use crate::upstream::HttpClient;
 
 /// Server configurations whose tokens are kept.
@@ -59,11 +58,6 @@ impl ServiceTokens {
         else {
             return Err(OutboundError::Unsupported(route.key()));
         };
-        let failed = |why: String| OutboundError::TokenEndpoint {
-            server: route.key(),
-            endpoint: token_url.clone(),
-            why,
-        };
         let scope = scopes.join(" ");
         let mut form = vec![("grant_type", "client_credentials")];
         if !scope.is_empty() {
@@ -74,19 +68,9 @@ impl ServiceTokens {
             form.push(("resource", audience));
             form.push(("audience", audience));
         }
-        let client = Client {
-            id: client_id,
-            secret: route.client_secret.as_ref(),
-            method,
-        };
-        let (answer, method) =
-            token_endpoint::request_adapting(&self.http, token_url, client, &form)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-        let (token, lifetime) =
-            token_endpoint::access_token(&answer).map_err(|e| failed(e.to_string()))?;
-        let headers = bearer(token.expose_secret())
-            .ok_or_else(|| failed("the access token is not a valid header value".into()))?;
+        let client = (client_id.as_str(), route.client_secret.as_ref(), method);
+        let (headers, lifetime, method) =
+            obtain(&self.http, &route.key(), token_url, client, &form).await?;
         tracing::info!(server = %route.key(), lifetime_s = lifetime.map(|l| l.as_secs()), "obtained the gateway's token");
         Ok((headers, lifetime, method))
     }

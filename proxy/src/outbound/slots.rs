@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
-use super::Headers;
-use crate::token_endpoint::AuthMethod;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Headers, OutboundError};
+use crate::token_endpoint::{self, AuthMethod, Client};
+use crate::upstream::HttpClient;
 
 /// A token is renewed this long before it expires (or at a tenth of its life, if shorter).
 const EARLY: Duration = Duration::from_secs(60);
@@ -112,4 +115,30 @@ pub fn bearer(token: &str) -> Option<Headers> {
     let mut value = http::HeaderValue::try_from(format!("Bearer {token}")).ok()?;
     value.set_sensitive(true);
     Some(Arc::new([(http::header::AUTHORIZATION, value)]))
+}
+
+/// Asks `endpoint` for a token for `server` (`namespace/name`) with `form`, as client `id`
+/// (with `secret`, presented as `method` says, or the other way if the server refuses that):
+/// the header it gives, its lifetime if known, and the client authentication that worked.
+pub async fn obtain(
+    http: &HttpClient,
+    server: &str,
+    endpoint: &str,
+    (id, secret, method): (&str, Option<&SecretString>, AuthMethod),
+    form: &[(&str, &str)],
+) -> Result<(Headers, Option<Duration>, AuthMethod), OutboundError> {
+    let failed = |why: String| OutboundError::TokenEndpoint {
+        server: server.to_owned(),
+        endpoint: endpoint.to_owned(),
+        why,
+    };
+    let client = Client { id, secret, method };
+    let (answer, method) = token_endpoint::request_adapting(http, endpoint, client, form)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let (token, lifetime) =
+        token_endpoint::access_token(&answer).map_err(|e| failed(e.to_string()))?;
+    let headers = bearer(token.expose_secret())
+        .ok_or_else(|| failed("the token is not a valid header value".into()))?;
+    Ok((headers, lifetime, method))
 }

@@ -187,7 +187,6 @@ pub async fn watch(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     use notify::Watcher;
-    render_once(&input, &output, &namespace)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -205,6 +204,8 @@ pub async fn watch(
             path: input.clone(),
             source: std::io::Error::other(e),
         })?;
+    // Watching first: an edit made while (or just after) the first render is heard.
+    render_once(&input, &output, &namespace)?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

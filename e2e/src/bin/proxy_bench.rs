@@ -535,26 +535,12 @@ fn outbound(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Result<(
     for (_, path) in routes {
         sessions.push(runtime.block_on(open_session(gateway, path, Some(&jwt)))?);
     }
-    let mut figures = vec![(Vec::new(), Vec::new()); routes.len()];
-    for _ in 0..AUTH_ROUNDS {
-        for (i, (_, path)) in routes.iter().enumerate() {
-            let before = cpu_seconds(pid).context("proxy CPU")?;
-            let (_, latencies) = runtime.block_on(load(
-                gateway,
-                path,
-                &sessions[i],
-                "echo",
-                1,
-                AUTH_CALLS,
-                Some(&jwt),
-            ))?;
-            let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
-            figures[i]
-                .0
-                .push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
-            figures[i].1.push(cpu * 1e6 / latencies.len() as f64);
-        }
-    }
+    let rows: Vec<(&str, &str, Option<&str>)> = routes
+        .iter()
+        .zip(&sessions)
+        .map(|((_, path), session)| (*path, session.as_str(), Some(jwt.as_str())))
+        .collect();
+    let mut figures = measure_rounds(runtime, pid, gateway, &rows)?;
     println!(
         "outbound credential per call, warm ({AUTH_CALLS} calls x {AUTH_ROUNDS} rounds, 1 connection, alice's OIDC JWT, medians):"
     );
@@ -829,26 +815,12 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
         );
     }
     // p50 and CPU per call, per caller and round.
-    let mut figures = vec![(Vec::new(), Vec::new()); callers.len()];
-    for _ in 0..AUTH_ROUNDS {
-        for (i, (_, path, bearer)) in callers.iter().enumerate() {
-            let before = cpu_seconds(pid).context("proxy CPU")?;
-            let (_, latencies) = runtime.block_on(load(
-                gateway,
-                path,
-                &sessions[i],
-                "echo",
-                1,
-                AUTH_CALLS,
-                *bearer,
-            ))?;
-            let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
-            figures[i]
-                .0
-                .push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
-            figures[i].1.push(cpu * 1e6 / latencies.len() as f64);
-        }
-    }
+    let rows: Vec<(&str, &str, Option<&str>)> = callers
+        .iter()
+        .zip(&sessions)
+        .map(|((_, path, bearer), session)| (*path, session.as_str(), *bearer))
+        .collect();
+    let mut figures = measure_rounds(runtime, pid, gateway, &rows)?;
     let tokens = Arc::new(tokens);
     in_process(
         runtime,
@@ -899,6 +871,28 @@ fn authentication(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Re
         cpu * 1e6 / grants as f64
     );
     Ok(())
+}
+
+/// p50 and proxy CPU per call (us) of each row (path, session, bearer), over
+/// [`AUTH_ROUNDS`] rounds of [`AUTH_CALLS`] calls on one connection, rows interleaved.
+fn measure_rounds(
+    runtime: &tokio::runtime::Runtime,
+    pid: u32,
+    gateway: SocketAddr,
+    rows: &[(&str, &str, Option<&str>)],
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+    let mut figures = vec![(Vec::new(), Vec::new()); rows.len()];
+    for _ in 0..AUTH_ROUNDS {
+        for ((path, session, bearer), (p50, cpu_per_call)) in rows.iter().zip(&mut figures) {
+            let before = cpu_seconds(pid).context("proxy CPU")?;
+            let (_, latencies) =
+                runtime.block_on(load(gateway, path, session, "echo", 1, AUTH_CALLS, *bearer))?;
+            let cpu = cpu_seconds(pid).context("proxy CPU")? - before;
+            p50.push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
+            cpu_per_call.push(cpu * 1e6 / latencies.len() as f64);
+        }
+    }
+    Ok(figures)
 }
 
 /// Clients refreshing their grants at once.

@@ -129,9 +129,9 @@ pub enum UpstreamAuth {
     OAuth2AuthorizationCode {
         /// Authorization endpoint, unless discovered from the provider's metadata.
         authorization_url: Option<String>,
-        /// Token endpoint.
-        token_url: String,
-        /// Client id, unless registered dynamically.
+        /// Token endpoint, unless discovered from the upstream.
+        token_url: Option<String>,
+        /// Client id, unless the gateway registers itself.
         client_id: Option<String>,
         /// Client secret, for confidential clients.
         client_secret: Option<CredentialRef>,

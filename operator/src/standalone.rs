@@ -41,10 +41,14 @@ pub fn read_inputs(input: &Path, namespace: &str) -> Result<Inputs> {
 fn admit(inputs: &Inputs) -> std::result::Result<(), String> {
     fn check<K>(kind: &str, objects: &[std::sync::Arc<K>], violations: &mut Vec<String>)
     where
-        K: kube::CustomResourceExt + kube::Resource + serde::Serialize,
+        K: kube::CustomResourceExt
+            + kube::Resource
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
     {
         for o in objects {
-            if let Err(errors) = kube::core::cel::validate_cel(&**o) {
+            let read = loopback_named_by_address(&**o);
+            if let Err(errors) = kube::core::cel::validate_cel(read.as_ref().unwrap_or(&**o)) {
                 let name = o.meta().name.as_deref().unwrap_or("?");
                 violations.push(format!("{kind} {name}: {errors}"));
             }
@@ -60,6 +64,39 @@ fn admit(inputs: &Inputs) -> std::result::Result<(), String> {
     } else {
         Err(violations.join("; "))
     }
+}
+
+/// `object` with every `http://localhost` URL written `http://127.0.0.1`, if it has any.
+/// kube-cel 0.8 reads `http://localhost...` as an absolute path, with no scheme and no host,
+/// so the CRDs' URL rules would refuse here what the API server accepts; both name loopback,
+/// which is all the rules distinguish. Only the copy validated is changed.
+fn loopback_named_by_address<K>(object: &K) -> Option<K>
+where
+    K: serde::Serialize + serde::de::DeserializeOwned,
+{
+    fn visit(value: &mut serde_json::Value, changed: &mut bool) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Some(rest) = text.strip_prefix("http://localhost")
+                    && (rest.is_empty() || rest.starts_with([':', '/', '?', '#']))
+                {
+                    *text = format!("http://127.0.0.1{rest}");
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| visit(v, changed)),
+            serde_json::Value::Object(fields) => {
+                fields.values_mut().for_each(|v| visit(v, changed))
+            }
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(object).ok()?;
+    let mut changed = false;
+    visit(&mut value, &mut changed);
+    changed
+        .then(|| serde_json::from_value(value).ok())
+        .flatten()
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {

@@ -177,3 +177,31 @@ fn manifests_a_cluster_would_reject_are_rejected_with_the_same_message() {
     );
     assert!(!output.path().join("config.json").exists());
 }
+
+#[test]
+fn localhost_urls_are_admitted_as_a_cluster_admits_them() {
+    // kube-cel reads `http://localhost...` as a path; the API server reads it as a URL.
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    std::fs::write(
+        input.path().join("local.yaml"),
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: local}\nspec:\n  remote: {url: \"http://localhost:8080/mcp\"}\n  auth: {type: OAuth2AuthorizationCode, oauth2AuthorizationCode: {tokenUrl: \"http://localhost:9000/token\", clientId: c}}\n",
+    )
+    .unwrap();
+    let (ok, stderr) = render_once(input.path(), output.path());
+    assert!(ok, "{stderr}");
+    let config = std::fs::read_to_string(output.path().join("config.json")).unwrap();
+    assert!(
+        config.contains("http://localhost:8080/mcp")
+            && config.contains("http://localhost:9000/token"),
+        "the rendered configuration keeps the URLs as written: {config}"
+    );
+    // An OAuth endpoint on another plain-http host is still refused.
+    std::fs::write(
+        input.path().join("local.yaml"),
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: local}\nspec:\n  remote: {url: \"http://localhost:8080/mcp\"}\n  auth: {type: OAuth2AuthorizationCode, oauth2AuthorizationCode: {tokenUrl: \"http://localhost.example/token\", clientId: c}}\n",
+    )
+    .unwrap();
+    let (ok, stderr) = render_once(input.path(), output.path());
+    assert!(!ok && stderr.contains("tokenUrl"), "{stderr}");
+}

@@ -239,37 +239,50 @@ pub enum ApiKeyScope {
 /// OAuth 2 authorization code grant with PKCE, one token per user: each user authorizes the
 /// gateway at the provider once (on the gateway's connections page, which calls that need it
 /// link to), and the gateway keeps their tokens, refreshes them and sends them upstream.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.clientId) || has(self.registrationUrl)").message("set spec.auth.oauth2AuthorizationCode.clientId, or registrationUrl so the gateway registers itself as a client"))]
+///
+/// Every field may be left out for an upstream that follows the MCP authorization
+/// specification: the gateway then learns the provider as an MCP client would, from the
+/// upstream's `401` challenge and protected resource metadata (RFC 9728) and the provider's
+/// metadata (RFC 8414 or OpenID discovery), picks the scopes the upstream asks for, and
+/// registers itself (a client ID metadata document when the provider accepts one, else
+/// dynamic client registration).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2AuthorizationCode {
     /// The provider's authorization endpoint (https, or http on loopback). When absent, the
-    /// gateway reads it from the provider's metadata (RFC 8414 or OpenID discovery), found
-    /// through the upstream's protected resource metadata (RFC 9728) or at the token URL's
-    /// origin; that metadata must name `tokenUrl` as its token endpoint.
+    /// gateway reads it from the provider's metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
     pub authorization_url: Option<String>,
-    /// The provider's token endpoint (https, or http on loopback).
+    /// The provider's token endpoint (https, or http on loopback). When set, the provider's
+    /// metadata is looked for on this URL's origin and must name it; when absent, the
+    /// provider is the first authorization server the upstream's protected resource
+    /// metadata names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]
-    pub token_url: String,
-    /// The gateway's client id at the provider. Optional with `registrationUrl`.
+    pub token_url: Option<String>,
+    /// The gateway's client id at the provider (pre-registered). When absent, the gateway
+    /// registers itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub client_id: Option<String>,
     /// The client secret, for confidential clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_ref: Option<SecretKeyRef>,
-    /// Scopes requested from the provider.
+    /// Scopes requested from the provider. When empty, the gateway asks for the scopes the
+    /// upstream's challenge names, else those its protected resource metadata lists, plus
+    /// `offline_access` when the provider offers it; a call the upstream refuses for want of
+    /// a scope (`403 insufficient_scope`) asks the user to authorize again with it added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub scopes: Vec<String>,
     /// PKCE method; only `S256` is allowed.
     #[serde(default)]
     pub pkce: PkceMethod,
-    /// RFC 7591 dynamic client registration endpoint, used when no `clientId` is given.
+    /// RFC 7591 dynamic client registration endpoint, used when no `clientId` is given;
+    /// when absent too, the one the provider's metadata names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(rules::OAUTH_URL).message(rules::OAUTH_URL_MESSAGE))]

@@ -519,6 +519,7 @@ fn outbound(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Result<(
             id_token: None,
             expires_at: Some(now + 86_400),
             obtained_at: now,
+            ..Default::default()
         },
     ))?;
     let pid = proxy.process.pid();

@@ -17,6 +17,7 @@ use super::extra_headers;
 use super::message::{Event, events};
 use crate::auth::Identity;
 use crate::error::full;
+use crate::outbound::discovery::Challenge;
 use crate::outbound::{Outbound, Resolved};
 use crate::session::UpstreamSession;
 use crate::source::ServerRoute;
@@ -286,6 +287,16 @@ impl Hop<'_> {
                 .resolve(self.route, self.identity, self.caller)
                 .await?;
             response = self.dispatch(self.with(request, &renewed)).await?;
+        }
+        if response.status() == StatusCode::FORBIDDEN
+            && let Some(challenge) = Challenge::of(response.headers())
+            && challenge.error.as_deref() == Some("insufficient_scope")
+            && let Some(error) = self
+                .outbound
+                .insufficient_scope(self.route, self.identity, challenge.scope.as_deref())
+                .await
+        {
+            return Err(error.into());
         }
         if response.status() != StatusCode::UNAUTHORIZED
             || matches!(

@@ -1,13 +1,17 @@
 //! Each user's authorization of the gateway at an upstream's OAuth authorization server
 //! (authorization code grant with PKCE S256, RFC 6749 and RFC 7636), the gateway being the
 //! OAuth client, so the upstream's tokens never reach the MCP client:
-//! - the provider's endpoints come from the McpServer, the rest from its metadata (RFC 8414
-//!   or OpenID discovery), found through the upstream's protected resource metadata
-//!   (RFC 9728) or at the token URL; metadata is used only if it is on the token URL's
-//!   origin and names the configured token endpoint, and only endpoints on that origin are
-//!   taken from it, so a document elsewhere cannot redirect people, codes or secrets;
-//! - the client is pre-registered, or registered once per server through dynamic client
-//!   registration (RFC 7591) and shared by its users (every replica reads the same record);
+//! - the provider is what the McpServer names, the rest learnt as an MCP client learns it
+//!   (`discovery`); it is learnt again each time a person starts an authorization, so an
+//!   upstream that moved to another authorization server is followed, and tokens are only
+//!   ever refreshed at the token endpoint that issued them;
+//! - the client is pre-registered, or the gateway's client ID metadata document when the
+//!   provider accepts one, or registered once per server and provider through dynamic
+//!   client registration (RFC 7591) and shared by its users (every replica reads the same
+//!   record); the token endpoint authentication is the one registered or offered;
+//! - scopes are the McpServer's, else those the upstream asks for (plus `offline_access`
+//!   when offered); an upstream's `403 insufficient_scope` asks the person to authorize again
+//!   with the union of what they granted and what it asks, unless they already granted it;
 //! - `state` is sealed and names the user's record, so an answer only completes the
 //!   authorization its own user started; `iss` is checked (RFC 9207); `resource` names the
 //!   upstream (RFC 8707); one callback URL serves every server;
@@ -16,6 +20,7 @@
 //! - Disconnect revokes at the provider (RFC 7009) when it offers revocation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -27,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::discovery;
 use super::vault::{TokenSet, Tokens, Vault, record_id};
 use super::{OutboundError, Resolved};
 use crate::auth::Identity;
@@ -40,16 +46,12 @@ use crate::upstream::HttpClient;
 
 /// How long a person has to complete the provider's consent.
 const AUTHORIZE_TIME: Duration = Duration::from_secs(600);
-/// Largest metadata document read.
-const MAX_METADATA: usize = 64 * 1024;
-/// How long a metadata document may take.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-/// At most this many metadata URLs are tried for one server.
-const MAX_METADATA_TRIES: usize = 8;
 /// How long what was learnt about a provider is kept.
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
 /// What `state` is sealed for.
 const STATE_PURPOSE: &[u8] = b"mcpgate upstream authorization state";
+/// The scope that asks for a refresh token where a provider offers it.
+const OFFLINE_ACCESS: &str = "offline_access";
 
 /// What the gateway knows about one server's authorization server.
 struct Provider {
@@ -60,9 +62,14 @@ struct Provider {
     revocation: Option<String>,
     /// It promises `iss` in every authorization response (RFC 9207).
     sends_iss: bool,
+    /// The RFC 8707 resource tokens are asked for.
+    resource: Option<String>,
+    /// The scopes asked for first.
+    scopes: Vec<String>,
     client_id: String,
     client_secret: Option<SecretString>,
-    method: std::sync::atomic::AtomicBool,
+    /// The secret goes in the form rather than HTTP Basic (learnt when Basic is refused).
+    post: AtomicBool,
 }
 
 impl Provider {
@@ -70,7 +77,7 @@ impl Provider {
         Client {
             id: &self.client_id,
             secret: self.client_secret.as_ref(),
-            method: if self.method.load(std::sync::atomic::Ordering::Relaxed) {
+            method: if self.post.load(Ordering::Relaxed) {
                 AuthMethod::Post
             } else {
                 AuthMethod::Basic
@@ -82,11 +89,17 @@ impl Provider {
     async fn request(&self, http: &HttpClient, form: &[(&str, &str)]) -> Result<Value, TokenError> {
         let (answer, method) =
             token_endpoint::request_adapting(http, &self.token, self.client(), form).await?;
-        self.method.store(
-            method == AuthMethod::Post,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.post
+            .store(method == AuthMethod::Post, Ordering::Relaxed);
         Ok(answer)
+    }
+
+    /// `form` with the resource, when there is one.
+    fn with_resource<'a>(&'a self, mut form: Vec<(&'a str, &'a str)>) -> Vec<(&'a str, &'a str)> {
+        if let Some(resource) = &self.resource {
+            form.push(("resource", resource));
+        }
+        form
     }
 }
 
@@ -101,6 +114,12 @@ struct State {
     verifier: String,
     /// Seconds since the epoch.
     expires: u64,
+    /// The token endpoint of the provider it was started at.
+    #[serde(default)]
+    token: String,
+    /// The scopes asked for.
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 /// The gateway's registration at a provider (dynamic client registration), as stored.
@@ -112,6 +131,9 @@ struct Registration {
     /// Sealed for this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     client_secret: Option<String>,
+    /// The token endpoint authentication the provider registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_method: Option<String>,
 }
 
 /// Users' OAuth tokens for upstream servers; `state` is sealed with the vault's keys.
@@ -122,6 +144,8 @@ pub struct UserOAuth {
     keys: Arc<SessionKeys>,
     /// The one callback URL.
     redirect_uri: String,
+    /// The URL of the gateway's client ID metadata document, when providers can fetch it.
+    client_metadata_url: Option<String>,
     providers: moka::sync::Cache<[u8; 32], Arc<tokio::sync::OnceCell<Arc<Provider>>>>,
     /// One refresh at a time per record.
     renewing: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
@@ -131,8 +155,14 @@ pub struct UserOAuth {
 
 impl UserOAuth {
     /// Tokens kept in `vault`, registrations in `store`, `state` sealed with `keys`; the
-    /// provider sends people back to `redirect_uri`.
-    pub fn new(http: HttpClient, vault: Arc<Vault>, redirect_uri: String) -> Self {
+    /// provider sends people back to `redirect_uri`; `client_metadata_url` is where the
+    /// gateway serves its client ID metadata document.
+    pub fn new(
+        http: HttpClient,
+        vault: Arc<Vault>,
+        redirect_uri: String,
+        client_metadata_url: Option<String>,
+    ) -> Self {
         let (store, keys) = vault.parts();
         Self {
             http,
@@ -140,6 +170,7 @@ impl UserOAuth {
             store,
             keys,
             redirect_uri,
+            client_metadata_url: client_metadata_url.filter(|url| discovery::secure(url)),
             providers: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(PROVIDER_TTL)
@@ -158,6 +189,21 @@ impl UserOAuth {
     /// The callback URL providers send people back to.
     pub fn redirect_uri(&self) -> &str {
         &self.redirect_uri
+    }
+
+    /// The gateway's client ID metadata document (draft-ietf-oauth-client-id-metadata-document),
+    /// if it serves one: a public client using PKCE, whose `client_id` is the document's URL.
+    pub fn client_metadata(&self) -> Option<Value> {
+        let url = self.client_metadata_url.as_ref()?;
+        Some(json!({
+            "client_id": url,
+            "client_name": "mcpgate",
+            "redirect_uris": [self.redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "web",
+        }))
     }
 
     /// The header for `person`'s call to `route`: their token, refreshed first when it has
@@ -191,15 +237,22 @@ impl UserOAuth {
         let provider = self
             .provider(route)
             .await
-            .map_err(|why| failed(route, why))?;
-        let resource = resource(route);
-        let mut form = vec![
+            .map_err(|why| failed(route, None, why))?;
+        if tokens
+            .set
+            .token_endpoint
+            .as_ref()
+            .is_some_and(|issued_by| *issued_by != provider.token)
+        {
+            // The upstream moved to another provider: a refresh token is never shown to
+            // any but the one that issued it; the person authorizes there again.
+            tracing::info!(server = %route.key(), user = %person.user, "the server's provider changed: asking for a new authorization");
+            return Ok(None);
+        }
+        let form = provider.with_resource(vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.as_str()),
-        ];
-        if let Some(resource) = &resource {
-            form.push(("resource", resource));
-        }
+        ]);
         let answer = match provider.request(&self.http, &form).await {
             Ok(answer) => answer,
             Err(error) if error.is_invalid_grant() => {
@@ -216,26 +269,23 @@ impl UserOAuth {
                 }
                 return Ok(None);
             }
-            Err(error) => {
-                return Err(OutboundError::TokenEndpoint {
-                    server: route.key(),
-                    endpoint: provider.token.clone(),
-                    why: error.to_string(),
-                });
-            }
+            Err(error) => return Err(failed(route, Some(&provider), error.to_string())),
         };
-        let set = token_set(&answer, Some(&tokens.set)).map_err(|why| failed(route, why))?;
+        let set = token_set(&answer, Some(&tokens.set))
+            .map_err(|why| failed(route, Some(&provider), why))?;
         self.vault
             .store_oauth(route, person, &set)
             .await
-            .map_err(|e| failed(route, e.to_string()))?;
+            .map_err(|e| failed(route, Some(&provider), e.to_string()))?;
         self.refused.invalidate(&id);
         tracing::info!(server = %route.key(), user = %person.user, rotated = answer["refresh_token"].is_string(), "refreshed a user's upstream token");
-        let tokens = self
-            .vault
-            .oauth_at(&id, false)
-            .await
-            .ok_or_else(|| failed(route, "the refreshed tokens were not stored".into()))?;
+        let tokens = self.vault.oauth_at(&id, false).await.ok_or_else(|| {
+            failed(
+                route,
+                Some(&provider),
+                "the refreshed tokens were not stored".into(),
+            )
+        })?;
         Ok(Some(resolved(route, &tokens)))
     }
 
@@ -251,6 +301,42 @@ impl UserOAuth {
         }
     }
 
+    /// The upstream refused a call of `person` for want of the `challenged` scopes
+    /// (`403 insufficient_scope`). `true`: a new authorization asking for them as well
+    /// may help, and the next one started asks for them; `false`: `person` already granted
+    /// them (asking again would loop), or holds no tokens.
+    pub async fn step_up(
+        &self,
+        route: &ServerRoute,
+        person: &Identity,
+        challenged: &[String],
+    ) -> Result<bool, String> {
+        let Some(id) = record_id(person, &route.key()) else {
+            return Ok(false);
+        };
+        let renewing = self.renewing.get_with(id.clone(), Default::default);
+        let _one = renewing.lock().await;
+        let Some(tokens) = self.vault.oauth_at(&id, true).await else {
+            return Ok(false);
+        };
+        let granted = tokens.set.granted();
+        let wanted = tokens.set.wanted();
+        if challenged.iter().all(|s| granted.contains(s)) {
+            return Ok(false);
+        }
+        if challenged.iter().all(|s| wanted.contains(s)) {
+            return Ok(true);
+        }
+        let mut set = tokens.set.clone();
+        set.wanted = Some(union(&[&granted, &wanted, challenged]).join(" "));
+        self.vault
+            .store_oauth(route, person, &set)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(server = %route.key(), user = %person.user, scopes = %challenged.join(" "), "the upstream asks for more scope");
+        Ok(true)
+    }
+
     fn usable(&self, id: &str, tokens: &Tokens) -> bool {
         let now = now();
         tokens.renew_at.is_none_or(|at| now < at)
@@ -259,19 +345,33 @@ impl UserOAuth {
             })
     }
 
-    /// Where to send `person`'s browser to authorize the gateway for `route`.
+    /// Where to send `person`'s browser to authorize the gateway for `route`. The provider
+    /// is learnt afresh: the upstream may have moved to another one.
     pub async fn start(&self, route: &ServerRoute, person: &Identity) -> Result<String, String> {
-        let UpstreamAuth::OAuth2AuthorizationCode { scopes, .. } = &route.config.auth else {
+        if !matches!(
+            route.config.auth,
+            UpstreamAuth::OAuth2AuthorizationCode { .. }
+        ) {
             return Err(format!("{} does not use OAuth", route.key()));
-        };
+        }
         let record = record_id(person, &route.key())
             .ok_or("only a person signed in with an identity provider can authorize")?;
+        self.providers.invalidate(&super::config_key(route));
         let provider = self.provider(route).await?;
+        // What they hold and what the upstream asked for since, with what it asks first
+        // (SEP-2350: re-authorization keeps earlier scopes).
+        let earlier = match self.vault.oauth_at(&record, true).await {
+            Some(tokens) => union(&[&tokens.set.granted(), &tokens.set.wanted()]),
+            None => Vec::new(),
+        };
+        let scopes = union(&[&provider.scopes, &earlier]);
         let state = State {
             server: route.key(),
             record,
             verifier: random_id::<32>().map_err(|e| e.to_string())?,
             expires: now() + AUTHORIZE_TIME.as_secs(),
+            token: provider.token.clone(),
+            scopes,
         };
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(state.verifier.as_bytes()));
         let sealed = self
@@ -289,11 +389,11 @@ impl UserOAuth {
             .append_pair("state", &sealed)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        if !scopes.is_empty() {
-            query.append_pair("scope", &scopes.join(" "));
+        if !state.scopes.is_empty() {
+            query.append_pair("scope", &state.scopes.join(" "));
         }
-        if let Some(resource) = resource(route) {
-            query.append_pair("resource", &resource);
+        if let Some(resource) = &provider.resource {
+            query.append_pair("resource", resource);
         }
         let separator = if provider.authorization.contains('?') {
             '&'
@@ -350,6 +450,9 @@ impl UserOAuth {
             return Err(format!("you may no longer use {}", state.server));
         }
         let provider = self.provider(&route).await?;
+        if !state.token.is_empty() && state.token != provider.token {
+            return Err("the server's provider changed while you authorized: start again".into());
+        }
         match (get("iss"), &provider.issuer) {
             (Some(iss), Some(issuer)) if iss != issuer => {
                 return Err(format!(
@@ -366,21 +469,23 @@ impl UserOAuth {
             return Err(format!("the provider said {error}: {description}"));
         }
         let code = get("code").ok_or("the answer has no authorization code")?;
-        let resource = resource(&route);
-        let mut form = vec![
+        let form = provider.with_resource(vec![
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", self.redirect_uri.as_str()),
             ("code_verifier", state.verifier.as_str()),
-        ];
-        if let Some(resource) = &resource {
-            form.push(("resource", resource));
-        }
+        ]);
         let answer = provider
             .request(&self.http, &form)
             .await
             .map_err(|e| format!("the provider's token endpoint refused the code: {e}"))?;
-        let set = token_set(&answer, None)?;
+        let mut set = token_set(&answer, None)?;
+        set.token_endpoint = Some(provider.token.clone());
+        // What was granted: the answer says when it differs from what was asked (RFC 6749
+        // section 5.1).
+        if set.scope.is_none() && !state.scopes.is_empty() {
+            set.scope = Some(state.scopes.join(" "));
+        }
         if let UpstreamAuth::OAuth2AuthorizationCode {
             send_token: SentToken::IdToken,
             ..
@@ -468,116 +573,118 @@ impl UserOAuth {
             token_url,
             client_id,
             registration_url,
+            scopes,
             ..
         } = &route.config.auth
         else {
             return Err(format!("{} does not use OAuth", route.key()));
         };
-        let metadata = self.metadata(route, token_url).await;
-        // Endpoints learnt from metadata are used only on the token endpoint's origin: a
-        // document cannot send people, codes, tokens or the client secret anywhere else.
-        let text = |name: &str| {
+        let Upstream::Remote { url: upstream, .. } = &route.config.upstream else {
+            return Err(format!(
+                "McpServer {}: only remote upstreams take OAuth",
+                route.key()
+            ));
+        };
+        let learnt = discovery::learn(&self.http, upstream, token_url.as_deref())
+            .await
+            .map_err(|why| format!("McpServer {}: {why}", route.key()))?;
+        let metadata = learnt.metadata.as_ref();
+        let listed = |name: &str| -> Vec<&str> {
             metadata
-                .as_ref()
-                .and_then(|m| m[name].as_str())
-                .filter(|url| same_origin(url, token_url))
-                .map(str::to_owned)
+                .and_then(|m| m[name].as_array())
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
         };
         let authorization = authorization_url
             .clone()
-            .or_else(|| text("authorization_endpoint"))
+            .or_else(|| learnt.authorization.clone())
             .ok_or_else(|| {
                 format!(
-                    "McpServer {}: no authorizationUrl is set and no metadata naming token endpoint {token_url} was found; set spec.auth.oauth2AuthorizationCode.authorizationUrl",
-                    route.key()
+                    "McpServer {}: no authorizationUrl is set and the provider's metadata (naming token endpoint {}) was not found; set spec.auth.oauth2AuthorizationCode.authorizationUrl",
+                    route.key(),
+                    token_url.as_deref().unwrap_or("?")
                 )
             })?;
-        let (client_id, client_secret) = match client_id {
-            Some(id) => (id.clone(), route.client_secret.clone()),
+        let token = learnt.token.clone().ok_or_else(|| {
+            format!(
+                "McpServer {}: the provider names no token endpoint",
+                route.key()
+            )
+        })?;
+        // The McpServer's scopes, else what the upstream asks for and a refresh token where
+        // the provider offers one (SEP-2207).
+        let scopes = if scopes.is_empty() {
+            let mut chosen = learnt.scopes.clone();
+            if listed("scopes_supported").contains(&OFFLINE_ACCESS)
+                && !chosen.iter().any(|s| s == OFFLINE_ACCESS)
+            {
+                chosen.push(OFFLINE_ACCESS.to_owned());
+            }
+            chosen
+        } else {
+            scopes.clone()
+        };
+        let methods = listed("token_endpoint_auth_methods_supported");
+        let (client_id, client_secret, post) = match client_id {
+            Some(id) => (
+                id.clone(),
+                route.client_secret.clone(),
+                prefers_post(&methods, None),
+            ),
+            None if metadata.is_some_and(|m| {
+                m["client_id_metadata_document_supported"] == Value::Bool(true)
+            }) && self.client_metadata_url.is_some() =>
+            {
+                (
+                    self.client_metadata_url.clone().unwrap_or_default(),
+                    None,
+                    false,
+                )
+            }
             None => {
                 let endpoint = registration_url
                     .clone()
-                    .or_else(|| text("registration_endpoint"))
+                    .or_else(|| learnt.registration.clone())
                     .ok_or_else(|| {
-                        format!("McpServer {}: set clientId or registrationUrl", route.key())
+                        format!(
+                            "McpServer {}: the provider offers no dynamic client registration: set spec.auth.oauth2AuthorizationCode.clientId (and clientSecretRef)",
+                            route.key()
+                        )
                     })?;
-                self.registered(route, &endpoint, metadata.as_ref()).await?
+                let registered = self
+                    .registered(route, &endpoint, metadata, &scopes, &methods)
+                    .await?;
+                let post = prefers_post(&methods, registered.2.as_deref());
+                (registered.0, registered.1, post)
             }
         };
         Ok(Provider {
-            issuer: text("issuer"),
+            issuer: learnt.issuer.clone(),
             authorization,
-            token: token_url.clone(),
-            revocation: text("revocation_endpoint"),
-            sends_iss: metadata.as_ref().is_some_and(|m| {
+            token,
+            revocation: learnt.revocation.clone(),
+            sends_iss: metadata.is_some_and(|m| {
                 m["authorization_response_iss_parameter_supported"] == Value::Bool(true)
             }),
+            resource: Some(learnt.resource),
+            scopes,
             client_id,
             client_secret,
-            method: Default::default(),
+            post: AtomicBool::new(post),
         })
     }
 
-    /// The provider's metadata: the first document, among those the upstream's protected
-    /// resource metadata and the token URL point at, that names `token_url`.
-    async fn metadata(&self, route: &ServerRoute, token_url: &str) -> Option<Value> {
-        let mut issuers = Vec::new();
-        if let Upstream::Remote { url, .. } = &route.config.upstream {
-            for document in resource_metadata_urls(url) {
-                if let Ok(found) =
-                    crate::upstream::get_json(&self.http, &document, MAX_METADATA, METADATA_TIMEOUT)
-                        .await
-                {
-                    let servers = found["authorization_servers"].as_array().cloned();
-                    issuers.extend(
-                        servers
-                            .unwrap_or_default()
-                            .iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .filter(|issuer| same_origin(issuer, token_url))
-                            .take(2),
-                    );
-                    break;
-                }
-            }
-        }
-        issuers.extend(issuers_of(token_url));
-        let mut tried = 0;
-        for issuer in dedup(issuers) {
-            for document in metadata_urls(&issuer) {
-                if tried == MAX_METADATA_TRIES {
-                    return None;
-                }
-                tried += 1;
-                let Ok(found) = crate::upstream::get_json(
-                    &self.http,
-                    &document,
-                    MAX_METADATA,
-                    METADATA_TIMEOUT,
-                )
-                .await
-                else {
-                    continue;
-                };
-                if found["issuer"].as_str() == Some(issuer.as_str())
-                    && found["token_endpoint"].as_str() == Some(token_url)
-                {
-                    return Some(found);
-                }
-            }
-        }
-        tracing::info!(server = %route.key(), "no authorization server metadata names its token endpoint");
-        None
-    }
-
-    /// The client the gateway registered at `endpoint` for `route`, registering it the
-    /// first time (by whichever replica gets there first).
+    /// The client the gateway registered at `endpoint` for `route` (its id, secret and
+    /// token endpoint authentication), registering it the first time (by whichever replica
+    /// gets there first).
     async fn registered(
         &self,
         route: &ServerRoute,
         endpoint: &str,
         metadata: Option<&Value>,
-    ) -> Result<(String, Option<SecretString>), String> {
+        scopes: &[String],
+        methods: &[&str],
+    ) -> Result<(String, Option<SecretString>, Option<String>), String> {
         let id = {
             let digest = Sha256::digest(
                 [route.key().as_str(), endpoint, &self.redirect_uri]
@@ -600,7 +707,7 @@ impl UserOAuth {
                 ),
                 None => None,
             };
-            Ok::<_, String>((registration.client_id, secret))
+            Ok::<_, String>((registration.client_id, secret, registration.auth_method))
         };
         let read = |e: crate::signin::store::StoreError| e.to_string();
         if let Some(found) = self
@@ -611,19 +718,22 @@ impl UserOAuth {
         {
             return open(found.value);
         }
-        let scopes = match &route.config.auth {
-            UpstreamAuth::OAuth2AuthorizationCode { scopes, .. } => scopes.join(" "),
-            _ => String::new(),
-        };
+        // Basic, which every confidential client may use, unless the provider lists
+        // only others.
+        let method = ["client_secret_basic", "client_secret_post", "none"]
+            .into_iter()
+            .find(|m| methods.is_empty() || methods.contains(m))
+            .unwrap_or("client_secret_basic");
         let mut request = json!({
             "client_name": format!("mcpgate for {}", route.key()),
             "redirect_uris": [self.redirect_uri],
             "grant_types": ["authorization_code", "refresh_token"],
             "response_types": ["code"],
-            "token_endpoint_auth_method": "client_secret_basic",
+            "token_endpoint_auth_method": method,
+            "application_type": "web",
         });
         if !scopes.is_empty() {
-            request["scope"] = Value::String(scopes);
+            request["scope"] = Value::String(scopes.join(" "));
         }
         // OpenID registration defaults ID tokens to RS256, which a provider signing with
         // other keys refuses: ask for one it lists.
@@ -649,7 +759,10 @@ impl UserOAuth {
             .filter(|id| !id.is_empty())
             .ok_or_else(|| format!("{endpoint} registered the gateway without a client_id"))?
             .to_owned();
-        let secret = answer["client_secret"].as_str().map(str::to_owned);
+        let secret = answer["client_secret"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
         let registration = Registration {
             server: route.key(),
             endpoint: endpoint.to_owned(),
@@ -662,6 +775,9 @@ impl UserOAuth {
                 ),
                 None => None,
             },
+            auth_method: answer["token_endpoint_auth_method"]
+                .as_str()
+                .map(str::to_owned),
         };
         match self
             .store
@@ -671,7 +787,11 @@ impl UserOAuth {
         {
             Write::Done => {
                 tracing::info!(server = %route.key(), %endpoint, "registered the gateway as an OAuth client");
-                Ok((registration.client_id, secret.map(SecretString::from)))
+                Ok((
+                    registration.client_id,
+                    secret.map(SecretString::from),
+                    registration.auth_method,
+                ))
             }
             Write::Conflict => {
                 // Another replica registered first: everyone uses that one.
@@ -685,6 +805,28 @@ impl UserOAuth {
             }
         }
     }
+}
+
+/// Whether a client's secret goes in the form: the method it registered, else the
+/// provider's list when that offers `client_secret_post` but not Basic.
+fn prefers_post(offered: &[&str], registered: Option<&str>) -> bool {
+    match registered {
+        Some(method) => method == "client_secret_post",
+        None => {
+            offered.contains(&"client_secret_post") && !offered.contains(&"client_secret_basic")
+        }
+    }
+}
+
+/// The scopes of all of `sets`, each once, in order of first appearance.
+fn union(sets: &[&[String]]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for scope in sets.iter().flat_map(|s| s.iter()) {
+        if !all.contains(scope) {
+            all.push(scope.clone());
+        }
+    }
+    all
 }
 
 /// The headers `tokens` give for `route`.
@@ -702,22 +844,21 @@ fn resolved(route: &ServerRoute, tokens: &Tokens) -> Resolved {
     }
 }
 
-fn failed(route: &ServerRoute, why: String) -> OutboundError {
+fn failed(route: &ServerRoute, provider: Option<&Provider>, why: String) -> OutboundError {
     OutboundError::TokenEndpoint {
         server: route.key(),
-        endpoint: match &route.config.auth {
-            UpstreamAuth::OAuth2AuthorizationCode { token_url, .. } => token_url.clone(),
-            _ => String::new(),
+        endpoint: match (provider, &route.config.auth) {
+            (Some(provider), _) => provider.token.clone(),
+            (
+                None,
+                UpstreamAuth::OAuth2AuthorizationCode {
+                    token_url: Some(url),
+                    ..
+                },
+            ) => url.clone(),
+            _ => "its provider".to_owned(),
         },
         why,
-    }
-}
-
-/// The RFC 8707 resource: the upstream MCP server's URL.
-fn resource(route: &ServerRoute) -> Option<String> {
-    match &route.config.upstream {
-        Upstream::Remote { url, .. } => Some(url.clone()),
-        Upstream::OpenApi { .. } => None,
     }
 }
 
@@ -739,84 +880,10 @@ fn token_set(answer: &Value, previous: Option<&TokenSet>) -> Result<TokenSet, St
         id_token: text("id_token").or_else(|| previous.and_then(|p| p.id_token.clone())),
         expires_at: lifetime.map(|l| obtained_at + l.as_secs()),
         obtained_at,
+        token_endpoint: previous.and_then(|p| p.token_endpoint.clone()),
+        scope: text("scope").or_else(|| previous.and_then(|p| p.scope.clone())),
+        wanted: previous.and_then(|p| p.wanted.clone()),
     })
-}
-
-/// Where RFC 9728 puts the protected resource metadata of the MCP endpoint `url`: inserted
-/// before its path, then at the host's root.
-fn resource_metadata_urls(url: &str) -> Vec<String> {
-    well_known(url, "oauth-protected-resource")
-}
-
-/// Where an issuer's metadata is: RFC 8414 (path inserted), then OpenID discovery (path
-/// appended, and inserted).
-fn metadata_urls(issuer: &str) -> Vec<String> {
-    let mut urls = well_known(issuer, "oauth-authorization-server");
-    urls.truncate(1);
-    urls.push(format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    ));
-    urls
-}
-
-/// `/.well-known/{name}` inserted before `url`'s path, and at its root when it has one.
-fn well_known(url: &str, name: &str) -> Vec<String> {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Vec::new();
-    };
-    let origin = parsed.origin().ascii_serialization();
-    let path = parsed.path().trim_end_matches('/');
-    let mut urls = vec![format!("{origin}/.well-known/{name}{path}")];
-    if !path.is_empty() {
-        urls.push(format!("{origin}/.well-known/{name}"));
-    }
-    urls
-}
-
-/// The issuers a token URL may belong to: its origin with each shorter prefix of its path,
-/// longest first (`https://h/realms/x/protocol/openid-connect/token` has issuer
-/// `https://h/realms/x`), at most four.
-fn issuers_of(token_url: &str) -> Vec<String> {
-    let Ok(parsed) = url::Url::parse(token_url) else {
-        return Vec::new();
-    };
-    let origin = parsed.origin().ascii_serialization();
-    let segments: Vec<&str> = parsed.path().split('/').filter(|s| !s.is_empty()).collect();
-    let mut issuers: Vec<String> = (0..segments.len())
-        .rev()
-        .map(|n| {
-            let prefix = segments[..n].join("/");
-            if prefix.is_empty() {
-                origin.clone()
-            } else {
-                format!("{origin}/{prefix}")
-            }
-        })
-        .collect();
-    // The origin is the likeliest; always try it.
-    if issuers.len() > 4 {
-        let root = issuers.pop();
-        issuers.truncate(3);
-        issuers.extend(root);
-    }
-    issuers
-}
-
-/// Whether two URLs share scheme, host and port.
-fn same_origin(a: &str, b: &str) -> bool {
-    match (url::Url::parse(a), url::Url::parse(b)) {
-        (Ok(a), Ok(b)) => a.origin() == b.origin(),
-        _ => false,
-    }
-}
-
-fn dedup(items: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    items
-        .into_iter()
-        .filter(|i| seen.insert(i.clone()))
-        .collect()
 }
 
 fn now() -> u64 {
@@ -826,78 +893,6 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn issuers_are_guessed_from_the_token_url_longest_first() {
-        assert_eq!(
-            issuers_of("https://kc.example/realms/x/protocol/openid-connect/token"),
-            [
-                "https://kc.example/realms/x/protocol/openid-connect",
-                "https://kc.example/realms/x/protocol",
-                "https://kc.example/realms/x",
-                "https://kc.example"
-            ]
-        );
-        assert_eq!(
-            issuers_of("http://127.0.0.1:9/token"),
-            ["http://127.0.0.1:9"]
-        );
-        assert_eq!(
-            issuers_of("https://github.example/login/oauth/access_token"),
-            [
-                "https://github.example/login/oauth",
-                "https://github.example/login",
-                "https://github.example"
-            ]
-        );
-        assert!(issuers_of("not a url").is_empty());
-    }
-
-    #[test]
-    fn metadata_is_looked_for_where_the_rfcs_put_it() {
-        assert_eq!(
-            resource_metadata_urls("https://mcp.example/v1/mcp/"),
-            [
-                "https://mcp.example/.well-known/oauth-protected-resource/v1/mcp",
-                "https://mcp.example/.well-known/oauth-protected-resource"
-            ]
-        );
-        assert_eq!(
-            metadata_urls("https://as.example/tenant"),
-            [
-                "https://as.example/.well-known/oauth-authorization-server/tenant",
-                "https://as.example/tenant/.well-known/openid-configuration"
-            ]
-        );
-        assert_eq!(
-            metadata_urls("http://127.0.0.1:9"),
-            [
-                "http://127.0.0.1:9/.well-known/oauth-authorization-server",
-                "http://127.0.0.1:9/.well-known/openid-configuration"
-            ]
-        );
-    }
-
-    #[test]
-    fn endpoints_are_taken_only_on_the_token_url_origin() {
-        assert!(same_origin(
-            "https://as.example/authorize",
-            "https://as.example/token"
-        ));
-        assert!(!same_origin(
-            "https://evil.example/revoke",
-            "https://as.example/token"
-        ));
-        assert!(!same_origin(
-            "http://as.example/revoke",
-            "https://as.example/token"
-        ));
-        assert!(!same_origin(
-            "https://as.example:8443/x",
-            "https://as.example/token"
-        ));
-        assert!(!same_origin("not a url", "https://as.example/token"));
-    }
 
     fn person(user: &str) -> Identity {
         Identity {
@@ -924,6 +919,7 @@ mod tests {
             crate::upstream::client().unwrap(),
             vault,
             "https://gw.example/-/connections/callback".into(),
+            None,
         );
         let config = json!({
             "schema": mcpgate_crds::gateway_config::SCHEMA_VERSION, "version": "v1",
@@ -958,6 +954,8 @@ mod tests {
             record: record_id(who, "team/docs").unwrap(),
             verifier: "v".repeat(43),
             expires,
+            token: String::new(),
+            scopes: Vec::new(),
         };
         let later = now() + 60;
         let query = |state: String| {

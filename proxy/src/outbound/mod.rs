@@ -12,6 +12,7 @@
 
 pub mod api_key;
 pub mod authorization_code;
+pub mod discovery;
 pub mod exchange;
 pub mod service;
 pub mod slots;
@@ -107,6 +108,7 @@ impl Outbound {
                     http.clone(),
                     vault.clone(),
                     format!("{base}/-/connections/callback"),
+                    Some(format!("{base}/-/connections/client-metadata")),
                 )
             });
         Self {
@@ -216,6 +218,37 @@ impl Outbound {
                 self.exchanges.forget(route, inbound, headers);
             }
             _ => self.service.forget(route, headers),
+        }
+    }
+
+    /// The upstream refused a call of `caller` for want of the `challenged` scopes (`403
+    /// insufficient_scope`): the error asking them to authorize again with those scopes
+    /// added, when that can help (not when they granted them already, which would loop).
+    pub async fn insufficient_scope(
+        &self,
+        route: &ServerRoute,
+        caller: Option<&Identity>,
+        challenged: Option<&[String]>,
+    ) -> Option<OutboundError> {
+        let (UpstreamAuth::OAuth2AuthorizationCode { .. }, Some(oauth), Some(person)) =
+            (&route.config.auth, &self.oauth, caller)
+        else {
+            return None;
+        };
+        match oauth
+            .step_up(route, person, challenged.unwrap_or_default())
+            .await
+        {
+            Ok(true) => Some(self.required(
+                route,
+                person,
+                "authorization for more scopes (the upstream asks for more than you granted)",
+            )),
+            Ok(false) => None,
+            Err(error) => {
+                tracing::warn!(server = %route.key(), %error, "recording the scopes an upstream asks for failed");
+                None
+            }
         }
     }
 

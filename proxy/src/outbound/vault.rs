@@ -63,7 +63,7 @@ impl CredentialKind {
 }
 
 /// A user's OAuth tokens for one server, as sealed in the store.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct TokenSet {
     /// The access token.
     pub access_token: String,
@@ -78,6 +78,33 @@ pub struct TokenSet {
     pub expires_at: Option<u64>,
     /// When the gateway obtained it, in seconds since the epoch.
     pub obtained_at: u64,
+    /// The token endpoint that issued them, the only one they are refreshed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    /// The scopes granted (space-separated), as far as the gateway knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The scopes the next authorization asks for, after the upstream asked for more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted: Option<String>,
+}
+
+impl TokenSet {
+    /// The scopes granted.
+    pub fn granted(&self) -> Vec<String> {
+        self.scope
+            .as_deref()
+            .map(super::discovery::words)
+            .unwrap_or_default()
+    }
+
+    /// The scopes the next authorization asks for beyond the granted ones.
+    pub fn wanted(&self) -> Vec<String> {
+        self.wanted
+            .as_deref()
+            .map(super::discovery::words)
+            .unwrap_or_default()
+    }
 }
 
 /// A user's OAuth tokens, opened: the headers they give, ready to send.

@@ -135,7 +135,8 @@ pub fn redirect_matches(registered: &str, requested: &str) -> bool {
         && b.username().is_empty()
 }
 
-fn is_loopback_host(url: &Url) -> bool {
+/// Whether `url`'s host is `localhost` or a loopback address.
+pub(crate) fn is_loopback_host(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(name)) => name == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

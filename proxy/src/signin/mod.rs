@@ -111,6 +111,15 @@ impl SignIn {
             (Method::POST, "tokens/revoke") => self.revoke_token(context, req).await,
             (Method::GET, "connections") => self.connections(context, &req).await,
             (Method::GET, "connections/callback") => self.connection_callback(context, &req).await,
+            (Method::GET, "connections/client-metadata") => {
+                match context.outbound.oauth().and_then(|o| o.client_metadata()) {
+                    Some(document) => json_response(StatusCode::OK, &document),
+                    None => html(
+                        StatusCode::NOT_FOUND,
+                        pages::problem("Not found", "The gateway publishes no client metadata."),
+                    ),
+                }
+            }
             (Method::GET, path) if path.starts_with("connections/") => {
                 let server = path["connections/".len()..].to_owned();
                 let notice = (single(&query(&req), "done") == Ok(Some("connected")))

@@ -98,13 +98,15 @@ def messages(response: httpx.Response) -> list[dict]:
 
 
 class Alice:
-    """Alice at the gateway: MCP calls with her bearer token, pages with her session."""
+    """Alice at the gateway: MCP calls with her bearer token, pages with her session. Calls
+    speak the scenario's protocol revision: a session per call (2025-11-25), or stateless
+    requests carrying their envelope in `_meta` and headers (2026-07-28)."""
 
-    def __init__(self, setup: dict, url: str):
+    def __init__(self, setup: dict, url: str, revision: str):
         self.setup = setup
         self.url = url
+        self.revision = revision
         self.pages = httpx.Client(timeout=TIMEOUT, follow_redirects=True)
-        self.signed_in = False
         self.authorizations = 0
 
     def post(self, headers: dict, body: dict) -> httpx.Response:
@@ -112,15 +114,26 @@ class Alice:
             "authorization": f"Bearer {self.setup['bearer']}",
             "accept": "application/json, text/event-stream",
             "content-type": "application/json",
-            "mcp-protocol-version": "2025-11-25",
+            "mcp-protocol-version": self.revision,
             **headers,
         }
         return httpx.post(self.url, headers=headers, json=body, timeout=TIMEOUT)
 
+    def stateless(self, method: str, params: dict) -> httpx.Response:
+        """One 2026-07-28 request."""
+        params = {**params, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": self.revision,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }}
+        headers = {"mcp-method": method}
+        if "name" in params:
+            headers["mcp-name"] = params["name"]
+        return self.post(headers, {"jsonrpc": "2.0", "id": 2, "method": method, "params": params})
+
     def session(self) -> dict | httpx.Response:
         """A fresh MCP session's headers, or the gateway's refusal."""
         answer = self.post({}, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
+            "protocolVersion": self.revision, "capabilities": {},
             "clientInfo": {"name": "conformance-auth-driver", "version": "1"}}})
         session = answer.headers.get("mcp-session-id")
         if answer.status_code != 200 or not session:
@@ -132,8 +145,9 @@ class Alice:
     def request(self, method: str, params: dict) -> dict:
         """`method` in a fresh session, authorizing the gateway whenever it asks; the result."""
         while True:
-            headers = self.session()
-            if isinstance(headers, dict):
+            if self.revision >= "2026-07-28":
+                answer = self.stateless(method, params)
+            elif isinstance(headers := self.session(), dict):
                 answer = self.post(headers, {"jsonrpc": "2.0", "id": 2, "method": method,
                                              "params": params})
             else:
@@ -192,12 +206,12 @@ def main() -> int:
     upstream = sys.argv[-1]
     # A server of its own per run: nothing carries over between scenarios.
     digest = hashlib.sha256(f"{scenario} {upstream}".encode()).hexdigest()[:8]
-    name = re.sub(r"[^a-z0-9]+", "-", scenario.split("/")[-1].lower()).strip("-")[:40] + "-" + digest
+    name = re.sub(r"[^a-z0-9]+", "-", scenario.split("/")[-1].lower()).strip("-")[:30] + "-" + digest
     render(setup, name, manifest(name, upstream, context, setup["user"] + "@example.com"))
     url = f"{setup['gateway']}/{NAMESPACE}/mcp/{name}/server"
-    alice = Alice(setup, url)
+    alice = Alice(setup, url, os.environ.get("MCP_CONFORMANCE_PROTOCOL_VERSION", "2025-11-25"))
     deadline = time.monotonic() + 20
-    while alice.post({}, {"jsonrpc": "2.0", "id": 0, "method": "ping"}).status_code == 404:
+    while alice.stateless("ping", {}).status_code == 404:
         if time.monotonic() > deadline:
             raise Failed(f"the gateway did not load {name}")
         time.sleep(0.1)

@@ -56,7 +56,12 @@ const SCENARIOS: &[(&str, Option<&str>)] = &[
 ];
 
 /// Checks that do not pass, each with why: (scenario, check id, reason).
-const KNOWN: &[(&str, &str, &str)] = &[];
+const KNOWN: &[(&str, &str, &str)] = &[(
+    "auth/basic-cimd",
+    "cimd-client-id-used",
+    "a warning that the client ID is not the suite's own fixed document URL: the gateway \
+     uses the client ID metadata document it serves itself (`/-/connections/client-metadata`)",
+)];
 
 #[test]
 #[ignore = "needs the conformance suite, the OpenID provider and the Python peers: run `make e2e`"]
@@ -140,6 +145,7 @@ fn the_gateway_passes_the_client_auth_scenarios() -> Result<()> {
         );
         let checks = checks(&results).with_context(|| format!("{scenario}: {output}"))?;
         let mut passed = 0;
+        let mut failed = Vec::new();
         for check in &checks {
             let id = check["id"].as_str().unwrap_or_default();
             match check["status"].as_str() {
@@ -147,9 +153,8 @@ fn the_gateway_passes_the_client_auth_scenarios() -> Result<()> {
                 Some("FAILURE" | "WARNING")
                     if !KNOWN.iter().any(|(s, c, _)| s == scenario && *c == id) =>
                 {
-                    failing.push(format!(
-                        "{scenario} ({}): {id}: {} {}\n{output}",
-                        revision.unwrap_or("default"),
+                    failed.push(format!(
+                        "  {id}: {} {}",
                         check["description"].as_str().unwrap_or_default(),
                         check["details"]
                     ));
@@ -157,7 +162,16 @@ fn the_gateway_passes_the_client_auth_scenarios() -> Result<()> {
                 _ => {}
             }
         }
-        ensure!(passed > 0, "{scenario}: no check passed\n{output}");
+        if passed == 0 {
+            failed.push("  no check passed".into());
+        }
+        if !failed.is_empty() {
+            failing.push(format!(
+                "{scenario} ({}):\n{}\n{output}",
+                revision.unwrap_or("default"),
+                failed.join("\n")
+            ));
+        }
         report.push(format!(
             "{scenario} {}: {passed} checks passed",
             revision.unwrap_or("")

@@ -1030,6 +1030,75 @@ mod tests {
         assert!(error.contains("does not carry"), "{error}");
     }
 
+    #[tokio::test]
+    async fn a_step_up_asks_again_for_what_was_granted_and_what_the_upstream_wants() {
+        let (oauth, snapshot, _dir) = gateway();
+        let route = snapshot.server("team/docs").unwrap().clone();
+        let alice = person("alice");
+        let write = ["mcp:write".to_owned()];
+        // Nothing held: nothing to step up from.
+        assert!(!oauth.step_up(&route, &alice, &write).await.unwrap());
+        let held = TokenSet {
+            access_token: "a".into(),
+            scope: Some("mcp:basic".into()),
+            obtained_at: now(),
+            ..TokenSet::default()
+        };
+        oauth
+            .vault
+            .store_oauth(&route, &alice, &held)
+            .await
+            .unwrap();
+        // Granted already: authorizing again could only loop.
+        assert!(
+            !oauth
+                .step_up(&route, &alice, &["mcp:basic".to_owned()])
+                .await
+                .unwrap()
+        );
+        assert!(oauth.step_up(&route, &alice, &write).await.unwrap());
+        assert!(oauth.step_up(&route, &alice, &write).await.unwrap());
+        // Bob's tokens are his own: her step-up is not his.
+        assert!(!oauth.step_up(&route, &person("bob"), &write).await.unwrap());
+        // The next authorization asks for the union (the provider here is the McpServer's
+        // own settings: its metadata cannot be reached).
+        let url = oauth.start(&route, &alice).await.unwrap();
+        let query: std::collections::HashMap<String, String> = url::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        assert!(url.starts_with("http://127.0.0.1:9/auth?"), "{url}");
+        assert_eq!(query["scope"], "mcp:basic mcp:write");
+        assert_eq!(query["resource"], "http://127.0.0.1:9/mcp");
+        assert_eq!(query["client_id"], "c");
+        assert_eq!(query["code_challenge_method"], "S256");
+        assert_eq!(
+            query["redirect_uri"],
+            "https://gw.example/-/connections/callback"
+        );
+    }
+
+    #[test]
+    fn scopes_are_united_in_order_and_the_secret_goes_where_the_provider_takes_it() {
+        let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            union(&[&s(&["a", "b"]), &s(&["b", "c"]), &s(&[])]),
+            s(&["a", "b", "c"])
+        );
+        assert!(prefers_post(&["client_secret_post"], None));
+        assert!(!prefers_post(
+            &["client_secret_basic", "client_secret_post"],
+            None
+        ));
+        assert!(!prefers_post(&[], None));
+        assert!(prefers_post(
+            &["client_secret_basic"],
+            Some("client_secret_post")
+        ));
+        assert!(!prefers_post(&["client_secret_post"], Some("none")));
+    }
+
     #[test]
     fn a_refresh_keeps_what_the_provider_did_not_rotate() {
         let first = token_set(
@@ -1048,6 +1117,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rotated.refresh_token.as_deref(), Some("r2"));
+        // Where they came from and what they allow carry over a refresh.
+        let bound = TokenSet {
+            token_endpoint: Some("https://as.example/token".into()),
+            scope: Some("mcp:basic".into()),
+            ..first.clone()
+        };
+        let refreshed = token_set(&json!({"access_token": "a4"}), Some(&bound)).unwrap();
+        assert_eq!(
+            refreshed.token_endpoint.as_deref(),
+            Some("https://as.example/token")
+        );
+        assert_eq!(refreshed.scope.as_deref(), Some("mcp:basic"));
+        let narrowed = token_set(
+            &json!({"access_token": "a5", "scope": "mcp:read"}),
+            Some(&bound),
+        )
+        .unwrap();
+        assert_eq!(narrowed.scope.as_deref(), Some("mcp:read"));
         assert!(token_set(&json!({"refresh_token": "r"}), None).is_err());
     }
 }

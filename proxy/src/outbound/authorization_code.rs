@@ -589,10 +589,9 @@ impl UserOAuth {
             .await
             .map_err(|why| format!("McpServer {}: {why}", route.key()))?;
         let metadata = learnt.metadata.as_ref();
-        let listed = |name: &str| -> Vec<&str> {
+        let listed = |name: &str| {
             metadata
-                .and_then(|m| m[name].as_array())
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .map(|m| discovery::strings(&m[name]))
                 .unwrap_or_default()
         };
         let authorization = authorization_url
@@ -615,7 +614,9 @@ impl UserOAuth {
         // the provider offers one (SEP-2207).
         let scopes = if scopes.is_empty() {
             let mut chosen = learnt.scopes.clone();
-            if listed("scopes_supported").contains(&OFFLINE_ACCESS)
+            if listed("scopes_supported")
+                .iter()
+                .any(|s| s == OFFLINE_ACCESS)
                 && !chosen.iter().any(|s| s == OFFLINE_ACCESS)
             {
                 chosen.push(OFFLINE_ACCESS.to_owned());
@@ -625,6 +626,7 @@ impl UserOAuth {
             scopes.clone()
         };
         let methods = listed("token_endpoint_auth_methods_supported");
+        let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
         let (client_id, client_secret, post) = match client_id {
             Some(id) => (
                 id.clone(),
@@ -738,13 +740,12 @@ impl UserOAuth {
         // OpenID registration defaults ID tokens to RS256, which a provider signing with
         // other keys refuses: ask for one it lists.
         let algorithms = metadata
-            .and_then(|m| m["id_token_signing_alg_values_supported"].as_array())
-            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .map(|m| discovery::strings(&m["id_token_signing_alg_values_supported"]))
             .unwrap_or_default();
         if let Some(first) = algorithms.first()
-            && !algorithms.contains(&"RS256")
+            && !algorithms.iter().any(|a| a == "RS256")
         {
-            request["id_token_signed_response_alg"] = Value::String((*first).to_owned());
+            request["id_token_signed_response_alg"] = Value::String(first.clone());
         }
         let answer = token_endpoint::post_json(&self.http, endpoint, &request)
             .await

@@ -128,6 +128,19 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
+/// The strings in the JSON array `value` (none when it is not one).
+pub fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The space-separated words of `text`.
 pub fn words(text: &str) -> Vec<String> {
     text.split_ascii_whitespace().map(str::to_owned).collect()
@@ -165,28 +178,17 @@ pub async fn learn(
         Some(document) => document["resource"].as_str().unwrap_or(upstream).to_owned(),
         None => upstream.to_owned(),
     };
-    let scopes = challenge.scope.clone().unwrap_or_else(|| {
+    let listed = |name: &str| {
         resource_metadata
             .as_ref()
-            .and_then(|m| m["scopes_supported"].as_array())
-            .map(|s| {
-                s.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|m| strings(&m[name]))
             .unwrap_or_default()
-    });
-    let servers: Vec<String> = resource_metadata
-        .as_ref()
-        .and_then(|m| m["authorization_servers"].as_array())
-        .map(|s| {
-            s.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    };
+    let scopes = challenge
+        .scope
+        .clone()
+        .unwrap_or_else(|| listed("scopes_supported"));
+    let servers = listed("authorization_servers");
     let mut learnt = match token_url {
         Some(token_url) => configured(http, token_url, &servers).await,
         None => discovered(http, upstream, resource_metadata.is_some(), &servers).await?,

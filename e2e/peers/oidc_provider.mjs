@@ -325,6 +325,15 @@ provider.use(async (ctx, next) => {
 provider.on("grant.revoked", (_ctx, grantId) => console.log(`revoked grant ${grantId}`));
 provider.on("registration_create.success", (_ctx, client) =>
   console.log(`registered client ${client.clientId}`));
+// Refresh grants, counted by the tests (one refresh per expiry, however many replicas).
+provider.on("grant.success", (ctx) => {
+  if (ctx.oidc.params?.grant_type === "refresh_token") console.log("refreshed tokens");
+});
+provider.on("grant.error", (ctx, error) => {
+  if (ctx.oidc.params?.grant_type === "refresh_token") {
+    console.log(`refused a refresh token: ${error.error ?? error.message}`);
+  }
+});
 
 provider.listen(Number(port), "127.0.0.1", () => {
   const extra = redirectUris.length ? `, client ${GATEWAY_CLIENT} -> ${redirectUris.join(" ")}` : "";

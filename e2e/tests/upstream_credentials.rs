@@ -108,7 +108,6 @@ impl Gateway {
         issuer: &str,
         yaml: &str,
     ) -> Result<Self> {
-        let url = format!("http://127.0.0.1:{port}");
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;
         std::fs::write(manifests.join("team.yaml"), yaml)?;
@@ -116,21 +115,7 @@ impl Gateway {
         render(&manifests, &config)?;
         let state = dir.join("state");
         let audit = dir.join("audit.log");
-        let mut args = signin_args(dir, &url, issuer)?;
-        for arg in [
-            "--config-dir",
-            &config.display().to_string(),
-            "--signin-state-dir",
-            &state.display().to_string(),
-            "--audit-log",
-            &audit.display().to_string(),
-            "--stored-credential-grace-seconds",
-            "1",
-        ] {
-            args.push(arg.to_owned());
-        }
-        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        let proxy = Proxy::start_at(port, admin, &args, &[], dir)?;
+        let proxy = proxy(dir, port, admin, issuer, &config, &state, &audit)?;
         Ok(Self {
             proxy,
             manifests,
@@ -139,6 +124,48 @@ impl Gateway {
             audit,
         })
     }
+
+    /// A second replica: the same configuration, credential store and keys.
+    fn replica(&self, dir: &std::path::Path, issuer: &str) -> Result<Proxy> {
+        let audit = dir.join("audit-replica.log");
+        proxy(
+            dir,
+            free_port(),
+            free_port(),
+            issuer,
+            &self.config,
+            &self.state,
+            &audit,
+        )
+    }
+}
+
+/// A proxy with sign-in at `issuer`, serving `config`, keeping users' credentials in `state`.
+fn proxy(
+    dir: &std::path::Path,
+    port: u16,
+    admin: u16,
+    issuer: &str,
+    config: &std::path::Path,
+    state: &std::path::Path,
+    audit: &std::path::Path,
+) -> Result<Proxy> {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut args = signin_args(dir, &url, issuer)?;
+    for arg in [
+        "--config-dir",
+        &config.display().to_string(),
+        "--signin-state-dir",
+        &state.display().to_string(),
+        "--audit-log",
+        &audit.display().to_string(),
+        "--stored-credential-grace-seconds",
+        "1",
+    ] {
+        args.push(arg.to_owned());
+    }
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    Proxy::start_at(port, admin, &args, &[], dir)
 }
 
 /// `tools/call` of `tool` with `arguments` as the bearer of `token`, in a fresh session.
@@ -514,6 +541,38 @@ fn per_user_oauth_authorization() -> Result<()> {
         "three refreshes logged\n{}",
         log()
     );
+    // Two replicas share the credential store. Once her token has expired, calls reaching
+    // both at once make one refresh, not two: the provider rotates refresh tokens and
+    // refuses one used twice (some providers then revoke the whole grant).
+    let replica = gateway.replica(dir.path(), &idp.issuer)?;
+    let docs_there = format!("http://127.0.0.1:{}/team/mcp/docs/server", replica.port);
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_secs(u64::from(ACCESS_TTL) + 1));
+        let (refreshes, refusals) = (
+            provider_log().matches("refreshed tokens").count(),
+            provider_log().matches("refused a refresh token").count(),
+        );
+        let (here, there) = std::thread::scope(|s| {
+            let here = s.spawn(|| whoami(&alice, &docs));
+            let there = s.spawn(|| whoami(&alice, &docs_there));
+            (here.join(), there.join())
+        });
+        let (here, there) = (here.unwrap()?, there.unwrap()?);
+        ensure!(
+            here.0 == 200 && there.0 == 200 && here.1 == there.1 && here.1 != seen,
+            "round {round}: both replicas send her one refreshed token: {here:?} {there:?} (was {seen})\n{}\n{}",
+            log(),
+            replica.process.log()
+        );
+        seen = here.1;
+        ensure!(
+            provider_log().matches("refreshed tokens").count() == refreshes + 1
+                && provider_log().matches("refused a refresh token").count() == refusals,
+            "round {round}: one refresh at the provider, none refused\n{}",
+            provider_log()
+        );
+    }
+    drop(replica);
 
     // A server whose client the gateway registers itself, once.
     let notes = format!("{url}/team/mcp/notes/server");

@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::discovery;
+use super::lease::Leases;
 use super::vault::{TokenSet, Tokens, Vault, record_id};
 use super::{OutboundError, Resolved};
 use crate::auth::Identity;
@@ -50,6 +51,8 @@ const AUTHORIZE_TIME: Duration = Duration::from_secs(600);
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
 /// What `state` is sealed for.
 const STATE_PURPOSE: &[u8] = b"mcpgate upstream authorization state";
+/// How long one replica may hold the lease on refreshing a user's tokens.
+const LEASE_TIME: Duration = Duration::from_secs(15);
 /// The scope that asks for a refresh token where a provider offers it.
 const OFFLINE_ACCESS: &str = "offline_access";
 
@@ -151,6 +154,8 @@ pub struct UserOAuth {
     renewing: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
     /// The digest of the access token the upstream last refused, per record.
     refused: moka::sync::Cache<String, [u8; 32]>,
+    /// One refresh at a time per record across replicas.
+    leases: Leases,
 }
 
 impl UserOAuth {
@@ -164,7 +169,9 @@ impl UserOAuth {
         client_metadata_url: Option<String>,
     ) -> Self {
         let (store, keys) = vault.parts();
+        let replica = random_id::<16>().unwrap_or_else(|_| format!("{}", std::process::id()));
         Self {
+            leases: Leases::new(store.clone(), replica),
             http,
             vault,
             store,
@@ -249,16 +256,55 @@ impl UserOAuth {
             tracing::info!(server = %route.key(), user = %person.user, "the server's provider changed: asking for a new authorization");
             return Ok(None);
         }
+        let held = match self.leases.take(&id, LEASE_TIME).await {
+            Ok(Some(held)) => Some(held),
+            Ok(None) => {
+                return self
+                    .refreshed_elsewhere(route, &provider, &id, &tokens)
+                    .await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "taking a refresh lease failed: refreshing without one");
+                None
+            }
+        };
+        let outcome = match self.vault.oauth_at(&id, true).await {
+            // The replica that held the lease before stored new tokens just now.
+            Some(now) if now.access_digest != tokens.access_digest => {
+                Ok(Some(resolved(route, &now)))
+            }
+            _ => {
+                self.refresh(route, person, &provider, &id, &tokens, &refresh)
+                    .await
+            }
+        };
+        if let Some(held) = held {
+            self.leases.release(held).await;
+        }
+        outcome
+    }
+
+    /// Refreshes `tokens` (whose refresh token is `refresh`) at `provider` and stores the
+    /// new ones; `Ok(None)` when the provider refused and the person must authorize again.
+    async fn refresh(
+        &self,
+        route: &ServerRoute,
+        person: &Identity,
+        provider: &Provider,
+        id: &str,
+        tokens: &Tokens,
+        refresh: &str,
+    ) -> Result<Option<Resolved>, OutboundError> {
         let form = provider.with_resource(vec![
             ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
+            ("refresh_token", refresh),
         ]);
         let answer = match provider.request(&self.http, &form).await {
             Ok(answer) => answer,
             Err(error) if error.is_invalid_grant() => {
                 // Another replica may have used (and rotated) it first: take what it stored.
-                if let Some(now) = self.vault.oauth_at(&id, true).await
-                    && now.set.refresh_token.as_deref() != Some(refresh.as_str())
+                if let Some(now) = self.vault.oauth_at(id, true).await
+                    && now.set.refresh_token.as_deref() != Some(refresh)
                 {
                     return Ok(Some(resolved(route, &now)));
                 }
@@ -269,24 +315,51 @@ impl UserOAuth {
                 }
                 return Ok(None);
             }
-            Err(error) => return Err(failed(route, Some(&provider), error.to_string())),
+            Err(error) => return Err(failed(route, Some(provider), error.to_string())),
         };
         let set = token_set(&answer, Some(&tokens.set))
-            .map_err(|why| failed(route, Some(&provider), why))?;
+            .map_err(|why| failed(route, Some(provider), why))?;
         self.vault
             .store_oauth(route, person, &set)
             .await
-            .map_err(|e| failed(route, Some(&provider), e.to_string()))?;
-        self.refused.invalidate(&id);
+            .map_err(|e| failed(route, Some(provider), e.to_string()))?;
+        self.refused.invalidate(id);
         tracing::info!(server = %route.key(), user = %person.user, rotated = answer["refresh_token"].is_string(), "refreshed a user's upstream token");
-        let tokens = self.vault.oauth_at(&id, false).await.ok_or_else(|| {
+        let tokens = self.vault.oauth_at(id, false).await.ok_or_else(|| {
             failed(
                 route,
-                Some(&provider),
+                Some(provider),
                 "the refreshed tokens were not stored".into(),
             )
         })?;
         Ok(Some(resolved(route, &tokens)))
+    }
+
+    /// Another replica holds the lease on `id`: the tokens it stores once it refreshed
+    /// (`Ok(None)` if it found the person must authorize again).
+    async fn refreshed_elsewhere(
+        &self,
+        route: &ServerRoute,
+        provider: &Provider,
+        id: &str,
+        tokens: &Tokens,
+    ) -> Result<Option<Resolved>, OutboundError> {
+        let deadline = tokio::time::Instant::now() + LEASE_TIME;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match self.vault.oauth_at(id, true).await {
+                None => return Ok(None),
+                Some(now) if now.access_digest != tokens.access_digest => {
+                    return Ok(Some(resolved(route, &now)));
+                }
+                Some(_) => {}
+            }
+        }
+        Err(failed(
+            route,
+            Some(provider),
+            "another gateway replica is refreshing these tokens and has not finished".into(),
+        ))
     }
 
     /// The upstream answered 401 to `used`: the next [`Self::resolve`] refreshes.

@@ -14,6 +14,7 @@ pub mod api_key;
 pub mod authorization_code;
 pub mod discovery;
 pub mod exchange;
+pub mod lease;
 pub mod service;
 pub mod slots;
 pub mod vault;

@@ -26,6 +26,8 @@ pub enum Kind {
     /// The gateway's own registration as an OAuth client at an upstream's authorization
     /// server (dynamic client registration), one per server.
     Registration,
+    /// Which replica is refreshing a user's tokens for a server, until when.
+    Lease,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Self::PersonalToken => "tokens",
             Self::Credential => "credentials",
             Self::Registration => "registrations",
+            Self::Lease => "leases",
         }
     }
 }

@@ -530,11 +530,12 @@ impl FileStore {
             return Ok(Write::Conflict);
         };
         let _one = self.writing.lock().await;
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Ok(Write::Conflict);
+        // Exclusive across processes too (replicas sharing the directory).
+        if write(&path, &Envelope { version: 1, value }, true).await? {
+            Ok(Write::Done)
+        } else {
+            Ok(Write::Conflict)
         }
-        write(&path, &Envelope { version: 1, value }).await?;
-        Ok(Write::Done)
     }
 
     /// Replaces record `id` if it is still at `version`.
@@ -559,6 +560,7 @@ impl FileStore {
                 version: next,
                 value,
             },
+            false,
         )
         .await?;
         Ok(Write::Done)
@@ -638,13 +640,20 @@ async fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<Versioned<T>>, 
 }
 
 /// Writes `path` whole or not at all: a 0600 temporary file renamed into place.
-async fn write<T: Serialize>(path: &Path, envelope: &Envelope<T>) -> Result<(), StoreError> {
+/// Writes `envelope` at `path` whole (readers see the old record or the new one); when
+/// `exclusive`, only if there is none yet (`Ok(false)` otherwise), even against other
+/// processes.
+async fn write<T: Serialize>(
+    path: &Path,
+    envelope: &Envelope<T>,
+    exclusive: bool,
+) -> Result<bool, StoreError> {
     let bytes = serde_json::to_vec(envelope).map_err(|e| StoreError::Corrupt {
         path: path.display().to_string(),
         error: e.to_string(),
     })?;
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+    tokio::task::spawn_blocking(move || write_private(&path, &bytes, exclusive))
         .await
         .map_err(|e| StoreError::Corrupt {
             path: String::new(),
@@ -652,14 +661,19 @@ async fn write<T: Serialize>(path: &Path, envelope: &Envelope<T>) -> Result<(), 
         })?
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+fn write_private(path: &Path, bytes: &[u8], exclusive: bool) -> Result<bool, StoreError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
+    // A name of its own per process and write: writers never share a temporary file.
     let temporary = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
+        ".{}.{}-{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
     ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -670,7 +684,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(|e| io(&temporary, e))?;
     file.write_all(bytes).map_err(|e| io(&temporary, e))?;
     file.sync_all().map_err(|e| io(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| io(path, e))
+    if !exclusive {
+        std::fs::rename(&temporary, path).map_err(|e| io(path, e))?;
+        return Ok(true);
+    }
+    // A hard link fails if the name exists, atomically.
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io(path, e)),
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -686,6 +711,41 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_create_wins_among_replicas_sharing_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two stores on one directory: two processes, as far as locks go.
+        let stores: Vec<Arc<Store>> = (0..2)
+            .map(|_| Arc::new(Store::Files(FileStore::open(dir.path()).unwrap())))
+            .collect();
+        for round in 0..20 {
+            let id = format!("lease-{round}");
+            let attempts: Vec<_> = (0..8)
+                .map(|n| {
+                    let store = stores[n % 2].clone();
+                    let id = id.clone();
+                    tokio::spawn(async move { store.create(Kind::Lease, &id, &n).await.unwrap() })
+                })
+                .collect();
+            let mut done = 0;
+            for attempt in attempts {
+                if attempt.await.unwrap() == Write::Done {
+                    done += 1;
+                }
+            }
+            assert_eq!(done, 1, "round {round}");
+            let stored = stores[0].get::<usize>(Kind::Lease, &id).await.unwrap();
+            assert!(stored.is_some(), "the winner's record is whole");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("leases"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary files are left behind");
+    }
 
     #[tokio::test]
     async fn create_replace_and_delete_compare_versions() {

@@ -48,6 +48,9 @@ def manifest(name: str, upstream: str, context: dict, user: str) -> str:
     if "client_id" in context and "client_secret" in context:
         settings["clientId"] = context["client_id"]
         settings["clientSecretRef"] = {"name": f"{name}-client", "key": "secret"}
+        # A client secret only ever goes to the token endpoint the McpServer names (the
+        # provider's documented one: its issuer's /token here).
+        settings["tokenUrl"] = context["issuer"].rstrip("/") + "/token"
         documents.append({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": f"{name}-client", "namespace": NAMESPACE,

@@ -205,3 +205,32 @@ fn localhost_urls_are_admitted_as_a_cluster_admits_them() {
     let (ok, stderr) = render_once(input.path(), output.path());
     assert!(!ok && stderr.contains("tokenUrl"), "{stderr}");
 }
+
+#[test]
+fn a_client_secret_goes_only_to_a_token_endpoint_the_server_names() {
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    for (auth, refused) in [
+        (
+            "{clientId: c, clientSecretRef: {name: s, key: k}}",
+            Some("clientSecretRef needs tokenUrl"),
+        ),
+        (
+            "{tokenUrl: \"https://as.example/token\", clientSecretRef: {name: s, key: k}}",
+            Some("clientSecretRef needs the clientId"),
+        ),
+        ("{}", None),
+        ("{clientId: c}", None),
+    ] {
+        std::fs::write(
+            input.path().join("server.yaml"),
+            format!("apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: s}}\nspec:\n  remote: {{url: \"https://mcp.example/mcp\"}}\n  auth: {{type: OAuth2AuthorizationCode, oauth2AuthorizationCode: {auth}}}\n"),
+        )
+        .unwrap();
+        let (ok, stderr) = render_once(input.path(), output.path());
+        match refused {
+            Some(why) => assert!(!ok && stderr.contains(why), "{auth}: {stderr}"),
+            None => assert!(ok, "{auth}: {stderr}"),
+        }
+    }
+}

@@ -247,6 +247,10 @@ pub enum ApiKeyScope {
 /// registers itself (a client ID metadata document when the provider accepts one, else
 /// dynamic client registration).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.clientSecretRef) || has(self.clientId)").message("spec.auth.oauth2AuthorizationCode.clientSecretRef needs the clientId it belongs to"),
+    validation = Rule::new("!has(self.clientSecretRef) || has(self.tokenUrl)").message("spec.auth.oauth2AuthorizationCode.clientSecretRef needs tokenUrl: the client secret is only ever sent to the token endpoint named here, never to one an upstream's metadata names"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2AuthorizationCode {
     /// The provider's authorization endpoint (https, or http on loopback). When absent, the

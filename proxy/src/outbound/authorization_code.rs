@@ -52,7 +52,12 @@ const PROVIDER_TTL: Duration = Duration::from_secs(3600);
 /// What `state` is sealed for.
 const STATE_PURPOSE: &[u8] = b"mcpgate upstream authorization state";
 /// How long one replica may hold the lease on refreshing a user's tokens.
-const LEASE_TIME: Duration = Duration::from_secs(15);
+/// (Longer than a refresh can take: two token requests of at most 10 s each.)
+const LEASE_TIME: Duration = Duration::from_secs(30);
+/// At most this many scopes are asked for after upstreams asked for more.
+const MAX_SCOPES: usize = 64;
+/// Longest scope kept from an upstream's challenge.
+const MAX_SCOPE_LEN: usize = 256;
 /// The scope that asks for a refresh token where a provider offers it.
 const OFFLINE_ACCESS: &str = "offline_access";
 
@@ -177,7 +182,7 @@ impl UserOAuth {
             store,
             keys,
             redirect_uri,
-            client_metadata_url: client_metadata_url.filter(|url| discovery::secure(url)),
+            client_metadata_url: client_metadata_url.filter(|url| discovery::secure(url, url)),
             providers: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(PROVIDER_TTL)
@@ -241,19 +246,20 @@ impl UserOAuth {
         let Some(refresh) = tokens.set.refresh_token.clone() else {
             return Ok(None);
         };
-        let provider = self
-            .provider(route)
-            .await
-            .map_err(|why| failed(route, None, why))?;
-        if tokens
+        let issuer_of_tokens = tokens
             .set
             .token_endpoint
-            .as_ref()
-            .is_some_and(|issued_by| *issued_by != provider.token)
-        {
-            // The upstream moved to another provider: a refresh token is never shown to
-            // any but the one that issued it; the person authorizes there again.
-            tracing::info!(server = %route.key(), user = %person.user, "the server's provider changed: asking for a new authorization");
+            .clone()
+            .or_else(|| configured_token_url(route));
+        let provider = self
+            .provider_matching(route, issuer_of_tokens.as_deref())
+            .await
+            .map_err(|why| failed(route, None, why))?;
+        if issuer_of_tokens.as_deref() != Some(provider.token.as_str()) {
+            // The upstream moved to another provider (or the tokens do not say where they
+            // came from): a refresh token is never shown to any but the one that issued
+            // it; the person authorizes again.
+            tracing::info!(server = %route.key(), user = %person.user, "the server's provider is not the one that issued the tokens: asking for a new authorization");
             return Ok(None);
         }
         let held = match self.leases.take(&id, LEASE_TIME).await {
@@ -317,8 +323,9 @@ impl UserOAuth {
             }
             Err(error) => return Err(failed(route, Some(provider), error.to_string())),
         };
-        let set = token_set(&answer, Some(&tokens.set))
+        let mut set = token_set(&answer, Some(&tokens.set))
             .map_err(|why| failed(route, Some(provider), why))?;
+        set.token_endpoint = Some(provider.token.clone());
         self.vault
             .store_oauth(route, person, &set)
             .await
@@ -387,27 +394,61 @@ impl UserOAuth {
         let Some(id) = record_id(person, &route.key()) else {
             return Ok(false);
         };
-        let renewing = self.renewing.get_with(id.clone(), Default::default);
-        let _one = renewing.lock().await;
         let Some(tokens) = self.vault.oauth_at(&id, true).await else {
             return Ok(false);
         };
         let granted = tokens.set.granted();
-        let wanted = tokens.set.wanted();
+        let challenged: Vec<String> = challenged
+            .iter()
+            .filter(|s| !s.is_empty() && s.len() <= MAX_SCOPE_LEN)
+            .cloned()
+            .collect();
         if challenged.iter().all(|s| granted.contains(s)) {
             return Ok(false);
         }
-        if challenged.iter().all(|s| wanted.contains(s)) {
-            return Ok(true);
+        // Kept apart from the tokens, so this write never races a refresh of them.
+        let read = |e: crate::signin::store::StoreError| e.to_string();
+        for _ in 0..2 {
+            let found = self
+                .store
+                .get::<Vec<String>>(Kind::StepUp, &id)
+                .await
+                .map_err(read)?;
+            let wanted = found.as_ref().map(|f| f.value.clone()).unwrap_or_default();
+            if challenged.iter().all(|s| wanted.contains(s)) {
+                return Ok(true);
+            }
+            let mut all = union(&[&wanted, &challenged]);
+            all.truncate(MAX_SCOPES);
+            let written = match &found {
+                Some(found) => self
+                    .store
+                    .replace(Kind::StepUp, &id, &all, &found.version)
+                    .await
+                    .map_err(read)?,
+                None => self
+                    .store
+                    .create(Kind::StepUp, &id, &all)
+                    .await
+                    .map_err(read)?,
+            };
+            if written == Write::Done {
+                tracing::info!(server = %route.key(), user = %person.user, scopes = %challenged.join(" "), "the upstream asks for more scope");
+                return Ok(true);
+            }
         }
-        let mut set = tokens.set.clone();
-        set.wanted = Some(union(&[&granted, &wanted, challenged]).join(" "));
-        self.vault
-            .store_oauth(route, person, &set)
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(server = %route.key(), user = %person.user, scopes = %challenged.join(" "), "the upstream asks for more scope");
-        Ok(true)
+        Err("the scopes asked for changed twice while they were written".into())
+    }
+
+    /// The scopes upstreams asked `record` for beyond those granted.
+    async fn stepped_up(&self, record: &str) -> Vec<String> {
+        match self.store.get::<Vec<String>>(Kind::StepUp, record).await {
+            Ok(found) => found.map(|f| f.value).unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "reading the scopes an upstream asked for failed");
+                Vec::new()
+            }
+        }
     }
 
     fn usable(&self, id: &str, tokens: &Tokens) -> bool {
@@ -433,11 +474,12 @@ impl UserOAuth {
         let provider = self.provider(route).await?;
         // What they hold and what the upstream asked for since, with what it asks first
         // (SEP-2350: re-authorization keeps earlier scopes).
-        let earlier = match self.vault.oauth_at(&record, true).await {
-            Some(tokens) => union(&[&tokens.set.granted(), &tokens.set.wanted()]),
+        let granted = match self.vault.oauth_at(&record, true).await {
+            Some(tokens) => tokens.set.granted(),
             None => Vec::new(),
         };
-        let scopes = union(&[&provider.scopes, &earlier]);
+        let mut scopes = union(&[&provider.scopes, &granted, &self.stepped_up(&record).await]);
+        scopes.truncate(MAX_SCOPES);
         let state = State {
             server: route.key(),
             record,
@@ -522,8 +564,9 @@ impl UserOAuth {
         if !allowed(&state.server) {
             return Err(format!("you may no longer use {}", state.server));
         }
-        let provider = self.provider(&route).await?;
-        if !state.token.is_empty() && state.token != provider.token {
+        let started_at = (!state.token.is_empty()).then_some(state.token.as_str());
+        let provider = self.provider_matching(&route, started_at).await?;
+        if started_at.is_some_and(|token| token != provider.token) {
             return Err("the server's provider changed while you authorized: start again".into());
         }
         match (get("iss"), &provider.issuer) {
@@ -572,6 +615,9 @@ impl UserOAuth {
             .await
             .map_err(|e| e.to_string())?;
         self.refused.invalidate(&state.record);
+        if let Err(error) = self.store.delete(Kind::StepUp, &state.record).await {
+            tracing::warn!(%error, "forgetting the scopes an upstream asked for failed");
+        }
         tracing::info!(server = %route.key(), user = %person.user, refresh = set.refresh_token.is_some(), "a user authorized the gateway upstream");
         Ok(route)
     }
@@ -586,8 +632,22 @@ impl UserOAuth {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
+        // Nor while another replica does.
+        let held = match record_id(person, &route.key()) {
+            Some(id) => self.hold(&id).await,
+            None => None,
+        };
         if let Some(tokens) = self.vault.oauth(route, person, true).await {
-            match self.provider(route).await {
+            let issued_by = tokens
+                .set
+                .token_endpoint
+                .clone()
+                .or_else(|| configured_token_url(route));
+            match self.provider_matching(route, issued_by.as_deref()).await {
+                // Tokens are revoked only where they were issued.
+                Ok(provider) if issued_by.as_deref() != Some(provider.token.as_str()) => {
+                    tracing::info!(server = %route.key(), "the tokens' provider is gone: they are forgotten, not revoked");
+                }
                 Ok(provider) => {
                     if let Some(endpoint) = &provider.revocation {
                         let revoke = [
@@ -624,10 +684,49 @@ impl UserOAuth {
                 }
             }
         }
-        self.vault
+        let deleted = self
+            .vault
             .delete(route, person)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        if let Some(held) = held {
+            self.leases.release(held).await;
+        }
+        deleted
+    }
+
+    /// The lease on `id`, waiting (bounded) while another replica holds it; `None` if it
+    /// could not be had, which only loses the guard against a racing refresh.
+    async fn hold(&self, id: &str) -> Option<super::lease::Held> {
+        let deadline = tokio::time::Instant::now() + LEASE_TIME;
+        loop {
+            match self.leases.take(id, LEASE_TIME).await {
+                Ok(Some(held)) => return Some(held),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::warn!(%error, "taking a refresh lease failed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// [`Self::provider`], learnt again once if it is not the one with token endpoint
+    /// `expected` (another replica may have followed the upstream to a new provider).
+    async fn provider_matching(
+        &self,
+        route: &ServerRoute,
+        expected: Option<&str>,
+    ) -> Result<Arc<Provider>, String> {
+        let provider = self.provider(route).await?;
+        if expected.is_none_or(|token| token == provider.token) {
+            return Ok(provider);
+        }
+        self.providers.invalidate(&super::config_key(route));
+        self.provider(route).await
     }
 
     /// What the gateway knows about `route`'s provider, learnt once per configuration.
@@ -706,9 +805,13 @@ impl UserOAuth {
                 route.client_secret.clone(),
                 prefers_post(&methods, None),
             ),
-            None if metadata.is_some_and(|m| {
-                m["client_id_metadata_document_supported"] == Value::Bool(true)
-            }) && self.client_metadata_url.is_some() =>
+            // A client ID metadata document, unless the McpServer names a registration
+            // endpoint.
+            None if registration_url.is_none()
+                && metadata.is_some_and(|m| {
+                    m["client_id_metadata_document_supported"] == Value::Bool(true)
+                })
+                && self.client_metadata_url.is_some() =>
             {
                 (
                     self.client_metadata_url.clone().unwrap_or_default(),
@@ -727,7 +830,7 @@ impl UserOAuth {
                         )
                     })?;
                 let registered = self
-                    .registered(route, &endpoint, metadata, &scopes, &methods)
+                    .registered(route, &endpoint, &token, metadata, &scopes, &methods)
                     .await?;
                 let post = prefers_post(&methods, registered.2.as_deref());
                 (registered.0, registered.1, post)
@@ -756,13 +859,15 @@ impl UserOAuth {
         &self,
         route: &ServerRoute,
         endpoint: &str,
+        token: &str,
         metadata: Option<&Value>,
         scopes: &[String],
         methods: &[&str],
     ) -> Result<(String, Option<SecretString>, Option<String>), String> {
+        // Per provider as well: a client (and its secret) is never used at another one.
         let id = {
             let digest = Sha256::digest(
-                [route.key().as_str(), endpoint, &self.redirect_uri]
+                [route.key().as_str(), endpoint, &self.redirect_uri, token]
                     .join("\0")
                     .as_bytes(),
             );
@@ -881,6 +986,14 @@ impl UserOAuth {
     }
 }
 
+/// The token endpoint the McpServer names, if it does.
+fn configured_token_url(route: &ServerRoute) -> Option<String> {
+    match &route.config.auth {
+        UpstreamAuth::OAuth2AuthorizationCode { token_url, .. } => token_url.clone(),
+        _ => None,
+    }
+}
+
 /// Whether a client's secret goes in the form: the method it registered, else the
 /// provider's list when that offers `client_secret_post` but not Basic.
 fn prefers_post(offered: &[&str], registered: Option<&str>) -> bool {
@@ -956,7 +1069,6 @@ fn token_set(answer: &Value, previous: Option<&TokenSet>) -> Result<TokenSet, St
         obtained_at,
         token_endpoint: previous.and_then(|p| p.token_endpoint.clone()),
         scope: text("scope").or_else(|| previous.and_then(|p| p.scope.clone())),
-        wanted: previous.and_then(|p| p.wanted.clone()),
     })
 }
 

@@ -173,7 +173,16 @@ pub async fn learn(
     token_url: Option<&str>,
 ) -> Result<Learnt, String> {
     let challenge = probe(http, upstream).await.unwrap_or_default();
-    let resource_metadata = protected_resource(http, upstream, &challenge).await?;
+    let resource_metadata = match protected_resource(http, upstream, &challenge).await {
+        Ok(found) => found,
+        // The McpServer names the provider: metadata that does not fit only goes unused
+        // (an in-cluster URL and a public one name the same server, say).
+        Err(why) if token_url.is_some() => {
+            tracing::warn!(%upstream, %why, "ignoring the upstream's protected resource metadata");
+            None
+        }
+        Err(why) => return Err(why),
+    };
     let resource = match &resource_metadata {
         Some(document) => document["resource"].as_str().unwrap_or(upstream).to_owned(),
         None => upstream.to_owned(),
@@ -232,7 +241,7 @@ async fn protected_resource(
     challenge: &Challenge,
 ) -> Result<Option<Value>, String> {
     let urls = match &challenge.resource_metadata {
-        Some(url) if secure(url) => vec![url.clone()],
+        Some(url) if secure(url, upstream) => vec![url.clone()],
         Some(url) => {
             return Err(format!(
                 "the upstream's challenge names resource metadata at {url}, which is neither https nor loopback"
@@ -346,7 +355,7 @@ async fn discovered(
             .origin()
             .ascii_serialization(),
     };
-    if !secure(&issuer) {
+    if !secure(&issuer, upstream) {
         return Err(format!(
             "authorization server {issuer} is neither https nor loopback"
         ));
@@ -368,12 +377,21 @@ async fn discovered(
     let endpoint = |name: &str| -> Result<Option<String>, String> {
         match found[name].as_str() {
             None => Ok(None),
-            Some(url) if secure(url) => Ok(Some(url.to_owned())),
+            Some(url) if secure(url, upstream) => Ok(Some(url.to_owned())),
             Some(url) => Err(format!(
                 "authorization server {issuer} names {name} {url}, which is neither https nor loopback"
             )),
         }
     };
+    // MCP clients must refuse a provider that does not say it takes PKCE with S256.
+    if !strings(&found["code_challenge_methods_supported"])
+        .iter()
+        .any(|m| m == "S256")
+    {
+        return Err(format!(
+            "authorization server {issuer} does not list S256 in code_challenge_methods_supported: PKCE is required"
+        ));
+    }
     let authorization = endpoint("authorization_endpoint")?;
     let token = endpoint("token_endpoint")?;
     if authorization.is_none() || token.is_none() {
@@ -410,11 +428,16 @@ async fn issuer_metadata(http: &HttpClient, issuer: &str) -> Result<Option<Value
     Ok(None)
 }
 
-/// Whether the gateway may follow `url`: https, or http on a loopback host.
-pub fn secure(url: &str) -> bool {
-    url::Url::parse(url).is_ok_and(|url| match url.scheme() {
-        "https" => true,
-        "http" => crate::signin::clients::is_loopback_host(&url),
+/// Whether the gateway may follow `url`, which a document about the upstream `near` named:
+/// https, or plain http on loopback when `near` is on loopback too (a development setup),
+/// so a document cannot point the gateway at a local port of its own host otherwise.
+pub fn secure(url: &str, near: &str) -> bool {
+    let loopback = |url: &str| {
+        url::Url::parse(url).is_ok_and(|url| crate::signin::clients::is_loopback_host(&url))
+    };
+    url::Url::parse(url).is_ok_and(|parsed| match parsed.scheme() {
+        "https" => !loopback(url) || loopback(near),
+        "http" => loopback(url) && loopback(near),
         _ => false,
     })
 }
@@ -579,18 +602,22 @@ mod tests {
     }
 
     #[test]
-    fn only_https_and_loopback_http_are_followed() {
-        for (url, ok) in [
-            ("https://as.example/x", true),
-            ("http://127.0.0.1:9/x", true),
-            ("http://localhost:9/x", true),
-            ("http://[::1]:9/x", true),
-            ("http://as.example/x", false),
-            ("http://10.0.0.1/x", false),
-            ("file:///etc/passwd", false),
-            ("javascript:alert(1)", false),
+    fn only_https_and_loopback_http_beside_a_loopback_upstream_are_followed() {
+        let remote = "https://mcp.example/mcp";
+        let local = "http://127.0.0.1:8080/mcp";
+        for (url, from_remote, from_local) in [
+            ("https://as.example/x", true, true),
+            ("http://127.0.0.1:9/x", false, true),
+            ("http://localhost:9/x", false, true),
+            ("http://[::1]:9/x", false, true),
+            ("https://127.0.0.1:15000/quitquitquit", false, true),
+            ("http://as.example/x", false, false),
+            ("http://10.0.0.1/x", false, false),
+            ("file:///etc/passwd", false, false),
+            ("javascript:alert(1)", false, false),
         ] {
-            assert_eq!(secure(url), ok, "{url}");
+            assert_eq!(secure(url, remote), from_remote, "{url} near {remote}");
+            assert_eq!(secure(url, local), from_local, "{url} near {local}");
         }
     }
 

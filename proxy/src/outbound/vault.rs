@@ -84,23 +84,12 @@ pub struct TokenSet {
     /// The scopes granted (space-separated), as far as the gateway knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
-    /// The scopes the next authorization asks for, after the upstream asked for more.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wanted: Option<String>,
 }
 
 impl TokenSet {
     /// The scopes granted.
     pub fn granted(&self) -> Vec<String> {
         self.scope
-            .as_deref()
-            .map(super::discovery::words)
-            .unwrap_or_default()
-    }
-
-    /// The scopes the next authorization asks for beyond the granted ones.
-    pub fn wanted(&self) -> Vec<String> {
-        self.wanted
             .as_deref()
             .map(super::discovery::words)
             .unwrap_or_default()

@@ -28,6 +28,8 @@ pub enum Kind {
     Registration,
     /// Which replica is refreshing a user's tokens for a server, until when.
     Lease,
+    /// The scopes an upstream asked a user for beyond those they granted.
+    StepUp,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Self::Credential => "credentials",
             Self::Registration => "registrations",
             Self::Lease => "leases",
+            Self::StepUp => "stepups",
         }
     }
 }

@@ -549,6 +549,16 @@ fn outbound(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Result<(
         "{:<16} {:>10} {:>16} {:>18}",
         "credential", "p50", "proxy CPU/call", "added vs shared"
     );
+    // Paired per round (rows of one round run back to back, so slow drifts cancel): each
+    // row's CPU per call less the mean of that round's two shared rows.
+    let paired = |row: usize| {
+        let mut d: Vec<f64> = (0..AUTH_ROUNDS)
+            .map(|i| figures[row].1[i] - (figures[1].1[i] + figures[3].1[i]) / 2.0)
+            .collect();
+        d.sort_by(f64::total_cmp);
+        (d[d.len() / 2], d[d.len() / 4], d[d.len() * 3 / 4])
+    };
+    let (oauth_paired, none_paired) = (paired(2), paired(0));
     let medians: Vec<(f64, f64)> = figures
         .iter_mut()
         .map(|(p50, cpu)| (median(p50), median(cpu)))
@@ -564,6 +574,10 @@ fn outbound(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Result<(
         "a stored per-user OAuth token beyond a shared key (the mean of the shared rows before and after it): {:.1} us proxy CPU per call (target <= 5 us; the two shared rows differ by {:.1} us)",
         medians[2].1 - (shared_cpu + medians[3].1) / 2.0,
         medians[3].1 - shared_cpu
+    );
+    println!(
+        "paired per round, beyond that round's shared rows: per-user OAuth {:.1} us (quartiles {:.1}..{:.1}); no credential {:.1} us (quartiles {:.1}..{:.1}), the noise to read it against",
+        oauth_paired.0, oauth_paired.1, oauth_paired.2, none_paired.0, none_paired.1, none_paired.2
     );
 
     // The same difference measured in process, without the noise of three processes on two

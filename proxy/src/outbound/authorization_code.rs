@@ -49,6 +49,8 @@ use crate::upstream::HttpClient;
 const AUTHORIZE_TIME: Duration = Duration::from_secs(600);
 /// How long what was learnt about a provider is kept.
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+/// How long a provider that could not be learnt is not asked again (but by a Connect).
+const UNLEARNT_TTL: Duration = Duration::from_secs(30);
 /// What `state` is sealed for.
 const STATE_PURPOSE: &[u8] = b"mcpgate upstream authorization state";
 /// How long one replica may hold the lease on refreshing a user's tokens.
@@ -155,6 +157,8 @@ pub struct UserOAuth {
     /// The URL of the gateway's client ID metadata document, when providers can fetch it.
     client_metadata_url: Option<String>,
     providers: moka::sync::Cache<[u8; 32], Arc<tokio::sync::OnceCell<Arc<Provider>>>>,
+    /// Why a provider could not be learnt, for a little while.
+    unlearnt: moka::sync::Cache<[u8; 32], String>,
     /// One refresh at a time per record.
     renewing: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
     /// The digest of the access token the upstream last refused, per record.
@@ -186,6 +190,10 @@ impl UserOAuth {
             providers: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(PROVIDER_TTL)
+                .build(),
+            unlearnt: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(UNLEARNT_TTL)
                 .build(),
             renewing: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -470,7 +478,7 @@ impl UserOAuth {
         }
         let record = record_id(person, &route.key())
             .ok_or("only a person signed in with an identity provider can authorize")?;
-        self.providers.invalidate(&super::config_key(route));
+        self.forget_provider(route);
         let provider = self.provider(route).await?;
         // What they hold and what the upstream asked for since, with what it asks first
         // (SEP-2350: re-authorization keeps earlier scopes).
@@ -725,18 +733,34 @@ impl UserOAuth {
         if expected.is_none_or(|token| token == provider.token) {
             return Ok(provider);
         }
-        self.providers.invalidate(&super::config_key(route));
+        self.forget_provider(route);
         self.provider(route).await
     }
 
     /// What the gateway knows about `route`'s provider, learnt once per configuration.
+    /// A failure is kept for a while too, so calls waiting on a provider that is down do
+    /// not each learn it again (a Connect always does).
     async fn provider(&self, route: &ServerRoute) -> Result<Arc<Provider>, String> {
-        let cell = self
-            .providers
-            .get_with(super::config_key(route), Default::default);
-        cell.get_or_try_init(|| async { self.discover(route).await.map(Arc::new) })
+        let key = super::config_key(route);
+        if let Some(why) = self.unlearnt.get(&key) {
+            return Err(why);
+        }
+        let cell = self.providers.get_with(key, Default::default);
+        let learnt = cell
+            .get_or_try_init(|| async { self.discover(route).await.map(Arc::new) })
             .await
-            .cloned()
+            .cloned();
+        if let Err(why) = &learnt {
+            self.unlearnt.insert(key, why.clone());
+        }
+        learnt
+    }
+
+    /// Forgets what was learnt about `route`'s provider, failure included.
+    fn forget_provider(&self, route: &ServerRoute) {
+        let key = super::config_key(route);
+        self.providers.invalidate(&key);
+        self.unlearnt.invalidate(&key);
     }
 
     async fn discover(&self, route: &ServerRoute) -> Result<Provider, String> {

@@ -173,6 +173,10 @@ fn the_gateway_passes_the_client_auth_scenarios() -> Result<()> {
         ));
     }
     ensure!(
+        !report.is_empty(),
+        "no scenario ran (MCPGATE_AUTH_SCENARIO names none?)"
+    );
+    ensure!(
         failing.is_empty(),
         "failing checks:\n{}\n\ngateway log:\n{}",
         failing.join("\n"),

@@ -73,7 +73,7 @@ struct Provider {
     /// It promises `iss` in every authorization response (RFC 9207).
     sends_iss: bool,
     /// The RFC 8707 resource tokens are asked for.
-    resource: Option<String>,
+    resource: String,
     /// The scopes asked for first.
     scopes: Vec<String>,
     client_id: String,
@@ -102,14 +102,6 @@ impl Provider {
         self.post
             .store(method == AuthMethod::Post, Ordering::Relaxed);
         Ok(answer)
-    }
-
-    /// `form` with the resource, when there is one.
-    fn with_resource<'a>(&'a self, mut form: Vec<(&'a str, &'a str)>) -> Vec<(&'a str, &'a str)> {
-        if let Some(resource) = &self.resource {
-            form.push(("resource", resource));
-        }
-        form
     }
 }
 
@@ -309,10 +301,11 @@ impl UserOAuth {
         tokens: &Tokens,
         refresh: &str,
     ) -> Result<Option<Resolved>, OutboundError> {
-        let form = provider.with_resource(vec![
+        let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh),
-        ]);
+            ("resource", &provider.resource),
+        ];
         let answer = match provider.request(&self.http, &form).await {
             Ok(answer) => answer,
             Err(error) if error.is_invalid_grant() => {
@@ -515,9 +508,7 @@ impl UserOAuth {
         if !state.scopes.is_empty() {
             query.append_pair("scope", &state.scopes.join(" "));
         }
-        if let Some(resource) = &provider.resource {
-            query.append_pair("resource", resource);
-        }
+        query.append_pair("resource", &provider.resource);
         let separator = if provider.authorization.contains('?') {
             '&'
         } else {
@@ -593,12 +584,13 @@ impl UserOAuth {
             return Err(format!("the provider said {error}: {description}"));
         }
         let code = get("code").ok_or("the answer has no authorization code")?;
-        let form = provider.with_resource(vec![
+        let form = [
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", self.redirect_uri.as_str()),
             ("code_verifier", state.verifier.as_str()),
-        ]);
+            ("resource", &provider.resource),
+        ];
         let answer = provider
             .request(&self.http, &form)
             .await
@@ -868,7 +860,7 @@ impl UserOAuth {
             sends_iss: metadata.is_some_and(|m| {
                 m["authorization_response_iss_parameter_supported"] == Value::Bool(true)
             }),
-            resource: Some(learnt.resource),
+            resource: learnt.resource,
             scopes,
             client_id,
             client_secret,
@@ -1058,17 +1050,10 @@ fn resolved(route: &ServerRoute, tokens: &Tokens) -> Resolved {
 fn failed(route: &ServerRoute, provider: Option<&Provider>, why: String) -> OutboundError {
     OutboundError::TokenEndpoint {
         server: route.key(),
-        endpoint: match (provider, &route.config.auth) {
-            (Some(provider), _) => provider.token.clone(),
-            (
-                None,
-                UpstreamAuth::OAuth2AuthorizationCode {
-                    token_url: Some(url),
-                    ..
-                },
-            ) => url.clone(),
-            _ => "its provider".to_owned(),
-        },
+        endpoint: provider
+            .map(|p| p.token.clone())
+            .or_else(|| configured_token_url(route))
+            .unwrap_or_else(|| "its provider".to_owned()),
         why,
     }
 }
@@ -1097,7 +1082,7 @@ fn token_set(answer: &Value, previous: Option<&TokenSet>) -> Result<TokenSet, St
 }
 
 fn now() -> u64 {
-    jiff::Timestamp::now().as_second().max(0).unsigned_abs()
+    crate::auth::now().as_secs()
 }
 
 #[cfg(test)]

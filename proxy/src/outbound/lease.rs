@@ -82,7 +82,7 @@ impl Leases {
 }
 
 fn now() -> u64 {
-    jiff::Timestamp::now().as_second().max(0).unsigned_abs()
+    crate::auth::now().as_secs()
 }
 
 #[cfg(test)]

@@ -335,7 +335,7 @@ impl Vault {
             server,
             kind,
             sealed,
-            updated: jiff::Timestamp::now().as_second().max(0).unsigned_abs(),
+            updated: crate::auth::now().as_secs(),
         };
         for _ in 0..3 {
             let (written, created) = match self.store.get::<Record>(Kind::Credential, &id).await? {

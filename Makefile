@@ -15,10 +15,11 @@ test: check-gen lint unit e2e
 unit:
 	$(CARGO) test --workspace --all-targets
 
-## e2e: builds (or reuses) kube-apiserver, etcd and kubectl, then runs the tests that start them
+## e2e: builds (or reuses) kube-apiserver, kube-controller-manager, etcd, kubectl and helm, then runs the tests that start them
 e2e:
 	$(CARGO) build -p mcpgate-operator -p mcpgate-proxy
-	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)"; \
+	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)" \
+	  MCPGATE_HELM="$$(e2e/tools/helm.sh)"; \
 	$(CARGO) test -p mcpgate-e2e -- --ignored --test-threads=1
 
 control-plane:
@@ -31,15 +32,15 @@ lint:
 gen:
 	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- crds > crds/yaml/crds.yaml
 	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- config-schema > crds/yaml/gateway-config.schema.json
-	cp crds/yaml/crds.yaml charts/mcpgate/crds/crds.yaml
+	cp crds/yaml/crds.yaml charts/mcpgate/files/crds.yaml
 
 check-gen:
 	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- crds | diff -u crds/yaml/crds.yaml - \
 	  || { echo "crds/yaml/crds.yaml is stale: run 'make gen' and commit"; exit 1; }
 	$(CARGO) run -q -p mcpgate-crds --bin crdgen -- config-schema | diff -u crds/yaml/gateway-config.schema.json - \
 	  || { echo "crds/yaml/gateway-config.schema.json is stale: run 'make gen' and commit"; exit 1; }
-	diff -u crds/yaml/crds.yaml charts/mcpgate/crds/crds.yaml \
-	  || { echo "charts/mcpgate/crds/crds.yaml is stale: run 'make gen' and commit"; exit 1; }
+	diff -u crds/yaml/crds.yaml charts/mcpgate/files/crds.yaml \
+	  || { echo "charts/mcpgate/files/crds.yaml is stale: run 'make gen' and commit"; exit 1; }
 
 ## bench: proxy req/s, latency, CPU and memory vs a direct call, authentication cost per call; operator render and converge time, peak RSS
 bench:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl and etcd from the modules pinned in go.mod into a cache
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the modules pinned in go.mod into a cache
 # directory outside the repository, keyed on go.sum, and prints that directory.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,4 +18,6 @@ build() { # name ldflags package
 build etcd "" go.etcd.io/etcd/server/v3
 build kube-apiserver "$V" k8s.io/kubernetes/cmd/kube-apiserver
 build kubectl "$V" k8s.io/kubernetes/cmd/kubectl
+# The garbage collector: ownerReferences (what uninstall relies on) are enforced by it.
+build kube-controller-manager "$V" k8s.io/kubernetes/cmd/kube-controller-manager
 echo "$OUT"

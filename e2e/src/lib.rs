@@ -234,6 +234,21 @@ impl ControlPlane {
         self.wait_ready()
     }
 
+    /// Starts kube-controller-manager with the controllers an installation relies on: the
+    /// garbage collector (ownerReferences), ClusterRole aggregation and namespace deletion.
+    /// Stopped when the returned process is dropped.
+    pub fn start_controller_manager(&self) -> Result<Process> {
+        let mut kcm = Command::new(self.bin.join("kube-controller-manager"));
+        kcm.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--controllers=garbagecollector,clusterrole-aggregation,namespace")
+            .args(["--leader-elect=false", "--secure-port=0"])
+            .arg("--use-service-account-credentials=false");
+        let log = self
+            .apiserver_log
+            .with_file_name("kube-controller-manager.log");
+        Process::spawn("kube-controller-manager", kcm, log)
+    }
+
     /// Runs kubectl as the admin; Err carries stderr.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         self.kubectl_stdin(args, None)
@@ -463,22 +478,31 @@ impl Operator {
         kubeconfig: &Path,
         extra: &[&str],
     ) -> Result<Self> {
-        let port = free_port();
-        let log_dir = tempfile::tempdir()?;
         let mut command = Command::new(operator_bin()?);
         command
             .args(["run", "--gateway-namespace", gateway_namespace])
             .arg(format!("--watch-namespaces={}", namespaces.join(",")))
+            .args(["--identity", identity])
+            .args(extra);
+        Self::launch(command, kubeconfig)
+    }
+
+    /// `mcpgate-operator run` configured by `env` alone (what a Deployment sets), with the
+    /// credentials of `kubeconfig`.
+    pub fn start_with_env(kubeconfig: &Path, env: &[(String, String)]) -> Result<Self> {
+        let mut command = Command::new(operator_bin()?);
+        command.arg("run").envs(env.iter().map(|(k, v)| (k, v)));
+        Self::launch(command, kubeconfig)
+    }
+
+    /// Adds the test settings (metrics port, short lease, short debounce), starts `command`
+    /// and waits until `/readyz` answers 200.
+    fn launch(mut command: Command, kubeconfig: &Path) -> Result<Self> {
+        let port = free_port();
+        let log_dir = tempfile::tempdir()?;
+        command
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .args([
-                "--identity",
-                identity,
-                "--lease-duration-seconds",
-                "6",
-                "--debounce-ms",
-                "50",
-            ])
-            .args(extra)
+            .args(["--lease-duration-seconds", "6", "--debounce-ms", "50"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube_lease_manager=warn");
         let process = Process::spawn(

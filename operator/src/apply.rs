@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use mcpgate_crds::names::*;
@@ -19,12 +20,16 @@ const COMPONENT_CONFIG: &str = "config";
 const CONFIG_MAP_LIMIT: usize = 1024 * 1024 - 16 * 1024;
 const COMPONENT_CREDENTIALS: &str = "credentials";
 
-/// The objects the gateway namespace should hold. Pure.
-pub fn desired(rendered: &Rendered, namespace: &str) -> (ConfigMap, Vec<Secret>) {
+/// The objects the gateway namespace should hold, owned by `owner` when there is one. Pure.
+pub fn desired(
+    rendered: &Rendered,
+    namespace: &str,
+    owner: Option<&OwnerReference>,
+) -> (ConfigMap, Vec<Secret>) {
     // Compact: the ConfigMap holds at most 1 MiB. Serializing plain data cannot fail.
     let json = serde_json::to_string(&rendered.config).unwrap_or_default();
     let config_map = ConfigMap {
-        metadata: meta(CONFIG_MAP_NAME, namespace, COMPONENT_CONFIG, None),
+        metadata: meta(CONFIG_MAP_NAME, namespace, COMPONENT_CONFIG, None, owner),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), json)])),
         ..Default::default()
     };
@@ -37,6 +42,7 @@ pub fn desired(rendered: &Rendered, namespace: &str) -> (ConfigMap, Vec<Secret>)
                 namespace,
                 COMPONENT_CREDENTIALS,
                 Some(credential.source.to_string()),
+                owner,
             ),
             type_: Some("Opaque".to_owned()),
             data: Some(
@@ -52,7 +58,14 @@ pub fn desired(rendered: &Rendered, namespace: &str) -> (ConfigMap, Vec<Secret>)
     (config_map, secrets)
 }
 
-fn meta(name: &str, namespace: &str, component: &str, source: Option<String>) -> ObjectMeta {
+/// Metadata of an object the operator writes into the gateway namespace.
+pub(crate) fn meta(
+    name: &str,
+    namespace: &str,
+    component: &str,
+    source: Option<String>,
+    owner: Option<&OwnerReference>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some(namespace.to_owned()),
@@ -61,19 +74,29 @@ fn meta(name: &str, namespace: &str, component: &str, source: Option<String>) ->
             (LABEL_COMPONENT.to_owned(), component.to_owned()),
         ])),
         annotations: source.map(|s| BTreeMap::from([(ANNOTATION_SOURCE.to_owned(), s)])),
+        owner_references: owner.map(|o| vec![o.clone()]),
         ..Default::default()
     }
 }
 
 /// Whether `existing` already carries everything `desired` sets.
-fn same_meta(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+pub(crate) fn same_meta(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
         want.iter()
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    subset(&desired.labels, &existing.labels) && subset(&desired.annotations, &existing.annotations)
+    let owned = desired.owner_references.iter().flatten().all(|want| {
+        existing
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|have| have.uid == want.uid)
+    });
+    subset(&desired.labels, &existing.labels)
+        && subset(&desired.annotations, &existing.annotations)
+        && owned
 }
 
 /// Secrets first (so the configuration never names a Secret the proxy cannot find yet), then
@@ -84,8 +107,9 @@ pub async fn gateway(
     metrics: &Metrics,
     rendered: &Rendered,
     namespace: &str,
+    owner: Option<&OwnerReference>,
 ) -> Result<()> {
-    let (config_map, secrets) = desired(rendered, namespace);
+    let (config_map, secrets) = desired(rendered, namespace, owner);
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let config_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();

@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::render::render;
+use crate::render::{ObjectKey, render};
 use crate::watch::{Caches, Scope};
-use crate::{apply, rbac, status};
+use crate::{apply, bootstrap, rbac, status};
 
 /// What the loop needs.
 pub struct Settings {
@@ -28,6 +29,12 @@ pub struct Settings {
     pub resync: Duration,
     /// The gateway's external base URL: status URLs are absolute when it is known.
     pub public_url: Option<String>,
+    /// The installation object that owns what the operator creates (none: nothing is owned,
+    /// and deleting the installation leaves those objects behind).
+    pub owner: Option<OwnerReference>,
+    /// The Secret holding the proxy's session key, created in the gateway namespace when
+    /// missing (none: the installation provides it).
+    pub session_key_secret: Option<String>,
 }
 
 /// Shared with `/readyz`.
@@ -37,6 +44,8 @@ pub struct Context {
     metrics: Metrics,
     gateway_namespace: String,
     public_url: Option<String>,
+    owner: Option<OwnerReference>,
+    session_key_secret: Option<String>,
 }
 
 /// Runs until `shutdown` resolves. `leader` says whether this replica may write.
@@ -62,6 +71,8 @@ pub async fn run(
         metrics,
         gateway_namespace: settings.gateway_namespace,
         public_url: settings.public_url,
+        owner: settings.owner,
+        session_key_secret: settings.session_key_secret,
     };
     tokio::pin!(shutdown);
 
@@ -125,15 +136,41 @@ async fn reconcile(ctx: &Context) -> Result<()> {
         let inputs = ctx.caches.inputs();
         let rendered = render(&inputs);
         tracing::Span::current().record("version", rendered.config.version.as_str());
+        if let Some(name) = &ctx.session_key_secret {
+            let cached = ctx
+                .caches
+                .owned_secrets
+                .get(&ObjectKey::new(&ctx.gateway_namespace, name));
+            if cached.is_none()
+                && bootstrap::session_key(
+                    &ctx.client,
+                    &ctx.gateway_namespace,
+                    name,
+                    ctx.owner.as_ref(),
+                )
+                .await?
+            {
+                info!(secret = %name, "created the proxy's session key");
+                ctx.metrics.write("Secret", "create");
+            }
+        }
         apply::gateway(
             &ctx.client,
             &ctx.caches,
             &ctx.metrics,
             &rendered,
             &ctx.gateway_namespace,
+            ctx.owner.as_ref(),
         )
         .await?;
-        rbac::apply(&ctx.client, &ctx.caches, &ctx.metrics, &rendered).await?;
+        rbac::apply(
+            &ctx.client,
+            &ctx.caches,
+            &ctx.metrics,
+            &rendered,
+            ctx.owner.as_ref(),
+        )
+        .await?;
         status::apply(
             &ctx.client,
             &ctx.caches,

@@ -50,6 +50,9 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The system's random source failed.
+    #[error("the system random source failed")]
+    Random,
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
@@ -64,6 +67,7 @@ impl Error {
             Error::Manifest { .. } | Error::Invalid { .. } => "manifest",
             Error::ConfigTooLarge { .. } => "config_too_large",
             Error::Lease(_) => "lease",
+            Error::Random => "random",
         }
     }
 

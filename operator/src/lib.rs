@@ -2,6 +2,7 @@
 //! everything else turns its output into API writes (or files, standalone).
 
 pub mod apply;
+pub mod bootstrap;
 pub mod controller;
 pub mod error;
 pub mod http;

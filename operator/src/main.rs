@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use mcpgate_operator::controller::{self, Settings};
 use mcpgate_operator::metrics::Metrics;
 use mcpgate_operator::watch::Scope;
-use mcpgate_operator::{http, standalone};
+use mcpgate_operator::{bootstrap, http, standalone};
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +81,14 @@ struct RunArgs {
     /// McpServer and VirtualMcpServer `status.url` is then the absolute URL clients use.
     #[arg(long, env = "MCPGATE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// A ClusterRole that owns the Manager Roles and the gateway namespace's copies the
+    /// operator creates (the chart's own), so that deleting it (uninstalling) deletes them.
+    #[arg(long, env = "MCPGATE_OWNER_CLUSTER_ROLE")]
+    owner_cluster_role: Option<String>,
+    /// Create this Secret in the gateway namespace, holding a random session key for the
+    /// proxy (key `current`), when it does not exist. Never replaced once there.
+    #[arg(long, env = "MCPGATE_SESSION_KEY_SECRET")]
+    session_key_secret: Option<String>,
 }
 
 #[derive(Parser)]
@@ -146,6 +154,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let owner = match args.owner_cluster_role.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => Some(bootstrap::owner(&client, name).await?),
+        None => None,
+    };
     let metrics = Metrics::new().context("registering metrics")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -206,6 +218,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         debounce: Duration::from_millis(args.debounce_ms),
         resync: Duration::from_secs(args.resync_seconds),
         public_url: args.public_url.clone(),
+        owner,
+        session_key_secret: args.session_key_secret.clone().filter(|n| !n.is_empty()),
     };
     let signal = tokio::spawn(async move {
         shutdown_signal().await;

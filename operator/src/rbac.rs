@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject as RbacSubject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use mcpgate_crds::names::*;
 use mcpgate_crds::v1alpha1::{SubjectKind, TargetKind};
 
-use crate::apply::delete;
+use crate::apply::{delete, same_meta};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::render::{ManagerGrant, ObjectKey, Rendered};
@@ -18,8 +19,12 @@ use crate::watch::{Caches, key};
 const COMPONENT_RBAC: &str = "rbac";
 const VERBS: [&str; 4] = ["get", "update", "patch", "delete"];
 
-/// The Role and RoleBinding for one grant. Pure.
-pub fn desired(collaborator: &ObjectKey, grant: &ManagerGrant) -> (Role, RoleBinding) {
+/// The Role and RoleBinding for one grant, owned by `owner` when there is one. Pure.
+pub fn desired(
+    collaborator: &ObjectKey,
+    grant: &ManagerGrant,
+    owner: Option<&OwnerReference>,
+) -> (Role, RoleBinding) {
     let name = manager_role_name(&collaborator.name);
     let meta = ObjectMeta {
         name: Some(name.clone()),
@@ -32,6 +37,7 @@ pub fn desired(collaborator: &ObjectKey, grant: &ManagerGrant) -> (Role, RoleBin
             ANNOTATION_SOURCE.to_owned(),
             format!("McpCollaborator/{}", collaborator.name),
         )])),
+        owner_references: owner.map(|o| vec![o.clone()]),
         ..Default::default()
     };
     let resource = match grant.target_kind {
@@ -97,18 +103,19 @@ pub async fn apply(
     caches: &Caches,
     metrics: &Metrics,
     rendered: &Rendered,
+    owner: Option<&OwnerReference>,
 ) -> Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut wanted = BTreeSet::new();
     for (collaborator, grant) in &rendered.manager_grants {
-        let (role, binding) = desired(collaborator, grant);
+        let (role, binding) = desired(collaborator, grant, owner);
         let ns = &collaborator.namespace;
         let name = role.name_any();
         wanted.insert(ObjectKey::new(ns, &name));
         if !caches
             .owned_roles
             .get(&key(&role))
-            .is_some_and(|c| c.rules == role.rules)
+            .is_some_and(|c| c.rules == role.rules && same_meta(&c.metadata, &role.metadata))
         {
             Api::<Role>::namespaced(client.clone(), ns)
                 .patch(&name, &params, &Patch::Apply(&role))
@@ -119,7 +126,11 @@ pub async fn apply(
         if !caches
             .owned_role_bindings
             .get(&key(&binding))
-            .is_some_and(|c| c.subjects == binding.subjects && c.role_ref == binding.role_ref)
+            .is_some_and(|c| {
+                c.subjects == binding.subjects
+                    && c.role_ref == binding.role_ref
+                    && same_meta(&c.metadata, &binding.metadata)
+            })
         {
             Api::<RoleBinding>::namespaced(client.clone(), ns)
                 .patch(&name, &params, &Patch::Apply(&binding))
@@ -197,7 +208,7 @@ mod tests {
                 },
             ],
         };
-        let (role, binding) = desired(&ObjectKey::new("team", "bundle-managers"), &grant);
+        let (role, binding) = desired(&ObjectKey::new("team", "bundle-managers"), &grant, None);
         let rules = role.rules.unwrap();
         assert_eq!(
             rules[0].resources.as_deref(),

@@ -6,6 +6,13 @@ pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 /// The resource is in the gateway configuration, complete.
 pub const READY: &str = "Ready";
+/// The operator is still working towards the current generation (kstatus, Flux, Argo CD:
+/// in progress). False once the generation's status is written: an absent or older
+/// `observedGeneration` is what says "not yet seen".
+pub const RECONCILING: &str = "Reconciling";
+/// The resource cannot become Ready until someone changes it or what it references (kstatus
+/// and Flux: failed; Argo CD: Degraded). Carries the Ready condition's reason and message.
+pub const STALLED: &str = "Stalled";
 
 /// Positive reasons.
 pub const REASON_ACCEPTED: &str = "Accepted";
@@ -15,6 +22,8 @@ pub const REASON_PASSTHROUGH_ENABLED: &str = "AcceptedWithTokenPassthrough";
 pub const REASON_RESOLVED: &str = "ResolvedRefs";
 /// In the configuration.
 pub const REASON_READY: &str = "Ready";
+/// The current generation is rendered and its status written.
+pub const REASON_RECONCILED: &str = "Reconciled";
 
 /// An McpServer and a VirtualMcpServer share a name in one namespace.
 pub const REASON_ROUTE_CONFLICT: &str = "RouteConflict";

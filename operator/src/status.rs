@@ -13,19 +13,38 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::reasons::{ACCEPTED, READY, RESOLVED_REFS};
+use crate::reasons::{ACCEPTED, READY, REASON_RECONCILED, RECONCILING, RESOLVED_REFS, STALLED};
 use crate::render::{Check, Diagnostic, Kind, Rendered};
 use crate::watch::{Caches, Stores};
 
 /// Status patches in flight at once.
 const PARALLEL_PATCHES: usize = 16;
 
-/// The three conditions. `lastTransitionTime` only moves when a condition's status flips.
+/// The conditions: Accepted, ResolvedRefs and Ready, and the two that GitOps tools read
+/// (kstatus: Reconciling and Stalled, each abnormal when True). Every Ready=False here waits
+/// for a change by someone (a spec, a Secret, a member server), so it is also Stalled; the
+/// operator is never still working on a generation whose status it writes. `lastTransitionTime`
+/// only moves when a condition's status flips.
 pub fn conditions(d: &Diagnostic, existing: &[Condition], now: &Time) -> Vec<Condition> {
+    let reconciled = Check {
+        ok: false,
+        reason: REASON_RECONCILED,
+        message: match d.generation {
+            Some(generation) => format!("generation {generation} is rendered"),
+            None => "rendered".to_owned(),
+        },
+    };
+    let stalled = Check {
+        ok: !d.ready.ok,
+        reason: d.ready.reason,
+        message: d.ready.message.clone(),
+    };
     [
         (ACCEPTED, &d.accepted),
         (RESOLVED_REFS, &d.resolved_refs),
         (READY, &d.ready),
+        (RECONCILING, &reconciled),
+        (STALLED, &stalled),
     ]
     .into_iter()
     .map(|(type_, check): (&str, &Check)| {
@@ -253,6 +272,32 @@ mod tests {
         assert_eq!(time(ACCEPTED), at(100));
         assert_eq!(time(RESOLVED_REFS), at(300));
         assert_eq!(time(READY), at(300));
+        assert_eq!(time(STALLED), at(300));
+        assert_eq!(time(RECONCILING), at(100));
+    }
+
+    #[test]
+    fn stalled_mirrors_a_false_ready_and_reconciling_is_false_once_written() {
+        let status = |d: &Diagnostic, t: &str| {
+            conditions(d, &[], &at(1))
+                .into_iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+        };
+        let broken = diagnostic(false);
+        let stalled = status(&broken, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", REASON_REFS_NOT_RESOLVED)
+        );
+        assert_eq!(stalled.message, "Secret ns/x not found");
+        assert_eq!(status(&diagnostic(true), STALLED).status, "False");
+        for d in [broken, diagnostic(true)] {
+            let reconciling = status(&d, RECONCILING);
+            assert_eq!(reconciling.status, "False");
+            assert_eq!(reconciling.observed_generation, Some(3));
+            assert_eq!(reconciling.message, "generation 3 is rendered");
+        }
     }
 
     #[test]
@@ -263,7 +308,7 @@ mod tests {
         assert_eq!(server["observedGeneration"], 3);
         let collaborator = desired(Kind::McpCollaborator, &diagnostic(true), &[], &at(1), None);
         assert!(collaborator.get("url").is_none() && collaborator.get("toolCount").is_none());
-        assert_eq!(collaborator["conditions"].as_array().unwrap().len(), 3);
+        assert_eq!(collaborator["conditions"].as_array().unwrap().len(), 5);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! GitOps health: the Argo CD health check (`config/gitops/argocd-cm.yaml`, Lua, run with
+//! What platform tools see of the operator's verdicts. Events: one per Ready change, on the
+//! resource, deduplicated. GitOps health: the Argo CD health check (`config/gitops/argocd-cm.yaml`, Lua, run with
 //! lua5.4) and the Flux health check expressions (`config/gitops/flux-kustomization.yaml`,
 //! CEL) judge the status objects the operator really writes: the samples on a real API
 //! server, some Ready and some not. A resource the operator has not seen yet (no status, or
@@ -63,6 +64,47 @@ fn argocd_health(script: &str, object: &Value) -> Result<(String, String)> {
     Ok((status.to_owned(), message.to_owned()))
 }
 
+/// The Flux health of `object` under one `healthCheckExprs` entry, as kustomize-controller
+/// decides it: observedGeneration behind generation is in progress; then `inProgress`,
+/// `failed`, `current` in that order, the first true one wins; none true is in progress. Each
+/// expression sees the object's top-level fields as variables; an evaluation error is
+/// Unknown (Flux keeps waiting).
+fn flux_health(entry: &serde_yaml::Value, object: &Value) -> Result<&'static str> {
+    let (generation, observed) = (
+        object["metadata"]["generation"].as_i64(),
+        object["status"]["observedGeneration"].as_i64(),
+    );
+    if let (Some(g), Some(o)) = (generation, observed)
+        && g != o
+    {
+        return Ok("InProgress");
+    }
+    let mut context = cel::Context::default();
+    for (key, value) in object.as_object().context("an object")? {
+        context
+            .add_variable(key.as_str(), value.clone())
+            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    }
+    for (field, verdict) in [
+        ("inProgress", "InProgress"),
+        ("failed", "Failed"),
+        ("current", "Current"),
+    ] {
+        let Some(expression) = entry[field].as_str() else {
+            continue;
+        };
+        let program = cel::Program::compile(expression)
+            .map_err(|e| anyhow::anyhow!("{field} {expression:?} does not parse: {e}"))?;
+        match program.execute(&context) {
+            Ok(cel::Value::Bool(true)) => return Ok(verdict),
+            Ok(cel::Value::Bool(false)) => {}
+            Ok(other) => anyhow::bail!("{field} {expression:?} gave {other:?}, not a bool"),
+            Err(_) => return Ok("Unknown"),
+        }
+    }
+    Ok("InProgress")
+}
+
 fn ready(object: &Value) -> Option<&Value> {
     object["status"]["conditions"]
         .as_array()?
@@ -121,6 +163,19 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
     );
     let script = &scripts[0];
 
+    let kustomization: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        workspace().join("config/gitops/flux-kustomization.yaml"),
+    )?)?;
+    let entries = kustomization["spec"]["healthCheckExprs"]
+        .as_sequence()
+        .context("flux-kustomization.yaml has spec.healthCheckExprs")?;
+    let entry_for = |kind: &str| {
+        entries
+            .iter()
+            .find(|e| e["kind"].as_str() == Some(kind) && e["apiVersion"] == "mcpgate.dev/v1alpha1")
+            .with_context(|| format!("no healthCheckExprs entry for {kind}"))
+    };
+
     let (mut healthy, mut degraded) = (0, 0);
     for object in &objects {
         let name = format!(
@@ -130,6 +185,17 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
         );
         let ready = ready(object).with_context(|| format!("{name} has no Ready condition"))?;
         let (status, message) = argocd_health(script, object)?;
+        let flux = entry_for(object["kind"].as_str().unwrap())?;
+        let verdict = flux_health(flux, object)?;
+        let expected = if ready["status"] == "True" {
+            "Current"
+        } else {
+            "Failed"
+        };
+        ensure!(
+            verdict == expected,
+            "{name}: Flux says {verdict}, expected {expected}"
+        );
         if ready["status"] == "True" {
             ensure!(
                 status == "Healthy",
@@ -155,16 +221,118 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
         fresh.as_object_mut().unwrap().remove("status");
         let (status, _) = argocd_health(script, &fresh)?;
         ensure!(status == "Progressing", "{name} without status: {status}");
+        let verdict = flux_health(flux, &fresh)?;
+        ensure!(
+            verdict == "Unknown",
+            "{name} without status: Flux says {verdict}"
+        );
         let mut changed = object.clone();
         changed["metadata"]["generation"] =
             Value::from(object["metadata"]["generation"].as_i64().unwrap() + 1);
         let (status, message) = argocd_health(script, &changed)?;
         ensure!(status == "Progressing", "{name} changed: {status}");
         ensure!(message.contains("generation"), "{message}");
+        let verdict = flux_health(flux, &changed)?;
+        ensure!(
+            verdict == "InProgress",
+            "{name} changed: Flux says {verdict}"
+        );
     }
     ensure!(
         healthy > 0 && degraded > 0,
         "the samples give both outcomes: {healthy} healthy, {degraded} degraded"
     );
+    Ok(())
+}
+
+/// The Events recorded on `name` in `ns`: (type, reason, note, count).
+fn events_on(
+    plane: &ControlPlane,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<(String, String, String, i64)>> {
+    let list: Value = serde_json::from_str(&plane.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ])?)?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["regarding"]["name"] == name && e["reportingController"] == "mcpgate-operator"
+        })
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["note"].as_str().unwrap_or_default().to_owned(),
+                e["series"]["count"].as_i64().unwrap_or(1),
+            )
+        })
+        .collect())
+}
+
+#[test]
+#[ignore = "needs the test control plane: make e2e"]
+fn ready_changes_are_recorded_as_events_once() -> Result<()> {
+    let plane = ControlPlane::start()?;
+    plane.install_crds()?;
+    for ns in ["team", "gw"] {
+        plane.kubectl(&["create", "namespace", ns])?;
+    }
+    plane.apply(
+        "team",
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: hf}\nspec:\n  remote: {url: https://hf.example/mcp}\n  auth: {type: ApiKey, apiKey: {scope: Shared, headerName: Authorization, secretKeyRef: {name: hf-token, key: token}}}\n",
+    )?;
+    let mut operator = Operator::start(&plane, &["team"], "gw", "events")?;
+    let warned = wait_for("a Warning Event on hf", WAIT, || {
+        events_on(&plane, "team", "hf")
+            .ok()
+            .filter(|e| !e.is_empty())
+    })?;
+    ensure!(warned.len() == 1, "one Event: {warned:?}");
+    let (type_, reason, note, _) = &warned[0];
+    ensure!(
+        type_ == "Warning" && reason == "RefsNotResolved",
+        "{warned:?}"
+    );
+    ensure!(
+        note.contains("hf-token"),
+        "the note says what to fix: {note}"
+    );
+
+    // The Secret arrives: Ready flips, one Normal Event.
+    plane.apply(
+        "team",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: hf-token\n  labels: {mcpgate.dev/credential: \"true\"}\n  annotations: {mcpgate.dev/allowed-servers: hf}\nstringData: {token: Bearer x}\n",
+    )?;
+    let both = wait_for("a Normal Event on hf", WAIT, || {
+        events_on(&plane, "team", "hf")
+            .ok()
+            .filter(|e| e.len() == 2)
+    })?;
+    ensure!(
+        both.iter()
+            .any(|(t, r, _, _)| t == "Normal" && r == "Ready"),
+        "{both:?}"
+    );
+
+    // A restart sees nothing new: no Event.
+    operator.process.terminate();
+    let again = Operator::start(&plane, &["team"], "gw", "events")?;
+    wait_for("the restarted operator to reconcile", WAIT, || {
+        (again
+            .metric("mcpgate_operator_reconciles_total", &[])
+            .ok()?
+            >= 1.0)
+            .then_some(())
+    })?;
+    let after = events_on(&plane, "team", "hf")?;
+    ensure!(after == both, "a restart recorded Events: {after:?}");
     Ok(())
 }

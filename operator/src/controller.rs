@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use mcpgate_crds::names::MANAGED_BY;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -35,6 +37,8 @@ pub struct Settings {
     /// The Secret holding the proxy's session key, created in the gateway namespace when
     /// missing (none: the installation provides it).
     pub session_key_secret: Option<String>,
+    /// This replica's name in the Events it records.
+    pub identity: String,
 }
 
 /// Shared with `/readyz`.
@@ -46,6 +50,7 @@ pub struct Context {
     public_url: Option<String>,
     owner: Option<OwnerReference>,
     session_key_secret: Option<String>,
+    recorder: Recorder,
 }
 
 /// Runs until `shutdown` resolves. `leader` says whether this replica may write.
@@ -65,7 +70,15 @@ pub async fn run(
         trigger.clone(),
     );
     let reflectors = tokio::spawn(join_all(tasks));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGED_BY.to_owned(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
     let ctx = Context {
+        recorder,
         client,
         caches,
         metrics,
@@ -177,6 +190,7 @@ async fn reconcile(ctx: &Context) -> Result<()> {
             &ctx.metrics,
             &rendered,
             ctx.public_url.as_deref(),
+            &ctx.recorder,
         )
         .await?;
         let elapsed = started.elapsed();

@@ -176,12 +176,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
 
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("mcpgate-operator-{}", std::process::id()));
     let (leader, lease_task) = if args.leader_election {
-        let identity = args
-            .identity
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| format!("mcpgate-operator-{}", std::process::id()));
         let manager =
             kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
                 .with_namespace(&args.gateway_namespace)
@@ -220,6 +220,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         public_url: args.public_url.clone(),
         owner,
         session_key_secret: args.session_key_secret.clone().filter(|n| !n.is_empty()),
+        identity,
     };
     let signal = tokio::spawn(async move {
         shutdown_signal().await;

@@ -2,8 +2,10 @@
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use mcpgate_crds::names::FIELD_MANAGER;
 use mcpgate_crds::v1alpha1::{CommonStatus, ServerStatus};
@@ -95,17 +97,19 @@ pub fn desired(
     .unwrap_or(Value::Null)
 }
 
-/// Patches the status of every resource whose status differs from the rendered one.
+/// Patches the status of every resource whose status differs from the rendered one, and
+/// records an Event on each resource whose Ready condition changed (status or reason).
 pub async fn apply(
     client: &Client,
     caches: &Caches,
     metrics: &Metrics,
     rendered: &Rendered,
     public_url: Option<&str>,
+    recorder: &Recorder,
 ) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut ready = std::collections::BTreeMap::<(Kind, bool), i64>::new();
-    let mut patches: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    let mut patches: Vec<BoxFuture<'_, Result<Option<Transition>>>> = Vec::new();
     for (resource, d) in &rendered.diagnostics {
         *ready.entry((resource.kind, d.ready.ok)).or_default() += 1;
         let (kind, key) = (resource.kind, &resource.key);
@@ -127,11 +131,17 @@ pub async fn apply(
         });
     }
     // Unchanged statuses resolve at once; changed ones go to the API server a few at a time.
-    let results: Vec<Result<()>> = futures::stream::iter(patches)
+    let results: Vec<Result<Option<Transition>>> = futures::stream::iter(patches)
         .buffer_unordered(PARALLEL_PATCHES)
         .collect()
         .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let transitions: Vec<Transition> = results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    publish(recorder, metrics, transitions).await;
     for kind in [
         Kind::McpServer,
         Kind::VirtualMcpServer,
@@ -149,6 +159,64 @@ pub async fn apply(
     Ok(())
 }
 
+/// Events recorded per reconcile at most: a change that flips many resources at once (a
+/// shared Secret deleted) reports the first ones, and the rest stay visible in status.
+const EVENTS_PER_RECONCILE: usize = 64;
+
+/// A resource whose Ready condition changed.
+pub struct Transition {
+    reference: ObjectReference,
+    ready: bool,
+    reason: &'static str,
+    message: String,
+}
+
+/// The Event for a transition. Pure.
+pub fn event(t: &Transition) -> Event {
+    // The API server refuses notes over 1 kB.
+    let mut note = t.message.clone();
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    Event {
+        type_: if t.ready {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: t.reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    }
+}
+
+/// Records the Events: repeats of one (resource, reason, note) become one Event with a count
+/// (the recorder's series), and at most [`EVENTS_PER_RECONCILE`] per reconcile. A failure is
+/// logged: Events never hold up status.
+async fn publish(recorder: &Recorder, metrics: &Metrics, transitions: Vec<Transition>) {
+    let total = transitions.len();
+    for t in transitions.iter().take(EVENTS_PER_RECONCILE) {
+        match recorder.publish(&event(t), &t.reference).await {
+            Ok(()) => metrics.write("Event", "create"),
+            Err(error) => {
+                tracing::warn!(%error, object = ?t.reference.name, "recording an Event failed")
+            }
+        }
+    }
+    if total > EVENTS_PER_RECONCILE {
+        tracing::info!(
+            skipped = total - EVENTS_PER_RECONCILE,
+            "more resources changed than Events are recorded per reconcile; their status says why"
+        );
+    }
+}
+
 /// When, and with which public URL, a status is reported.
 #[derive(Clone, Copy)]
 struct Reported<'a> {
@@ -164,7 +232,7 @@ async fn patch<K>(
     key: &crate::render::ObjectKey,
     d: &Diagnostic,
     at: Reported<'_>,
-) -> Result<()>
+) -> Result<Option<Transition>>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -175,7 +243,7 @@ where
 {
     // Deleted since the snapshot was taken: nothing to report on.
     let Some(object) = stores.get(key) else {
-        return Ok(());
+        return Ok(None);
     };
     let current = serde_json::to_value(&*object)
         .ok()
@@ -187,8 +255,17 @@ where
         .unwrap_or_default();
     let desired = desired(kind, d, &existing, at.now, at.public_url);
     if current.as_ref() == Some(&desired) {
-        return Ok(());
+        return Ok(None);
     }
+    let was = existing.iter().find(|c| c.type_ == READY);
+    let now_status = if d.ready.ok { "True" } else { "False" };
+    let transition = (was.is_none_or(|c| c.status != now_status || c.reason != d.ready.reason))
+        .then(|| Transition {
+            reference: object.object_ref(&()),
+            ready: d.ready.ok,
+            reason: d.ready.reason,
+            message: d.ready.message.clone(),
+        });
     let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
     let body = json!({
         "apiVersion": K::api_version(&()),
@@ -205,10 +282,10 @@ where
     {
         Ok(_) => {
             metrics.write(kind.as_str(), "status");
-            Ok(())
+            Ok(transition)
         }
         // Deleted meanwhile.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(Error::kube("patch status", key)(e)),
     }
 }

@@ -388,3 +388,33 @@ fn discovered_tools_count_and_expand_wildcards() {
     // the 2 huggingface tools
     assert_eq!(engineering.tool_count, Some(2));
 }
+
+#[test]
+fn a_target_of_the_wrong_kind_gets_a_hint() {
+    let mut inputs = Inputs::default();
+    inputs
+        .add_yaml(
+            &format!(
+                "{}\n---\napiVersion: mcpgate.dev/v1alpha1\nkind: McpCollaborator\nmetadata: {{name: users}}\nspec:\n  targetRef: {{kind: VirtualMcpServer, name: web}}\n  role: User\n  subjects: [{{kind: User, name: alice}}]\n---\napiVersion: mcpgate.dev/v1alpha1\nkind: McpCollaborator\nmetadata: {{name: lost}}\nspec:\n  targetRef: {{kind: McpServer, name: nowhere}}\n  role: User\n  subjects: [{{kind: User, name: alice}}]\n",
+                server("web", "{remote: {url: https://web.example/mcp}}")
+            ),
+            "demo",
+        )
+        .unwrap();
+    let rendered = render(&inputs);
+    let hinted = &diagnostic(&rendered, "users").resolved_refs;
+    assert_eq!(hinted.reason, "TargetNotFound");
+    assert!(
+        hinted
+            .message
+            .contains("but a McpServer of that name exists: set spec.targetRef.kind to McpServer"),
+        "{}",
+        hinted.message
+    );
+    let plain = &diagnostic(&rendered, "lost").resolved_refs;
+    assert!(
+        plain.message.ends_with("create it or fix the name"),
+        "{}",
+        plain.message
+    );
+}

@@ -99,7 +99,7 @@ pub enum Role {
 #[derive(
     Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, KubeSchema,
 )]
-#[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' || !has(self.namespace)").message("subjects[].namespace is only valid for kind ServiceAccount"))]
+#[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' || !has(self.namespace)").message("subjects[].namespace is only valid for kind ServiceAccount").field_path(".namespace").reason(kube::core::Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
     /// `User` (matched against the token's subject or email claim), `Group` (the groups

@@ -46,7 +46,7 @@ use super::rules;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(rules::SERVER_NAME).message(rules::SERVER_NAME_MESSAGE),
 )]
-#[x_kube(validation = Rule::new("has(self.remote) != has(self.openapi)").message("set exactly one of spec.remote (an MCP server URL) or spec.openapi (an OpenAPI document)"))]
+#[x_kube(validation = Rule::new("has(self.remote) != has(self.openapi)").message("set exactly one of spec.remote (an MCP server URL) or spec.openapi (an OpenAPI document)").field_path(".remote").reason(kube::core::Reason::FieldValueRequired))]
 #[serde(rename_all = "camelCase")]
 pub struct McpServerSpec {
     /// What this server offers, shown to people browsing the gateway.
@@ -124,7 +124,7 @@ pub enum Transport {
 
 /// An OpenAPI 3 document and the API it describes (not served yet).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.inline), has(self.configMapKeyRef), has(self.url)].filter(x, x).size() == 1").message("set exactly one of spec.openapi.inline, spec.openapi.configMapKeyRef or spec.openapi.url"))]
+#[x_kube(validation = Rule::new("[has(self.inline), has(self.configMapKeyRef), has(self.url)].filter(x, x).size() == 1").message("set exactly one of spec.openapi.inline, spec.openapi.configMapKeyRef or spec.openapi.url").reason(kube::core::Reason::FieldValueRequired))]
 #[serde(rename_all = "camelCase")]
 pub struct OpenApiSource {
     /// The document itself, as JSON or YAML.
@@ -148,10 +148,10 @@ pub struct OpenApiSource {
 /// The outbound credential mode. Exactly the block named by `type` is set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(
-    validation = Rule::new("self.type == 'ApiKey' ? has(self.apiKey) : !has(self.apiKey)").message("spec.auth.apiKey is required when spec.auth.type is ApiKey and must be absent otherwise"),
-    validation = Rule::new("self.type == 'OAuth2AuthorizationCode' ? has(self.oauth2AuthorizationCode) : !has(self.oauth2AuthorizationCode)").message("spec.auth.oauth2AuthorizationCode is required when spec.auth.type is OAuth2AuthorizationCode and must be absent otherwise"),
-    validation = Rule::new("self.type == 'OAuth2ClientCredentials' ? has(self.oauth2ClientCredentials) : !has(self.oauth2ClientCredentials)").message("spec.auth.oauth2ClientCredentials is required when spec.auth.type is OAuth2ClientCredentials and must be absent otherwise"),
-    validation = Rule::new("self.type == 'TokenExchange' ? has(self.tokenExchange) : !has(self.tokenExchange)").message("spec.auth.tokenExchange is required when spec.auth.type is TokenExchange and must be absent otherwise"),
+    validation = Rule::new("self.type == 'ApiKey' ? has(self.apiKey) : !has(self.apiKey)").message("spec.auth.apiKey is required when spec.auth.type is ApiKey and must be absent otherwise").field_path(".apiKey").reason(kube::core::Reason::FieldValueInvalid),
+    validation = Rule::new("self.type == 'OAuth2AuthorizationCode' ? has(self.oauth2AuthorizationCode) : !has(self.oauth2AuthorizationCode)").message("spec.auth.oauth2AuthorizationCode is required when spec.auth.type is OAuth2AuthorizationCode and must be absent otherwise").field_path(".oauth2AuthorizationCode").reason(kube::core::Reason::FieldValueInvalid),
+    validation = Rule::new("self.type == 'OAuth2ClientCredentials' ? has(self.oauth2ClientCredentials) : !has(self.oauth2ClientCredentials)").message("spec.auth.oauth2ClientCredentials is required when spec.auth.type is OAuth2ClientCredentials and must be absent otherwise").field_path(".oauth2ClientCredentials").reason(kube::core::Reason::FieldValueInvalid),
+    validation = Rule::new("self.type == 'TokenExchange' ? has(self.tokenExchange) : !has(self.tokenExchange)").message("spec.auth.tokenExchange is required when spec.auth.type is TokenExchange and must be absent otherwise").field_path(".tokenExchange").reason(kube::core::Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundAuth {
@@ -203,8 +203,8 @@ pub enum AuthMode {
 /// An API key sent in a request header.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(
-    validation = Rule::new("self.scope == 'Shared' ? has(self.secretKeyRef) : !has(self.secretKeyRef)").message("spec.auth.apiKey.secretKeyRef is required for scope Shared and must be absent for scope PerUser (each user's key comes from an AuthOverride or the gateway's prompt)"),
-    validation = Rule::new("!has(self.valueTemplate) || self.valueTemplate.contains('{{API_KEY}}')").message("spec.auth.apiKey.valueTemplate must contain {{API_KEY}}, e.g. 'Bearer {{API_KEY}}'"),
+    validation = Rule::new("self.scope == 'Shared' ? has(self.secretKeyRef) : !has(self.secretKeyRef)").message("spec.auth.apiKey.secretKeyRef is required for scope Shared and must be absent for scope PerUser (each user's key comes from an AuthOverride or the gateway's prompt)").field_path(".secretKeyRef").reason(kube::core::Reason::FieldValueInvalid),
+    validation = Rule::new("!has(self.valueTemplate) || self.valueTemplate.contains('{{API_KEY}}')").message("spec.auth.apiKey.valueTemplate must contain {{API_KEY}}, e.g. 'Bearer {{API_KEY}}'").field_path(".valueTemplate").reason(kube::core::Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyAuth {
@@ -259,8 +259,8 @@ pub enum ApiKeyScope {
 /// dynamic client registration).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(
-    validation = Rule::new("!has(self.clientSecretRef) || has(self.clientId)").message("spec.auth.oauth2AuthorizationCode.clientSecretRef needs the clientId it belongs to"),
-    validation = Rule::new("!has(self.clientSecretRef) || has(self.tokenUrl)").message("spec.auth.oauth2AuthorizationCode.clientSecretRef needs tokenUrl: the client secret is only ever sent to the token endpoint named here, never to one an upstream's metadata names"),
+    validation = Rule::new("!has(self.clientSecretRef) || has(self.clientId)").message("spec.auth.oauth2AuthorizationCode.clientSecretRef needs the clientId it belongs to").field_path(".clientId").reason(kube::core::Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.clientSecretRef) || has(self.tokenUrl)").message("spec.auth.oauth2AuthorizationCode.clientSecretRef needs tokenUrl: the client secret is only ever sent to the token endpoint named here, never to one an upstream's metadata names").field_path(".tokenUrl").reason(kube::core::Reason::FieldValueRequired),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2AuthorizationCode {

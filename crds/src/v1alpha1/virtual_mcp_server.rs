@@ -61,7 +61,7 @@ pub struct VirtualMcpServerSpec {
 
 /// Tools taken from one McpServer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("self.tools.all(t, t == '*' || (has(self.rename) && t in self.rename) || (size(self.server) + size(t) < 64 && t.matches('^[A-Za-z0-9_-]+$')))").message("a selected tool's exposed name <server>_<tool> must match [A-Za-z0-9_-] and be at most 64 characters: add it to rename"))]
+#[x_kube(validation = Rule::new("self.tools.all(t, t == '*' || (has(self.rename) && t in self.rename) || (size(self.server) + size(t) < 64 && t.matches('^[A-Za-z0-9_-]+$')))").message("a selected tool's exposed name <server>_<tool> must match [A-Za-z0-9_-] and be at most 64 characters: add it to rename").field_path(".tools").reason(kube::core::Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolSelection {
     /// Name of an McpServer in this namespace.

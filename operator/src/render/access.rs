@@ -97,12 +97,24 @@ pub(super) fn render(
             }
             Check::pass(REASON_RESOLVED, "target found")
         } else {
+            // The other kind of the same name is the likely mistake: say so.
+            let (other_kind, other_exists) = match spec.target_ref.kind {
+                TargetKind::McpServer => (TargetKind::VirtualMcpServer, virtuals.contains(&target)),
+                TargetKind::VirtualMcpServer => (TargetKind::McpServer, servers.contains(&target)),
+            };
             Check::fail(
                 REASON_TARGET_NOT_FOUND,
-                format!(
-                    "spec.targetRef: {:?} {:?} not found in namespace {}: create it or fix the name",
-                    spec.target_ref.kind, spec.target_ref.name, key.namespace
-                ),
+                if other_exists {
+                    format!(
+                        "spec.targetRef: {:?} {:?} not found in namespace {}, but a {other_kind:?} of that name exists: set spec.targetRef.kind to {other_kind:?} (targetRef is immutable: delete this McpCollaborator and create it again)",
+                        spec.target_ref.kind, spec.target_ref.name, key.namespace
+                    )
+                } else {
+                    format!(
+                        "spec.targetRef: {:?} {:?} not found in namespace {}: create it or fix the name",
+                        spec.target_ref.kind, spec.target_ref.name, key.namespace
+                    )
+                },
             )
         };
         let mut diagnostic = Diagnostic::new(

@@ -37,22 +37,11 @@ pub(super) fn render(
                     format!("McpServer {key} already serves {path}: rename one of them"),
                 )
             }
-            _ => match plan.invalid.first() {
-                Some((reason, message)) => Check::fail(reason, message.clone()),
-                None => Check::pass(REASON_ACCEPTED, "valid"),
-            },
+            _ => every_problem(&plan.invalid)
+                .unwrap_or_else(|| Check::pass(REASON_ACCEPTED, "valid")),
         };
-        let resolved = match plan.unresolved.as_slice() {
-            [] => Check::pass(REASON_RESOLVED, "all servers and tools found"),
-            [(reason, first), rest @ ..] => Check::fail(
-                reason,
-                if rest.is_empty() {
-                    first.clone()
-                } else {
-                    format!("{first} (and {} more)", rest.len())
-                },
-            ),
-        };
+        let resolved = every_problem(&plan.unresolved)
+            .unwrap_or_else(|| Check::pass(REASON_RESOLVED, "all servers and tools found"));
         let access_list = access.of(TargetKind::VirtualMcpServer, &key);
         let mut diagnostic =
             Diagnostic::new(virtual_server.metadata.generation, accepted, resolved);
@@ -93,6 +82,26 @@ pub(super) fn render(
             diagnostic,
         );
     }
+}
+
+/// What a condition message may hold (the API server allows 32768 characters).
+const MESSAGE_LIMIT: usize = 30_000;
+
+/// One failed check naming every problem, so one `kubectl describe` shows all there is to
+/// fix; the reason is the first problem's. None when there is no problem.
+fn every_problem(problems: &[(&'static str, String)]) -> Option<Check> {
+    let (reason, _) = problems.first()?;
+    let mut message = String::new();
+    for (listed, (_, problem)) in problems.iter().enumerate() {
+        let separator = if listed == 0 { "" } else { "; " };
+        if message.len() + separator.len() + problem.len() > MESSAGE_LIMIT {
+            message.push_str(&format!("; and {} more", problems.len() - listed));
+            break;
+        }
+        message.push_str(separator);
+        message.push_str(problem);
+    }
+    Some(Check::fail(reason, message))
 }
 
 /// The members a virtual server can serve, and what is wrong with the rest.

@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: demo test unit e2e lint gen check-gen bench control-plane
+.PHONY: demo test unit e2e lint gen check-gen bench control-plane images
 
 ## demo: a real MCP server, the operator's standalone rendering and the gateway in front
 demo:
@@ -24,6 +24,10 @@ e2e:
 
 control-plane:
 	e2e/k8s/build.sh
+
+## images: the operator and proxy images the chart runs (static binaries, checked reproducible)
+images:
+	images/build.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

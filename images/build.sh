@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the images the chart runs by default, ghcr.io/mcpgate/mcpgate-{operator,proxy}:<the
-# chart's appVersion>, from static (musl) release binaries, reproducibly: the same commit gives
-# the same image IDs (file times and history are set to the commit's time).
+# chart's appVersion>, from static (musl) release binaries, reproducibly: the same commit,
+# toolchain and CA bundle give the same image IDs (no build paths in the binaries; file times
+# and history set to the commit's time). Each image is built twice to check that.
 #   images/build.sh            binaries, checks, and images when buildah is installed
 #   IMAGE_REGISTRY=registry.example.com/platform images/build.sh
 # Checks every time: the binaries are static (no program interpreter, so they run on a
@@ -17,6 +18,10 @@ rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGE
 command -v musl-gcc >/dev/null || { echo "musl-gcc is needed (Debian: musl-tools)" >&2; exit 1; }
 # ring's C parts go through musl-gcc; the Rust side links statically by default on musl.
 export CC_x86_64_unknown_linux_musl=musl-gcc
+# No build-machine paths in the binaries: the same commit and toolchain give the same bytes
+# wherever they are built.
+CARGO_HOME_DIR=${CARGO_HOME:-$HOME/.cargo}
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="--remap-path-prefix=$PWD=/src --remap-path-prefix=$CARGO_HOME_DIR=/cargo"
 cargo build --release --locked --target "$TARGET" -p mcpgate-operator -p mcpgate-proxy >&2
 
 for component in operator proxy; do
@@ -40,10 +45,17 @@ for component in operator proxy; do
   touch -d "@$SOURCE_DATE_EPOCH" "$context"/*
   # vfs and chroot isolation: no overlay mounts or user namespaces needed, so this also runs
   # inside an unprivileged container.
-  buildah --storage-driver vfs bud --quiet --isolation chroot --timestamp "$SOURCE_DATE_EPOCH" \
-    --layers=false -f "images/$component.Containerfile" -t "$image" "$context" >&2
+  bud() {
+    buildah --storage-driver vfs bud --quiet --isolation chroot --timestamp "$SOURCE_DATE_EPOCH" \
+      --layers=false -f "images/$component.Containerfile" -t "$1" "$context" >/dev/null
+    buildah --storage-driver vfs inspect --type image --format '{{.FromImageID}}' "$1"
+  }
+  id=$(bud "$image")
+  # Reproducible: the same inputs again give the same image.
+  again=$(bud "$image-rebuilt")
+  buildah --storage-driver vfs rmi "$image-rebuilt" >/dev/null
   rm -rf "$context"
-  id=$(buildah --storage-driver vfs inspect --type image --format '{{.FromImageID}}' "$image")
+  [ "$id" = "$again" ] || { echo "$image is not reproducible: $id then $again" >&2; exit 1; }
   user=$(buildah --storage-driver vfs inspect --type image --format '{{.OCIv1.Config.User}}' "$image")
   [ "$user" = "65532:65532" ] || { echo "$image runs as '$user', not 65532" >&2; exit 1; }
   echo "$image $id"

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the test peers: the Python environment with the MCP SDKs (its python
 # path is printed), the Node peers in .cache/npm (node_modules/.bin), and Debian's Chromium
-# with its driver (the browser of the OAuth tests, e2e/peers/browser.py). Only the python
-# path goes to stdout.
+# with its driver (the browser of the OAuth tests, e2e/peers/browser.py), and lua5.4 (runs
+# the Argo CD health check, e2e/tests/gitops.rs). Only the python path goes to stdout.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 peers=$root/e2e/peers
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+  || ! command -v lua5.4 >/dev/null; then
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    chromium chromium-driver >&2
+    chromium chromium-driver lua5.4 >&2
 fi
 
 venv=${MCPGATE_VENV:-$root/.cache/venv}

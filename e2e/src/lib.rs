@@ -285,20 +285,50 @@ impl ControlPlane {
         self.kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(yaml))
     }
 
-    /// The rendered gateway configuration in `gateway_namespace`, once written.
+    /// The rendered gateway configuration in `gateway_namespace`, once written: the manifest
+    /// and its parts joined, as the proxy reads them.
     pub fn gateway_config(&self, gateway_namespace: &str) -> Option<serde_json::Value> {
+        use mcpgate_crds::config_parts;
         let text = self
             .kubectl(&[
                 "get",
-                "configmap",
-                mcpgate_crds::names::CONFIG_MAP_NAME,
+                "configmaps",
                 "-n",
                 gateway_namespace,
+                "-l",
+                "mcpgate.dev/component=config",
                 "-o",
-                "jsonpath={.data.config\\.json}",
+                "json",
             ])
             .ok()?;
-        serde_json::from_str(&text).ok()
+        // kubectl's `List` is not a typed ConfigMapList: read the items one by one.
+        let list: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let items: Vec<k8s_openapi::api::core::v1::ConfigMap> = list["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|item| serde_json::from_value(item.clone()).ok())
+            .collect();
+        let named = |name: &str| {
+            items
+                .iter()
+                .find(|cm| cm.metadata.name.as_deref() == Some(name))
+        };
+        let manifest: config_parts::Manifest = serde_json::from_str(
+            named(mcpgate_crds::names::CONFIG_MAP_NAME)?
+                .data
+                .as_ref()?
+                .get(config_parts::MANIFEST_KEY)?,
+        )
+        .ok()?;
+        let json = config_parts::join(&manifest, |name| {
+            named(name)?
+                .binary_data
+                .as_ref()?
+                .get(config_parts::PART_KEY)
+                .map(|b| b.0.as_slice())
+        })
+        .ok()?;
+        serde_json::from_slice(&json).ok()
     }
 
     /// A kubeconfig (written into `dir`) that authenticates as ServiceAccount

@@ -734,7 +734,8 @@ fn restart_writes_nothing_when_nothing_changed(plane: &ControlPlane) -> Result<(
         second.process.log()
     );
 
-    // ...and a real change writes exactly what changed: the ConfigMap and one status.
+    // ...and a real change writes exactly what changed: the configuration (its new part and
+    // the manifest; the old part goes) and one status.
     plane.kubectl(&[
         "patch",
         "mcps/deepwiki",
@@ -748,11 +749,18 @@ fn restart_writes_nothing_when_nothing_changed(plane: &ControlPlane) -> Result<(
         (writes(&second).ok()? >= 2.0).then_some(())
     })?;
     reconciled(&second, 2.0)?;
-    let config_writes = second.metric("mcpgate_operator_writes_total", &[("kind", "ConfigMap")])?;
+    let config_applies = second.metric(
+        "mcpgate_operator_writes_total",
+        &[("kind", "ConfigMap"), ("op", "apply")],
+    )?;
+    let config_deletes = second.metric(
+        "mcpgate_operator_writes_total",
+        &[("kind", "ConfigMap"), ("op", "delete")],
+    )?;
     let secret_writes = second.metric("mcpgate_operator_writes_total", &[("kind", "Secret")])?;
     ensure!(
-        config_writes == 1.0 && secret_writes == 0.0,
-        "ConfigMap writes {config_writes}, Secret writes {secret_writes}"
+        config_applies == 2.0 && config_deletes == 1.0 && secret_writes == 0.0,
+        "ConfigMap applies {config_applies}, deletes {config_deletes}, Secret writes {secret_writes}"
     );
     Ok(())
 }

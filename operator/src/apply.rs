@@ -1,13 +1,14 @@
 //! Thin: writes the rendered configuration and credential Secrets into the gateway namespace
 //! with server-side apply, skipping objects that already match, and prunes orphans by label.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+use mcpgate_crds::config_parts;
 use mcpgate_crds::names::*;
 
 use crate::error::{Error, Result};
@@ -16,21 +17,50 @@ use crate::render::Rendered;
 use crate::watch::{Caches, key};
 
 const COMPONENT_CONFIG: &str = "config";
-/// What the API server accepts in one ConfigMap, less room for metadata.
-const CONFIG_MAP_LIMIT: usize = 1024 * 1024 - 16 * 1024;
 const COMPONENT_CREDENTIALS: &str = "credentials";
+
+/// The configuration as ConfigMaps (see `mcpgate_crds::config_parts`): its parts, then the
+/// manifest that names them.
+pub struct ConfigObjects {
+    /// Compressed parts, named after their content.
+    pub parts: Vec<ConfigMap>,
+    /// [`CONFIG_MAP_NAME`], naming the parts in order.
+    pub manifest: ConfigMap,
+}
 
 /// The objects the gateway namespace should hold, owned by `owner` when there is one. Pure.
 pub fn desired(
     rendered: &Rendered,
     namespace: &str,
     owner: Option<&OwnerReference>,
-) -> (ConfigMap, Vec<Secret>) {
-    // Compact: the ConfigMap holds at most 1 MiB. Serializing plain data cannot fail.
-    let json = serde_json::to_string(&rendered.config).unwrap_or_default();
-    let config_map = ConfigMap {
+) -> Result<(ConfigObjects, Vec<Secret>)> {
+    // Compact. Serializing plain data cannot fail.
+    let json = serde_json::to_vec(&rendered.config).unwrap_or_default();
+    if json.len() as u64 > config_parts::MAX_CONFIG_BYTES {
+        return Err(Error::ConfigTooLarge {
+            bytes: json.len(),
+            limit: config_parts::MAX_CONFIG_BYTES as usize,
+        });
+    }
+    let (manifest, parts) = config_parts::split(&json, &rendered.config.version, CONFIG_MAP_NAME);
+    let parts = parts
+        .into_iter()
+        .map(|part| ConfigMap {
+            metadata: meta(&part.config_map, namespace, COMPONENT_CONFIG, None, owner),
+            binary_data: Some(BTreeMap::from([(
+                config_parts::PART_KEY.to_owned(),
+                ByteString(part.bytes),
+            )])),
+            ..Default::default()
+        })
+        .collect();
+    let manifest = ConfigMap {
         metadata: meta(CONFIG_MAP_NAME, namespace, COMPONENT_CONFIG, None, owner),
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), json)])),
+        // Serializing plain data cannot fail.
+        data: Some(BTreeMap::from([(
+            config_parts::MANIFEST_KEY.to_owned(),
+            serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+        )])),
         ..Default::default()
     };
     let secrets = rendered
@@ -55,7 +85,7 @@ pub fn desired(
             ..Default::default()
         })
         .collect();
-    (config_map, secrets)
+    Ok((ConfigObjects { parts, manifest }, secrets))
 }
 
 /// Metadata of an object the operator writes into the gateway namespace.
@@ -100,7 +130,8 @@ pub(crate) fn same_meta(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
 }
 
 /// Secrets first (so the configuration never names a Secret the proxy cannot find yet), then
-/// the ConfigMap, then orphans.
+/// the configuration's parts, then its manifest (so the proxy never sees a manifest whose parts
+/// are not there yet), then orphans: old parts and credentials no server needs.
 pub async fn gateway(
     client: &Client,
     caches: &Caches,
@@ -109,7 +140,7 @@ pub async fn gateway(
     namespace: &str,
     owner: Option<&OwnerReference>,
 ) -> Result<()> {
-    let (config_map, secrets) = desired(rendered, namespace, owner);
+    let (config, secrets) = desired(rendered, namespace, owner)?;
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let config_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -131,38 +162,44 @@ pub async fn gateway(
         metrics.write("Secret", "apply");
     }
 
-    let size = config_map
-        .data
-        .iter()
-        .flatten()
-        .map(|(_, v)| v.len())
-        .sum::<usize>();
-    if size > CONFIG_MAP_LIMIT {
-        return Err(Error::ConfigTooLarge {
-            bytes: size,
-            limit: CONFIG_MAP_LIMIT,
-        });
-    }
-    let current = caches.owned_config_maps.get(&key(&config_map));
-    if !current
-        .is_some_and(|c| c.data == config_map.data && same_meta(&c.metadata, &config_map.metadata))
-    {
+    for config_map in config.parts.iter().chain([&config.manifest]) {
+        let name = config_map.name_any();
+        let current = caches.owned_config_maps.get(&key(config_map));
+        if current.is_some_and(|c| {
+            c.data == config_map.data
+                && c.binary_data == config_map.binary_data
+                && same_meta(&c.metadata, &config_map.metadata)
+        }) {
+            continue;
+        }
         config_api
-            .patch(CONFIG_MAP_NAME, &params, &Patch::Apply(&config_map))
+            .patch(&name, &params, &Patch::Apply(config_map))
             .await
             .map_err(Error::kube(
                 "apply ConfigMap",
-                format!("{namespace}/{CONFIG_MAP_NAME}"),
+                format!("{namespace}/{name}"),
             ))?;
         metrics.write("ConfigMap", "apply");
     }
 
+    let is = |labels: &BTreeMap<String, String>, component: &str| {
+        labels.get(LABEL_COMPONENT).is_some_and(|c| c == component)
+    };
+    let wanted_parts: BTreeSet<String> = config.parts.iter().map(|p| p.name_any()).collect();
+    for orphan in caches.owned_config_maps.all() {
+        let name = orphan.name_any();
+        if is(orphan.labels(), COMPONENT_CONFIG)
+            && name != CONFIG_MAP_NAME
+            && !wanted_parts.contains(&name)
+        {
+            delete(&config_api, &name, "delete ConfigMap", namespace).await?;
+            metrics.write("ConfigMap", "delete");
+        }
+    }
     for orphan in caches.owned_secrets.all() {
-        let is_credentials = orphan
-            .labels()
-            .get(LABEL_COMPONENT)
-            .is_some_and(|c| c == COMPONENT_CREDENTIALS);
-        if is_credentials && !rendered.secrets.contains_key(&orphan.name_any()) {
+        if is(orphan.labels(), COMPONENT_CREDENTIALS)
+            && !rendered.secrets.contains_key(&orphan.name_any())
+        {
             delete(&secret_api, &orphan.name_any(), "delete Secret", namespace).await?;
             metrics.write("Secret", "delete");
         }
@@ -174,7 +211,7 @@ pub async fn gateway(
     metrics
         .managed_objects
         .with_label_values(&["ConfigMap"])
-        .set(1);
+        .set(i64::try_from(config.parts.len() + 1).unwrap_or(i64::MAX));
     Ok(())
 }
 

@@ -40,9 +40,9 @@ pub enum Error {
         /// Each violation with its resource and message.
         violations: String,
     },
-    /// The rendered configuration does not fit in one ConfigMap.
+    /// The rendered configuration is larger than a proxy reads.
     #[error(
-        "the rendered configuration is {bytes} bytes, over the {limit} a ConfigMap holds: split the servers across gateways with --watch-namespaces"
+        "the rendered configuration is {bytes} bytes, over the {limit} a proxy reads: split the servers across gateways with --watch-namespaces"
     )]
     ConfigTooLarge {
         /// Size of the configuration.

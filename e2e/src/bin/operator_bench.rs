@@ -1,7 +1,10 @@
 //! `make bench` (operator part): render time for 1,000 McpServers + 100 VirtualMcpServers +
 //! 1,000 McpCollaborators in process; then, on a real kube-apiserver, the time from applying
-//! that set to the rendered ConfigMap being complete, and the operator's peak RSS; and its RSS
-//! with 150 unrelated 256 KiB Secrets in a namespace it watches.
+//! that set to the rendered configuration being complete, and the operator's peak RSS; and its
+//! RSS with 150 unrelated 256 KiB Secrets in a namespace it watches. Then the scale of the
+//! configuration at 5,000 McpServers: its size raw and packed into ConfigMap parts, the time to
+//! pack it and for a proxy to unpack, parse and check it, and the same convergence on a real
+//! API server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,15 +19,17 @@ use mcpgate_operator::render::{Inputs, render};
 use serde_json::{Value, json};
 
 const NAMESPACES: usize = 10;
+/// The scale run: 5,000 servers.
+const SCALE_NAMESPACES: usize = 50;
 const SERVERS_PER_NS: usize = 100;
 const VIRTUALS_PER_NS: usize = 10;
 
 /// The benchmark set as manifests: 1,000 servers (a quarter with a shared key Secret, a
 /// quarter with token passthrough), 100 virtual servers of 5 servers x 2 tools, 1,000 collaborators
 /// (one in ten a Manager).
-fn manifests() -> Vec<Value> {
+fn manifests(namespaces: usize) -> Vec<Value> {
     let mut objects = Vec::new();
-    for n in 0..NAMESPACES {
+    for n in 0..namespaces {
         let ns = format!("bench-{n}");
         for i in 0..SERVERS_PER_NS {
             let name = format!("server-{i}");
@@ -113,14 +118,14 @@ fn api_resource(object: &Value) -> Result<ApiResource> {
     ))
 }
 
-fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
+fn converge_benchmark(objects: Vec<Value>, namespace_count: usize) -> Result<()> {
     let plane = ControlPlane::start()?;
     plane.install_crds()?;
     plane.kubectl(&["create", "namespace", "mcpgate-system"])?;
-    for n in 0..NAMESPACES {
+    for n in 0..namespace_count {
         plane.kubectl(&["create", "namespace", &format!("bench-{n}")])?;
     }
-    let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("bench-{n}")).collect();
+    let namespaces: Vec<String> = (0..namespace_count).map(|n| format!("bench-{n}")).collect();
     let ns_refs: Vec<&str> = namespaces.iter().map(String::as_str).collect();
     let operator = Operator::start(&plane, &ns_refs, "mcpgate-system", "bench")?;
     let idle_rss = rss_kib(operator.process.pid(), "VmRSS:").unwrap_or(0);
@@ -159,14 +164,14 @@ fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
     })?;
     let applied = started.elapsed();
 
-    let want = NAMESPACES * SERVERS_PER_NS;
+    let want = namespace_count * SERVERS_PER_NS;
     wait_for(
         "the configuration to hold every server",
         Duration::from_secs(300),
         || {
             let config = plane.gateway_config("mcpgate-system")?;
             (config["servers"].as_array()?.len() == want
-                && config["virtualServers"].as_array()?.len() == NAMESPACES * VIRTUALS_PER_NS)
+                && config["virtualServers"].as_array()?.len() == namespace_count * VIRTUALS_PER_NS)
                 .then_some(())
         },
     )
@@ -180,18 +185,31 @@ fn converge_benchmark(objects: Vec<Value>) -> Result<()> {
         let pending = operator
             .metric("mcpgate_operator_writes_total", &[("op", "status")])
             .ok()?;
-        (pending >= (NAMESPACES * (SERVERS_PER_NS * 2 + VIRTUALS_PER_NS)) as f64).then_some(())
+        (pending >= (namespace_count * (SERVERS_PER_NS * 2 + VIRTUALS_PER_NS)) as f64).then_some(())
     })?;
     let statuses = started.elapsed();
     let peak = rss_kib(operator.process.pid(), "VmHWM:").unwrap_or(0);
     println!("apply: {count} objects with server-side apply (16 in flight) in {applied:.2?}");
     println!(
-        "converge: from the first apply to a complete ConfigMap {converged:.2?} (target <= 10 s); {:.2?} after the last apply",
-        converged.saturating_sub(applied)
+        "converge: {want} servers, from the first apply to a complete configuration {converged:.2?} (target <= 10 s at 1,000); {:.2?} after the last apply; {} configuration ConfigMaps",
+        converged.saturating_sub(applied),
+        plane
+            .kubectl(&[
+                "get",
+                "configmaps",
+                "-n",
+                "mcpgate-system",
+                "-l",
+                "mcpgate.dev/component=config",
+                "-o",
+                "name"
+            ])?
+            .lines()
+            .count()
     );
     println!(
         "status: all {} statuses written after {statuses:.2?}",
-        NAMESPACES * (SERVERS_PER_NS * 2 + VIRTUALS_PER_NS)
+        namespace_count * (SERVERS_PER_NS * 2 + VIRTUALS_PER_NS)
     );
     println!(
         "operator RSS: idle {} MiB, peak {} MiB (target <= 100 MB)",
@@ -251,8 +269,67 @@ fn unrelated_secrets(
     Ok(rss_kib(operator.process.pid(), "VmRSS:").unwrap_or(0))
 }
 
+/// The configuration of 5,000 servers: how large, how long to pack (operator) and to unpack,
+/// parse and check (proxy).
+fn scale_benchmark(objects: &[Value]) -> Result<()> {
+    use mcpgate_crds::config_parts;
+    let mut inputs = Inputs::default();
+    let yaml: String = objects
+        .iter()
+        .map(|o| format!("---\n{}\n", serde_json::to_string(o).unwrap_or_default()))
+        .collect();
+    inputs.add_yaml(&yaml, "default")?;
+    let started = Instant::now();
+    let rendered = render(&inputs);
+    let render_time = started.elapsed();
+    let json = serde_json::to_vec(&rendered.config)?;
+    let started = Instant::now();
+    let (manifest, parts) = config_parts::split(&json, &rendered.config.version, "bench");
+    let pack_time = started.elapsed();
+    let packed: usize = parts.iter().map(|p| p.bytes.len()).sum();
+    let started = Instant::now();
+    let joined = config_parts::join(&manifest, |name| {
+        parts
+            .iter()
+            .find(|p| p.config_map == name)
+            .map(|p| p.bytes.as_slice())
+    })?;
+    let config: mcpgate_crds::GatewayConfig = serde_json::from_slice(&joined)?;
+    let credentials: mcpgate_proxy::source::snapshot::Credentials = rendered
+        .secrets
+        .iter()
+        .map(|(name, secret)| {
+            let keys = secret
+                .data
+                .iter()
+                .map(|(k, v)| {
+                    let text = String::from_utf8_lossy(v.expose()).into_owned();
+                    (k.clone(), secrecy::SecretString::from(text))
+                })
+                .collect();
+            (name.clone(), keys)
+        })
+        .collect();
+    let snapshot = mcpgate_proxy::source::snapshot::Snapshot::build(config, &credentials);
+    let load_time = started.elapsed();
+    anyhow::ensure!(snapshot.is_ok(), "the proxy refused the configuration");
+    println!(
+        "scale: {} servers, {} virtual servers -> render {render_time:.1?}; configuration {} KiB of JSON, packed to {} KiB in {} ConfigMap part(s) of at most {} KiB in {pack_time:.1?}; a proxy unpacks, parses and checks it in {load_time:.1?}",
+        inputs.servers.len(),
+        inputs.virtual_servers.len(),
+        json.len() / 1024,
+        packed / 1024,
+        parts.len(),
+        config_parts::PART_LIMIT / 1024,
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    let objects = manifests();
+    let objects = manifests(NAMESPACES);
     render_benchmark(&objects)?;
-    converge_benchmark(objects)
+    converge_benchmark(objects, NAMESPACES)?;
+    let objects = manifests(SCALE_NAMESPACES);
+    scale_benchmark(&objects)?;
+    converge_benchmark(objects, SCALE_NAMESPACES)
 }

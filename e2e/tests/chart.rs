@@ -240,6 +240,61 @@ fn lint_and_template_offline() -> Result<()> {
         "watched namespaces get Roles: {roles:?}"
     );
 
+    // Alerts and dashboard query only metrics the proxy and the operator export.
+    let mut exported = mcpgate_proxy::metrics::Metrics::new()?.names;
+    exported.extend(mcpgate_operator::metrics::Metrics::new()?.names);
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .context("no PrometheusRule")?;
+    let dashboard = find(&docs, "ConfigMap", "gateway-dashboard")?;
+    let dashboard: Value = serde_json::from_str(
+        dashboard["data"]["mcpgate.json"]
+            .as_str()
+            .context("the dashboard JSON")?,
+    )?;
+    let mut queries: Vec<String> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .context("alert rules")?
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let alerts = queries.len();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    ensure!(
+        alerts >= 8 && queries.len() > alerts + 10,
+        "{alerts} alerts, {} queries",
+        queries.len()
+    );
+    let mut queried = std::collections::BTreeSet::new();
+    for query in &queries {
+        let mut rest = query.as_str();
+        while let Some(at) = rest.find("mcpgate_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            queried.insert(name);
+        }
+    }
+    for name in &queried {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| exported.iter().any(|e| e == base))
+            .unwrap_or(name);
+        ensure!(
+            exported.iter().any(|e| e == family),
+            "{name} is queried but no component exports it (exported: {exported:?})"
+        );
+    }
+    ensure!(queried.len() >= 15, "queried: {queried:?}");
+
     // Typos and wrong types fail with a message that names the field.
     let refused = |set: &str, says: &str| -> Result<()> {
         match helm.run(&["template", "r1", chart, "--set", set]) {
@@ -356,7 +411,7 @@ fn install_upgrade_and_uninstall() -> Result<()> {
     let served: Vec<String> = rendered
         .iter()
         .filter(|d| {
-            !["HTTPRoute", "ServiceMonitor", "PodMonitor"]
+            !["HTTPRoute", "ServiceMonitor", "PodMonitor", "PrometheusRule"]
                 .contains(&d["kind"].as_str().unwrap_or_default())
         })
         .map(|d| serde_json::to_string(d).unwrap())

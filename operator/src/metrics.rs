@@ -1,5 +1,6 @@
 //! Prometheus metrics of the operator (prefix `mcpgate_operator_`).
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -9,6 +10,8 @@ use prometheus::{
 pub struct Metrics {
     /// The registry `/metrics` encodes.
     pub registry: Registry,
+    /// The name of every metric family registered (alerts and dashboards may query these).
+    pub names: Vec<String>,
     /// Reconciles run.
     pub reconciles: IntCounter,
     /// Reconciles that failed, by what failed.
@@ -29,7 +32,7 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let m = Self {
+        let mut m = Self {
             reconciles: IntCounter::new("mcpgate_operator_reconciles_total", "Reconciles run")?,
             failures: IntCounterVec::new(
                 Opts::new(
@@ -73,14 +76,22 @@ impl Metrics {
                 &["kind", "ready"],
             )?,
             registry,
+            names: Vec::new(),
         };
-        m.registry.register(Box::new(m.reconciles.clone()))?;
-        m.registry.register(Box::new(m.failures.clone()))?;
-        m.registry.register(Box::new(m.duration.clone()))?;
-        m.registry.register(Box::new(m.managed_objects.clone()))?;
-        m.registry.register(Box::new(m.writes.clone()))?;
-        m.registry.register(Box::new(m.leader.clone()))?;
-        m.registry.register(Box::new(m.resources.clone()))?;
+        let collectors: [Box<dyn Collector>; 7] = [
+            Box::new(m.reconciles.clone()),
+            Box::new(m.failures.clone()),
+            Box::new(m.duration.clone()),
+            Box::new(m.managed_objects.clone()),
+            Box::new(m.writes.clone()),
+            Box::new(m.leader.clone()),
+            Box::new(m.resources.clone()),
+        ];
+        for collector in collectors {
+            m.names
+                .extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+            m.registry.register(collector)?;
+        }
         Ok(m)
     }
 

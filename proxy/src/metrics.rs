@@ -1,5 +1,6 @@
 //! Prometheus metrics of the proxy (prefix `mcpgate_`).
 
+use prometheus::core::Collector;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -9,6 +10,8 @@ use prometheus::{
 pub struct Metrics {
     /// What `/metrics` encodes.
     pub registry: Registry,
+    /// The name of every metric family registered (alerts and dashboards may query these).
+    pub names: Vec<String>,
     /// 1 when the last configuration load succeeded.
     pub config_synchronized: IntGauge,
     /// Configuration loads by outcome.
@@ -38,8 +41,9 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Self> {
-        let m = Self {
+        let mut m = Self {
             registry: Registry::new(),
+            names: Vec::new(),
             config_synchronized: IntGauge::new(
                 "mcpgate_config_synchronized",
                 "1 when the last configuration load succeeded",
@@ -119,20 +123,25 @@ impl Metrics {
                 &["limit"],
             )?,
         };
-        m.registry
-            .register(Box::new(m.config_synchronized.clone()))?;
-        m.registry.register(Box::new(m.config_reloads.clone()))?;
-        m.registry.register(Box::new(m.requests.clone()))?;
-        m.registry.register(Box::new(m.latency.clone()))?;
-        m.registry.register(Box::new(m.auth_failures.clone()))?;
-        m.registry.register(Box::new(m.access_denied.clone()))?;
-        m.registry.register(Box::new(m.tool_calls.clone()))?;
-        m.registry
-            .register(Box::new(m.tool_call_duration.clone()))?;
-        m.registry.register(Box::new(m.audit_dropped.clone()))?;
-        m.registry.register(Box::new(m.request_panics.clone()))?;
-        m.registry.register(Box::new(m.connections.clone()))?;
-        m.registry.register(Box::new(m.refused.clone()))?;
+        let collectors: [Box<dyn Collector>; 12] = [
+            Box::new(m.config_synchronized.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.requests.clone()),
+            Box::new(m.latency.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.access_denied.clone()),
+            Box::new(m.tool_calls.clone()),
+            Box::new(m.tool_call_duration.clone()),
+            Box::new(m.audit_dropped.clone()),
+            Box::new(m.request_panics.clone()),
+            Box::new(m.connections.clone()),
+            Box::new(m.refused.clone()),
+        ];
+        for collector in collectors {
+            m.names
+                .extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+            m.registry.register(collector)?;
+        }
         Ok(m)
     }
 }

@@ -411,8 +411,13 @@ fn install_upgrade_and_uninstall() -> Result<()> {
     let served: Vec<String> = rendered
         .iter()
         .filter(|d| {
-            !["HTTPRoute", "ServiceMonitor", "PodMonitor", "PrometheusRule"]
-                .contains(&d["kind"].as_str().unwrap_or_default())
+            ![
+                "HTTPRoute",
+                "ServiceMonitor",
+                "PodMonitor",
+                "PrometheusRule",
+            ]
+            .contains(&d["kind"].as_str().unwrap_or_default())
         })
         .map(|d| serde_json::to_string(d).unwrap())
         .collect();

@@ -157,6 +157,7 @@ impl Audit {
         let record = Record {
             kind: "toolCall",
             time: time.to_string(),
+            request_id: call.request_id.as_ref().map(|id| id.as_str()),
             caller: call.caller.as_ref().map(Caller::from),
             namespace: &call.namespace,
             server: &call.server,
@@ -205,6 +206,8 @@ pub struct ToolCall {
     pub id: Option<Value>,
     /// Size and hash of `params.arguments`.
     pub arguments: Arguments,
+    /// The HTTP request that carried the call.
+    pub request_id: Option<crate::request_id::RequestId>,
 }
 
 impl ToolCall {
@@ -216,6 +219,7 @@ impl ToolCall {
         server: &str,
         route: &'static str,
         envelope: &Envelope,
+        request_id: Option<&crate::request_id::RequestId>,
     ) -> Self {
         let arguments = envelope
             .params
@@ -232,6 +236,7 @@ impl ToolCall {
             upstream_tool: String::new(),
             id: envelope.id.clone(),
             arguments: Arguments::of(arguments),
+            request_id: request_id.cloned(),
         }
     }
 
@@ -504,6 +509,8 @@ impl Drop for Observed {
 struct Record<'a> {
     kind: &'static str,
     time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
     caller: Option<Caller<'a>>,
     namespace: &'a str,
     server: &'a str,

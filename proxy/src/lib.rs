@@ -11,6 +11,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod outbound;
 pub mod path;
+pub mod request_id;
 pub mod server;
 pub mod session;
 pub mod signin;

@@ -280,16 +280,29 @@ struct Args {
     /// request when the proxy shares a small node with its upstreams.
     #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
+    /// Diagnostic log format, on stderr (the audit log has its own, JSON always).
+    #[arg(long, env = "MCPGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let args = Args::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        // One JSON object per line, with the request span's fields (its id) on each.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
         runtime.worker_threads(args.worker_threads);

@@ -21,6 +21,7 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::auth::inbound::{Inbound, METADATA_PREFIX};
 use crate::auth::{Identity, Method as AuthMethod};
@@ -30,6 +31,7 @@ use crate::listener::{Limits, busy};
 use crate::mcp::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::path::route_key;
+use crate::request_id::{HEADER as REQUEST_ID_HEADER, RequestId};
 use crate::signin::{Context as SignInContext, SignIn};
 use crate::source::{Current, Route};
 
@@ -53,8 +55,29 @@ pub struct App {
     pub signin: Option<Arc<SignIn>>,
 }
 
-/// One MCP request, start to finish.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<CaughtBody> {
+/// One MCP request, start to finish, in a span named by its [`RequestId`] (also answered in
+/// `x-request-id` and written in its audit records).
+pub async fn handle(app: &App, mut req: Request<Incoming>, peer: IpAddr) -> Response<CaughtBody> {
+    let id = RequestId::of(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(id.clone());
+    let mut response = handle_in_span(app, req, peer)
+        .instrument(span.clone())
+        .await;
+    span.record("status", response.status().as_u16());
+    if let Some(value) = id.header_value() {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+async fn handle_in_span(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<CaughtBody> {
     let method = req.method().clone();
     let unread_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
     let mut response = match app.in_flight.try_acquire() {

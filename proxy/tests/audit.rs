@@ -74,8 +74,13 @@ fn every_tool_call_is_recorded_with_its_caller_and_outcome() {
         ("/team/mcp/bundle/server", "say", json!({"x": true})),
         ("/team/mcp/bundle/server", "nothing_here", json!({})),
     ];
+    let mut request_ids = Vec::new();
     for (path, tool, arguments) in &calls {
         let mut headers = auth.to_vec();
+        // The caller names the first request; the gateway names the others.
+        if *tool == "echo" && path.contains("tools") {
+            headers.push(("X-Request-Id", "caller-req-42"));
+        }
         if path.contains("bundle") {
             headers.extend([
                 ("MCP-Protocol-Version", "2026-07-28"),
@@ -88,8 +93,17 @@ fn every_tool_call_is_recorded_with_its_caller_and_outcome() {
             body["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}});
         }
-        let (status, _, answer) = post(port, path, &headers, &body.to_string());
+        let (status, head, answer) = post(port, path, &headers, &body.to_string());
         assert_eq!(status, 200, "{path} {tool}: {answer}");
+        let id = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-request-id: ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("{path} {tool}: no x-request-id in {head}"));
+        request_ids.push(id);
     }
     // Not tool calls, or refused before routing: no record.
     post(
@@ -141,6 +155,19 @@ fn every_tool_call_is_recorded_with_its_caller_and_outcome() {
     assert!(echo["latencyMs"].as_f64().unwrap() > 0.0);
     let time: jiff::Timestamp = echo["time"].as_str().unwrap().parse().unwrap();
     assert!(time.duration_until(jiff::Timestamp::now()).as_secs() < 60);
+
+    // Each record names the request that carried it, as the response did.
+    assert_eq!(request_ids[0], "caller-req-42");
+    assert_eq!(echo["requestId"], "caller-req-42");
+    let fail = by_tool("tools", "fail");
+    assert_eq!(fail["requestId"], request_ids[1].as_str());
+    assert_eq!(request_ids[1].len(), 32, "made by the gateway");
+    assert_eq!(
+        by_tool("bundle", "say")["requestId"],
+        request_ids[4].as_str()
+    );
+    let unique: std::collections::BTreeSet<_> = request_ids.iter().collect();
+    assert_eq!(unique.len(), request_ids.len());
 
     assert_eq!(by_tool("tools", "fail")["outcome"], "tool_error");
     let hidden = by_tool("tools", "hidden");

@@ -115,7 +115,14 @@ pub async fn handle(
     };
     let audit = fwd.audit_call(post.as_ref().map(|p| &p.message), |envelope| {
         let config = &route.config;
-        let call = ToolCall::new(caller, &config.namespace, &config.name, "virtual", envelope);
+        let call = ToolCall::new(
+            caller,
+            &config.namespace,
+            &config.name,
+            "virtual",
+            envelope,
+            parts.extensions.get(),
+        );
         match route.resolve_tool(envelope.name()) {
             Some((member, tool)) => call.served_by(&member.server.config, &tool),
             None => call,

@@ -203,8 +203,15 @@ impl Forwarder {
         };
         let audit = self.audit_call(message.as_ref(), |envelope| {
             let config = &route.config;
-            ToolCall::new(caller, &config.namespace, &config.name, "server", envelope)
-                .served_by(config, envelope.name())
+            ToolCall::new(
+                caller,
+                &config.namespace,
+                &config.name,
+                "server",
+                envelope,
+                parts.extensions.get(),
+            )
+            .served_by(config, envelope.name())
         });
         let (response, latency) = self
             .deliver(parts, message, route, owner, identity.as_ref())

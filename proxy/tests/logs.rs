@@ -1,0 +1,64 @@
+//! The diagnostic log in JSON (`--log-format json`): one object per line, and what happens
+//! while a request is handled carries that request's id, the one its response and audit
+//! records name.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::gateway::*;
+use serde_json::{Value, json};
+
+#[test]
+fn json_lines_name_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens upstream: the failed hop is logged inside the request.
+    let gone = server_config(free_port(), "gone", json!({"type": "none"}), vec![], 2000, true);
+    write_config(
+        dir.path(),
+        &json!({"schema": 1, "version": "logs", "servers": [gone], "virtualServers": []}),
+    );
+    let (port, admin) = (free_port(), free_port());
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _proxy = Killed(child);
+    wait_for("the proxy", || (get(admin, "/readyz").0 == 200).then_some(()));
+    let (status, _, _) = post(
+        port,
+        "/team/mcp/gone/server",
+        &[("X-Request-Id", "logs-req-7")],
+        &call("echo"),
+    );
+    assert_eq!(status, 200, "a JSON-RPC error for the unreachable upstream");
+
+    let lines = wait_for("a log line of the request", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .collect();
+        lines
+            .iter()
+            .any(|l| l["span"]["id"] == "logs-req-7")
+            .then_some(lines)
+    });
+    let ours: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["span"]["id"] == "logs-req-7")
+        .collect();
+    assert!(ours.iter().all(|l| l["span"]["name"] == "request"
+        && l["span"]["path"] == "/team/mcp/gone/server"
+        && l["level"].is_string()
+        && l["timestamp"].is_string()));
+}

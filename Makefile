@@ -15,11 +15,11 @@ test: check-gen lint unit e2e
 unit:
 	$(CARGO) test --workspace --all-targets
 
-## e2e: builds (or reuses) kube-apiserver, kube-controller-manager, etcd, kubectl and helm, then runs the tests that start them
+## e2e: builds (or reuses) kube-apiserver, kube-controller-manager, etcd, kubectl, helm and Jaeger, then runs the tests that start them
 e2e:
 	$(CARGO) build -p mcpgate-operator -p mcpgate-proxy
 	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)" \
-	  MCPGATE_HELM="$$(e2e/tools/helm.sh)"; \
+	  MCPGATE_HELM="$$(e2e/tools/helm.sh)" MCPGATE_JAEGER="$$(e2e/tools/jaeger.sh)"; \
 	$(CARGO) test -p mcpgate-e2e -- --ignored --test-threads=1
 
 control-plane:

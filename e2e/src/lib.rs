@@ -625,11 +625,19 @@ fn http_exchange(method: &str, url: &str, form: Option<&str>) -> Result<(u16, St
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    Ok((
+        status,
+        if chunked {
+            String::from_utf8_lossy(&dechunk(body.as_bytes())).into_owned()
+        } else {
+            body.to_owned()
+        },
+    ))
 }
 
 /// A real OpenID Connect provider (`e2e/peers/oidc_provider.mjs`, node-oidc-provider from

@@ -206,6 +206,12 @@ fn lint_and_template_offline() -> Result<()> {
             "MCPGATE_OIDC_ISSUERS_FILE",
             "/etc/mcpgate/oidc/issuers.yaml",
         ),
+        ("MCPGATE_LOG_FORMAT", "json"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel-collector.observability:4318",
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
     ] {
         ensure!(
             env.contains(&(k.into(), v.into())),

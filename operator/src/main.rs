@@ -34,7 +34,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -120,16 +120,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run_cli(cli: Cli) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    match cli.command {
+    let telemetry = mcpgate_telemetry::init("mcpgate-operator", cli.log_format == LogFormat::Json);
+    let result = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Standalone(args) => {
             if args.watch {
@@ -140,7 +132,9 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-    }
+    };
+    telemetry.shutdown();
+    result
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

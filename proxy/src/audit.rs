@@ -226,6 +226,8 @@ impl ToolCall {
             .as_ref()
             .and_then(|p| p.arguments.as_deref())
             .map(serde_json::value::RawValue::get);
+        // The request span (and its exported trace) names the tool too.
+        tracing::Span::current().record("tool", envelope.name());
         Self {
             caller,
             namespace: namespace.to_owned(),

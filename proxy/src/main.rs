@@ -280,12 +280,13 @@ struct Args {
     /// request when the proxy shares a small node with its upstreams.
     #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
-    /// Diagnostic log format, on stderr (the audit log has its own, JSON always).
+    /// Diagnostic log format, on stderr (the audit log has its own, JSON always). Spans also
+    /// go to an OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT (http://...) is set.
     #[arg(long, env = "MCPGATE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -293,16 +294,7 @@ enum LogFormat {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        // One JSON object per line, with the request span's fields (its id) on each.
-        LogFormat::Json => logs.json().with_current_span(true).init(),
-    }
+    let telemetry = mcpgate_telemetry::init("mcpgate-proxy", args.log_format == LogFormat::Json);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
         runtime.worker_threads(args.worker_threads);
@@ -312,6 +304,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .context("starting the runtime")
         .and_then(|runtime| runtime.block_on(run(args)));
+    telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

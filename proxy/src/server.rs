@@ -61,20 +61,42 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: IpAddr) -> Resp
     let id = RequestId::of(req.headers());
     let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         id = %id,
         method = %req.method(),
         path = %req.uri().path(),
+        route = tracing::field::Empty,
+        tool = tracing::field::Empty,
         status = tracing::field::Empty,
+        outcome = tracing::field::Empty,
     );
+    mcpgate_telemetry::continue_trace(&span, req.headers());
     req.extensions_mut().insert(id.clone());
     let mut response = handle_in_span(app, req, peer)
         .instrument(span.clone())
         .await;
-    span.record("status", response.status().as_u16());
+    let status = response.status();
+    span.record("status", status.as_u16());
+    span.record("outcome", outcome(status));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Some(value) = id.header_value() {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
+}
+
+/// A response's outcome as request spans name it.
+fn outcome(status: StatusCode) -> &'static str {
+    if status.is_success() || status.is_informational() {
+        "ok"
+    } else if status.is_client_error() {
+        "refused"
+    } else {
+        "error"
+    }
 }
 
 async fn handle_in_span(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<CaughtBody> {
@@ -238,6 +260,8 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
     let Some(route) = snapshot.route(key) else {
         return not_found(&path);
     };
+    let (namespace, name) = route.name();
+    tracing::Span::current().record("route", format!("{namespace}/{name}"));
     let caller = if route.public() {
         None
     } else {

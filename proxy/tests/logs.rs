@@ -14,7 +14,14 @@ use serde_json::{Value, json};
 fn json_lines_name_the_request() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens upstream: the failed hop is logged inside the request.
-    let gone = server_config(free_port(), "gone", json!({"type": "none"}), vec![], 2000, true);
+    let gone = server_config(
+        free_port(),
+        "gone",
+        json!({"type": "none"}),
+        vec![],
+        2000,
+        true,
+    );
     write_config(
         dir.path(),
         &json!({"schema": 1, "version": "logs", "servers": [gone], "virtualServers": []}),
@@ -33,7 +40,9 @@ fn json_lines_name_the_request() {
         .spawn()
         .unwrap();
     let _proxy = Killed(child);
-    wait_for("the proxy", || (get(admin, "/readyz").0 == 200).then_some(()));
+    wait_for("the proxy", || {
+        (get(admin, "/readyz").0 == 200).then_some(())
+    });
     let (status, _, _) = post(
         port,
         "/team/mcp/gone/server",

@@ -94,3 +94,12 @@ labels: {{- include "mcpgate.labels" .root | nindent 2 }}
 annotations: {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The OpenTelemetry environment of both components. */}}
+{{- define "mcpgate.tracingEnv" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+- {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ . | quote }}}
+- {name: OTEL_TRACES_SAMPLER, value: parentbased_traceidratio}
+- {name: OTEL_TRACES_SAMPLER_ARG, value: {{ $.Values.tracing.sampleRatio | quote }}}
+{{- end }}
+{{- end -}}

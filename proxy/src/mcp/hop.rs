@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
 use mcpgate_crds::v1alpha1::Transport;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::extra_headers;
 use super::message::{Event, events};
@@ -335,17 +336,49 @@ impl Hop<'_> {
         request
     }
 
-    /// Sends `request` as it is.
+    /// Sends `request` as it is, in a span of its own whose trace context the upstream gets
+    /// (`traceparent`); when spans are not exported, the caller's trace context is passed on
+    /// instead, so the upstream can still join the caller's trace.
     async fn dispatch(&self, request: Request<Bytes>) -> Result<Response<Incoming>, HopError> {
-        let request = request.map(full);
+        let span = tracing::info_span!(
+            "upstream",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            server = %self.server(),
+            method = %request.method(),
+            status = tracing::field::Empty,
+        );
+        let mut request = request.map(full);
+        if !mcpgate_telemetry::propagate(&span, request.headers_mut()) {
+            for name in mcpgate_telemetry::TRACE_HEADERS {
+                if let Some(value) = self.caller.get(name) {
+                    request.headers_mut().insert(name, value.clone());
+                }
+            }
+        }
         let timeout = self.timeout();
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
+        let sent = tokio::time::timeout(timeout, self.client.request(request))
+            .instrument(span.clone())
+            .await;
+        match sent {
+            Ok(Ok(response)) => {
+                span.record("status", response.status().as_u16());
+                if response.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+                Ok(response)
+            }
             Ok(Err(error)) => {
-                tracing::warn!(server = %self.server(), %error, "upstream request failed");
+                span.record("otel.status_code", "ERROR");
+                span.in_scope(|| {
+                    tracing::warn!(server = %self.server(), %error, "upstream request failed");
+                });
                 Err(HopError::Unreachable(self.server()))
             }
-            Err(_) => Err(HopError::Timeout(self.server(), timeout.as_secs_f32())),
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+                Err(HopError::Timeout(self.server(), timeout.as_secs_f32()))
+            }
         }
     }
 

@@ -14,6 +14,8 @@ use mcpgate_e2e::{ControlPlane, Operator, wait_for, workspace};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// A server whose key Secret `hf-token` does not exist.
+const WAITING_FOR_A_SECRET: &str = "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: hf}\nspec:\n  remote: {url: https://hf.example/mcp}\n  auth: {type: ApiKey, apiKey: {scope: Shared, headerName: Authorization, secretKeyRef: {name: hf-token, key: token}}}\n";
 const KINDS: [&str; 4] = [
     "mcpservers",
     "virtualmcpservers",
@@ -122,6 +124,8 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
     }
     let samples = workspace().join("config/samples");
     plane.kubectl(&["apply", "-n", "team", "-f", samples.to_str().unwrap()])?;
+    // And one waiting for a Secret that is not there (yet).
+    plane.apply("team", WAITING_FOR_A_SECRET)?;
     let _operator = Operator::start(&plane, &["team"], "gw", "gitops")?;
     let objects = wait_for("status on every sample", WAIT, || {
         let mut all = Vec::new();
@@ -176,7 +180,14 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
             .with_context(|| format!("no healthCheckExprs entry for {kind}"))
     };
 
-    let (mut healthy, mut degraded) = (0, 0);
+    let condition = |object: &Value, type_: &str| -> Option<Value> {
+        object["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    };
+    let (mut healthy, mut waiting, mut stalled) = (0, 0, 0);
     for object in &objects {
         let name = format!(
             "{}/{}",
@@ -184,36 +195,43 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
             object["metadata"]["name"].as_str().unwrap()
         );
         let ready = ready(object).with_context(|| format!("{name} has no Ready condition"))?;
+        let is = |type_: &str| condition(object, type_).is_some_and(|c| c["status"] == "True");
         let (status, message) = argocd_health(script, object)?;
         let flux = entry_for(object["kind"].as_str().unwrap())?;
         let verdict = flux_health(flux, object)?;
-        let expected = if ready["status"] == "True" {
-            "Current"
+        let (argo_expected, flux_expected, because) = if ready["status"] == "True" {
+            healthy += 1;
+            ("Healthy", "Current", ready.clone())
+        } else if is("Stalled") {
+            stalled += 1;
+            ("Degraded", "Failed", condition(object, "Stalled").unwrap())
         } else {
-            "Failed"
+            ensure!(
+                is("Reconciling"),
+                "{name} is not Ready, yet neither Stalled nor Reconciling"
+            );
+            waiting += 1;
+            (
+                "Progressing",
+                "InProgress",
+                condition(object, "Reconciling").unwrap(),
+            )
         };
         ensure!(
-            verdict == expected,
-            "{name}: Flux says {verdict}, expected {expected}"
+            status == argo_expected,
+            "{name}: Argo CD says {status} ({message}), expected {argo_expected}"
         );
-        if ready["status"] == "True" {
-            ensure!(
-                status == "Healthy",
-                "{name} is Ready but Argo CD says {status}: {message}"
-            );
-            healthy += 1;
-        } else {
-            ensure!(
-                status == "Degraded",
-                "{name} is not Ready but Argo CD says {status}"
-            );
-            let reason = ready["reason"].as_str().unwrap_or_default();
+        ensure!(
+            verdict == flux_expected,
+            "{name}: Flux says {verdict}, expected {flux_expected}"
+        );
+        if ready["status"] != "True" {
+            let reason = because["reason"].as_str().unwrap_or_default();
             ensure!(
                 message.starts_with(reason)
-                    && message.contains(ready["message"].as_str().unwrap_or_default()),
+                    && message.contains(because["message"].as_str().unwrap_or_default()),
                 "{name}: the message {message:?} should carry the reason {reason} and what to fix"
             );
-            degraded += 1;
         }
 
         // Just created (no status yet) and just changed (an older observedGeneration).
@@ -239,8 +257,8 @@ fn argocd_and_flux_judge_real_status() -> Result<()> {
         );
     }
     ensure!(
-        healthy > 0 && degraded > 0,
-        "the samples give both outcomes: {healthy} healthy, {degraded} degraded"
+        healthy > 0 && waiting > 0 && stalled > 0,
+        "the samples give all three outcomes: {healthy} healthy, {waiting} waiting, {stalled} stalled"
     );
     Ok(())
 }
@@ -285,10 +303,7 @@ fn ready_changes_are_recorded_as_events_once() -> Result<()> {
     for ns in ["team", "gw"] {
         plane.kubectl(&["create", "namespace", ns])?;
     }
-    plane.apply(
-        "team",
-        "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {name: hf}\nspec:\n  remote: {url: https://hf.example/mcp}\n  auth: {type: ApiKey, apiKey: {scope: Shared, headerName: Authorization, secretKeyRef: {name: hf-token, key: token}}}\n",
-    )?;
+    plane.apply("team", WAITING_FOR_A_SECRET)?;
     let mut operator = Operator::start(&plane, &["team"], "gw", "events")?;
     let warned = wait_for("a Warning Event on hf", WAIT, || {
         events_on(&plane, "team", "hf")

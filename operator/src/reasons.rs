@@ -6,12 +6,12 @@ pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 /// The resource is in the gateway configuration, complete.
 pub const READY: &str = "Ready";
-/// The operator is still working towards the current generation (kstatus, Flux, Argo CD:
-/// in progress). False once the generation's status is written: an absent or older
-/// `observedGeneration` is what says "not yet seen".
+/// Not Ready yet, and expected to become Ready without an edit: it waits for something it
+/// references to appear (kstatus, Flux, Argo CD: in progress). An absent or older
+/// `observedGeneration` says the operator has not seen the current generation at all.
 pub const RECONCILING: &str = "Reconciling";
-/// The resource cannot become Ready until someone changes it or what it references (kstatus
-/// and Flux: failed; Argo CD: Degraded). Carries the Ready condition's reason and message.
+/// Cannot become Ready until its spec is changed (kstatus and Flux: failed; Argo CD:
+/// Degraded). Carries the Ready condition's reason and message.
 pub const STALLED: &str = "Stalled";
 
 /// Positive reasons.

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::reasons::{ACCEPTED, READY, REASON_RECONCILED, RECONCILING, RESOLVED_REFS, STALLED};
+use crate::reasons::{
+    ACCEPTED, READY, REASON_NOT_SERVED, REASON_RECONCILED, RECONCILING, RESOLVED_REFS, STALLED,
+};
 use crate::render::{Check, Diagnostic, Kind, Rendered};
 use crate::watch::{Caches, Stores};
 
@@ -23,29 +25,40 @@ use crate::watch::{Caches, Stores};
 const PARALLEL_PATCHES: usize = 16;
 
 /// The conditions: Accepted, ResolvedRefs and Ready, and the two that GitOps tools read
-/// (kstatus: Reconciling and Stalled, each abnormal when True). Every Ready=False here waits
-/// for a change by someone (a spec, a Secret, a member server), so it is also Stalled; the
-/// operator is never still working on a generation whose status it writes. `lastTransitionTime`
-/// only moves when a condition's status flips.
+/// (kstatus: Reconciling and Stalled, each abnormal when True). A resource that is not Ready
+/// because its spec must change (not accepted, or a field this build does not serve) is
+/// Stalled: nothing will fix it but an edit. One that waits for something else to appear (a
+/// Secret an ExternalSecret is still writing, a target, a member server) is Reconciling: it
+/// becomes Ready by itself when that arrives. `lastTransitionTime` only moves when a
+/// condition's status flips.
 pub fn conditions(d: &Diagnostic, existing: &[Condition], now: &Time) -> Vec<Condition> {
-    let reconciled = Check {
-        ok: false,
-        reason: REASON_RECONCILED,
-        message: match d.generation {
-            Some(generation) => format!("generation {generation} is rendered"),
-            None => "rendered".to_owned(),
-        },
-    };
+    let needs_an_edit = !d.accepted.ok || d.ready.reason == REASON_NOT_SERVED;
     let stalled = Check {
-        ok: !d.ready.ok,
+        ok: !d.ready.ok && needs_an_edit,
         reason: d.ready.reason,
         message: d.ready.message.clone(),
+    };
+    let reconciling = if !d.ready.ok && !needs_an_edit {
+        Check {
+            ok: true,
+            reason: d.ready.reason,
+            message: format!("waiting: {}", d.ready.message),
+        }
+    } else {
+        Check {
+            ok: false,
+            reason: REASON_RECONCILED,
+            message: match d.generation {
+                Some(generation) => format!("generation {generation} is rendered"),
+                None => "rendered".to_owned(),
+            },
+        }
     };
     [
         (ACCEPTED, &d.accepted),
         (RESOLVED_REFS, &d.resolved_refs),
         (READY, &d.ready),
-        (RECONCILING, &reconciled),
+        (RECONCILING, &reconciling),
         (STALLED, &stalled),
     ]
     .into_iter()
@@ -349,32 +362,59 @@ mod tests {
         assert_eq!(time(ACCEPTED), at(100));
         assert_eq!(time(RESOLVED_REFS), at(300));
         assert_eq!(time(READY), at(300));
-        assert_eq!(time(STALLED), at(300));
-        assert_eq!(time(RECONCILING), at(100));
+        assert_eq!(
+            time(STALLED),
+            at(100),
+            "waiting on a Secret was never stalled"
+        );
+        assert_eq!(
+            time(RECONCILING),
+            at(300),
+            "it was reconciling until the Secret came"
+        );
     }
 
     #[test]
-    fn stalled_mirrors_a_false_ready_and_reconciling_is_false_once_written() {
+    fn an_edit_is_stalled_a_wait_is_reconciling() {
         let status = |d: &Diagnostic, t: &str| {
             conditions(d, &[], &at(1))
                 .into_iter()
                 .find(|c| c.type_ == t)
                 .unwrap()
         };
-        let broken = diagnostic(false);
-        let stalled = status(&broken, STALLED);
+        // Waiting for a Secret: in progress, not failed.
+        let waiting = diagnostic(false);
+        let reconciling = status(&waiting, RECONCILING);
         assert_eq!(
-            (stalled.status.as_str(), stalled.reason.as_str()),
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
             ("True", REASON_REFS_NOT_RESOLVED)
         );
-        assert_eq!(stalled.message, "Secret ns/x not found");
-        assert_eq!(status(&diagnostic(true), STALLED).status, "False");
-        for d in [broken, diagnostic(true)] {
-            let reconciling = status(&d, RECONCILING);
-            assert_eq!(reconciling.status, "False");
-            assert_eq!(reconciling.observed_generation, Some(3));
-            assert_eq!(reconciling.message, "generation 3 is rendered");
-        }
+        assert_eq!(reconciling.message, "waiting: Secret ns/x not found");
+        assert_eq!(status(&waiting, STALLED).status, "False");
+
+        // A spec the API server could not reject but the operator does: stalled.
+        let mut invalid = diagnostic(true);
+        invalid.accepted = Check::fail(REASON_INVALID_SPEC, "spec.remote.url: bad");
+        invalid.ready = Check::fail(REASON_NOT_ACCEPTED, "spec.remote.url: bad");
+        let stalled = status(&invalid, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", REASON_NOT_ACCEPTED)
+        );
+        assert_eq!(status(&invalid, RECONCILING).status, "False");
+        let mut unserved = diagnostic(true);
+        unserved.ready = Check::fail(REASON_NOT_SERVED, "spec.openapi is not served");
+        assert_eq!(status(&unserved, STALLED).status, "True");
+
+        // Ready: neither.
+        let ready = diagnostic(true);
+        assert_eq!(status(&ready, STALLED).status, "False");
+        let done = status(&ready, RECONCILING);
+        assert_eq!(
+            (done.status.as_str(), done.message.as_str()),
+            ("False", "generation 3 is rendered")
+        );
+        assert_eq!(done.observed_generation, Some(3));
     }
 
     #[test]

@@ -51,7 +51,16 @@ fn json_lines_name_the_request() {
     );
     assert_eq!(status, 200, "a JSON-RPC error for the unreachable upstream");
 
-    let lines = wait_for("a log line of the request", || {
+    // A line belongs to the request when the request span is among its spans (the hop's own
+    // span is the innermost one for what happens upstream).
+    let of_request = |line: &Value| {
+        line["spans"].as_array().is_some_and(|spans| {
+            spans
+                .iter()
+                .any(|s| s["name"] == "request" && s["id"] == "logs-req-7")
+        })
+    };
+    let lines = wait_for("the failed hop logged within the request", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<Value> = text
             .lines()
@@ -59,15 +68,23 @@ fn json_lines_name_the_request() {
             .collect();
         lines
             .iter()
-            .any(|l| l["span"]["id"] == "logs-req-7")
+            .any(|l| of_request(l) && l["fields"]["message"] == "upstream request failed")
             .then_some(lines)
     });
-    let ours: Vec<&Value> = lines
+    let hop = lines
         .iter()
-        .filter(|l| l["span"]["id"] == "logs-req-7")
-        .collect();
-    assert!(ours.iter().all(|l| l["span"]["name"] == "request"
-        && l["span"]["path"] == "/team/mcp/gone/server"
-        && l["level"].is_string()
-        && l["timestamp"].is_string()));
+        .find(|l| of_request(l) && l["fields"]["message"] == "upstream request failed")
+        .unwrap();
+    assert_eq!(hop["level"], "WARN");
+    assert_eq!(hop["span"]["name"], "upstream", "{hop}");
+    assert_eq!(hop["span"]["server"], "team/gone", "{hop}");
+    let request = hop["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "request")
+        .unwrap();
+    assert_eq!(request["path"], "/team/mcp/gone/server");
+    assert_eq!(request["route"], "team/gone");
+    assert!(hop["timestamp"].is_string());
 }

@@ -17,6 +17,9 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// What the operator created and the release takes with it (the session key stays).
+const OPERATOR_MADE: &str =
+    "app.kubernetes.io/managed-by=mcpgate-operator,mcpgate.dev/component!=session-key";
 
 fn chart() -> PathBuf {
     workspace().join("charts/mcpgate")
@@ -461,8 +464,8 @@ fn install_upgrade_and_uninstall() -> Result<()> {
     let mut operator_a = operator_of(&plane, "a", "gw-a", dir.path())?;
     let operator_b = operator_of(&plane, "b", "gw-b", dir.path())?;
 
-    // The operator makes the proxy's session key (nothing random was rendered), owned by the
-    // release's ClusterRole.
+    // The operator makes the proxy's session key (nothing random was rendered). It is not
+    // owned: it seals what the proxy stores for people, which outlives a reinstall.
     let key = wait_for("the session key Secret", WAIT, || {
         json(&plane, "secret/a-mcpgate-session-key", "gw-a").ok()
     })?;
@@ -472,7 +475,8 @@ fn install_upgrade_and_uninstall() -> Result<()> {
         key["data"]
     );
     ensure!(
-        key["metadata"]["ownerReferences"][0]["name"] == "gw-a-a-mcpgate-operator",
+        key["metadata"]["ownerReferences"].is_null()
+            && key["metadata"]["labels"]["mcpgate.dev/component"] == "session-key",
         "{}",
         key["metadata"]
     );
@@ -713,8 +717,26 @@ fn install_upgrade_and_uninstall() -> Result<()> {
         "resources survive an upgrade"
     );
 
+    // What the operator made is owned by the release's ClusterRole, its Lease included.
+    let owner_uid =
+        json(&plane, "clusterrole/gw-a-a-mcpgate-operator", "gw-a")?["metadata"]["uid"].clone();
+    for (what, ns) in [
+        ("role/mcpgate-manager.github-managers", "team-a"),
+        ("configmap/mcpgate-gateway-config", "gw-a"),
+        ("lease/a-mcpgate-operator", "gw-a"),
+    ] {
+        let owned = wait_for(&format!("{what} owned by the release"), WAIT, || {
+            let object = json(&plane, what, ns).ok()?;
+            (object["metadata"]["ownerReferences"][0]["uid"] == owner_uid).then_some(())
+        });
+        ensure!(
+            owned.is_ok(),
+            "{what} is not owned by the release's ClusterRole"
+        );
+    }
+
     // Uninstall: the pods go (here: the operator process), then the release; the garbage
-    // collector removes what the operator created, the CRDs and resources stay.
+    // collector removes what the operator created, the CRDs, resources and session key stay.
     operator_a.process.terminate();
     helm.ok(&["uninstall", "a", "-n", "gw-a", "--wait", "--timeout=60s"])?;
     wait_for(
@@ -724,8 +746,8 @@ fn install_upgrade_and_uninstall() -> Result<()> {
             let left = [
                 ("role/mcpgate-manager.github-managers", "team-a"),
                 ("rolebinding/mcpgate-manager.github-managers", "team-a"),
-                ("secret/a-mcpgate-session-key", "gw-a"),
                 ("configmap/mcpgate-gateway-config", "gw-a"),
+                ("lease/a-mcpgate-operator", "gw-a"),
             ];
             let in_a = ["gw-a", "team-a"].iter().any(|ns| {
                 plane
@@ -735,7 +757,7 @@ fn install_upgrade_and_uninstall() -> Result<()> {
                         "-n",
                         ns,
                         "-l",
-                        "app.kubernetes.io/managed-by=mcpgate-operator",
+                        OPERATOR_MADE,
                         "-o",
                         "name",
                     ])
@@ -771,6 +793,10 @@ fn install_upgrade_and_uninstall() -> Result<()> {
         exists(&plane, "mcpserver/github", Some("team-a")),
         "resources are kept"
     );
+    ensure!(
+        exists(&plane, "secret/a-mcpgate-session-key", Some("gw-a")),
+        "the session key is kept"
+    );
     // Release b is untouched.
     ensure!(exists(&plane, "clusterrole/gw-b-b-mcpgate-operator", None));
     ensure!(exists(&plane, "secret/b-mcpgate-session-key", Some("gw-b")));
@@ -783,7 +809,7 @@ fn install_upgrade_and_uninstall() -> Result<()> {
                 "secrets,configmaps,roles,rolebindings",
                 "-A",
                 "-l",
-                "app.kubernetes.io/managed-by=mcpgate-operator",
+                OPERATOR_MADE,
                 "-o",
                 "name",
             ])

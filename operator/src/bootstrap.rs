@@ -1,14 +1,16 @@
-//! Set up once at start, before the first reconcile: the owner that ties everything the
-//! operator creates to its installation, and the proxy's session key when the installation
-//! did not bring one.
+//! What ties the operator's objects to its installation: the owner (read again at every
+//! reconcile, so a recreated owner is followed and a deleted one stops all writes), the
+//! leader election Lease it owns, and the proxy's session key when the installation did not
+//! bring one.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -40,14 +42,10 @@ pub async fn owner(client: &Client, cluster_role: &str) -> Result<OwnerReference
 
 /// Creates the Secret `name` (key `current`: 32 random bytes) unless it exists. Any replica
 /// may call this: creation is atomic, and a replica that loses the race keeps the winner's
-/// key. Never replaces a key: a new one would end every open session. Returns whether it
-/// created the Secret.
-pub async fn session_key(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    owner: Option<&OwnerReference>,
-) -> Result<bool> {
+/// key. Never replaces a key: a new one would end every open session. Not owned: it also
+/// seals the sign-in state and per-user credentials the proxy stores, which outlive a
+/// reinstall. Returns whether it created the Secret.
+pub async fn session_key(client: &Client, namespace: &str, name: &str) -> Result<bool> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let object = format!("{namespace}/{name}");
     if api
@@ -63,7 +61,7 @@ pub async fn session_key(
         .fill(&mut key)
         .map_err(|_| Error::Random)?;
     let secret = Secret {
-        metadata: meta(name, namespace, COMPONENT_SESSION_KEY, None, owner),
+        metadata: meta(name, namespace, COMPONENT_SESSION_KEY, None, None),
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
             "current".to_owned(),
@@ -76,4 +74,31 @@ pub async fn session_key(
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(e) => Err(Error::kube("create the session key Secret", object)(e)),
     }
+}
+
+/// Adds `owner` to the leader election Lease `name` (which the lease library creates without
+/// one), so that it goes with the installation too. Returns whether it patched.
+pub async fn own_lease(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: &OwnerReference,
+) -> Result<bool> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let object = format!("{namespace}/{name}");
+    let Some(lease) = api
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get the leader election Lease", &object))?
+    else {
+        return Ok(false);
+    };
+    if lease.owner_references().iter().any(|o| o.uid == owner.uid) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube("own the leader election Lease", object))?;
+    Ok(true)
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use mcpgate_crds::names::MANAGED_BY;
@@ -31,9 +30,11 @@ pub struct Settings {
     pub resync: Duration,
     /// The gateway's external base URL: status URLs are absolute when it is known.
     pub public_url: Option<String>,
-    /// The installation object that owns what the operator creates (none: nothing is owned,
-    /// and deleting the installation leaves those objects behind).
-    pub owner: Option<OwnerReference>,
+    /// The ClusterRole that owns what the operator creates (none: nothing is owned, and
+    /// deleting the installation leaves those objects behind). Read at every reconcile.
+    pub owner_cluster_role: Option<String>,
+    /// The leader election Lease, owned like the rest.
+    pub lease_name: Option<String>,
     /// The Secret holding the proxy's session key, created in the gateway namespace when
     /// missing (none: the installation provides it).
     pub session_key_secret: Option<String>,
@@ -48,7 +49,10 @@ pub struct Context {
     metrics: Metrics,
     gateway_namespace: String,
     public_url: Option<String>,
-    owner: Option<OwnerReference>,
+    owner_cluster_role: Option<String>,
+    lease_name: Option<String>,
+    /// Set once the Lease carries the owner.
+    lease_owned: std::sync::Mutex<Option<String>>,
     session_key_secret: Option<String>,
     recorder: Recorder,
 }
@@ -84,7 +88,9 @@ pub async fn run(
         metrics,
         gateway_namespace: settings.gateway_namespace,
         public_url: settings.public_url,
-        owner: settings.owner,
+        owner_cluster_role: settings.owner_cluster_role,
+        lease_name: settings.lease_name,
+        lease_owned: std::sync::Mutex::new(None),
         session_key_secret: settings.session_key_secret,
     };
     tokio::pin!(shutdown);
@@ -149,19 +155,32 @@ async fn reconcile(ctx: &Context) -> Result<()> {
         let inputs = ctx.caches.inputs();
         let rendered = render(&inputs);
         tracing::Span::current().record("version", rendered.config.version.as_str());
+        // Read every time: a recreated owner has a new UID to follow, and a deleted one (the
+        // release is being uninstalled) must not get new dependents.
+        let owner = match &ctx.owner_cluster_role {
+            Some(name) => Some(bootstrap::owner(&ctx.client, name).await?),
+            None => None,
+        };
+        if let (Some(owner), Some(lease)) = (&owner, &ctx.lease_name) {
+            let done = ctx
+                .lease_owned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if done.as_deref() != Some(owner.uid.as_str()) {
+                bootstrap::own_lease(&ctx.client, &ctx.gateway_namespace, lease, owner).await?;
+                *ctx.lease_owned
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(owner.uid.clone());
+            }
+        }
         if let Some(name) = &ctx.session_key_secret {
             let cached = ctx
                 .caches
                 .owned_secrets
                 .get(&ObjectKey::new(&ctx.gateway_namespace, name));
             if cached.is_none()
-                && bootstrap::session_key(
-                    &ctx.client,
-                    &ctx.gateway_namespace,
-                    name,
-                    ctx.owner.as_ref(),
-                )
-                .await?
+                && bootstrap::session_key(&ctx.client, &ctx.gateway_namespace, name).await?
             {
                 info!(secret = %name, "created the proxy's session key");
                 ctx.metrics.write("Secret", "create");
@@ -173,7 +192,7 @@ async fn reconcile(ctx: &Context) -> Result<()> {
             &ctx.metrics,
             &rendered,
             &ctx.gateway_namespace,
-            ctx.owner.as_ref(),
+            owner.as_ref(),
         )
         .await?;
         rbac::apply(
@@ -181,7 +200,7 @@ async fn reconcile(ctx: &Context) -> Result<()> {
             &ctx.caches,
             &ctx.metrics,
             &rendered,
-            ctx.owner.as_ref(),
+            owner.as_ref(),
         )
         .await?;
         status::apply(

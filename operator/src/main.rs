@@ -148,10 +148,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let owner = match args.owner_cluster_role.as_deref().filter(|n| !n.is_empty()) {
-        Some(name) => Some(bootstrap::owner(&client, name).await?),
-        None => None,
-    };
+    let owner_cluster_role = args.owner_cluster_role.clone().filter(|n| !n.is_empty());
+    if let Some(name) = &owner_cluster_role {
+        // Fail fast on a name that does not resolve; reconciles read it again each time.
+        bootstrap::owner(&client, name).await?;
+    }
     let metrics = Metrics::new().context("registering metrics")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -212,7 +213,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         debounce: Duration::from_millis(args.debounce_ms),
         resync: Duration::from_secs(args.resync_seconds),
         public_url: args.public_url.clone(),
-        owner,
+        owner_cluster_role,
+        lease_name: args.leader_election.then(|| args.lease_name.clone()),
         session_key_secret: args.session_key_secret.clone().filter(|n| !n.is_empty()),
         identity,
     };

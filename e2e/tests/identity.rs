@@ -438,7 +438,7 @@ fn identities_from_a_real_provider_and_the_api_server_decide_who_may_call() -> R
         sum_metric(
             &metrics,
             "mcpgate_access_denied_total",
-            &[("namespace", "team-a")]
+            &[("server_namespace", "team-a")]
         ) >= 3.0,
         "{metrics}"
     );

@@ -84,14 +84,14 @@ impl Metrics {
                     "mcpgate_access_denied_total",
                     "Authenticated requests refused because no collaborator grants access",
                 ),
-                &["namespace", "server"],
+                &["server_namespace", "server"],
             )?,
             tool_calls: IntCounterVec::new(
                 Opts::new(
                     "mcpgate_tool_calls_total",
-                    "Tool calls by namespace, server, tool and outcome",
+                    "Tool calls by server (its namespace and name), tool and outcome",
                 ),
-                &["namespace", "server", "tool", "outcome"],
+                &["server_namespace", "server", "tool", "outcome"],
             )?,
             tool_call_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -101,7 +101,7 @@ impl Metrics {
                 .buckets(vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
                 ]),
-                &["namespace", "server", "tool", "outcome"],
+                &["server_namespace", "server", "tool", "outcome"],
             )?,
             audit_dropped: IntCounter::new(
                 "mcpgate_audit_records_dropped_total",

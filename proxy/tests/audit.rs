@@ -214,19 +214,19 @@ fn every_tool_call_is_recorded_with_its_caller_and_outcome() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
     assert_eq!(
-        sample(r#"namespace="team",outcome="ok",server="tools",tool="echo""#),
+        sample(r#"outcome="ok",server="tools",server_namespace="team",tool="echo""#),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        sample(r#"namespace="team",outcome="tool_error",server="tools",tool="fail""#),
+        sample(r#"outcome="tool_error",server="tools",server_namespace="team",tool="fail""#),
         Some(1.0)
     );
     assert_eq!(
-        sample(r#"namespace="team",outcome="error",server="tools",tool="_other""#),
+        sample(r#"outcome="error",server="tools",server_namespace="team",tool="_other""#),
         Some(1.0),
         "unknown tools share one label"
     );
-    assert!(metrics.contains("mcpgate_tool_call_duration_seconds_bucket{namespace=\"team\",outcome=\"ok\",server=\"bundle\",tool=\"say\""));
+    assert!(metrics.contains("mcpgate_tool_call_duration_seconds_bucket{outcome=\"ok\",server=\"bundle\",server_namespace=\"team\",tool=\"say\""));
     assert!(metrics.contains("mcpgate_audit_records_dropped_total 0"));
 }

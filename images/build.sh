@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the images the chart runs by default, ghcr.io/mcpgate/mcpgate-{operator,proxy}:<the
-# chart's appVersion>, from static (musl) release binaries, reproducibly: the same commit,
-# toolchain and CA bundle give the same image IDs (no build paths in the binaries; file times
-# and history set to the commit's time). Each image is built twice to check that.
+# chart's appVersion>, from static (musl) release binaries without build-machine paths. File
+# times and history are pinned to the commit's time, and each image is assembled twice and
+# must come out with the same ID (a check of the assembly, not of a second compilation).
 #   images/build.sh            binaries, checks, and images when buildah is installed
 #   IMAGE_REGISTRY=registry.example.com/platform images/build.sh
 # Checks every time: the binaries are static (no program interpreter, so they run on a

@@ -314,7 +314,8 @@ fn collaborators_decide_who_may_use_each_route() {
 
     let (_, _, metrics) = get(admin, "/metrics");
     assert!(
-        metrics.contains(r#"mcpgate_access_denied_total{server="tools",server_namespace="team-b"} 1"#),
+        metrics
+            .contains(r#"mcpgate_access_denied_total{server="tools",server_namespace="team-b"} 1"#),
         "{metrics}"
     );
 }

@@ -6,10 +6,9 @@
 //! from incoming requests and written into outgoing ones.
 
 use http::HeaderMap;
-use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
@@ -86,10 +85,8 @@ pub fn init(service: &'static str, json: bool) -> Telemetry {
             None
         };
     let traces = provider.as_ref().map(|p| {
-        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]));
+        // Trace context only: a caller's `baggage` is theirs, not something to hand upstream.
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         tracing_opentelemetry::layer().with_tracer(p.tracer(service))
     });
     tracing_subscriber::registry()
@@ -126,4 +123,83 @@ pub fn propagate(span: &tracing::Span, headers: &mut HeaderMap) -> bool {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
     true
+}
+
+/// The caller's `traceparent` and `tracestate` when they are well formed (W3C: version 00,
+/// lower-case hex ids, not all zero; a state of at most 512 visible characters), to pass on
+/// as they came when spans are not exported.
+pub fn caller_context(headers: &HeaderMap) -> Vec<(&'static str, http::HeaderValue)> {
+    let Some(parent) = headers
+        .get(TRACE_HEADERS[0])
+        .filter(|v| well_formed_parent(v.as_bytes()))
+    else {
+        return Vec::new();
+    };
+    let mut context = vec![(TRACE_HEADERS[0], parent.clone())];
+    if let Some(state) = headers
+        .get(TRACE_HEADERS[1])
+        .filter(|v| v.len() <= 512 && v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)))
+    {
+        context.push((TRACE_HEADERS[1], state.clone()));
+    }
+    context
+}
+
+fn well_formed_parent(value: &[u8]) -> bool {
+    let hex = |part: &[u8]| {
+        part.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let parts: Vec<&[u8]> = value.split(|b| *b == b'-').collect();
+    matches!(parts.as_slice(), [version, trace, span, flags]
+        if *version == b"00"
+            && trace.len() == 32 && hex(trace) && trace.iter().any(|b| *b != b'0')
+            && span.len() == 16 && hex(span) && span.iter().any(|b| *b != b'0')
+            && flags.len() == 2 && hex(flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(parent: &str, state: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            parent
+                .parse()
+                .unwrap_or(http::HeaderValue::from_static("x")),
+        );
+        if let Some(state) = state {
+            headers.insert(
+                "tracestate",
+                state.parse().unwrap_or(http::HeaderValue::from_static("x")),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn only_a_well_formed_caller_context_is_passed_on() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(caller_context(&headers(good, Some("vendor=x"))).len(), 2);
+        assert_eq!(
+            caller_context(&headers(good, Some(&"a".repeat(513)))).len(),
+            1
+        );
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert!(
+                caller_context(&headers(bad, Some("vendor=x"))).is_empty(),
+                "{bad}"
+            );
+        }
+    }
 }

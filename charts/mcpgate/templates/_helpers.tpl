@@ -1,5 +1,6 @@
 {{/* The release's base name: every object the chart makes is named from it, so two
-releases (in two namespaces, or two in one) never collide. */}}
+releases in two namespaces never collide (the operator's own objects in its namespace have
+fixed names: one release per namespace). */}}
 {{- define "mcpgate.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
@@ -99,7 +100,7 @@ annotations: {{- toYaml . | nindent 2 }}
 {{- define "mcpgate.tracingEnv" -}}
 {{- with .Values.tracing.otlpEndpoint }}
 - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ . | quote }}}
-- {name: OTEL_TRACES_SAMPLER, value: parentbased_traceidratio}
-- {name: OTEL_TRACES_SAMPLER_ARG, value: {{ $.Values.tracing.sampleRatio | quote }}}
+- {name: OTEL_TRACES_SAMPLER, value: {{ ternary "parentbased_traceidratio" "traceidratio" $.Values.tracing.followCallerSampling }}}
+- {name: OTEL_TRACES_SAMPLER_ARG, value: {{ $.Values.tracing.sampleRatio | toString | quote }}}
 {{- end }}
 {{- end -}}

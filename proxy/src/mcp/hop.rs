@@ -350,10 +350,8 @@ impl Hop<'_> {
         );
         let mut request = request.map(full);
         if !mcpgate_telemetry::propagate(&span, request.headers_mut()) {
-            for name in mcpgate_telemetry::TRACE_HEADERS {
-                if let Some(value) = self.caller.get(name) {
-                    request.headers_mut().insert(name, value.clone());
-                }
+            for (name, value) in mcpgate_telemetry::caller_context(self.caller) {
+                request.headers_mut().insert(name, value);
             }
         }
         let timeout = self.timeout();

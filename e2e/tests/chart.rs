@@ -437,8 +437,9 @@ fn install_upgrade_and_uninstall() -> Result<()> {
         )
         .context("the full values render objects the API server refuses")?;
 
-    // Two releases side by side: one owns the CRDs and watches everything, the other watches
-    // team-b only.
+    // Two releases side by side: one owns the CRDs and watches every namespace (its rules in
+    // a ClusterRole), the other watches team-b only (its rules in a Role there). team-b holds
+    // no mcpgate resources, so the two never reconcile the same ones.
     helm.ok(&["install", "a", chart, "-n", "gw-a"])?;
     helm.ok(&[
         "install",

@@ -7,6 +7,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod config_parts;
+pub mod discovered;
 pub mod gateway_config;
 pub mod names;
 pub mod v1alpha1;

@@ -572,6 +572,11 @@ fn install_upgrade_and_uninstall() -> Result<()> {
             ("get", "configmaps", Some("team-a"), false),
             ("get", "secrets", Some("gw-b"), false),
             ("create", "secrets", Some("gw-a"), false),
+            // Its tool records (proxy.toolCensus), in its own namespace only.
+            ("create", "configmaps", Some("gw-a"), true),
+            ("patch", "configmaps", Some("gw-a"), true),
+            ("delete", "configmaps", Some("gw-a"), false),
+            ("create", "configmaps", Some("team-a"), false),
             ("list", "mcpservers.mcpgate.dev", None, false),
         ],
     )?;

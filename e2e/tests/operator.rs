@@ -55,6 +55,10 @@ fn main() {
             the_proxy_serves_what_the_operator_renders,
         ),
         (
+            "the_proxy_discovers_tools_for_the_operator",
+            the_proxy_discovers_tools_for_the_operator,
+        ),
+        (
             "operator_rbac_is_least_privilege",
             operator_rbac_is_least_privilege,
         ),
@@ -1043,6 +1047,114 @@ fn the_proxy_serves_what_the_operator_renders(plane: &ControlPlane) -> Result<()
     wait_for("the route to go", WAIT, || {
         let (status, _) = post_json(port, &format!("/{ns}/mcp/demo/server"));
         (status == 404).then_some(())
+    })?;
+    Ok(())
+}
+
+/// A server without an allow list: the proxy lists its tools and records them, and the
+/// operator counts them and checks the virtual servers that bundle it against them.
+fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()> {
+    let (ns, gw) = namespaces(plane, "census")?;
+    let logs = tempfile::tempdir()?;
+    let upstream_port = free_port();
+    // echo, add, blob, sleep and secret_tool.
+    let _upstream = mcpgate_e2e::python_peer("demo_server.py", upstream_port, logs.path())?;
+    plane.apply(
+        &ns,
+        &format!(
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [secret_tool]}}\n  public: true\n"
+        ),
+    )?;
+    // `add` renamed to what `echo` is exposed as by default: a collision only a known tool
+    // list shows. `not_a_tool` is named, and the upstream has no such tool.
+    plane.apply(
+        &ns,
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: clash}\nspec:\n  tools:\n  - server: demo\n    tools: [\"*\"]\n    rename: {add: demo_echo}\n",
+    )?;
+    plane.apply(
+        &ns,
+        "apiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: unknown}\nspec:\n  tools:\n  - server: demo\n    tools: [echo, not_a_tool]\n",
+    )?;
+    let _operator = Operator::start(plane, &[&ns], &gw, "census")?;
+    // Before the proxy has listed anything, nothing is known: no count, no complaint.
+    wait_condition(plane, &ns, "mcps/demo", "Ready", "True")?;
+    let server = || -> Option<Value> {
+        serde_json::from_str(
+            &plane
+                .kubectl(&["get", "mcps/demo", "-n", &ns, "-o", "json"])
+                .ok()?,
+        )
+        .ok()
+    };
+    ensure!(
+        server().is_some_and(|s| s["status"].get("toolCount").is_none()),
+        "no tool count before the census: {:?}",
+        server()
+    );
+    let (status, _, _) = wait_condition(plane, &ns, "vmcps/clash", "Ready", "True")?;
+    ensure!(status == "True");
+
+    let _proxy = Proxy::start(
+        &[OsStr::new("--config-namespace"), OsStr::new(&gw)],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+        logs.path(),
+    )?;
+    let record_name = format!("mcpgate-tools.{ns}.demo");
+    let record = wait_for("the proxy's tool record", WAIT, || {
+        let json = plane
+            .kubectl(&["get", "configmap", &record_name, "-n", &gw, "-o", "json"])
+            .ok()?;
+        serde_json::from_str::<Value>(&json).ok()
+    })?;
+    let tools: Value = serde_json::from_str(record["data"]["tools.json"].as_str().unwrap_or("{}"))?;
+    ensure!(
+        tools["tools"] == serde_json::json!(["add", "blob", "echo", "secret_tool", "sleep"]),
+        "the record holds the upstream's tools, sorted: {tools}"
+    );
+    let owner = &record["metadata"]["ownerReferences"][0];
+    ensure!(
+        owner["kind"] == "ConfigMap" && owner["name"] == "mcpgate-gateway-config",
+        "owned by the configuration manifest, so uninstall takes it: {owner}"
+    );
+    ensure!(
+        record["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mcpgate-proxy",
+        "{record}"
+    );
+
+    // Four tools once secret_tool is denied; `kubectl get` shows them in TOOLS.
+    wait_for("status.toolCount from the census", WAIT, || {
+        (server()?["status"]["toolCount"] == 4).then_some(())
+    })?;
+    let table = plane.kubectl(&["get", "mcps/demo", "-n", &ns])?;
+    let header = table.lines().next().unwrap_or_default();
+    let row = table.lines().nth(1).unwrap_or_default();
+    let column = header
+        .split_whitespace()
+        .position(|c| c == "TOOLS")
+        .context("a TOOLS column")?;
+    ensure!(
+        row.split_whitespace().nth(column) == Some("4"),
+        "TOOLS shows 4:\n{table}"
+    );
+    let (_, reason, message) = wait_for("the collision to show", WAIT, || {
+        condition(plane, &ns, "vmcps/clash", "Ready").filter(|c| c.1 != "Ready" && c.0 == "False")
+    })?;
+    ensure!(
+        reason == "ToolNameCollision" && message.contains("demo_echo"),
+        "{reason}: {message}"
+    );
+    let (_, reason, message) = wait_for("the unknown tool to show", WAIT, || {
+        condition(plane, &ns, "vmcps/unknown", "Ready").filter(|c| c.1 == "UnknownTool")
+    })?;
+    ensure!(message.contains("not_a_tool"), "{reason}: {message}");
+
+    // The server goes; so does its record.
+    plane.kubectl(&["delete", "mcps/demo", "-n", &ns])?;
+    wait_for("the record to be pruned", WAIT, || {
+        plane
+            .kubectl(&["get", "configmap", &record_name, "-n", &gw])
+            .is_err()
+            .then_some(())
     })?;
     Ok(())
 }

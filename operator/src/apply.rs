@@ -13,7 +13,7 @@ use mcpgate_crds::names::*;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::render::Rendered;
+use crate::render::{ObjectKey, Rendered};
 use crate::watch::{Caches, key};
 
 const COMPONENT_CONFIG: &str = "config";
@@ -202,6 +202,26 @@ pub async fn gateway(
         {
             delete(&secret_api, &orphan.name_any(), "delete Secret", namespace).await?;
             metrics.write("Secret", "delete");
+        }
+    }
+    // The proxy's tool records of servers that are gone (or that do not read well).
+    let servers: BTreeSet<_> = caches.servers.all().iter().map(|s| key(&**s)).collect();
+    let kept: BTreeSet<String> = caches
+        .discovered_tools()
+        .into_iter()
+        .filter(|(_, r)| servers.contains(&ObjectKey::new(&r.namespace, &r.server)))
+        .map(|(name, _)| name)
+        .collect();
+    for record in caches.discovered.all() {
+        if !kept.contains(&record.name_any()) {
+            delete(
+                &config_api,
+                &record.name_any(),
+                "delete ConfigMap",
+                namespace,
+            )
+            .await?;
+            metrics.write("ConfigMap", "delete");
         }
     }
     metrics

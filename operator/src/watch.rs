@@ -12,7 +12,10 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use mcpgate_crds::names::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGED_BY};
+use mcpgate_crds::discovered::{
+    COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY, TOOLS_KEY, config_map_name,
+};
+use mcpgate_crds::names::{LABEL_COMPONENT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGED_BY};
 use mcpgate_crds::v1alpha1::{AuthOverride, McpCollaborator, McpServer, VirtualMcpServer};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -77,6 +80,9 @@ pub struct Caches {
     pub owned_roles: Stores<Role>,
     /// Manager RBAC the operator wrote.
     pub owned_role_bindings: Stores<RoleBinding>,
+    /// What the proxy learnt of each server's tools (`mcpgate_crds::discovered`), in the
+    /// gateway namespace.
+    pub discovered: Stores<ConfigMap>,
 }
 
 impl Caches {
@@ -115,6 +121,12 @@ impl Caches {
             ),
             owned_roles: t.watch(scope, owned.clone()),
             owned_role_bindings: t.watch(scope, owned),
+            discovered: t.watch(
+                &Scope::Namespaces(vec![gateway_namespace.to_owned()]),
+                watcher::Config::default().labels(&format!(
+                    "{LABEL_MANAGED_BY}={MANAGED_BY_PROXY},{LABEL_COMPONENT}={COMPONENT_TOOLS}"
+                )),
+            ),
         };
         (caches, tasks)
     }
@@ -132,6 +144,7 @@ impl Caches {
         self.owned_secrets.wait_until_ready().await;
         self.owned_roles.wait_until_ready().await;
         self.owned_role_bindings.wait_until_ready().await;
+        self.discovered.wait_until_ready().await;
     }
 
     /// A consistent-enough snapshot for one render.
@@ -143,9 +156,36 @@ impl Caches {
             overrides: self.overrides.all(),
             secrets: by_key(self.secrets.all()),
             config_maps: by_key(self.config_maps.all()),
-            discovered_tools: BTreeMap::new(),
+            discovered_tools: self
+                .discovered_tools()
+                .into_iter()
+                .map(|(_, record)| {
+                    (
+                        ObjectKey::new(record.namespace, record.server),
+                        record.tools,
+                    )
+                })
+                .collect(),
         }
     }
+
+    /// The proxy's tool records that read well and sit under the name of the server they
+    /// describe, with the name of the ConfigMap each is in.
+    pub fn discovered_tools(&self) -> Vec<(String, DiscoveredTools)> {
+        self.discovered
+            .all()
+            .iter()
+            .filter_map(|config_map| record_of(config_map))
+            .collect()
+    }
+}
+
+/// The tool record in `config_map` with the ConfigMap's name, when it reads well and the name
+/// is the one of the server it describes (a record cannot speak for another server).
+fn record_of(config_map: &ConfigMap) -> Option<(String, DiscoveredTools)> {
+    let name = config_map.name_any();
+    let record = DiscoveredTools::parse(config_map.data.as_ref()?.get(TOOLS_KEY)?)?;
+    (config_map_name(&record.namespace, &record.server) == name).then_some((name, record))
 }
 
 fn by_key<K: Resource>(objects: Vec<Arc<K>>) -> BTreeMap<ObjectKey, Arc<K>> {
@@ -204,5 +244,32 @@ impl Tasks<'_> {
             stores.push(reader);
         }
         Stores(stores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config_map(name: &str, json: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(TOOLS_KEY.to_owned(), json.to_owned())])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_counts_only_under_its_own_server_s_name() {
+        let json = r#"{"namespace":"team","server":"web","tools":["a","b"]}"#;
+        let (name, record) = record_of(&config_map("mcpgate-tools.team.web", json)).unwrap();
+        assert_eq!(name, "mcpgate-tools.team.web");
+        assert_eq!(record.tools, ["a", "b"]);
+        assert!(record_of(&config_map("mcpgate-tools.team.other", json)).is_none());
+        assert!(record_of(&config_map("mcpgate-tools.team.web", "{}")).is_none());
     }
 }

@@ -280,6 +280,16 @@ struct Args {
     /// request when the proxy shares a small node with its upstreams.
     #[arg(long, env = "MCPGATE_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
+    /// With --config-namespace: list the tools of every server listable with the gateway's own
+    /// credential and record them in ConfigMaps of that namespace, for the operator's
+    /// `status.toolCount` and tool checks (needs create and patch on ConfigMaps there).
+    #[arg(
+        long,
+        env = "MCPGATE_TOOL_CENSUS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    tool_census: bool,
     /// Diagnostic log format, on stderr (the audit log has its own, JSON always). Spans also
     /// go to an OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT (http://...) is set.
     #[arg(long, env = "MCPGATE_LOG_FORMAT", value_enum, default_value = "text")]
@@ -317,6 +327,7 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let current = Arc::new(Current::default());
+    let mut census = None;
     let watcher = match (&args.config_dir, &args.config_namespace) {
         (Some(dir), _) => tokio::spawn(source::watch_dir(
             dir.clone(),
@@ -327,6 +338,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
+            if args.tool_census {
+                census = Some((client.clone(), namespace.clone()));
+            }
             let (namespace, current, metrics) =
                 (namespace.clone(), current.clone(), metrics.clone());
             tokio::spawn(async move {
@@ -420,6 +434,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         limits,
         signin,
     });
+    if let Some((client, namespace)) = census {
+        tokio::spawn(mcpgate_proxy::census::run(app.clone(), client, namespace));
+    }
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => Some(mcpgate_proxy::tls::acceptor(cert, key)?),
         _ => None,

@@ -192,6 +192,15 @@ impl Default for Eras {
     }
 }
 
+/// The `_meta` of a stateless request the gateway makes on its own behalf.
+pub fn gateway_meta() -> Value {
+    json!({
+        META_VERSION: MODERN,
+        CLIENT_CAPABILITIES: {},
+        "io.modelcontextprotocol/clientInfo": {"name": "mcpgate", "version": env!("CARGO_PKG_VERSION")},
+    })
+}
+
 impl Eras {
     /// The era `hop`'s upstream speaks, probed with `server/discover` when not known.
     pub async fn era(&self, hop: &Hop<'_>) -> Era {
@@ -203,11 +212,7 @@ impl Eras {
         }
         let discover = json!({
             "jsonrpc": "2.0", "id": "mcpgate-discover", "method": "server/discover",
-            "params": {"_meta": {
-                META_VERSION: MODERN,
-                CLIENT_CAPABILITIES: {},
-                "io.modelcontextprotocol/clientInfo": {"name": "mcpgate", "version": env!("CARGO_PKG_VERSION")},
-            }},
+            "params": {"_meta": gateway_meta()},
         });
         let era = match hop.call(None, &discover).await {
             Ok((_, reply))

@@ -1,0 +1,311 @@
+//! The tool census: the proxy lists the tools of every server it can list on its own behalf
+//! and writes what it learnt into a ConfigMap per server in the gateway namespace
+//! (`mcpgate_crds::discovered`), where the operator reads it for `status.toolCount` and the
+//! UnknownTool and ToolNameCollision checks. The operator never calls an upstream; the proxy
+//! needs nothing more than to create and patch ConfigMaps of its own namespace.
+//!
+//! Listable are the servers whose upstream credential is the gateway's own (none, a shared API
+//! key, OAuth 2 client credentials). Servers whose every call carries a person's credential
+//! are not listed: no one's tools would stand for everyone's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use http::HeaderMap;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use mcpgate_crds::discovered::{
+    COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY, MAX_TOOLS, TOOLS_KEY, config_map_name,
+};
+use mcpgate_crds::gateway_config::UpstreamAuth;
+use mcpgate_crds::names::{CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY};
+use serde_json::{Value, json};
+
+use crate::mcp::era::gateway_meta;
+use crate::mcp::forward::Forwarder;
+use crate::mcp::hop::{Hop, HopError, gateway_id};
+use crate::server::App;
+use crate::source::ServerRoute;
+
+/// How long a server's list stands before it is listed again.
+pub const PERIOD: Duration = Duration::from_secs(300);
+/// How soon a server whose listing failed is tried again.
+const RETRY: Duration = Duration::from_secs(60);
+/// Servers listed at once.
+const CONCURRENCY: usize = 8;
+/// How often the census looks for servers that are due, besides configuration changes.
+const TICK: Duration = Duration::from_secs(30);
+/// The field manager of what the proxy writes.
+const FIELD_MANAGER: &str = "mcpgate-proxy";
+/// The longest object name the Kubernetes API accepts.
+const MAX_NAME: usize = 253;
+
+/// Whether the gateway can list `route`'s tools without a caller: a remote upstream whose
+/// credential is the gateway's own.
+pub fn listable(route: &ServerRoute) -> bool {
+    route.upstream.is_some()
+        && matches!(
+            route.config.auth,
+            UpstreamAuth::None
+                | UpstreamAuth::SharedApiKey { .. }
+                | UpstreamAuth::OAuth2ClientCredentials { .. }
+        )
+}
+
+/// Every tool name `route`'s upstream lists, all pages (at most the forwarder's page limit and
+/// [`MAX_TOOLS`] names), asked in the era the upstream speaks with the gateway's own
+/// credential for it.
+pub async fn list_tools(
+    forwarder: &Forwarder,
+    route: &ServerRoute,
+) -> Result<Vec<String>, HopError> {
+    let no_caller = HeaderMap::new();
+    let hop = Hop {
+        client: &forwarder.client,
+        limits: forwarder.read_limits,
+        owner: None,
+        identity: None,
+        outbound: &forwarder.outbound,
+        route,
+        caller: &no_caller,
+    };
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..forwarder.read_limits.list_pages {
+        let mut params = json!({"_meta": gateway_meta()});
+        if let Some(cursor) = cursor.take() {
+            params["cursor"] = Value::String(cursor);
+        }
+        let request = json!({
+            "jsonrpc": "2.0", "id": gateway_id("census"), "method": "tools/list", "params": params,
+        });
+        let reply = forwarder.eras.call(&hop, &request).await?;
+        if let Some(error) = reply.get("error") {
+            return Err(HopError::Answer(
+                hop.server(),
+                format!("tools/list with an error: {error}"),
+            ));
+        }
+        let result = &reply["result"];
+        let page = result["tools"].as_array().ok_or_else(|| {
+            HopError::Answer(hop.server(), "tools/list without a tools array".into())
+        })?;
+        names.extend(
+            page.iter()
+                .filter_map(|tool| tool["name"].as_str().map(str::to_owned)),
+        );
+        if names.len() > MAX_TOOLS {
+            return Err(HopError::Answer(
+                hop.server(),
+                format!("more than {MAX_TOOLS} tools, more than the census records"),
+            ));
+        }
+        match result["nextCursor"].as_str().filter(|c| !c.is_empty()) {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(names),
+        }
+    }
+    Err(HopError::Answer(
+        hop.server(),
+        format!(
+            "more than the gateway's limit of {} pages of tools/list",
+            forwarder.read_limits.list_pages
+        ),
+    ))
+}
+
+/// When each server is next due, and what the census last wrote.
+#[derive(Default)]
+struct Ledger {
+    /// By `namespace/name`: the server's configuration as last listed, and when it is due.
+    due: HashMap<String, (ServerFingerprint, Instant)>,
+    /// By ConfigMap name: what this process last wrote there, under which owner.
+    written: HashMap<String, (DiscoveredTools, String)>,
+}
+
+/// A server's rendered configuration, serialized: a change (upstream, credential mode,
+/// headers) makes the server due at once.
+type ServerFingerprint = String;
+
+/// Lists the servers that are due and writes what changed, until the process ends: at start,
+/// whenever the configuration changes, and every [`PERIOD`] per server.
+pub async fn run(app: Arc<App>, client: Client, namespace: String) {
+    let forwarder = &app.forwarder;
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let mut changes = forwarder.current.subscribe();
+    let mut ledger = Ledger::default();
+    loop {
+        round(forwarder, &api, &mut ledger).await;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger) {
+    let Some(snapshot) = forwarder.current.load() else {
+        return;
+    };
+    let now = Instant::now();
+    let due: Vec<(Arc<ServerRoute>, ServerFingerprint)> = snapshot
+        .routes()
+        .filter_map(|(_, route)| match route {
+            crate::source::Route::Server(server) if listable(server) => Some(server.clone()),
+            _ => None,
+        })
+        .filter_map(|server| {
+            let fingerprint = serde_json::to_string(&server.config).unwrap_or_default();
+            let is_due = ledger
+                .due
+                .get(&server.key())
+                .is_none_or(|(seen, at)| *seen != fingerprint || *at <= now);
+            is_due.then_some((server, fingerprint))
+        })
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    // The records are owned by the configuration's manifest, so they go when it goes
+    // (uninstall); without it there is nothing to attach them to yet.
+    let owner = match api.get_opt(CONFIG_MAP_NAME).await {
+        Ok(Some(manifest)) => manifest_owner(&manifest),
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(%error, "tool census: reading the configuration manifest failed");
+            None
+        }
+    };
+    let Some(owner) = owner else {
+        return;
+    };
+    let listed: Vec<_> = futures::stream::iter(due)
+        .map(|(server, fingerprint)| async move {
+            let tools = list_tools(forwarder, &server).await;
+            (server, fingerprint, tools)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for (server, fingerprint, tools) in listed {
+        let key = server.key();
+        let next = match tools {
+            Ok(tools) => {
+                let (namespace, name) = (&server.config.namespace, &server.config.name);
+                match DiscoveredTools::new(namespace, name, tools) {
+                    Some(record) => {
+                        if let Err(error) = write(api, ledger, record, &owner).await {
+                            tracing::warn!(server = %key, %error, "tool census: writing the record failed");
+                        }
+                    }
+                    None => tracing::warn!(
+                        server = %key,
+                        "tool census: a tool name is empty or too long; not recorded"
+                    ),
+                }
+                PERIOD
+            }
+            Err(error) => {
+                tracing::info!(server = %key, %error, "tool census: listing tools failed; the last record stands");
+                RETRY
+            }
+        };
+        ledger.due.insert(key, (fingerprint, Instant::now() + next));
+    }
+    // Forget servers that left the configuration (the operator deletes their records).
+    ledger.due.retain(|key, _| snapshot.server(key).is_some());
+}
+
+/// An owner reference to the configuration manifest.
+fn manifest_owner(manifest: &ConfigMap) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: manifest.name_any(),
+        uid: manifest.uid()?,
+        ..Default::default()
+    })
+}
+
+/// Applies `record` unless this process already wrote the same under the same owner.
+async fn write(
+    api: &Api<ConfigMap>,
+    ledger: &mut Ledger,
+    record: DiscoveredTools,
+    owner: &OwnerReference,
+) -> Result<(), String> {
+    let name = config_map_name(&record.namespace, &record.server);
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "the record's name {name} is longer than {MAX_NAME} characters"
+        ));
+    }
+    if ledger
+        .written
+        .get(&name)
+        .is_some_and(|(written, uid)| *written == record && *uid == owner.uid)
+    {
+        return Ok(());
+    }
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_owned(), MANAGED_BY_PROXY.to_owned()),
+                (LABEL_COMPONENT.to_owned(), COMPONENT_TOOLS.to_owned()),
+            ])),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        },
+        // Serializing plain data cannot fail.
+        data: Some(BTreeMap::from([(
+            TOOLS_KEY.to_owned(),
+            serde_json::to_string(&record).unwrap_or_default(),
+        )])),
+        ..Default::default()
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&config_map),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!(record = %name, tools = record.tools.len(), "tool census: recorded");
+    ledger.written.insert(name, (record, owner.uid.clone()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::source::Snapshot;
+
+    #[test]
+    fn servers_that_carry_a_caller_s_credential_are_not_listed() {
+        let server = |name: &str, auth: Value| {
+            json!({"namespace": "t", "name": name, "path": format!("/t/mcp/{name}/server"),
+                "upstream": {"type": "remote", "url": "http://127.0.0.1:9/mcp", "transport": "StreamableHttp"},
+                "auth": auth, "tools": {"allow": [], "deny": []}, "timeoutMs": 1000,
+                "retry": {"attempts": 0, "backoffMs": 100}, "rateLimits": {"perUser": null, "perServer": null},
+                "public": true, "access": {"subjects": []}})
+        };
+        let config = json!({
+            "schema": mcpgate_crds::gateway_config::SCHEMA_VERSION, "version": "v1",
+            "servers": [
+                server("open", json!({"type": "none"})),
+                server("forwarded", json!({"type": "passthrough"})),
+            ],
+            "virtualServers": [],
+        });
+        let snapshot =
+            Snapshot::build(serde_json::from_value(config).unwrap(), &Default::default()).unwrap();
+        assert!(listable(snapshot.server("t/open").unwrap()));
+        assert!(!listable(snapshot.server("t/forwarded").unwrap()));
+    }
+}

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use http::HeaderMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use mcpgate_crds::discovered::{
     COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY, MAX_TOOLS, TOOLS_KEY, config_map_name,
@@ -118,13 +118,10 @@ pub async fn list_tools(
     ))
 }
 
-/// When each server is next due, and what the census last wrote.
+/// By `namespace/name`: each server's configuration as last listed, and when it is next due.
 #[derive(Default)]
 struct Ledger {
-    /// By `namespace/name`: the server's configuration as last listed, and when it is due.
     due: HashMap<String, (ServerFingerprint, Instant)>,
-    /// By ConfigMap name: what this process last wrote there, under which owner.
-    written: HashMap<String, (DiscoveredTools, String)>,
 }
 
 /// A server's rendered configuration, serialized: a change (upstream, credential mode,
@@ -183,6 +180,18 @@ async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger)
     let Some(owner) = owner else {
         return;
     };
+    // What is recorded now (another replica, or a record deleted since): written only where
+    // it differs.
+    let selector =
+        format!("{LABEL_MANAGED_BY}={MANAGED_BY_PROXY},{LABEL_COMPONENT}={COMPONENT_TOOLS}");
+    let recorded: HashMap<String, ConfigMap> =
+        match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list.items.into_iter().map(|c| (c.name_any(), c)).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "tool census: reading the records failed");
+                return;
+            }
+        };
     let listed: Vec<_> = futures::stream::iter(due)
         .map(|(server, fingerprint)| async move {
             let tools = list_tools(forwarder, &server).await;
@@ -198,7 +207,7 @@ async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger)
                 let (namespace, name) = (&server.config.namespace, &server.config.name);
                 match DiscoveredTools::new(namespace, name, tools) {
                     Some(record) => {
-                        if let Err(error) = write(api, ledger, record, &owner).await {
+                        if let Err(error) = write(api, &recorded, record, &owner).await {
                             tracing::warn!(server = %key, %error, "tool census: writing the record failed");
                         }
                     }
@@ -231,10 +240,10 @@ fn manifest_owner(manifest: &ConfigMap) -> Option<OwnerReference> {
     })
 }
 
-/// Applies `record` unless this process already wrote the same under the same owner.
+/// Applies `record` unless `recorded` already holds it under `owner`.
 async fn write(
     api: &Api<ConfigMap>,
-    ledger: &mut Ledger,
+    recorded: &HashMap<String, ConfigMap>,
     record: DiscoveredTools,
     owner: &OwnerReference,
 ) -> Result<(), String> {
@@ -244,11 +253,18 @@ async fn write(
             "the record's name {name} is longer than {MAX_NAME} characters"
         ));
     }
-    if ledger
-        .written
-        .get(&name)
-        .is_some_and(|(written, uid)| *written == record && *uid == owner.uid)
-    {
+    if recorded.get(&name).is_some_and(|current| {
+        current
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == owner.uid)
+            && current
+                .data
+                .as_ref()
+                .and_then(|data| data.get(TOOLS_KEY))
+                .and_then(|json| DiscoveredTools::parse(json))
+                .is_some_and(|current| current == record)
+    }) {
         return Ok(());
     }
     let config_map = ConfigMap {
@@ -276,7 +292,6 @@ async fn write(
     .await
     .map_err(|e| e.to_string())?;
     tracing::info!(record = %name, tools = record.tools.len(), "tool census: recorded");
-    ledger.written.insert(name, (record, owner.uid.clone()));
     Ok(())
 }
 

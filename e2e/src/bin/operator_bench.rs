@@ -76,13 +76,19 @@ fn manifests(namespaces: usize) -> Vec<Value> {
     objects
 }
 
-fn render_benchmark(objects: &[Value]) -> Result<()> {
+/// The renderer's inputs from `objects`, read as a manifest stream.
+fn inputs_of(objects: &[Value]) -> Result<Inputs> {
     let mut inputs = Inputs::default();
     let yaml: String = objects
         .iter()
         .map(|o| format!("---\n{}\n", serde_json::to_string(o).unwrap_or_default()))
         .collect();
     inputs.add_yaml(&yaml, "default")?;
+    Ok(inputs)
+}
+
+fn render_benchmark(objects: &[Value]) -> Result<()> {
+    let inputs = inputs_of(objects)?;
     let mut times = Vec::new();
     let mut rendered = render(&inputs);
     for _ in 0..20 {
@@ -273,12 +279,7 @@ fn unrelated_secrets(
 /// parse and check (proxy).
 fn scale_benchmark(objects: &[Value]) -> Result<()> {
     use mcpgate_crds::config_parts;
-    let mut inputs = Inputs::default();
-    let yaml: String = objects
-        .iter()
-        .map(|o| format!("---\n{}\n", serde_json::to_string(o).unwrap_or_default()))
-        .collect();
-    inputs.add_yaml(&yaml, "default")?;
+    let inputs = inputs_of(objects)?;
     let started = Instant::now();
     let rendered = render(&inputs);
     let render_time = started.elapsed();

@@ -1136,17 +1136,21 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
         row.split_whitespace().nth(column) == Some("4"),
         "TOOLS shows 4:\n{table}"
     );
+    // A collision makes the spec unacceptable (Ready says NotAccepted and why).
     let (_, reason, message) = wait_for("the collision to show", WAIT, || {
-        condition(plane, &ns, "vmcps/clash", "Ready").filter(|c| c.1 != "Ready" && c.0 == "False")
+        condition(plane, &ns, "vmcps/clash", "Accepted").filter(|c| c.0 == "False")
     })?;
     ensure!(
         reason == "ToolNameCollision" && message.contains("demo_echo"),
         "{reason}: {message}"
     );
+    // A missing tool is a reference that does not resolve: served without it (Degraded).
     let (_, reason, message) = wait_for("the unknown tool to show", WAIT, || {
-        condition(plane, &ns, "vmcps/unknown", "Ready").filter(|c| c.1 == "UnknownTool")
+        condition(plane, &ns, "vmcps/unknown", "ResolvedRefs").filter(|c| c.1 == "UnknownTool")
     })?;
     ensure!(message.contains("not_a_tool"), "{reason}: {message}");
+    let (_, reason, _) = condition(plane, &ns, "vmcps/unknown", "Ready").context("Ready")?;
+    ensure!(reason == "Degraded", "{reason}");
 
     // The server goes; so does its record.
     plane.kubectl(&["delete", "mcps/demo", "-n", &ns])?;

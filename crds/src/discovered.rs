@@ -30,32 +30,52 @@ pub struct DiscoveredTools {
     pub namespace: String,
     /// The McpServer.
     pub server: String,
-    /// Its upstream's tool names, sorted, without duplicates.
-    pub tools: Vec<String>,
+    /// The endpoint that was listed: a record of another endpoint than the server's now is
+    /// not used.
+    pub upstream: String,
+    /// Its upstream's tool names, sorted, without duplicates; None when the list could not be
+    /// recorded (more than [`MAX_TOOLS`], or a name empty or longer than [`MAX_TOOL_NAME`]),
+    /// which makes the tools unknown rather than cut.
+    pub tools: Option<Vec<String>>,
 }
 
 impl DiscoveredTools {
-    /// A record of `tools`, or None when there are more than [`MAX_TOOLS`] or one is empty or
-    /// longer than [`MAX_TOOL_NAME`] (such lists are left unrecorded rather than cut).
-    pub fn new(namespace: &str, server: &str, mut tools: Vec<String>) -> Option<Self> {
+    /// A record of `tools` listed at `upstream`.
+    pub fn new(namespace: &str, server: &str, upstream: &str, mut tools: Vec<String>) -> Self {
         tools.sort();
         tools.dedup();
         let usable = tools.len() <= MAX_TOOLS
             && tools
                 .iter()
                 .all(|t| !t.is_empty() && t.len() <= MAX_TOOL_NAME);
-        usable.then(|| Self {
+        Self {
             namespace: namespace.to_owned(),
             server: server.to_owned(),
-            tools,
-        })
+            upstream: upstream.to_owned(),
+            tools: usable.then_some(tools),
+        }
     }
 
     /// The record in `json` when it is one [`Self::new`] could have made.
     pub fn parse(json: &str) -> Option<Self> {
         let record: Self = serde_json::from_str(json).ok()?;
-        Self::new(&record.namespace, &record.server, record.tools.clone())
-            .filter(|checked| *checked == record)
+        let well_formed = match &record.tools {
+            None => true,
+            Some(tools) => {
+                Self::new(
+                    &record.namespace,
+                    &record.server,
+                    &record.upstream,
+                    tools.clone(),
+                ) == record
+            }
+        };
+        well_formed.then_some(record)
+    }
+
+    /// The tools, when this record is of `upstream` and holds them.
+    pub fn of(&self, upstream: &str) -> Option<&[String]> {
+        self.tools.as_deref().filter(|_| self.upstream == upstream)
     }
 }
 
@@ -66,19 +86,35 @@ mod tests {
 
     #[test]
     fn records_are_sorted_bounded_and_checked_when_read() {
+        let url = "https://mcp.example.com/mcp";
         let record =
-            DiscoveredTools::new("team", "web", vec!["b".into(), "a".into(), "b".into()]).unwrap();
-        assert_eq!(record.tools, ["a", "b"]);
+            DiscoveredTools::new("team", "web", url, vec!["b".into(), "a".into(), "b".into()]);
+        assert_eq!(record.of(url).unwrap(), ["a", "b"]);
+        assert!(record.of("https://elsewhere.example.com/mcp").is_none());
         let json = serde_json::to_string(&record).unwrap();
         assert_eq!(DiscoveredTools::parse(&json), Some(record));
 
-        assert!(DiscoveredTools::new("t", "s", vec![String::new()]).is_none());
-        assert!(DiscoveredTools::new("t", "s", vec!["x".repeat(MAX_TOOL_NAME + 1)]).is_none());
+        // Lists that cannot be recorded make the tools unknown.
+        assert!(
+            DiscoveredTools::new("t", "s", url, vec![String::new()])
+                .tools
+                .is_none()
+        );
+        let long = DiscoveredTools::new("t", "s", url, vec!["x".repeat(MAX_TOOL_NAME + 1)]);
+        assert!(long.of(url).is_none());
         let many = (0..=MAX_TOOLS).map(|i| format!("t{i}")).collect();
-        assert!(DiscoveredTools::new("t", "s", many).is_none());
+        let many = DiscoveredTools::new("t", "s", url, many);
+        assert!(many.tools.is_none());
+        assert_eq!(
+            DiscoveredTools::parse(&serde_json::to_string(&many).unwrap()),
+            Some(many)
+        );
         // Written by hand, unsorted: refused.
         assert!(
-            DiscoveredTools::parse(r#"{"namespace":"t","server":"s","tools":["b","a"]}"#).is_none()
+            DiscoveredTools::parse(
+                r#"{"namespace":"t","server":"s","upstream":"u","tools":["b","a"]}"#
+            )
+            .is_none()
         );
         assert!(DiscoveredTools::parse("not json").is_none());
     }

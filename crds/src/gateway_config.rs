@@ -78,6 +78,25 @@ pub enum Upstream {
     },
 }
 
+impl Upstream {
+    /// The endpoint the proxy's tool census lists (`crate::discovered`), when the gateway can
+    /// list it on its own behalf: a remote server called with the gateway's own credential
+    /// (none, a shared API key, OAuth 2 client credentials). One person's tools would not
+    /// stand for everyone's, so servers called with each caller's credential are not listed.
+    pub fn census_url(&self, auth: &UpstreamAuth) -> Option<&str> {
+        let own = matches!(
+            auth,
+            UpstreamAuth::None
+                | UpstreamAuth::SharedApiKey { .. }
+                | UpstreamAuth::OAuth2ClientCredentials { .. }
+        );
+        match self {
+            Self::Remote { url, .. } if own => Some(url),
+            _ => None,
+        }
+    }
+}
+
 /// An OpenAPI document: its text, or a URL the proxy fetches.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1065,6 +1065,12 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
             "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [secret_tool]}}\n  public: true\n"
         ),
     )?;
+    plane.apply(
+        &ns,
+        &format!(
+            "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: forwarded}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  auth: {{type: Passthrough}}\n"
+        ),
+    )?;
     // `add` renamed to what `echo` is exposed as by default: a collision only a known tool
     // list shows. `not_a_tool` is named, and the upstream has no such tool.
     plane.apply(
@@ -1136,13 +1142,21 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
         row.split_whitespace().nth(column) == Some("4"),
         "TOOLS shows 4:\n{table}"
     );
-    // A collision makes the spec unacceptable (Ready says NotAccepted and why).
+    // A collision only the upstream's list shows: served, Degraded, naming what to rename.
     let (_, reason, message) = wait_for("the collision to show", WAIT, || {
-        condition(plane, &ns, "vmcps/clash", "Accepted").filter(|c| c.0 == "False")
+        condition(plane, &ns, "vmcps/clash", "ResolvedRefs").filter(|c| c.0 == "False")
     })?;
     ensure!(
         reason == "ToolNameCollision" && message.contains("demo_echo"),
         "{reason}: {message}"
+    );
+    let (_, reason, _) = condition(plane, &ns, "vmcps/clash", "Ready").context("Ready")?;
+    ensure!(reason == "Degraded", "{reason}");
+    // A server called with each caller's own token is not listed.
+    let forwarded = format!("mcpgate-tools.{ns}.forwarded");
+    ensure!(
+        not_found(plane, &forwarded, &gw)?,
+        "no record of a passthrough server"
     );
     // A missing tool is a reference that does not resolve: served without it (Degraded).
     let (_, reason, message) = wait_for("the unknown tool to show", WAIT, || {
@@ -1155,12 +1169,19 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
     // The server goes; so does its record.
     plane.kubectl(&["delete", "mcps/demo", "-n", &ns])?;
     wait_for("the record to be pruned", WAIT, || {
-        plane
-            .kubectl(&["get", "configmap", &record_name, "-n", &gw])
-            .is_err()
-            .then_some(())
+        not_found(plane, &record_name, &gw).ok()?.then_some(())
     })?;
     Ok(())
+}
+
+/// Whether ConfigMap `name` of `namespace` does not exist (an error when kubectl fails
+/// otherwise).
+fn not_found(plane: &ControlPlane, name: &str, namespace: &str) -> Result<bool> {
+    match plane.kubectl(&["get", "configmap", name, "-n", namespace]) {
+        Ok(_) => Ok(false),
+        Err(error) if format!("{error:#}").contains("NotFound") => Ok(true),
+        Err(error) => Err(error),
+    }
 }
 
 /// POSTs a ping to the gateway; (status, body).

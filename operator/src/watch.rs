@@ -159,12 +159,7 @@ impl Caches {
             discovered_tools: self
                 .discovered_tools()
                 .into_iter()
-                .map(|(_, record)| {
-                    (
-                        ObjectKey::new(record.namespace, record.server),
-                        record.tools,
-                    )
-                })
+                .map(|(_, record)| (ObjectKey::new(&record.namespace, &record.server), record))
                 .collect(),
         }
     }
@@ -265,10 +260,10 @@ mod tests {
 
     #[test]
     fn a_record_counts_only_under_its_own_server_s_name() {
-        let json = r#"{"namespace":"team","server":"web","tools":["a","b"]}"#;
+        let json = r#"{"namespace":"team","server":"web","upstream":"u","tools":["a","b"]}"#;
         let (name, record) = record_of(&config_map("mcpgate-tools.team.web", json)).unwrap();
         assert_eq!(name, "mcpgate-tools.team.web");
-        assert_eq!(record.tools, ["a", "b"]);
+        assert_eq!(record.of("u").unwrap(), ["a", "b"]);
         assert!(record_of(&config_map("mcpgate-tools.team.other", json)).is_none());
         assert!(record_of(&config_map("mcpgate-tools.team.web", "{}")).is_none());
     }

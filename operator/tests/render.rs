@@ -368,17 +368,41 @@ fn unknown_kinds_and_nameless_documents_are_rejected_with_their_position() {
 
 #[test]
 fn discovered_tools_count_and_expand_wildcards() {
+    use mcpgate_crds::discovered::DiscoveredTools;
     let files = samples();
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let mut inputs = inputs_from(&paths, "demo");
-    let key = |name: &str| mcpgate_operator::render::ObjectKey::new("demo", name);
-    inputs.discovered_tools.insert(
-        key("huggingface"),
-        vec!["model_search".into(), "paper_search".into()],
+    let record = |inputs: &mut Inputs, name: &str, url: &str, tools: &[&str]| {
+        inputs.discovered_tools.insert(
+            mcpgate_operator::render::ObjectKey::new("demo", name),
+            DiscoveredTools::new(
+                "demo",
+                name,
+                url,
+                tools.iter().map(|t| (*t).to_owned()).collect(),
+            ),
+        );
+    };
+    record(
+        &mut inputs,
+        "huggingface",
+        "https://huggingface.example/mcp",
+        &["model_search", "paper_search"],
     );
-    inputs
-        .discovered_tools
-        .insert(key("deepwiki"), vec!["read_wiki_structure".into()]);
+    record(
+        &mut inputs,
+        "deepwiki",
+        "https://mcp.deepwiki.example/mcp",
+        &["read_wiki_structure"],
+    );
+    // Listed at another URL than the server's now, or of a server called with each user's
+    // key: not used.
+    record(
+        &mut inputs,
+        "linear",
+        "https://linear.example/mcp",
+        &["a", "b", "c"],
+    );
     let rendered = render(&inputs);
     let engineering = diagnostic(&rendered, "engineering");
     // ask_question is not offered by deepwiki any more: reported, the rest served.
@@ -387,6 +411,40 @@ fn discovered_tools_count_and_expand_wildcards() {
     assert!(engineering.resolved_refs.message.contains("ask_question"));
     // the 2 huggingface tools
     assert_eq!(engineering.tool_count, Some(2));
+    assert_eq!(diagnostic(&rendered, "huggingface").tool_count, Some(2));
+    assert_eq!(diagnostic(&rendered, "linear").tool_count, None);
+
+    record(
+        &mut inputs,
+        "deepwiki",
+        "https://old.deepwiki.example/mcp",
+        &["read_wiki_structure"],
+    );
+    let rendered = render(&inputs);
+    // Counted from its allow list again, and ask_question no longer doubted.
+    assert_eq!(diagnostic(&rendered, "deepwiki").tool_count, Some(2));
+    assert!(diagnostic(&rendered, "engineering").resolved_refs.ok);
+
+    // The upstream grows a tool whose prefixed name no client accepts: the bundle stays
+    // served and says which tool to rename.
+    record(
+        &mut inputs,
+        "huggingface",
+        "https://huggingface.example/mcp",
+        &["model_search", "odd.name"],
+    );
+    let rendered = render(&inputs);
+    let engineering = diagnostic(&rendered, "engineering");
+    assert!(engineering.accepted.ok);
+    assert_eq!(engineering.resolved_refs.reason, "InvalidToolName");
+    assert!(engineering.resolved_refs.message.contains("odd.name"));
+    assert!(
+        rendered
+            .config
+            .virtual_servers
+            .iter()
+            .any(|v| v.name == "engineering")
+    );
 }
 
 #[test]

@@ -19,9 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use mcpgate_crds::discovered::{
-    COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY, MAX_TOOLS, TOOLS_KEY, config_map_name,
+    COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY, MAX_TOOL_NAME, MAX_TOOLS, TOOLS_KEY,
+    config_map_name,
 };
-use mcpgate_crds::gateway_config::UpstreamAuth;
 use mcpgate_crds::names::{CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY};
 use serde_json::{Value, json};
 
@@ -29,12 +29,14 @@ use crate::mcp::era::gateway_meta;
 use crate::mcp::forward::Forwarder;
 use crate::mcp::hop::{Hop, HopError, gateway_id};
 use crate::server::App;
-use crate::source::ServerRoute;
+use crate::source::{Route, ServerRoute};
 
 /// How long a server's list stands before it is listed again.
 pub const PERIOD: Duration = Duration::from_secs(300);
-/// How soon a server whose listing failed is tried again.
+/// How soon a server whose listing or record failed is tried again.
 const RETRY: Duration = Duration::from_secs(60);
+/// The longest one server's listing (every page) may take.
+const DEADLINE: Duration = Duration::from_secs(120);
 /// Servers listed at once.
 const CONCURRENCY: usize = 8;
 /// How often the census looks for servers that are due, besides configuration changes.
@@ -44,21 +46,40 @@ const FIELD_MANAGER: &str = "mcpgate-proxy";
 /// The longest object name the Kubernetes API accepts.
 const MAX_NAME: usize = 253;
 
-/// Whether the gateway can list `route`'s tools without a caller: a remote upstream whose
-/// credential is the gateway's own.
+/// Why a server's tools were not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum CensusError {
+    /// The upstream could not be asked, or answered something else than a tool list.
+    #[error(transparent)]
+    Hop(#[from] HopError),
+    /// All pages took longer than [`DEADLINE`].
+    #[error("listing the tools of {0} took longer than {secs}s", secs = DEADLINE.as_secs())]
+    Deadline(String),
+    /// The record could not be written.
+    #[error("writing the record {name}: {source}")]
+    Write {
+        /// The record's ConfigMap.
+        name: String,
+        /// What the API server said.
+        source: kube::Error,
+    },
+}
+
+/// Whether the gateway can list `route`'s tools without a caller (see
+/// `mcpgate_crds::gateway_config::Upstream::census_url`), and the record's name fits the API.
 pub fn listable(route: &ServerRoute) -> bool {
     route.upstream.is_some()
-        && matches!(
-            route.config.auth,
-            UpstreamAuth::None
-                | UpstreamAuth::SharedApiKey { .. }
-                | UpstreamAuth::OAuth2ClientCredentials { .. }
-        )
+        && route
+            .config
+            .upstream
+            .census_url(&route.config.auth)
+            .is_some()
+        && config_map_name(&route.config.namespace, &route.config.name).len() <= MAX_NAME
 }
 
 /// Every tool name `route`'s upstream lists, all pages (at most the forwarder's page limit and
-/// [`MAX_TOOLS`] names), asked in the era the upstream speaks with the gateway's own
-/// credential for it.
+/// [`MAX_TOOLS`] + 1 names, enough to know the list is too long to record), asked in the era
+/// the upstream speaks with the gateway's own credential for it.
 pub async fn list_tools(
     forwarder: &Forwarder,
     route: &ServerRoute,
@@ -73,49 +94,47 @@ pub async fn list_tools(
         route,
         caller: &no_caller,
     };
+    let wrong = |why: String| HopError::Answer(hop.server(), why);
     let mut names = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..forwarder.read_limits.list_pages {
         let mut params = json!({"_meta": gateway_meta()});
-        if let Some(cursor) = cursor.take() {
-            params["cursor"] = Value::String(cursor);
+        if let Some(cursor) = &cursor {
+            params["cursor"] = Value::String(cursor.clone());
         }
         let request = json!({
             "jsonrpc": "2.0", "id": gateway_id("census"), "method": "tools/list", "params": params,
         });
         let reply = forwarder.eras.call(&hop, &request).await?;
         if let Some(error) = reply.get("error") {
-            return Err(HopError::Answer(
-                hop.server(),
-                format!("tools/list with an error: {error}"),
-            ));
+            return Err(wrong(format!("tools/list with an error: {error:.200}")));
         }
         let result = &reply["result"];
-        let page = result["tools"].as_array().ok_or_else(|| {
-            HopError::Answer(hop.server(), "tools/list without a tools array".into())
-        })?;
-        names.extend(
-            page.iter()
-                .filter_map(|tool| tool["name"].as_str().map(str::to_owned)),
-        );
+        let page = result["tools"]
+            .as_array()
+            .ok_or_else(|| wrong("tools/list without a tools array".into()))?;
+        for tool in page {
+            let name = tool["name"]
+                .as_str()
+                .ok_or_else(|| wrong("tools/list with a tool without a name".into()))?;
+            names.push(name.to_owned());
+        }
         if names.len() > MAX_TOOLS {
-            return Err(HopError::Answer(
-                hop.server(),
-                format!("more than {MAX_TOOLS} tools, more than the census records"),
-            ));
+            // Too many to record: what there is says so.
+            return Ok(names);
         }
         match result["nextCursor"].as_str().filter(|c| !c.is_empty()) {
+            Some(next) if cursor.as_deref() == Some(next) => {
+                return Err(wrong("tools/list gave the same cursor twice".into()));
+            }
             Some(next) => cursor = Some(next.to_owned()),
             None => return Ok(names),
         }
     }
-    Err(HopError::Answer(
-        hop.server(),
-        format!(
-            "more than the gateway's limit of {} pages of tools/list",
-            forwarder.read_limits.list_pages
-        ),
-    ))
+    Err(wrong(format!(
+        "more than the gateway's limit of {} pages of tools/list",
+        forwarder.read_limits.list_pages
+    )))
 }
 
 /// By `namespace/name`: each server's configuration as last listed, and when it is next due.
@@ -129,14 +148,14 @@ struct Ledger {
 type ServerFingerprint = String;
 
 /// Lists the servers that are due and writes what changed, until the process ends: at start,
-/// whenever the configuration changes, and every [`PERIOD`] per server.
+/// whenever the configuration changes, and every [`PERIOD`] per server. Every replica takes
+/// part; they write the same records.
 pub async fn run(app: Arc<App>, client: Client, namespace: String) {
-    let forwarder = &app.forwarder;
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let mut changes = forwarder.current.subscribe();
+    let mut changes = app.forwarder.current.subscribe();
     let mut ledger = Ledger::default();
     loop {
-        round(forwarder, &api, &mut ledger).await;
+        round(&app, &api, &mut ledger).await;
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(TICK) => {}
@@ -144,7 +163,9 @@ pub async fn run(app: Arc<App>, client: Client, namespace: String) {
     }
 }
 
-async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger) {
+#[tracing::instrument(name = "tool_census", skip_all)]
+async fn round(app: &App, api: &Api<ConfigMap>, ledger: &mut Ledger) {
+    let forwarder = &app.forwarder;
     let Some(snapshot) = forwarder.current.load() else {
         return;
     };
@@ -152,7 +173,7 @@ async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger)
     let due: Vec<(Arc<ServerRoute>, ServerFingerprint)> = snapshot
         .routes()
         .filter_map(|(_, route)| match route {
-            crate::source::Route::Server(server) if listable(server) => Some(server.clone()),
+            Route::Server(server) if listable(server) => Some(server.clone()),
             _ => None,
         })
         .filter_map(|server| {
@@ -164,14 +185,15 @@ async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger)
             is_due.then_some((server, fingerprint))
         })
         .collect();
+    // Forget servers that left the configuration (the operator deletes their records).
+    ledger.due.retain(|key, _| snapshot.server(key).is_some());
     if due.is_empty() {
         return;
     }
     // The records are owned by the configuration's manifest, so they go when it goes
     // (uninstall); without it there is nothing to attach them to yet.
     let owner = match api.get_opt(CONFIG_MAP_NAME).await {
-        Ok(Some(manifest)) => manifest_owner(&manifest),
-        Ok(None) => None,
+        Ok(manifest) => manifest.as_ref().and_then(manifest_owner),
         Err(error) => {
             tracing::warn!(%error, "tool census: reading the configuration manifest failed");
             None
@@ -180,8 +202,8 @@ async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger)
     let Some(owner) = owner else {
         return;
     };
-    // What is recorded now (another replica, or a record deleted since): written only where
-    // it differs.
+    // What is recorded now (by another replica, or deleted since): written only where it
+    // differs.
     let selector =
         format!("{LABEL_MANAGED_BY}={MANAGED_BY_PROXY},{LABEL_COMPONENT}={COMPONENT_TOOLS}");
     let recorded: HashMap<String, ConfigMap> =
@@ -192,68 +214,53 @@ async fn round(forwarder: &Forwarder, api: &Api<ConfigMap>, ledger: &mut Ledger)
                 return;
             }
         };
-    let listed: Vec<_> = futures::stream::iter(due)
-        .map(|(server, fingerprint)| async move {
-            let tools = list_tools(forwarder, &server).await;
-            (server, fingerprint, tools)
+    // Each server is recorded as soon as it is listed; a slow one holds up only itself.
+    let mut listings = futures::stream::iter(due)
+        .map(|(server, fingerprint)| {
+            let (recorded, owner) = (&recorded, &owner);
+            async move {
+                let outcome = census(forwarder, api, &server, recorded, owner).await;
+                (server, fingerprint, outcome)
+            }
         })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    for (server, fingerprint, tools) in listed {
-        let key = server.key();
-        let next = match tools {
-            Ok(tools) => {
-                let (namespace, name) = (&server.config.namespace, &server.config.name);
-                match DiscoveredTools::new(namespace, name, tools) {
-                    Some(record) => {
-                        if let Err(error) = write(api, &recorded, record, &owner).await {
-                            tracing::warn!(server = %key, %error, "tool census: writing the record failed");
-                        }
-                    }
-                    None => tracing::warn!(
-                        server = %key,
-                        "tool census: a tool name is empty or too long; not recorded"
-                    ),
-                }
+        .buffer_unordered(CONCURRENCY);
+    while let Some((server, fingerprint, outcome)) = listings.next().await {
+        let next = match outcome {
+            Ok(outcome) => {
+                app.metrics.tool_census.with_label_values(&[outcome]).inc();
                 PERIOD
             }
             Err(error) => {
-                tracing::info!(server = %key, %error, "tool census: listing tools failed; the last record stands");
+                app.metrics.tool_census.with_label_values(&["failed"]).inc();
+                tracing::info!(server = %server.key(), %error, "tool census: not recorded; the last record stands");
                 RETRY
             }
         };
-        ledger.due.insert(key, (fingerprint, Instant::now() + next));
+        ledger
+            .due
+            .insert(server.key(), (fingerprint, Instant::now() + next));
     }
-    // Forget servers that left the configuration (the operator deletes their records).
-    ledger.due.retain(|key, _| snapshot.server(key).is_some());
 }
 
-/// An owner reference to the configuration manifest.
-fn manifest_owner(manifest: &ConfigMap) -> Option<OwnerReference> {
-    Some(OwnerReference {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        name: manifest.name_any(),
-        uid: manifest.uid()?,
-        ..Default::default()
-    })
-}
-
-/// Applies `record` unless `recorded` already holds it under `owner`.
-async fn write(
+/// Lists one server and records what it offers; the outcome's metric label.
+async fn census(
+    forwarder: &Forwarder,
     api: &Api<ConfigMap>,
+    server: &ServerRoute,
     recorded: &HashMap<String, ConfigMap>,
-    record: DiscoveredTools,
     owner: &OwnerReference,
-) -> Result<(), String> {
+) -> Result<&'static str, CensusError> {
+    let tools = tokio::time::timeout(DEADLINE, list_tools(forwarder, server))
+        .await
+        .map_err(|_| CensusError::Deadline(server.key()))??;
+    let url = server
+        .config
+        .upstream
+        .census_url(&server.config.auth)
+        .unwrap_or_default();
+    let record = DiscoveredTools::new(&server.config.namespace, &server.config.name, url, tools);
     let name = config_map_name(&record.namespace, &record.server);
-    if name.len() > MAX_NAME {
-        return Err(format!(
-            "the record's name {name} is longer than {MAX_NAME} characters"
-        ));
-    }
-    if recorded.get(&name).is_some_and(|current| {
+    let unchanged = recorded.get(&name).is_some_and(|current| {
         current
             .owner_references()
             .iter()
@@ -264,8 +271,9 @@ async fn write(
                 .and_then(|data| data.get(TOOLS_KEY))
                 .and_then(|json| DiscoveredTools::parse(json))
                 .is_some_and(|current| current == record)
-    }) {
-        return Ok(());
+    });
+    if unchanged {
+        return Ok("unchanged");
     }
     let config_map = ConfigMap {
         metadata: ObjectMeta {
@@ -290,9 +298,33 @@ async fn write(
         &Patch::Apply(&config_map),
     )
     .await
-    .map_err(|e| e.to_string())?;
-    tracing::info!(record = %name, tools = record.tools.len(), "tool census: recorded");
-    Ok(())
+    .map_err(|source| CensusError::Write {
+        name: name.clone(),
+        source,
+    })?;
+    match &record.tools {
+        Some(tools) => tracing::info!(record = %name, tools = tools.len(), "tool census: recorded"),
+        None => tracing::warn!(
+            record = %name,
+            "tool census: more than {MAX_TOOLS} tools, or a name empty or longer than {MAX_TOOL_NAME}: recorded as unknown"
+        ),
+    }
+    Ok(if record.tools.is_some() {
+        "recorded"
+    } else {
+        "unrecordable"
+    })
+}
+
+/// An owner reference to the configuration manifest.
+fn manifest_owner(manifest: &ConfigMap) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: manifest.name_any(),
+        uid: manifest.uid()?,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Connections and requests refused with 503 because a limit was reached, by limit.
     pub refused: IntCounterVec,
+    /// Tool census listings by outcome (recorded, unchanged, unrecordable, failed).
+    pub tool_census: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,8 +124,15 @@ impl Metrics {
                 ),
                 &["limit"],
             )?,
+            tool_census: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_tool_census_total",
+                    "Servers whose tools the proxy listed for the operator, by outcome",
+                ),
+                &["outcome"],
+            )?,
         };
-        let collectors: [Box<dyn Collector>; 12] = [
+        let collectors: [Box<dyn Collector>; 13] = [
             Box::new(m.config_synchronized.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.requests.clone()),
@@ -136,6 +145,7 @@ impl Metrics {
             Box::new(m.request_panics.clone()),
             Box::new(m.connections.clone()),
             Box::new(m.refused.clone()),
+            Box::new(m.tool_census.clone()),
         ];
         for collector in collectors {
             m.names

@@ -47,8 +47,8 @@ pub struct Inputs {
     pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
     /// ConfigMaps that may be referenced, by namespace and name.
     pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
-    /// Tool names each McpServer's upstream offers, where they have been discovered.
-    pub discovered_tools: BTreeMap<ObjectKey, Vec<String>>,
+    /// What the proxy's tool census recorded of each McpServer's upstream.
+    pub discovered_tools: BTreeMap<ObjectKey, mcpgate_crds::discovered::DiscoveredTools>,
 }
 
 /// A manifest that could not be read.

@@ -90,7 +90,14 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
                 .map(|t| t.deny.clone())
                 .unwrap_or_default(),
         };
-        let tools = inputs.discovered_tools.get(&key).map(|tools| {
+        // The census's record, when it is of the endpoint and credential mode in force.
+        let census_url = match (&upstream, &auth) {
+            (Ok(upstream), Ok(auth)) => upstream.census_url(auth),
+            _ => None,
+        };
+        let discovered =
+            census_url.and_then(|url| inputs.discovered_tools.get(&key).and_then(|r| r.of(url)));
+        let tools = discovered.map(|tools| {
             tools
                 .iter()
                 .filter(|t| filter.permits(t))

@@ -175,22 +175,31 @@ fn plan(virtual_server: &VirtualMcpServer, key: &ObjectKey, servers: &ServerInde
             tools.insert(tool.clone(), exposed);
         }
         // With "*" and a known tool list, every tool is checked now rather than at run time.
-        let mut expanded: Vec<(String, String)> =
-            tools.iter().map(|(t, e)| (t.clone(), e.clone())).collect();
+        // A problem only the upstream's list shows is not the spec's: the virtual server is
+        // served, Degraded, and says which tool to rename.
+        let mut expanded: Vec<(String, String, bool)> = tools
+            .iter()
+            .map(|(t, e)| (t.clone(), e.clone(), false))
+            .collect();
         if all {
             match &info.tools {
                 Some(known) => expanded.extend(
                     known
                         .iter()
                         .filter(|t| !tools.contains_key(*t))
-                        .map(|t| (t.clone(), exposed_name(selection, t))),
+                        .map(|t| (t.clone(), exposed_name(selection, t), true)),
                 ),
                 None => count_known = false,
             }
         }
-        for (tool, exposed) in expanded {
+        for (tool, exposed, discovered) in expanded {
+            let problems = if discovered {
+                &mut plan.unresolved
+            } else {
+                &mut plan.invalid
+            };
             if !names::is_portable_tool_name(&exposed) {
-                plan.invalid.push((
+                problems.push((
                     REASON_INVALID_TOOL_NAME,
                     format!(
                         "tool {tool:?} of McpServer {} would be exposed as {exposed:?}, which is not [A-Za-z0-9_-]{{1,64}}: add it to spec.tools[].rename",
@@ -201,7 +210,7 @@ fn plan(virtual_server: &VirtualMcpServer, key: &ObjectKey, servers: &ServerInde
             }
             let owner = format!("{}/{tool}", selection.server);
             if let Some(previous) = claimed.insert(exposed.clone(), owner.clone()) {
-                plan.invalid.push((
+                problems.push((
                     REASON_TOOL_NAME_COLLISION,
                     format!("{previous} and {owner} would both be exposed as {exposed:?}: rename one of them"),
                 ));

@@ -580,6 +580,61 @@ fn install_upgrade_and_uninstall() -> Result<()> {
             ("list", "mcpservers.mcpgate.dev", None, false),
         ],
     )?;
+    // RBAC cannot limit create by name: the admission policy keeps the proxy's ConfigMap
+    // writes to its tool records.
+    let as_proxy = format!("--as={proxy_a}");
+    let record = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mcpgate-tools.team-a.deepwiki\n  labels: {mcpgate.dev/component: tools, app.kubernetes.io/managed-by: mcpgate-proxy}\ndata: {tools.json: '{}'}\n";
+    plane
+        .kubectl_stdin(
+            &["create", "-n", "gw-a", &as_proxy, "-f", "-"],
+            Some(record),
+        )
+        .context("the proxy writes a tool record")?;
+    for (what, yaml) in [
+        (
+            "another ConfigMap",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a-mcpgate-oidc-issuers}\ndata: {issuers.yaml: '[]'}\n",
+        ),
+        (
+            "a record without its labels",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mcpgate-tools.team-a.other}\ndata: {tools.json: '{}'}\n",
+        ),
+    ] {
+        let refused = plane
+            .kubectl_stdin(&["create", "-n", "gw-a", &as_proxy, "-f", "-"], Some(yaml))
+            .err()
+            .with_context(|| format!("the proxy may not create {what}"))?;
+        ensure!(
+            format!("{refused:#}").contains("its tool records"),
+            "{what}: {refused:#}"
+        );
+    }
+    let relabel = plane.kubectl(&[
+        "label",
+        "configmap",
+        "mcpgate-gateway-config",
+        "-n",
+        "gw-a",
+        &as_proxy,
+        "--overwrite",
+        "mcpgate.dev/component=tools",
+    ]);
+    match relabel {
+        Ok(out) => bail!("the proxy patched the configuration: {out}"),
+        Err(e) => ensure!(
+            format!("{e:#}").contains("its tool records"),
+            "the proxy may not patch the configuration: {e:#}"
+        ),
+    }
+    plane.kubectl(&[
+        "delete",
+        "configmap",
+        "mcpgate-tools.team-a.deepwiki",
+        "-n",
+        "gw-a",
+        // The operator prunes a record that does not read well; it may have already.
+        "--ignore-not-found",
+    ])?;
     expect_can(
         &plane,
         "bob@example.com",

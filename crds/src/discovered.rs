@@ -4,6 +4,7 @@
 //! `status.toolCount`, `kubectl get`'s TOOLS and the UnknownTool and ToolNameCollision checks
 //! work for servers without an allow list.
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 
 /// The ConfigMap key holding a [`DiscoveredTools`] as JSON.
@@ -73,6 +74,15 @@ impl DiscoveredTools {
         well_formed.then_some(record)
     }
 
+    /// The record `config_map` holds, when it reads well and the ConfigMap bears the name of
+    /// the server it describes (a record cannot speak for another server).
+    pub fn read(config_map: &ConfigMap) -> Option<Self> {
+        let record = Self::parse(config_map.data.as_ref()?.get(TOOLS_KEY)?)?;
+        (config_map.metadata.name.as_deref()
+            == Some(config_map_name(&record.namespace, &record.server).as_str()))
+        .then_some(record)
+    }
+
     /// The tools, when this record is of `upstream` and holds them.
     pub fn of(&self, upstream: &str) -> Option<&[String]> {
         self.tools.as_deref().filter(|_| self.upstream == upstream)
@@ -117,5 +127,25 @@ mod tests {
             .is_none()
         );
         assert!(DiscoveredTools::parse("not json").is_none());
+    }
+
+    #[test]
+    fn a_record_counts_only_under_its_own_server_s_name() {
+        let config_map = |name: &str, json: &str| ConfigMap {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(std::collections::BTreeMap::from([(
+                TOOLS_KEY.to_owned(),
+                json.to_owned(),
+            )])),
+            ..Default::default()
+        };
+        let json = r#"{"namespace":"team","server":"web","upstream":"u","tools":["a","b"]}"#;
+        let record = DiscoveredTools::read(&config_map("mcpgate-tools.team.web", json)).unwrap();
+        assert_eq!(record.of("u").unwrap(), ["a", "b"]);
+        assert!(DiscoveredTools::read(&config_map("mcpgate-tools.team.other", json)).is_none());
+        assert!(DiscoveredTools::read(&config_map("mcpgate-tools.team.web", "{}")).is_none());
     }
 }

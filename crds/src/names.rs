@@ -11,6 +11,12 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "mcpgate-operator";
 /// Label saying what an operator-written object holds (`config`, `credentials`, `rbac`).
 pub const LABEL_COMPONENT: &str = "mcpgate.dev/component";
+/// [`LABEL_COMPONENT`] of the configuration's manifest and parts.
+pub const COMPONENT_CONFIG: &str = "config";
+/// [`LABEL_COMPONENT`] of the credential copies in the gateway namespace.
+pub const COMPONENT_CREDENTIALS: &str = "credentials";
+/// [`LABEL_COMPONENT`] of the proxy's session key Secret the operator creates.
+pub const COMPONENT_SESSION_KEY: &str = "session-key";
 /// Annotation naming the resource an operator-written object was rendered from.
 pub const ANNOTATION_SOURCE: &str = "mcpgate.dev/source";
 

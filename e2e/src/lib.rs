@@ -289,6 +289,7 @@ impl ControlPlane {
     /// and its parts joined, as the proxy reads them.
     pub fn gateway_config(&self, gateway_namespace: &str) -> Option<serde_json::Value> {
         use mcpgate_crds::config_parts;
+        use mcpgate_crds::names::{COMPONENT_CONFIG, LABEL_COMPONENT};
         let text = self
             .kubectl(&[
                 "get",
@@ -296,7 +297,7 @@ impl ControlPlane {
                 "-n",
                 gateway_namespace,
                 "-l",
-                "mcpgate.dev/component=config",
+                &format!("{LABEL_COMPONENT}={COMPONENT_CONFIG}"),
                 "-o",
                 "json",
             ])

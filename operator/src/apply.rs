@@ -16,9 +16,6 @@ use crate::metrics::Metrics;
 use crate::render::{ObjectKey, Rendered};
 use crate::watch::{Caches, key};
 
-const COMPONENT_CONFIG: &str = "config";
-const COMPONENT_CREDENTIALS: &str = "credentials";
-
 /// The configuration as ConfigMaps (see `mcpgate_crds::config_parts`): its parts, then the
 /// manifest that names them.
 pub struct ConfigObjects {

@@ -14,10 +14,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use mcpgate_crds::names::COMPONENT_SESSION_KEY;
+
 use crate::apply::meta;
 use crate::error::{Error, Result};
-
-const COMPONENT_SESSION_KEY: &str = "session-key";
 
 /// The installation's cluster-scoped anchor (the chart's operator ClusterRole) as an owner.
 /// Namespaced objects in any namespace may name a cluster-scoped owner, so when the release

@@ -12,9 +12,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use mcpgate_crds::discovered::{
-    COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY, TOOLS_KEY, config_map_name,
-};
+use mcpgate_crds::discovered::{COMPONENT_TOOLS, DiscoveredTools, MANAGED_BY_PROXY};
 use mcpgate_crds::names::{LABEL_COMPONENT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGED_BY};
 use mcpgate_crds::v1alpha1::{AuthOverride, McpCollaborator, McpServer, VirtualMcpServer};
 use serde::de::DeserializeOwned;
@@ -170,17 +168,11 @@ impl Caches {
         self.discovered
             .all()
             .iter()
-            .filter_map(|config_map| record_of(config_map))
+            .filter_map(|config_map| {
+                DiscoveredTools::read(config_map).map(|record| (config_map.name_any(), record))
+            })
             .collect()
     }
-}
-
-/// The tool record in `config_map` with the ConfigMap's name, when it reads well and the name
-/// is the one of the server it describes (a record cannot speak for another server).
-fn record_of(config_map: &ConfigMap) -> Option<(String, DiscoveredTools)> {
-    let name = config_map.name_any();
-    let record = DiscoveredTools::parse(config_map.data.as_ref()?.get(TOOLS_KEY)?)?;
-    (config_map_name(&record.namespace, &record.server) == name).then_some((name, record))
 }
 
 fn by_key<K: Resource>(objects: Vec<Arc<K>>) -> BTreeMap<ObjectKey, Arc<K>> {
@@ -239,32 +231,5 @@ impl Tasks<'_> {
             stores.push(reader);
         }
         Stores(stores)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn config_map(name: &str, json: &str) -> ConfigMap {
-        ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(TOOLS_KEY.to_owned(), json.to_owned())])),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_record_counts_only_under_its_own_server_s_name() {
-        let json = r#"{"namespace":"team","server":"web","upstream":"u","tools":["a","b"]}"#;
-        let (name, record) = record_of(&config_map("mcpgate-tools.team.web", json)).unwrap();
-        assert_eq!(name, "mcpgate-tools.team.web");
-        assert_eq!(record.of("u").unwrap(), ["a", "b"]);
-        assert!(record_of(&config_map("mcpgate-tools.team.other", json)).is_none());
-        assert!(record_of(&config_map("mcpgate-tools.team.web", "{}")).is_none());
     }
 }

@@ -41,8 +41,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const CONCURRENCY: usize = 8;
 /// How often the census looks for servers that are due, besides configuration changes.
 const TICK: Duration = Duration::from_secs(30);
-/// The field manager of what the proxy writes.
-const FIELD_MANAGER: &str = "mcpgate-proxy";
 /// The longest object name the Kubernetes API accepts.
 const MAX_NAME: usize = 253;
 
@@ -265,12 +263,7 @@ async fn census(
             .owner_references()
             .iter()
             .any(|o| o.uid == owner.uid)
-            && current
-                .data
-                .as_ref()
-                .and_then(|data| data.get(TOOLS_KEY))
-                .and_then(|json| DiscoveredTools::parse(json))
-                .is_some_and(|current| current == record)
+            && DiscoveredTools::read(current).is_some_and(|current| current == record)
     });
     if unchanged {
         return Ok("unchanged");
@@ -294,7 +287,7 @@ async fn census(
     };
     api.patch(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(MANAGED_BY_PROXY).force(),
         &Patch::Apply(&config_map),
     )
     .await

@@ -25,11 +25,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Flushes and stops the span exporter (a few seconds at most).
     pub fn shutdown(self) {
         if let Some(provider) = self.provider

@@ -206,7 +206,11 @@ fn converge_benchmark(objects: Vec<Value>, namespace_count: usize) -> Result<()>
                 "-n",
                 "mcpgate-system",
                 "-l",
-                "mcpgate.dev/component=config",
+                &format!(
+                    "{}={}",
+                    mcpgate_crds::names::LABEL_COMPONENT,
+                    mcpgate_crds::names::COMPONENT_CONFIG
+                ),
                 "-o",
                 "name"
             ])?

@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use mcpgate_crds::GatewayConfig;
 use mcpgate_crds::config_parts::{self, JoinError, Manifest};
 use mcpgate_crds::names::{
-    CONFIG_KEY, CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY,
+    COMPONENT_CONFIG, CONFIG_KEY, CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY,
 };
 use secrecy::SecretString;
 use tokio::sync::Notify;
@@ -30,7 +30,7 @@ pub async fn watch(client: Client, namespace: String, current: Arc<Current>, met
         config_maps,
         // The manifest and the parts it names (see mcpgate_crds::config_parts).
         watcher::Config::default().labels(&format!(
-            "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}=config"
+            "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_CONFIG}"
         )),
         trigger.clone(),
     );

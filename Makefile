@@ -18,8 +18,10 @@ unit:
 ## e2e: builds (or reuses) kube-apiserver, kube-controller-manager, etcd, kubectl, helm and Jaeger, then runs the tests that start them
 e2e:
 	$(CARGO) build -p mcpgate-operator -p mcpgate-proxy
-	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)" \
-	  MCPGATE_HELM="$$(e2e/tools/helm.sh)" MCPGATE_JAEGER="$$(e2e/tools/jaeger.sh)"; \
+	# One assignment each: a tool that fails to build stops here, not as an empty path later.
+	MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; MCPGATE_PYTHON="$$(e2e/peers/install.sh)"; \
+	  MCPGATE_HELM="$$(e2e/tools/helm.sh)"; MCPGATE_JAEGER="$$(e2e/tools/jaeger.sh)"; \
+	export MCPGATE_K8S_BIN_DIR MCPGATE_PYTHON MCPGATE_HELM MCPGATE_JAEGER; \
 	$(CARGO) test -p mcpgate-e2e -- --ignored --test-threads=1
 
 control-plane:
@@ -49,6 +51,7 @@ check-gen:
 ## bench: proxy req/s, latency, CPU and memory vs a direct call, authentication cost per call; operator render and converge time, peak RSS
 bench:
 	$(CARGO) build --release -p mcpgate-operator -p mcpgate-proxy -p mcpgate-e2e
-	export MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)" MCPGATE_PYTHON="$$(e2e/peers/install.sh)"; \
+	MCPGATE_K8S_BIN_DIR="$$(e2e/k8s/build.sh)"; MCPGATE_PYTHON="$$(e2e/peers/install.sh)"; \
+	export MCPGATE_K8S_BIN_DIR MCPGATE_PYTHON; \
 	./target/release/proxy-bench; \
 	./target/release/operator-bench

@@ -12,7 +12,12 @@ cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-musl
 REGISTRY=${IMAGE_REGISTRY:-ghcr.io/mcpgate}
 VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/mcpgate/Chart.yaml)
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+[ -n "$VERSION" ] || { echo "no appVersion in charts/mcpgate/Chart.yaml" >&2; exit 1; }
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+  SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) \
+    || { echo "set SOURCE_DATE_EPOCH: git cannot say the commit's time here" >&2; exit 1; }
+fi
+export SOURCE_DATE_EPOCH
 
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
 command -v musl-gcc >/dev/null || { echo "musl-gcc is needed (Debian: musl-tools)" >&2; exit 1; }

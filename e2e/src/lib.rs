@@ -249,6 +249,20 @@ impl ControlPlane {
         Process::spawn("kube-controller-manager", kcm, log)
     }
 
+    /// Whether `what` (`kind/name`) does not exist in `namespace` (cluster-scoped: None);
+    /// Err when kubectl fails for another reason, so a broken kubectl never reads as "gone".
+    pub fn absent(&self, what: &str, namespace: Option<&str>) -> Result<bool> {
+        let mut args = vec!["get", what, "-o", "name"];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        match self.kubectl(&args) {
+            Ok(_) => Ok(false),
+            Err(error) if format!("{error:#}").contains("NotFound") => Ok(true),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Runs kubectl as the admin; Err carries stderr.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         self.kubectl_stdin(args, None)

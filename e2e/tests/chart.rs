@@ -885,8 +885,9 @@ fn install_upgrade_and_uninstall() -> Result<()> {
                 ("configmap/mcpgate-tools.team-a.demo", "gw-a"),
                 ("lease/a-mcpgate-operator", "gw-a"),
             ];
-            let in_a = ["gw-a", "team-a"].iter().any(|ns| {
-                plane
+            // A kubectl failure keeps waiting: it never reads as "collected".
+            for ns in ["gw-a", "team-a"] {
+                let made = plane
                     .kubectl(&[
                         "get",
                         "secrets,configmaps,roles,rolebindings",
@@ -897,9 +898,17 @@ fn install_upgrade_and_uninstall() -> Result<()> {
                         "-o",
                         "name",
                     ])
-                    .is_ok_and(|o| !o.trim().is_empty())
-            });
-            (!in_a && !left.iter().any(|(what, ns)| exists(&plane, what, Some(ns)))).then_some(())
+                    .ok()?;
+                if !made.trim().is_empty() {
+                    return None;
+                }
+            }
+            for (what, ns) in left {
+                if !plane.absent(what, Some(ns)).ok()? {
+                    return None;
+                }
+            }
+            Some(())
         },
     )?;
     expect_can(

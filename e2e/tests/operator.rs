@@ -1097,8 +1097,7 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
         "no tool count before the census: {:?}",
         server()
     );
-    let (status, _, _) = wait_condition(plane, &ns, "vmcps/clash", "Ready", "True")?;
-    ensure!(status == "True");
+    wait_condition(plane, &ns, "vmcps/clash", "Ready", "True")?;
 
     let _proxy = Proxy::start(
         &[OsStr::new("--config-namespace"), OsStr::new(&gw)],
@@ -1155,7 +1154,7 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
     // A server called with each caller's own token is not listed.
     let forwarded = format!("mcpgate-tools.{ns}.forwarded");
     ensure!(
-        not_found(plane, &forwarded, &gw)?,
+        plane.absent(&format!("configmap/{forwarded}"), Some(&gw))?,
         "no record of a passthrough server"
     );
     // A missing tool is a reference that does not resolve: served without it (Degraded).
@@ -1169,19 +1168,12 @@ fn the_proxy_discovers_tools_for_the_operator(plane: &ControlPlane) -> Result<()
     // The server goes; so does its record.
     plane.kubectl(&["delete", "mcps/demo", "-n", &ns])?;
     wait_for("the record to be pruned", WAIT, || {
-        not_found(plane, &record_name, &gw).ok()?.then_some(())
+        plane
+            .absent(&format!("configmap/{record_name}"), Some(&gw))
+            .ok()?
+            .then_some(())
     })?;
     Ok(())
-}
-
-/// Whether ConfigMap `name` of `namespace` does not exist (an error when kubectl fails
-/// otherwise).
-fn not_found(plane: &ControlPlane, name: &str, namespace: &str) -> Result<bool> {
-    match plane.kubectl(&["get", "configmap", name, "-n", namespace]) {
-        Ok(_) => Ok(false),
-        Err(error) if format!("{error:#}").contains("NotFound") => Ok(true),
-        Err(error) => Err(error),
-    }
 }
 
 /// POSTs a ping to the gateway; (status, body).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds helm from its Go module into a cache directory outside the repository, keyed on the
-# version, and prints the binary's path. The chart test and `make chart` use it.
+# version, and prints the binary's path. `make e2e` passes it to the chart test.
 set -euo pipefail
 export GOTOOLCHAIN=local CGO_ENABLED=0
 HELM_VERSION=${HELM_VERSION:-v3.22.0}

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::gateway::*;
 use serde_json::{Value, json};
 
@@ -26,20 +24,13 @@ fn json_lines_name_the_request() {
         dir.path(),
         &json!({"schema": 1, "version": "logs", "servers": [gone], "virtualServers": []}),
     );
-    let (port, admin) = (free_port(), free_port());
     let log = dir.path().join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _proxy = Killed(child);
+    let (_proxy, port, admin) = start_proxy_with(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "debug")],
+        std::fs::File::create(&log).unwrap().into(),
+    );
     wait_for("the proxy", || {
         (get(admin, "/readyz").0 == 200).then_some(())
     });

@@ -173,6 +173,16 @@ pub fn dechunked(body: &str) -> String {
 
 /// Starts the proxy on `dir` with `extra` flags: (process, MCP port, admin port).
 pub fn start_proxy(dir: &Path, extra: &[&str]) -> (Killed, u16, u16) {
+    start_proxy_with(dir, extra, &[], Stdio::null())
+}
+
+/// [`start_proxy`] with `env` added and its diagnostic log (stderr) going to `stderr`.
+pub fn start_proxy_with(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Killed, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_mcpgate-proxy"))
         .arg("--config-dir")
@@ -184,8 +194,9 @@ pub fn start_proxy(dir: &Path, extra: &[&str]) -> (Killed, u16, u16) {
             &format!("127.0.0.1:{admin}"),
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     (Killed(child), port, admin)

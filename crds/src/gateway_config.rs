@@ -46,10 +46,15 @@ pub struct ServerConfig {
     pub tools: ToolFilter,
     /// Per-request upstream timeout.
     pub timeout_ms: u64,
-    /// Retries of failed upstream requests.
-    pub retry: Retry,
-    /// Request budgets.
+    /// Retries of failed upstream requests; None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Budgets of tool calls.
+    #[serde(default, skip_serializing_if = "RateLimits::is_empty")]
     pub rate_limits: RateLimits,
+    /// When to stop sending to a failing upstream; None: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
     /// No inbound authentication.
     pub public: bool,
     /// Who may list and call tools.
@@ -247,34 +252,73 @@ impl ToolFilter {
     }
 }
 
-/// Retries of failed upstream requests.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Retries of failed upstream requests (see `McpServer.spec.retry`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt; 0: none.
     pub attempts: u32,
-    /// Wait before the first retry, doubled after each.
+    /// Wait before the first retry, doubled after each (with jitter).
     pub backoff_ms: u64,
+    /// Retries may add at most this percentage of the server's requests.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: u32,
 }
 
-/// Request budgets.
+fn default_budget_percent() -> u32 {
+    20
+}
+
+/// Budgets of tool calls (see `McpServer.spec.rateLimits`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimits {
     /// Per caller identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<RateLimit>,
     /// For all callers together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_server: Option<RateLimit>,
+    /// Per upstream tool, for all callers together; sorted by tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_tool: Vec<ToolRateLimit>,
 }
 
-/// `requests` per `period_seconds`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+impl RateLimits {
+    /// Whether no budget is set.
+    pub fn is_empty(&self) -> bool {
+        self.per_user.is_none() && self.per_server.is_none() && self.per_tool.is_empty()
+    }
+}
+
+/// `requests` per `period_seconds`: a token bucket holding `requests`, refilled evenly.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Requests per period.
     pub requests: u32,
     /// Period length.
     pub period_seconds: u32,
+}
+
+/// The budget of one upstream tool.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolRateLimit {
+    /// The upstream tool's name.
+    pub tool: String,
+    /// Its budget.
+    pub limit: RateLimit,
+}
+
+/// When to stop sending to a failing upstream (see `McpServer.spec.circuitBreaker`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Failures in a row that open the circuit.
+    pub consecutive_failures: u32,
+    /// How long it stays open before one request probes the upstream.
+    pub open_ms: u64,
 }
 
 /// Who may list and call a server's or virtual server's tools.

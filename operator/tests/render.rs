@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use mcpgate_crds::gateway_config as gc;
 use mcpgate_operator::render::{Diagnostic, Inputs, Rendered, render};
 use serde_json::json;
 
@@ -136,31 +137,23 @@ fn server(name: &str, spec: &str) -> String {
 #[test]
 fn fields_not_served_yet_keep_a_server_out_and_say_which() {
     let yaml = [
-        server("retry", r#"{remote: {url: "http://a/mcp"}, retry: {attempts: 2}}"#),
-        server("limits", r#"{remote: {url: "http://a/mcp"}, rateLimits: {perUser: {requests: 5}}}"#),
         server("openapi", r#"{openapi: {inline: "openapi: 3.1.0", baseUrl: "http://a"}}"#),
         server("served", r#"{remote: {url: "http://a/mcp"}}"#),
-        "---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle, namespace: demo}\nspec: {tools: [{server: served, tools: [\"*\"]}, {server: retry, tools: [\"*\"]}]}\n".to_owned(),
+        "---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle, namespace: demo}\nspec: {tools: [{server: served, tools: [\"*\"]}, {server: openapi, tools: [\"*\"]}]}\n".to_owned(),
     ]
     .concat();
     let mut inputs = Inputs::default();
     inputs.add_yaml(&yaml, "demo").unwrap();
     let rendered = render(&inputs);
     let ready = |name: &str| diagnostic(&rendered, name).ready.clone();
-    for (name, field) in [
-        ("retry", "spec.retry"),
-        ("limits", "spec.rateLimits"),
-        ("openapi", "spec.openapi"),
-    ] {
-        let ready = ready(name);
-        assert!(!ready.ok, "{name}: {ready:?}");
-        assert_eq!(ready.reason, "NotServed", "{name}");
-        assert!(
-            ready.message.starts_with(field),
-            "{name}: {}",
-            ready.message
-        );
-    }
+    let openapi = ready("openapi");
+    assert!(!openapi.ok, "{openapi:?}");
+    assert_eq!(openapi.reason, "NotServed");
+    assert!(
+        openapi.message.starts_with("spec.openapi"),
+        "{}",
+        openapi.message
+    );
     let served: Vec<_> = rendered
         .config
         .servers
@@ -173,9 +166,9 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
     assert!(!bundle.ok);
     assert_eq!(bundle.reason, "Degraded");
     assert!(
-        bundle
-            .message
-            .contains("McpServer demo/retry is not ready: spec.retry is not served"),
+        bundle.message.contains(
+            "McpServer demo/openapi is not ready: spec.openapi (OpenAPI sources) is not served"
+        ),
         "{}",
         bundle.message
     );
@@ -185,6 +178,72 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
         .map(|m| m.server.as_str())
         .collect();
     assert_eq!(members, ["served"]);
+}
+
+#[test]
+fn traffic_policy_is_rendered_as_the_proxy_takes_it() {
+    let yaml = [
+        server(
+            "policy",
+            r#"{remote: {url: "http://a/mcp"}, retry: {attempts: 2},
+                rateLimits: {perUser: {requests: 5}, perServer: {requests: 100, periodSeconds: 10},
+                  perTool: [{tool: zeta, requests: 1}, {tool: alpha, requests: 3, periodSeconds: 3600}]},
+                circuitBreaker: {openSeconds: 7}}"#,
+        ),
+        server("plain", r#"{remote: {url: "http://a/mcp"}}"#),
+    ]
+    .concat();
+    let mut inputs = Inputs::default();
+    inputs.add_yaml(&yaml, "demo").unwrap();
+    let rendered = render(&inputs);
+    assert!(diagnostic(&rendered, "policy").ready.ok);
+    let policy = &rendered.config.servers[1];
+    assert_eq!(policy.name, "policy");
+    assert_eq!(
+        policy.retry,
+        Some(gc::Retry {
+            attempts: 2,
+            backoff_ms: 100,
+            budget_percent: 20
+        })
+    );
+    let limit = |requests, period_seconds| gc::RateLimit {
+        requests,
+        period_seconds,
+    };
+    assert_eq!(
+        policy.rate_limits,
+        gc::RateLimits {
+            per_user: Some(limit(5, 60)),
+            per_server: Some(limit(100, 10)),
+            per_tool: vec![
+                gc::ToolRateLimit {
+                    tool: "alpha".into(),
+                    limit: limit(3, 3600)
+                },
+                gc::ToolRateLimit {
+                    tool: "zeta".into(),
+                    limit: limit(1, 60)
+                },
+            ],
+        }
+    );
+    assert_eq!(
+        policy.circuit_breaker,
+        Some(gc::CircuitBreaker {
+            consecutive_failures: 5,
+            open_ms: 7000
+        })
+    );
+    let plain = &rendered.config.servers[0];
+    assert_eq!(
+        (
+            &plain.retry,
+            plain.rate_limits.is_empty(),
+            plain.circuit_breaker
+        ),
+        (&None, true, None)
+    );
 }
 
 #[test]

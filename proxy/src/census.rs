@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::mcp::era::gateway_meta;
 use crate::mcp::forward::Forwarder;
-use crate::mcp::hop::{Hop, HopError, gateway_id};
+use crate::mcp::hop::{HopError, gateway_id};
 use crate::server::App;
 use crate::source::{Route, ServerRoute};
 
@@ -83,15 +83,7 @@ pub async fn list_tools(
     route: &ServerRoute,
 ) -> Result<Vec<String>, HopError> {
     let no_caller = HeaderMap::new();
-    let hop = Hop {
-        client: &forwarder.client,
-        limits: forwarder.read_limits,
-        owner: None,
-        identity: None,
-        outbound: &forwarder.outbound,
-        route,
-        caller: &no_caller,
-    };
+    let hop = forwarder.hop(route, &no_caller, None, None);
     let wrong = |why: String| HopError::Answer(hop.server(), why);
     let mut names = Vec::new();
     let mut cursor: Option<String> = None;
@@ -111,6 +103,9 @@ pub async fn list_tools(
         let page = result["tools"]
             .as_array()
             .ok_or_else(|| wrong("tools/list without a tools array".into()))?;
+        if let Some(policy) = &hop.policy {
+            policy.learn(page);
+        }
         for tool in page {
             let name = tool["name"]
                 .as_str()

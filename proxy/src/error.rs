@@ -24,6 +24,8 @@ pub mod code {
     /// The call needs the user's own credential for an upstream, which the gateway does not
     /// hold yet (the answer says where to supply it).
     pub const AUTHORIZATION_REQUIRED: i64 = -32004;
+    /// A budget of the server's `spec.rateLimits` is spent (HTTP 429, with `Retry-After`).
+    pub const RATE_LIMITED: i64 = -32029;
     /// URL-mode elicitation required (MCP 2025-11-25 URLElicitationRequiredError).
     pub const URL_ELICITATION_REQUIRED: i64 = -32042;
     /// A failure inside the gateway itself.
@@ -67,4 +69,36 @@ pub fn not_found(path: &str) -> Response<Body> {
         StatusCode::NOT_FOUND,
         &json!({"error": {"type": "NotFound", "message": format!("no MCP server is served at {path}; routes look like /{{namespace}}/mcp/{{name}}/server")}}),
     )
+}
+
+/// 429 for a tool call over a budget of `server` (`namespace/name`), with `Retry-After` and a
+/// JSON-RPC error naming the budget and when to come back.
+pub fn rate_limited(
+    id: Option<&Value>,
+    server: &str,
+    spent: &crate::traffic::limits::Spent,
+) -> Response<Body> {
+    use crate::traffic::limits::Budget;
+    let limit = spent.limit;
+    let whose = match spent.budget {
+        Budget::Server => "for all callers".to_owned(),
+        Budget::User => "per caller".to_owned(),
+        Budget::Tool => "of this tool".to_owned(),
+    };
+    let seconds = spent.retry_after.as_secs_f64().ceil().max(1.0);
+    let mut response = jsonrpc_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        id,
+        code::RATE_LIMITED,
+        format!(
+            "rate limited: {server} allows {} tool calls {whose} every {} s (spec.rateLimits.{}); retry after {seconds} s",
+            limit.requests,
+            limit.period_seconds,
+            spent.budget.label(),
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from(seconds as u64));
+    response
 }

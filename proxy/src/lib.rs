@@ -19,4 +19,5 @@ pub mod signin;
 pub mod source;
 pub mod tls;
 pub mod token_endpoint;
+pub mod traffic;
 pub mod upstream;

@@ -423,6 +423,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .with_max_age(Duration::from_secs(args.session_max_age_seconds.max(1))),
             eras: Default::default(),
             listed: Default::default(),
+            traffic: mcpgate_proxy::traffic::Traffic::new(metrics.clone(), current.clone()),
             current: current.clone(),
             stopping: stop_rx.clone(),
             audit: audit.clone(),

@@ -2,7 +2,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric, registered in one registry.
@@ -38,6 +38,14 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     /// Tool census listings by outcome (recorded, unchanged, unrecordable, failed).
     pub tool_census: IntCounterVec,
+    /// Tool calls refused with 429, by server and budget (perServer, perUser, perTool).
+    pub rate_limited: IntCounterVec,
+    /// Upstream requests sent again, by server and outcome (sent, budget_spent).
+    pub upstream_retries: IntCounterVec,
+    /// 1 while a server's circuit is open (or probing).
+    pub circuit_open: IntGaugeVec,
+    /// Requests failed at once because the server's circuit was open, by server.
+    pub circuit_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,8 +139,36 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_rate_limited_total",
+                    "Tool calls refused with 429 because a budget of spec.rateLimits was spent, by server and budget",
+                ),
+                &["server_namespace", "server", "limit"],
+            )?,
+            upstream_retries: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_upstream_retries_total",
+                    "Upstream requests sent again after a failure (sent), or not because the retry budget was spent (budget_spent)",
+                ),
+                &["server_namespace", "server", "outcome"],
+            )?,
+            circuit_open: IntGaugeVec::new(
+                Opts::new(
+                    "mcpgate_circuit_open",
+                    "1 while a server's circuit is open or probing, 0 while closed",
+                ),
+                &["server_namespace", "server"],
+            )?,
+            circuit_rejected: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_circuit_rejected_total",
+                    "Requests failed at once because the server's circuit was open",
+                ),
+                &["server_namespace", "server"],
+            )?,
         };
-        let collectors: [Box<dyn Collector>; 13] = [
+        let collectors: [Box<dyn Collector>; 17] = [
             Box::new(m.config_synchronized.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.requests.clone()),
@@ -146,6 +182,10 @@ impl Metrics {
             Box::new(m.connections.clone()),
             Box::new(m.refused.clone()),
             Box::new(m.tool_census.clone()),
+            Box::new(m.rate_limited.clone()),
+            Box::new(m.upstream_retries.clone()),
+            Box::new(m.circuit_open.clone()),
+            Box::new(m.circuit_rejected.clone()),
         ];
         for collector in collectors {
             m.names

@@ -73,6 +73,8 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: IpAddr) -> Resp
     );
     mcpgate_telemetry::continue_trace(&span, req.headers());
     req.extensions_mut().insert(id.clone());
+    req.extensions_mut()
+        .insert(crate::traffic::ClientAddress(peer));
     let mut response = handle_in_span(app, req, peer)
         .instrument(span.clone())
         .await;

@@ -14,10 +14,10 @@ use super::rules;
 /// sends upstream; callers never see it.
 ///
 /// Served today: `spec.remote` with auth `None`, `ApiKey` (shared or per user),
-/// `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or `Passthrough`. A server that sets
-/// a field still being built (`spec.openapi`, `spec.retry`, `spec.rateLimits`) is accepted
-/// but not served: it reports `Ready=False` with reason `NotServed` naming the field, and no
-/// credential is copied.
+/// `OAuth2AuthorizationCode`, `OAuth2ClientCredentials` or `Passthrough`, with `retry`,
+/// `rateLimits` and `circuitBreaker`. A server that sets a field still being built
+/// (`spec.openapi`) is accepted but not served: it reports `Ready=False` with reason
+/// `NotServed` naming the field, and no credential is copied.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mcpgate.dev",
@@ -77,15 +77,21 @@ pub struct McpServerSpec {
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i32,
 
-    /// How failed upstream requests should be retried. Not served yet: a server that sets it
-    /// reports `Ready=False` with reason `NotServed`; remove it to serve the server.
+    /// Retries of upstream requests that failed before the upstream could act on them. Off
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
 
-    /// Request budgets for this server. Not served yet: a server that sets it reports
-    /// `Ready=False` with reason `NotServed`; remove it to serve the server.
+    /// Budgets of tool calls, answered HTTP 429 with `Retry-After` when spent. Each gateway
+    /// replica keeps its own budgets: with N replicas, up to N times the budget is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
+
+    /// Stop sending to an upstream that keeps failing, for a while: calls fail at once with
+    /// an error naming this server, and a virtual server serves its other members. Off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 
     /// Serve this server without inbound authentication. Anyone who can reach the gateway
     /// can list and call its tools. Defaults to false.
@@ -401,33 +407,52 @@ pub struct ToolFilter {
     pub deny: Vec<String>,
 }
 
-/// Retries of failed upstream requests (not served yet).
+/// Retries of failed upstream requests. A request is sent again only when it cannot have
+/// been acted on twice: the connection failed before it was sent, or the upstream answered
+/// 502, 503 or 504 to a request that reads (lists, reads, `initialize`, ...) or to a
+/// `tools/call` of a tool the upstream annotates `idempotentHint` or `readOnlyHint`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     #[schemars(range(min = 0, max = 10))]
     pub attempts: i32,
-    /// Wait before the first retry; doubled for each further retry.
+    /// Wait before the first retry; doubled for each further retry, with jitter.
     #[serde(default = "default_backoff_milliseconds")]
     #[schemars(range(min = 1, max = 60000))]
     pub backoff_milliseconds: i32,
+    /// Retries may add at most this share of the server's requests (plus one retry a
+    /// second), so retries cannot multiply the load on a failing upstream. Defaults to 20.
+    #[serde(default = "default_budget_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub budget_percent: i32,
 }
 
 fn default_backoff_milliseconds() -> i32 {
     100
 }
 
-/// Request budgets (not served yet).
+fn default_budget_percent() -> i32 {
+    20
+}
+
+/// Budgets of tool calls (`tools/call`) on this server, through its own route and every
+/// virtual server that bundles it. Each is a token bucket: `requests` at once, refilled
+/// evenly over `periodSeconds`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimits {
-    /// Budget for each caller identity.
+    /// Budget for each caller identity (each client address on a public server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<RateLimit>,
     /// Budget for all callers together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_server: Option<RateLimit>,
+    /// Budgets of single tools (upstream names), for all callers together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["tool"]))]
+    pub per_tool: Vec<ToolRateLimit>,
 }
 
 /// `requests` per `periodSeconds`.
@@ -441,6 +466,46 @@ pub struct RateLimit {
     #[serde(default = "default_period_seconds")]
     #[schemars(range(min = 1, max = 86400))]
     pub period_seconds: i32,
+}
+
+/// The budget of one tool.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolRateLimit {
+    /// The upstream tool's name.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_./-]+$"))]
+    pub tool: String,
+    /// Calls allowed in one period.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests: i32,
+    /// Length of the period.
+    #[serde(default = "default_period_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub period_seconds: i32,
+}
+
+/// When the gateway stops sending to a failing upstream. A failure is a connection that
+/// fails, an answer that does not come within `timeoutSeconds`, or an HTTP 5xx answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Failures in a row that open the circuit. Defaults to 5.
+    #[serde(default = "default_consecutive_failures")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: i32,
+    /// Seconds the circuit stays open; then one request probes the upstream, and its success
+    /// closes the circuit. Defaults to 30.
+    #[serde(default = "default_open_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub open_seconds: i32,
+}
+
+fn default_consecutive_failures() -> i32 {
+    5
+}
+
+fn default_open_seconds() -> i32 {
+    30
 }
 
 fn default_period_seconds() -> i32 {

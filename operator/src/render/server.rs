@@ -7,7 +7,9 @@ use mcpgate_crds::gateway_config::{
     UpstreamAuth, UserCredential,
 };
 use mcpgate_crds::names;
-use mcpgate_crds::v1alpha1::{ApiKeyScope, AuthMode, AuthOverride, McpServer, TargetKind};
+use mcpgate_crds::v1alpha1::{
+    self as v1, ApiKeyScope, AuthMode, AuthOverride, McpServer, TargetKind,
+};
 use sha2::{Digest, Sha256};
 
 use super::access::AccessLists;
@@ -135,24 +137,16 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
                 auth,
                 tools: filter.clone(),
                 timeout_ms: u64::try_from(spec.timeout_seconds.max(1)).unwrap_or(30) * 1000,
-                retry: spec
-                    .retry
+                retry: spec.retry.as_ref().map(retry),
+                rate_limits: spec
+                    .rate_limits
                     .as_ref()
-                    .map(|r| gc::Retry {
-                        attempts: u32::try_from(r.attempts).unwrap_or(0),
-                        backoff_ms: u64::try_from(r.backoff_milliseconds).unwrap_or(100),
-                    })
+                    .map(rate_limits)
                     .unwrap_or_default(),
-                rate_limits: gc::RateLimits {
-                    per_user: spec
-                        .rate_limits
-                        .as_ref()
-                        .and_then(|l| limit(l.per_user.as_ref())),
-                    per_server: spec
-                        .rate_limits
-                        .as_ref()
-                        .and_then(|l| limit(l.per_server.as_ref())),
-                },
+                circuit_breaker: spec.circuit_breaker.as_ref().map(|b| gc::CircuitBreaker {
+                    consecutive_failures: positive(b.consecutive_failures),
+                    open_ms: u64::from(positive(b.open_seconds)) * 1000,
+                }),
                 public: spec.public,
                 access: access_list,
             });
@@ -221,20 +215,51 @@ fn not_served(server: &McpServer) -> Option<&'static str> {
     let spec = &server.spec;
     if spec.openapi.is_some() {
         Some("spec.openapi (OpenAPI sources)")
-    } else if spec.retry.is_some() {
-        Some("spec.retry")
-    } else if spec.rate_limits.is_some() {
-        Some("spec.rateLimits")
     } else {
         None
     }
 }
 
-fn limit(l: Option<&mcpgate_crds::v1alpha1::RateLimit>) -> Option<gc::RateLimit> {
-    l.map(|l| gc::RateLimit {
-        requests: u32::try_from(l.requests).unwrap_or(1),
-        period_seconds: u32::try_from(l.period_seconds).unwrap_or(60),
-    })
+/// A count the API bounds to at least 1 (the schema's range), as the proxy takes it.
+fn positive(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0).max(1)
+}
+
+fn retry(r: &v1::RetryPolicy) -> gc::Retry {
+    gc::Retry {
+        attempts: u32::try_from(r.attempts).unwrap_or(0),
+        backoff_ms: u64::from(positive(r.backoff_milliseconds)),
+        budget_percent: positive(r.budget_percent).min(100),
+    }
+}
+
+fn rate_limits(l: &v1::RateLimits) -> gc::RateLimits {
+    let limit = |requests, period_seconds| gc::RateLimit {
+        requests: positive(requests),
+        period_seconds: positive(period_seconds),
+    };
+    let mut per_tool: Vec<gc::ToolRateLimit> = l
+        .per_tool
+        .iter()
+        .map(|t| gc::ToolRateLimit {
+            tool: t.tool.clone(),
+            limit: limit(t.requests, t.period_seconds),
+        })
+        .collect();
+    per_tool.sort_by(|a, b| a.tool.cmp(&b.tool));
+    // Admission refuses a tool named twice; one left by a looser API server keeps its first.
+    per_tool.dedup_by(|a, b| a.tool == b.tool);
+    gc::RateLimits {
+        per_user: l
+            .per_user
+            .as_ref()
+            .map(|l| limit(l.requests, l.period_seconds)),
+        per_server: l
+            .per_server
+            .as_ref()
+            .map(|l| limit(l.requests, l.period_seconds)),
+        per_tool,
+    }
 }
 
 fn len_i32(n: usize) -> i32 {

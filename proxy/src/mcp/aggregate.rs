@@ -25,10 +25,11 @@ use super::message::{Kind, child_object, params_mut};
 use super::relay::{self, EventIds, Rewrite};
 use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
-use crate::error::{Body, code, full, json_response, jsonrpc_error};
+use crate::error::{Body, code, full, json_response, jsonrpc_error, rate_limited};
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::{Current, Member, VirtualRoute};
+use crate::traffic::budget_key;
 
 /// Versions of the `initialize` era the gateway speaks downstream.
 const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
@@ -202,6 +203,7 @@ async fn dispatch(
         owner: owner.as_deref(),
         identity,
         via,
+        extensions: &parts.extensions,
     };
     match (&parts.method, post) {
         (&Method::POST, Some(post)) => ctx.post(post).await,
@@ -245,15 +247,7 @@ async fn initialize(
     let opened = join_all(route.members.iter().map(|member| {
         let (capabilities, client_info, owner) = (&capabilities, &client_info, &owner);
         async move {
-            let hop = Hop {
-                client: &fwd.client,
-                limits: fwd.read_limits,
-                owner: owner.as_deref(),
-                identity,
-                outbound: &fwd.outbound,
-                route: &member.server,
-                caller,
-            };
+            let hop = fwd.hop(&member.server, caller, owner.as_deref(), identity);
             match hop.initialize(version, capabilities, client_info).await {
                 Ok((session, result)) => (session, Some(result)),
                 Err(error) => {
@@ -334,6 +328,10 @@ async fn initialize(
     response
 }
 
+/// The `_meta` key of a virtual server's list that left out members which failed: each
+/// `{server, error}`.
+pub const UNAVAILABLE_META: &str = "mcpgate.dev/unavailable";
+
 /// How a request reaches the members.
 enum Via<'a> {
     /// Within an initialized client session and its upstream sessions.
@@ -353,6 +351,8 @@ struct Ctx<'a> {
     owner: Option<&'a str>,
     identity: Option<&'a Identity>,
     via: Via<'a>,
+    /// The request's extensions (who sent it, see [`budget_key`]).
+    extensions: &'a http::Extensions,
 }
 
 impl Ctx<'_> {
@@ -376,15 +376,8 @@ impl Ctx<'_> {
     }
 
     fn hop<'b>(&'b self, member: &'b Member, caller: &'b HeaderMap) -> Hop<'b> {
-        Hop {
-            client: &self.fwd.client,
-            limits: self.fwd.read_limits,
-            owner: self.owner,
-            identity: self.identity,
-            outbound: &self.fwd.outbound,
-            route: &member.server,
-            caller,
-        }
+        self.fwd
+            .hop(&member.server, caller, self.owner, self.identity)
     }
 
     async fn post(&self, post: Post) -> Response<Body> {
@@ -504,6 +497,15 @@ impl Ctx<'_> {
         }
         let asking = self.asking(method, &request);
         let hop = self.hop(member, &caller);
+        if method == "tools/call"
+            && let Some(policy) = &hop.policy
+            && let Err(spent) = policy.take(
+                &budget_key(self.owner, self.extensions),
+                request["params"]["name"].as_str().unwrap_or_default(),
+            )
+        {
+            return rate_limited(id, &hop.server(), &spent);
+        }
         let rewrite = from_member(member.name().to_owned());
         let response = match &self.via {
             Via::Stateless { .. } => self.fwd.eras.send(&hop, request, rewrite).await,
@@ -574,6 +576,7 @@ impl Ctx<'_> {
         )
         .await;
         let mut items = Vec::new();
+        let mut unavailable = Vec::new();
         for (member, list) in self.route.members.iter().zip(lists) {
             let key = self.fwd.listed.key(&self.route.config.path, member, method);
             match list {
@@ -593,12 +596,17 @@ impl Ctx<'_> {
                     items.extend(last.iter().cloned());
                 }
                 Err(error) => {
-                    tracing::warn!(server = %member.name(), %error, "{method} left out a server that failed")
+                    tracing::warn!(server = %member.name(), %error, "{method} left out a server that failed");
+                    unavailable.push(json!({"server": member.name(), "error": error.to_string()}));
                 }
             }
         }
         let mut result = Map::new();
         result.insert(listing.key.into(), Value::Array(items));
+        if !unavailable.is_empty() {
+            // The client's user can see which part of the bundle is missing, and why.
+            result.insert("_meta".into(), json!({ UNAVAILABLE_META: unavailable }));
+        }
         if matches!(self.via, Via::Stateless { .. }) {
             // Per-user policy makes lists uncacheable across callers.
             result.insert("resultType".into(), "complete".into());
@@ -633,6 +641,11 @@ impl Ctx<'_> {
                     hop.server(),
                     format!("{method} with an error: {error}"),
                 ));
+            }
+            if let (Some(policy), Some(tools)) = (&hop.policy, reply["result"]["tools"].as_array())
+                && method == "tools/list"
+            {
+                policy.learn(tools);
             }
             let (page, next) = exposed_page(member, listing, &reply["result"]);
             items.extend(page);

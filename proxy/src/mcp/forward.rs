@@ -19,10 +19,11 @@ use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
 use super::message::{Envelope, Kind};
 use crate::audit::{Audit, Pending, ToolCall};
 use crate::auth::Identity;
-use crate::error::{Body, code, jsonrpc_error};
+use crate::error::{Body, code, jsonrpc_error, rate_limited};
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
+use crate::traffic::budget_key;
 use crate::upstream::HttpClient;
 
 /// Response headers passed back to the client (the session id is the gateway's own).
@@ -58,6 +59,8 @@ pub struct Forwarder {
     /// What each virtual server's members last listed, for callers whose own credential a
     /// member still needs (see `aggregate`).
     pub listed: super::aggregate::Listed,
+    /// Rate limits, retries and circuit breaking of the servers that set them.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// A request body read whole and checked.
@@ -86,6 +89,27 @@ impl Message {
 }
 
 impl Forwarder {
+    /// How a request of `owner` (with `identity` on a per-user route) reaches `route`'s
+    /// upstream, with `caller`'s headers.
+    pub fn hop<'a>(
+        &'a self,
+        route: &'a ServerRoute,
+        caller: &'a HeaderMap,
+        owner: Option<&'a str>,
+        identity: Option<&'a Identity>,
+    ) -> Hop<'a> {
+        Hop {
+            client: &self.client,
+            limits: self.read_limits,
+            owner,
+            identity,
+            outbound: &self.outbound,
+            route,
+            caller,
+            policy: self.traffic.of(route),
+        }
+    }
+
     /// What every route, server or virtual, checks before it acts on a request, answering
     /// what is wrong the way the MCP transport says: the media types (415, 406), the body
     /// (413; -32700 for what is not JSON, -32600 for what is not one JSON-RPC message), the
@@ -238,15 +262,7 @@ impl Forwarder {
         owner: Option<String>,
         identity: Option<&Identity>,
     ) -> (Response<Body>, Option<Duration>) {
-        let hop = Hop {
-            client: &self.client,
-            limits: self.read_limits,
-            owner: owner.as_deref(),
-            identity,
-            outbound: &self.outbound,
-            route,
-            caller: &parts.headers,
-        };
+        let hop = self.hop(route, &parts.headers, owner.as_deref(), identity);
         let envelope = message.as_ref().map(|m| &m.envelope);
         let id = envelope.and_then(|e| e.id.as_ref());
         let method = envelope.map(Envelope::method).unwrap_or_default();
@@ -262,6 +278,12 @@ impl Forwarder {
                     ),
                     None,
                 );
+            }
+            if let Some(policy) = &hop.policy
+                && let Err(spent) =
+                    policy.take(&budget_key(owner.as_deref(), &parts.extensions), name)
+            {
+                return (rate_limited(id, &hop.server(), &spent), None);
             }
         }
         if let Some(refusal) = message.as_ref().and_then(oversized_initialize) {
@@ -300,8 +322,9 @@ impl Forwarder {
                 Err(response) => return (response, None),
             };
             let tools = route.config.tools.clone();
+            let policy = hop.policy.clone();
             let rewrite = move |m: &mut Value| {
-                filter::filter_value(m, &tools);
+                filter::filter_value(m, &tools, policy.as_deref());
                 true
             };
             return match self.eras.send(&hop, request, rewrite).await {
@@ -351,21 +374,27 @@ impl Forwarder {
             self.sessions.end(sid);
         }
 
+        // Read when it must be filtered, or its tools learnt for retries.
         let filtered = method == "tools/list"
-            && !(route.config.tools.allow.is_empty() && route.config.tools.deny.is_empty());
+            && (!(route.config.tools.allow.is_empty() && route.config.tools.deny.is_empty())
+                || hop.policy.as_ref().is_some_and(|p| p.learns()));
         let content_type = up_parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let body = match (filtered, content_type) {
-            (true, t) if t.starts_with("text/event-stream") => {
-                filter::filter_sse(up_body, route.config.tools.clone(), hop.limits.event_bytes)
-            }
+            (true, t) if t.starts_with("text/event-stream") => filter::filter_sse(
+                up_body,
+                route.config.tools.clone(),
+                hop.policy.clone(),
+                hop.limits.event_bytes,
+            ),
             (true, t) if t.starts_with("application/json") => {
                 let filtered = filter::filter_json(
                     up_body,
                     route.config.tools.clone(),
+                    hop.policy.clone(),
                     hop.limits.reply_bytes,
                 );
                 match filtered.await {

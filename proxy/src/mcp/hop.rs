@@ -1,6 +1,7 @@
 //! The upstream hop: requests to one McpServer's upstream with its credentials, the caller's
 //! own headers reduced to an allowlist, and replies read as JSON or SSE.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ use crate::outbound::discovery::Challenge;
 use crate::outbound::{Outbound, Resolved};
 use crate::session::UpstreamSession;
 use crate::source::ServerRoute;
+use crate::traffic::Policy;
+use crate::traffic::breaker::Outcome;
+use crate::traffic::retry::{backoff, resendable};
 use crate::upstream::HttpClient;
 
 /// Caller headers passed to the upstream, with every `Mcp-Param-*` header (tool parameters a
@@ -119,6 +123,17 @@ pub enum HopError {
     /// The gateway has no credential to send for this caller (or could not obtain one).
     #[error(transparent)]
     Credential(#[from] crate::outbound::OutboundError),
+    /// The server's circuit is open: it failed too often in a row (`spec.circuitBreaker`).
+    #[error("upstream {0} is failing and the gateway stopped sending to it for now (its circuit is open{left}); try again later", left = open_for(*.1))]
+    CircuitOpen(String, Duration),
+}
+
+/// ", N s more" for an open circuit's remaining time; nothing while it is being probed.
+fn open_for(left: Duration) -> String {
+    match left.as_secs_f64().ceil() {
+        0.0 => String::new(),
+        s => format!(" for {s} s more"),
+    }
 }
 
 /// How an upstream request is addressed.
@@ -137,6 +152,8 @@ pub struct Hop<'a> {
     pub route: &'a ServerRoute,
     /// The caller's request headers.
     pub caller: &'a HeaderMap,
+    /// The server's traffic policy, when it has one.
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl Hop<'_> {
@@ -336,10 +353,65 @@ impl Hop<'_> {
         request
     }
 
-    /// Sends `request` as it is, in a span of its own whose trace context the upstream gets
-    /// (`traceparent`); when spans are not exported, the caller's trace context is passed on
-    /// instead, so the upstream can still join the caller's trace.
+    /// Sends `request` as the server's policy says: not at all while its circuit is open;
+    /// again, after a backoff and within the retry budget, when it failed in a way that
+    /// cannot have been acted on twice (see [`crate::traffic::retry`]).
     async fn dispatch(&self, request: Request<Bytes>) -> Result<Response<Incoming>, HopError> {
+        let Some(policy) = self.policy.as_deref() else {
+            return self.attempt(request).await.map_err(|(error, _)| error);
+        };
+        let retries = policy.retries.as_ref();
+        if let Some(retries) = retries {
+            retries.budget.deposit();
+        }
+        let mut request = request;
+        let mut retried = 0;
+        loop {
+            let admitted = policy
+                .admit()
+                .map_err(|left| HopError::CircuitOpen(self.server(), left))?;
+            let again = retries
+                .filter(|r| retried < r.config.attempts)
+                .map(|_| copy(&request));
+            let sent = self.attempt(request).await;
+            admitted.report(match &sent {
+                Ok(response) if !response.status().is_server_error() => Outcome::Success,
+                _ => Outcome::Failure,
+            });
+            let (Some(again), Some(retries)) = (again, retries) else {
+                return sent.map_err(|(error, _)| error);
+            };
+            let retry = match &sent {
+                Err((_, not_sent)) => *not_sent,
+                Ok(response) => {
+                    matches!(response.status().as_u16(), 502..=504)
+                        && resendable(again.method(), again.body(), &retries.hints)
+                }
+            };
+            if !retry {
+                return sent.map_err(|(error, _)| error);
+            }
+            if !retries.budget.withdraw() {
+                policy.count_retry(false);
+                return sent.map_err(|(error, _)| error);
+            }
+            policy.count_retry(true);
+            retried += 1;
+            drop(sent);
+            let base = Duration::from_millis(retries.config.backoff_ms);
+            tokio::time::sleep(backoff(base, retried)).await;
+            request = again;
+        }
+    }
+
+    /// Sends `request` once, as it is, in a span of its own whose trace context the upstream
+    /// gets (`traceparent`); when spans are not exported, the caller's trace context is
+    /// passed on instead, so the upstream can still join the caller's trace. A failure says
+    /// whether the request never left (no connection).
+    async fn attempt(
+        &self,
+        request: Request<Bytes>,
+    ) -> Result<Response<Incoming>, (HopError, bool)> {
         let span = tracing::info_span!(
             "upstream",
             otel.kind = "client",
@@ -371,11 +443,14 @@ impl Hop<'_> {
                 span.in_scope(|| {
                     tracing::warn!(server = %self.server(), %error, "upstream request failed");
                 });
-                Err(HopError::Unreachable(self.server()))
+                Err((HopError::Unreachable(self.server()), error.is_connect()))
             }
             Err(_) => {
                 span.record("otel.status_code", "ERROR");
-                Err(HopError::Timeout(self.server(), timeout.as_secs_f32()))
+                Err((
+                    HopError::Timeout(self.server(), timeout.as_secs_f32()),
+                    false,
+                ))
             }
         }
     }

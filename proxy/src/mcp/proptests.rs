@@ -252,7 +252,7 @@ proptest! {
             Box::new(from_member("fs".into())),
             Box::new(tagged("fs".into(), id.clone())),
             Box::new(era::restored("mcpgate-call-0".into(), id.clone(), true, from_member("fs".into()))),
-            Box::new(|m: &mut Value| filter_value(m, &filter()).is_some()),
+            Box::new(|m: &mut Value| filter_value(m, &filter(), None).is_some()),
         ];
         for mut rewrite in rewrites {
             let mut rewritten = message.clone();
@@ -262,7 +262,7 @@ proptest! {
         if let Some(params) = params_mut(&mut rewritten) {
             params.insert("_meta".into(), id);
         }
-        let _ = filter_message(message.to_string().as_bytes(), &filter());
+        let _ = filter_message(message.to_string().as_bytes(), &filter(), None);
     }
 
     /// A member's list page, any shape, merged into a virtual server's list.
@@ -299,7 +299,7 @@ proptest! {
                 let _ = event_through(event, &mut from_member("fs".into()), &ids);
                 let _ = event_through(event, &mut tagged("fs".into(), Value::from(1)), &ids);
             }
-            let _ = rewrite_event(event, &filter());
+            let _ = rewrite_event(event, &filter(), None);
         }
     }
 

@@ -2,6 +2,8 @@
 
 usage: call.py URL MODE list
        call.py URL MODE call TOOL JSON_ARGUMENTS
+       call.py URL MODE calls COUNT TOOL JSON_ARGUMENTS   (one session; each outcome, or the
+                                                          JSON-RPC error that ended it)
 MODE is `legacy` (initialize handshake) or a protocol version such as `2026-07-28`.
 With MCPGATE_BEARER set, every request carries `Authorization: Bearer <it>`.
 """
@@ -12,6 +14,7 @@ import os
 import sys
 
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -26,6 +29,15 @@ async def main() -> None:
         if action == "list":
             result = await client.list_tools()
             print(json.dumps(sorted(t.name for t in result.tools)))
+        elif action == "calls":
+            outcomes = []
+            for _ in range(int(sys.argv[4])):
+                try:
+                    result = await client.call_tool(sys.argv[5], json.loads(sys.argv[6]))
+                    outcomes.append({"isError": result.is_error, "text": [c.text for c in result.content if getattr(c, "text", None) is not None]})
+                except MCPError as error:
+                    outcomes.append({"error": {"code": error.error.code, "message": error.error.message}})
+            print(json.dumps(outcomes))
         else:
             result = await client.call_tool(sys.argv[4], json.loads(sys.argv[5]))
             texts = [c.text for c in result.content if getattr(c, "text", None) is not None]

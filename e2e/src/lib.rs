@@ -578,12 +578,17 @@ impl Operator {
 
     /// The value of one metric sample (sum over label sets matching `labels`).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-        let (status, body) = http_get(&format!("{}/metrics", self.metrics_url))?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
-        Ok(sum_metric(&body, name, labels))
+        metric_at(&self.metrics_url, name, labels)
     }
+}
+
+/// Metric `name` summed over the samples with `labels`, from `{base}/metrics`.
+pub fn metric_at(base: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let (status, body) = http_get(&format!("{base}/metrics"))?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    Ok(sum_metric(&body, name, labels))
 }
 
 /// Sums the samples of `name` whose labels include `labels`, in Prometheus text format.
@@ -1115,6 +1120,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Metric `name` summed over the samples with `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        metric_at(&format!("http://127.0.0.1:{}", self.admin), name, labels)
+    }
+
     /// Starts the proxy with `source_args` (`--config-dir DIR` or `--config-namespace NS`),
     /// `env` added, and its log in `log_dir`.
     pub fn start(

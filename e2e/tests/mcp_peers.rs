@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use mcpgate_e2e::{
     Process, Proxy, everything_server, free_port, gateway_for, http_get, mcp_post, mcp_request,
-    peer_around, python, python_peer, render, run_peer, sum_metric, workspace,
+    peer_around, python, python_peer, render, run_peer, sum_metric, wait_for, workspace,
 };
 use serde_json::Value;
 
@@ -30,6 +30,12 @@ impl Gateway {
     }
 
     fn with_proxies(count: usize) -> Result<Self> {
+        Self::with(count, "")
+    }
+
+    /// `count` proxies in front of the demo server, whose McpServer spec gets `extra` (YAML
+    /// lines indented by two spaces) too.
+    fn with(count: usize, extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let upstream_port = free_port();
         let upstream = start_upstream(dir.path(), upstream_port)?;
@@ -38,7 +44,7 @@ impl Gateway {
         std::fs::write(
             manifests.join("server.yaml"),
             format!(
-                "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo, namespace: peers}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [secret_tool]}}\n  public: true\n"
+                "apiVersion: mcpgate.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: demo, namespace: peers}}\nspec:\n  remote: {{url: \"http://127.0.0.1:{upstream_port}/mcp\"}}\n  tools: {{deny: [secret_tool]}}\n  public: true\n{extra}"
             ),
         )?;
         render(&manifests, &dir.path().join("config")).context("standalone render failed")?;
@@ -767,5 +773,76 @@ fn a_reopened_stream_replaces_the_old_one_and_delete_ends_it() -> Result<()> {
         )?;
         ensure!(status == 404, "{url}: a deleted session answered {status}");
     }
+    Ok(())
+}
+
+/// What the Python client saw of each of `count` calls of `tool` in one session.
+fn calls(url: &str, mode: &str, count: usize, tool: &str, arguments: &str) -> Result<Vec<Value>> {
+    let outcomes = client(url, mode, &["calls", &count.to_string(), tool, arguments])?;
+    Ok(outcomes.as_array().cloned().unwrap_or_default())
+}
+
+/// The JSON-RPC error codes of `outcomes` (0 for a result).
+fn codes(outcomes: &[Value]) -> Vec<i64> {
+    outcomes
+        .iter()
+        .map(|o| o["error"]["code"].as_i64().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the Python MCP peers: run `make e2e`"]
+fn python_client_meets_a_rate_limit_and_a_circuit_that_recovers() -> Result<()> {
+    let mut gateway = Gateway::with(
+        1,
+        "  rateLimits: {perTool: [{tool: add, requests: 3, periodSeconds: 3600}]}\n  circuitBreaker: {consecutiveFailures: 2, openSeconds: 2}\n",
+    )?;
+    let url = gateway.url.clone();
+    // The budget of `add` is shared by both eras' calls: 3 pass, the rest are told to wait.
+    let legacy = calls(&url, "legacy", 5, "add", r#"{"a": 1, "b": 2}"#)?;
+    ensure!(codes(&legacy) == [0, 0, 0, -32029, -32029], "{legacy:?}");
+    ensure!(legacy[0]["text"] == serde_json::json!(["3"]), "{legacy:?}");
+    let message = legacy[3]["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.starts_with("rate limited: peers/demo allows 3 tool calls of this tool every 3600 s (spec.rateLimits.perTool); retry after "),
+        "{message}"
+    );
+    let modern = calls(&url, "2026-07-28", 2, "add", r#"{"a": 1, "b": 2}"#)?;
+    ensure!(codes(&modern) == [-32029, -32029], "{modern:?}");
+    ensure!(codes(&calls(&url, "2026-07-28", 1, "echo", r#"{"text": "hi"}"#)?) == [0]);
+    let limited =
+        gateway.proxies[0].metric("mcpgate_rate_limited_total", &[("limit", "perTool")])?;
+    ensure!(limited == 4.0, "{limited}");
+
+    // The upstream goes away: two failures open the circuit, and calls fail at once.
+    gateway.upstream.terminate();
+    let down = calls(&url, "2026-07-28", 4, "echo", r#"{"text": "hi"}"#)?;
+    ensure!(codes(&down) == [-32001; 4], "{down:?}");
+    let messages: Vec<&str> = down
+        .iter()
+        .map(|o| o["error"]["message"].as_str().unwrap_or_default())
+        .collect();
+    ensure!(
+        messages[0] == "upstream peers/demo is unreachable",
+        "{messages:?}"
+    );
+    ensure!(
+        messages[2].starts_with("upstream peers/demo is failing and the gateway stopped sending to it for now (its circuit is open"),
+        "{messages:?}"
+    );
+    ensure!(gateway.proxies[0].metric("mcpgate_circuit_open", &[])? == 1.0);
+
+    // Back, and once the circuit's cool-down is over the probe closes it: both eras call.
+    gateway.upstream = start_upstream(gateway.dir.path(), gateway.upstream_port)?;
+    wait_for("the circuit to close", Duration::from_secs(20), || {
+        let call = calls(&url, "legacy", 1, "echo", r#"{"text": "back"}"#).ok()?;
+        (codes(&call) == [0]).then_some(())
+    })?;
+    both_eras(|mode| {
+        let up = calls(&url, mode, 2, "echo", r#"{"text": "back"}"#)?;
+        ensure!(codes(&up) == [0, 0], "{up:?}");
+        Ok(())
+    })?;
+    ensure!(gateway.proxies[0].metric("mcpgate_circuit_open", &[])? == 0.0);
     Ok(())
 }

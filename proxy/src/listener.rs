@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::error::{Body, code, jsonrpc_error};
+use crate::error::{Body, ProxyError};
 use crate::server::{App, handle};
 
 /// What one client, and all of them together, may make the MCP port hold.
@@ -425,15 +425,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 }
 
 /// 503 with `Retry-After` for a gateway at its `limit` (`connections` or `requests`).
-pub fn busy(limit: &str) -> Response<Body> {
-    let mut response = jsonrpc_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        None,
-        code::INTERNAL,
-        format!("the gateway is at its limit of open {limit}: retry in a moment"),
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+pub fn busy(limit: &'static str) -> Response<Body> {
+    ProxyError::Busy { limit }.respond()
 }

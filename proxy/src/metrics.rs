@@ -46,6 +46,8 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     /// Requests failed at once because the server's circuit was open, by server.
     pub circuit_rejected: IntCounterVec,
+    /// Requests the gateway answered with an error of its own, by kind.
+    pub errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -167,8 +169,15 @@ impl Metrics {
                 ),
                 &["server_namespace", "server"],
             )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "mcpgate_errors_total",
+                    "Requests the gateway answered with an error of its own (refused, failed upstream, ...), by kind",
+                ),
+                &["kind"],
+            )?,
         };
-        let collectors: [Box<dyn Collector>; 17] = [
+        let collectors: [Box<dyn Collector>; 18] = [
             Box::new(m.config_synchronized.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.requests.clone()),
@@ -186,6 +195,7 @@ impl Metrics {
             Box::new(m.upstream_retries.clone()),
             Box::new(m.circuit_open.clone()),
             Box::new(m.circuit_rejected.clone()),
+            Box::new(m.errors.clone()),
         ];
         for collector in collectors {
             m.names

@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::auth::inbound::{Inbound, METADATA_PREFIX};
 use crate::auth::{Identity, Method as AuthMethod};
-use crate::error::{Body, full, json_response, jsonrpc_error, not_found};
+use crate::error::{Body, ErrorKind, ProxyError, full, json_response};
 use crate::guard::RequestGuard;
 use crate::listener::{Limits, busy};
 use crate::mcp::forward::Forwarder;
@@ -105,7 +105,14 @@ async fn handle_in_span(app: &App, req: Request<Incoming>, peer: IpAddr) -> Resp
     let method = req.method().clone();
     let unread_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
     let mut response = match app.in_flight.try_acquire() {
-        Ok(_handling) => caught(&app.metrics, route(app, req, peer)).await,
+        Ok(_handling) => {
+            let routed = async {
+                route(app, req, peer)
+                    .await
+                    .unwrap_or_else(ProxyError::respond)
+            };
+            caught(&app.metrics, routed).await
+        }
         Err(_) => {
             app.metrics.refused.with_label_values(&["requests"]).inc();
             busy("requests").map(|body| CaughtBody::new(body, &app.metrics))
@@ -123,6 +130,9 @@ async fn handle_in_span(app: &App, req: Request<Incoming>, peer: IpAddr) -> Resp
         .requests
         .with_label_values(&[method.as_str(), response.status().as_str()])
         .inc();
+    if let Some(ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
+        app.metrics.errors.with_label_values(&[kind]).inc();
+    }
     response
 }
 
@@ -142,13 +152,9 @@ pub async fn caught(
                 panic = panic_message(&*panic),
                 "handling a request panicked; answered 500"
             );
-            crate::error::jsonrpc_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                None,
-                crate::error::code::INTERNAL,
-                "internal error in the gateway: this request failed and was logged; other requests are not affected",
-            )
-            .map(|body| CaughtBody::new(body, metrics))
+            ProxyError::Panicked
+                .respond()
+                .map(|body| CaughtBody::new(body, metrics))
         }
     }
 }
@@ -219,19 +225,27 @@ impl http_body::Body for CaughtBody {
     }
 }
 
-async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+async fn route(
+    app: &App,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Body>, ProxyError> {
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix(METADATA_PREFIX) {
         return resource_metadata(app, req.headers(), rest);
     }
+    let not_found = |path: &str| ProxyError::NoRoute {
+        path: path.to_owned(),
+    };
     let Some(key) = route_key(&path) else {
         return match &app.signin {
             Some(signin) => {
                 if let Err(refusal) = app.guard.check(req.uri(), req.headers()) {
-                    return json_response(
+                    // The sign-in endpoints answer as OAuth 2 does.
+                    return Ok(json_response(
                         StatusCode::FORBIDDEN,
                         &json!({"error": "invalid_request", "error_description": refusal.message()}),
-                    );
+                    ));
                 }
                 let context = SignInContext {
                     current: &app.current,
@@ -240,28 +254,18 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
                 };
                 Box::pin(signin.serve(&context, req))
                     .await
-                    .unwrap_or_else(|_| not_found(&path))
+                    .map_err(|_| not_found(&path))
             }
-            None => not_found(&path),
+            None => Err(not_found(&path)),
         };
     };
     if let Err(refusal) = app.guard.check(req.uri(), req.headers()) {
-        return jsonrpc_error(
-            StatusCode::FORBIDDEN,
-            None,
-            crate::error::code::INVALID_REQUEST,
-            refusal.message(),
-        );
+        return Err(ProxyError::Refused {
+            message: refusal.message().to_owned(),
+        });
     }
-    let Some(snapshot) = app.current.load() else {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"error": {"type": "NotReady", "message": "the gateway has not loaded its configuration yet"}}),
-        );
-    };
-    let Some(route) = snapshot.route(key) else {
-        return not_found(&path);
-    };
+    let snapshot = app.current.load().ok_or(ProxyError::NotReady)?;
+    let route = snapshot.route(key).ok_or_else(|| not_found(&path))?;
     let (namespace, name) = route.name();
     tracing::Span::current().record("route", format!("{namespace}/{name}"));
     let caller = if route.public() {
@@ -274,7 +278,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
                     .auth_failures
                     .with_label_values(&[error.reason()])
                     .inc();
-                return app.inbound.challenge(req.headers(), key, &error);
+                return Err(app.inbound.challenge(req.headers(), key, &error));
             }
         }
     };
@@ -285,14 +289,11 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
         && route.forwards_caller_token()
     {
         let (namespace, name) = route.name();
-        return jsonrpc_error(
-            StatusCode::FORBIDDEN,
-            None,
-            crate::error::code::FORBIDDEN,
-            format!(
+        return Err(ProxyError::Forbidden {
+            message: format!(
                 "{namespace}/{name} sends the caller's token out of the gateway (passthrough or token exchange), and the gateway never forwards tokens it issued itself: call it with a token from your identity provider"
             ),
-        );
+        });
     }
     if let Some(identity) = &caller
         && !route.access().permits(identity)
@@ -303,25 +304,20 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
             .with_label_values(&[namespace, name])
             .inc();
         tracing::info!(user = %identity.user, namespace, name, "access denied: not a collaborator");
-        return forbidden(identity, route);
+        return Err(forbidden(identity, route));
     }
     if let Err(problem) = crate::mcp::extra_headers::ExtraHeaders::parse(req.headers()) {
-        return jsonrpc_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            crate::error::code::INVALID_REQUEST,
-            problem,
-        );
+        return Err(ProxyError::BadRequest {
+            id: None,
+            message: problem,
+        });
     }
     match route {
         Route::Server(server) => {
             if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
-                return jsonrpc_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    None,
-                    crate::error::code::INVALID_REQUEST,
-                    "use POST, GET or DELETE",
-                );
+                return Err(ProxyError::MethodNotAllowed {
+                    message: "use POST, GET or DELETE",
+                });
             }
             let method = req.method().clone();
             let (response, latency) = app.forwarder.forward(req, server, caller).await;
@@ -331,18 +327,16 @@ async fn route(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body
                     .with_label_values(&[method.as_str()])
                     .observe(latency.as_secs_f64());
             }
-            response
+            Ok(response)
         }
         // Boxed: a virtual server's future is much larger than a server route's.
-        Route::Virtual(v) => {
-            Box::pin(crate::mcp::aggregate::handle(
-                &app.forwarder,
-                req,
-                v,
-                caller,
-            ))
-            .await
-        }
+        Route::Virtual(v) => Ok(Box::pin(crate::mcp::aggregate::handle(
+            &app.forwarder,
+            req,
+            v,
+            caller,
+        ))
+        .await),
     }
 }
 
@@ -357,7 +351,7 @@ fn has_body(headers: &http::HeaderMap) -> bool {
 
 /// 403 for an authenticated caller the route's collaborators do not include. It names the
 /// caller and the route they asked for, nothing about who does have access.
-fn forbidden(caller: &Identity, route: &Route) -> Response<Body> {
+fn forbidden(caller: &Identity, route: &Route) -> ProxyError {
     let (namespace, name) = route.name();
     let kind = match route {
         Route::Server(_) => "McpServer",
@@ -369,21 +363,25 @@ fn forbidden(caller: &Identity, route: &Route) -> Response<Body> {
             "this user (subject or email) or one of its groups"
         }
     };
-    jsonrpc_error(
-        StatusCode::FORBIDDEN,
-        None,
-        crate::error::code::FORBIDDEN,
-        format!(
+    ProxyError::Forbidden {
+        message: format!(
             "Forbidden: {} may not use {kind} {namespace}/{name}: an McpCollaborator with role User or Manager must name {granted_by}",
             caller.user
         ),
-    )
+    }
 }
 
 /// RFC 9728 metadata: `rest` empty for the gateway, else a route's path; JSON 404 otherwise.
-fn resource_metadata(app: &App, headers: &http::HeaderMap, rest: &str) -> Response<Body> {
+fn resource_metadata(
+    app: &App,
+    headers: &http::HeaderMap,
+    rest: &str,
+) -> Result<Response<Body>, ProxyError> {
     if rest.is_empty() || rest == "/" {
-        return json_response(StatusCode::OK, &app.inbound.metadata(headers, None, None));
+        return Ok(json_response(
+            StatusCode::OK,
+            &app.inbound.metadata(headers, None, None),
+        ));
     }
     let route = route_key(rest).and_then(|key| {
         let snapshot = app.current.load()?;
@@ -391,11 +389,13 @@ fn resource_metadata(app: &App, headers: &http::HeaderMap, rest: &str) -> Respon
         Some((key, format!("{namespace}/{name}")))
     });
     match route {
-        Some((key, name)) => json_response(
+        Some((key, name)) => Ok(json_response(
             StatusCode::OK,
             &app.inbound.metadata(headers, Some(key), Some(&name)),
-        ),
-        None => not_found(rest),
+        )),
+        None => Err(ProxyError::NoRoute {
+            path: rest.to_owned(),
+        }),
     }
 }
 

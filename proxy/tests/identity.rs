@@ -50,9 +50,10 @@ fn servers_that_are_not_public_need_a_valid_bearer_token() {
             && !challenge.contains("invalid_token"),
         "{challenge}"
     );
+    // Its own code, not the upstream failure's (-32001).
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
-        -32001
+        -32005
     );
 
     // The metadata the challenge points at, per route and for the gateway.

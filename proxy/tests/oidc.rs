@@ -231,14 +231,16 @@ async fn a_provider_that_cannot_be_asked_gets_503_not_a_challenge() {
     let request = bearer(&sign(&ec, &idp.claims()));
     let error = inbound.authenticate(&request, route).await.unwrap_err();
     assert_eq!(error, AuthError::Unavailable);
-    let refused = inbound.challenge(&request, route, &error);
+    let refused = inbound.challenge(&request, route, &error).respond();
     assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()[header::RETRY_AFTER], "5");
     assert!(
         !refused.headers().contains_key(header::WWW_AUTHENTICATE),
         "no challenge: the client keeps its token"
     );
-    let challenged = inbound.challenge(&request, route, &AuthError::Expired);
+    let challenged = inbound
+        .challenge(&request, route, &AuthError::Expired)
+        .respond();
     assert_eq!(challenged.status(), http::StatusCode::UNAUTHORIZED);
     assert!(challenged.headers().contains_key(header::WWW_AUTHENTICATE));
 }

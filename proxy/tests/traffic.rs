@@ -198,6 +198,10 @@ fn budgets_hold_exactly_under_concurrency_and_say_when_to_come_back() {
         ),
         15.0
     );
+    assert_eq!(
+        metric(admin, "mcpgate_errors_total", &[("kind", "rate_limited")]),
+        15.0
+    );
     // Lists are not tool calls and cost nothing.
     assert_eq!(post(port, path, &[], &list()).0, 200);
 }

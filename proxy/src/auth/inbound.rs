@@ -3,14 +3,14 @@
 //! valid one gets 401 with a `WWW-Authenticate` challenge naming the route's resource
 //! metadata, which the gateway serves per route and at the root.
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Value, json};
 
 use super::cache::TokenCache;
 use super::oidc::OidcVerifier;
 use super::service_account::TokenReviewer;
 use super::{AuthError, Identity, Method, Unverified};
-use crate::error::{Body, json_response};
+use crate::error::ProxyError;
 use crate::signin::tokens::{PERSONAL_PREFIX, Tokens};
 use std::sync::Arc;
 
@@ -115,18 +115,11 @@ impl Inbound {
     /// The answer to a request refused with `error` on the route at `path`: a 401 challenge,
     /// or a 503 when the token could not be checked (a 401 would make the client throw a
     /// good token away).
-    pub fn challenge(&self, headers: &HeaderMap, path: &str, error: &AuthError) -> Response<Body> {
+    pub fn challenge(&self, headers: &HeaderMap, path: &str, error: &AuthError) -> ProxyError {
         if *error == AuthError::Unavailable {
-            let mut response = crate::error::jsonrpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                crate::error::code::INTERNAL,
-                format!("{error}: try again shortly"),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return response;
+            return ProxyError::AuthUnavailable {
+                message: error.to_string(),
+            };
         }
         let metadata = format!("{}{METADATA_PREFIX}{path}", self.base(headers));
         let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
@@ -135,16 +128,10 @@ impl Inbound {
                 ", error=\"invalid_token\", error_description=\"{error}\""
             ));
         }
-        let mut response = json_response(
-            StatusCode::UNAUTHORIZED,
-            &json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": format!("Unauthorized: {error}")}}),
-        );
-        if let Ok(value) = HeaderValue::try_from(challenge) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
+        ProxyError::Unauthenticated {
+            message: error.to_string(),
+            challenge: HeaderValue::try_from(challenge).ok(),
         }
-        response
     }
 
     /// The resource metadata of the route at `path` (`None` for the gateway as a whole).

@@ -19,13 +19,13 @@ use serde_json::{Map, Value, json};
 
 use super::asking::{self, Asking};
 use super::era;
-use super::forward::{Forwarder, Message, hop_failure, not_a_message, upstream_failure};
+use super::forward::{Forwarder, Message, hop_failure, not_a_message, unknown_tool};
 use super::hop::{Hop, HopError, LATEST_LEGACY, SESSION_ID, gateway_id};
 use super::message::{Kind, child_object, params_mut};
 use super::relay::{self, EventIds, Rewrite};
 use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
-use crate::error::{Body, code, full, json_response, jsonrpc_error, rate_limited};
+use crate::error::{Body, ProxyError, full, json_response};
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::{Current, Member, VirtualRoute};
@@ -112,7 +112,7 @@ pub async fn handle(
     });
     let post = match admitted {
         Ok(post) => post,
-        Err(response) => return response,
+        Err(error) => return error.respond(),
     };
     let audit = fwd.audit_call(post.as_ref().map(|p| &p.message), |envelope| {
         let config = &route.config;
@@ -129,7 +129,9 @@ pub async fn handle(
             None => call,
         }
     });
-    let response = dispatch(fwd, parts, post, route, owner, identity.as_ref()).await;
+    let response = dispatch(fwd, parts, post, route, owner, identity.as_ref())
+        .await
+        .unwrap_or_else(ProxyError::respond);
     Pending::observe_some(audit, response)
 }
 
@@ -148,7 +150,7 @@ async fn dispatch(
     route: &VirtualRoute,
     owner: Option<String>,
     identity: Option<&Identity>,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     let path = &route.config.path;
     let id = post.as_ref().and_then(|p| p.message.envelope.id.clone());
     // A stateless client's `initialize` is a method its revision removed (see `post`).
@@ -157,7 +159,7 @@ async fn dispatch(
         && !era::is_modern(&parts.headers, &post.message.envelope)
     {
         if let Some(refusal) = super::forward::oversized_initialize(&post.message) {
-            return refusal;
+            return Err(refusal);
         }
         return initialize(
             fwd,
@@ -170,30 +172,22 @@ async fn dispatch(
         )
         .await;
     }
-    let session = match fwd.session(&parts.headers, path, owner.as_deref(), id.as_ref()) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
+    let session = fwd.session(&parts.headers, path, owner.as_deref(), id.as_ref())?;
     let via = match (&session, &post) {
         (Some((sid, state)), _) => Via::Session { sid, state },
         (None, Some(p)) if era::is_modern(&parts.headers, &p.message.envelope) => Via::Stateless {
             meta: p.request["params"]["_meta"].clone(),
         },
         (None, Some(_)) => {
-            return jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                id.as_ref(),
-                code::INVALID_REQUEST,
-                "Bad Request: Missing session ID (initialize first, or send a 2026-07-28 request with its _meta)",
-            );
+            return Err(ProxyError::BadRequest {
+                id,
+                message: "Bad Request: Missing session ID (initialize first, or send a 2026-07-28 request with its _meta)".into(),
+            });
         }
         (None, None) => {
-            return jsonrpc_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                None,
-                code::INVALID_REQUEST,
-                "no session: GET and DELETE need the Mcp-Session-Id of an initialized session",
-            );
+            return Err(ProxyError::MethodNotAllowed {
+                message: "no session: GET and DELETE need the Mcp-Session-Id of an initialized session",
+            });
         }
     };
     let ctx = Ctx {
@@ -207,14 +201,11 @@ async fn dispatch(
     };
     match (&parts.method, post) {
         (&Method::POST, Some(post)) => ctx.post(post).await,
-        (&Method::GET, _) => ctx.stream().await,
-        (&Method::DELETE, _) => ctx.delete().await,
-        _ => jsonrpc_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            None,
-            code::INVALID_REQUEST,
-            "use POST, GET or DELETE",
-        ),
+        (&Method::GET, _) => Ok(ctx.stream().await),
+        (&Method::DELETE, _) => Ok(ctx.delete().await),
+        _ => Err(ProxyError::MethodNotAllowed {
+            message: "use POST, GET or DELETE",
+        }),
     }
 }
 
@@ -228,7 +219,7 @@ async fn initialize(
     id: Option<&Value>,
     owner: Option<String>,
     identity: Option<&Identity>,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     let params = &request["params"];
     let asked = params["protocolVersion"].as_str().unwrap_or_default();
     let version = if LEGACY_VERSIONS.contains(&asked) {
@@ -310,7 +301,12 @@ async fn initialize(
     };
     let sid = match fwd.sessions.mint(&state).map(HeaderValue::try_from) {
         Ok(Ok(sid)) => sid,
-        _ => return upstream_failure(&Method::POST, id, "could not seal the session".into()),
+        _ => {
+            return Err(ProxyError::Internal {
+                id: id.cloned(),
+                message: "could not seal the session".into(),
+            });
+        }
     };
     let mut result = json!({
         "protocolVersion": version,
@@ -325,7 +321,7 @@ async fn initialize(
         &json!({"jsonrpc": "2.0", "id": id, "result": result}),
     );
     response.headers_mut().insert(SESSION_ID, sid);
-    response
+    Ok(response)
 }
 
 /// The `_meta` key of a virtual server's list that left out members which failed: each
@@ -380,7 +376,7 @@ impl Ctx<'_> {
             .hop(&member.server, caller, self.owner, self.identity)
     }
 
-    async fn post(&self, post: Post) -> Response<Body> {
+    async fn post(&self, post: Post) -> Result<Response<Body>, ProxyError> {
         let Post {
             message,
             mut request,
@@ -389,38 +385,39 @@ impl Ctx<'_> {
         let id = envelope.id.as_ref();
         match envelope.kind() {
             Kind::Request => {}
-            Kind::Notification => return self.notification(&message).await,
+            Kind::Notification => return Ok(self.notification(&message).await),
             Kind::Response => return self.answer(&message, request).await,
             // `Forwarder::admit` refuses these before; kept for the match.
-            Kind::Invalid => return not_a_message(id),
+            Kind::Invalid => return Err(not_a_message(id)),
         }
         let method = envelope.method();
         let stateless = matches!(self.via, Via::Stateless { .. });
         if stateless && REMOVED_STATELESS.contains(&method) {
-            return method_not_found(id, method, StatusCode::NOT_FOUND);
+            return Err(method_not_found(id, method, StatusCode::NOT_FOUND));
         }
         if method == "ping" {
-            return json_response(
+            return Ok(json_response(
                 StatusCode::OK,
                 &json!({"jsonrpc": "2.0", "id": id, "result": {}}),
-            );
+            ));
         }
         if method == "server/discover" {
-            return self.discover(id);
+            return Ok(self.discover(id));
         }
         if let Some(listing) = listing(method) {
             if envelope.params.as_ref().is_some_and(|p| p.cursor.is_some()) {
-                return jsonrpc_error(
-                    StatusCode::OK,
-                    id,
-                    code::INVALID_PARAMS,
-                    "Invalid cursor: this server returns every item on the first page",
-                );
+                return Err(ProxyError::InvalidParams {
+                    id: id.cloned(),
+                    message: "Invalid cursor: this server returns every item on the first page"
+                        .into(),
+                    data: None,
+                    status: StatusCode::OK,
+                });
             }
-            return self.list(method, &listing, id).await;
+            return Ok(self.list(method, &listing, id).await);
         }
         if method == "logging/setLevel" {
-            return self.broadcast_request(&message, &request).await;
+            return Ok(self.broadcast_request(&message, &request).await);
         }
         if method == "subscriptions/listen" {
             return self.listen(&request, id).await;
@@ -430,14 +427,7 @@ impl Ctx<'_> {
                 let name = envelope.name();
                 match self.route.resolve_tool(name) {
                     Some((member, tool)) => Some((member, "/params/name", Value::String(tool))),
-                    None => {
-                        return jsonrpc_error(
-                            StatusCode::OK,
-                            id,
-                            code::INVALID_PARAMS,
-                            format!("Unknown tool: {name}"),
-                        );
-                    }
+                    None => return Err(unknown_tool(id, name)),
                 }
             }
             "prompts/get" => self
@@ -469,21 +459,19 @@ impl Ctx<'_> {
                     true => StatusCode::NOT_FOUND,
                     false => StatusCode::OK,
                 };
-                return method_not_found(id, method, status);
+                return Err(method_not_found(id, method, status));
             }
         };
         let Some((member, pointer, original)) = routed else {
-            let mut error = json!({"code": code::INVALID_PARAMS,
-                "message": format!("{method}: no server of this virtual server has that name or URI")});
-            if method == "resources/read" {
-                // SEP-2164: a resource that is not found is named in the error.
-                error["data"] =
-                    json!({"uri": envelope.params.as_ref().and_then(|p| p.uri.as_deref())});
-            }
-            return json_response(
-                StatusCode::OK,
-                &json!({"jsonrpc": "2.0", "id": id, "error": error}),
-            );
+            // SEP-2164: a resource that is not found is named in the error.
+            let data = (method == "resources/read")
+                .then(|| json!({"uri": envelope.params.as_ref().and_then(|p| p.uri.as_deref())}));
+            return Err(ProxyError::InvalidParams {
+                id: id.cloned(),
+                message: format!("{method}: no server of this virtual server has that name or URI"),
+                data,
+                status: StatusCode::OK,
+            });
         };
         let mut caller = self.caller.clone();
         if let (Some(_), Ok(name)) = (
@@ -499,12 +487,15 @@ impl Ctx<'_> {
         let hop = self.hop(member, &caller);
         if method == "tools/call"
             && let Some(policy) = &hop.policy
-            && let Err(spent) = policy.take(
-                &budget_key(self.owner, self.extensions),
-                request["params"]["name"].as_str().unwrap_or_default(),
-            )
         {
-            return rate_limited(id, &hop.server(), &spent);
+            let tool = request["params"]["name"].as_str().unwrap_or_default();
+            policy
+                .take(&budget_key(self.owner, self.extensions), tool)
+                .map_err(|spent| ProxyError::RateLimited {
+                    id: id.cloned(),
+                    server: hop.server(),
+                    spent,
+                })?;
         }
         let rewrite = from_member(member.name().to_owned());
         let response = match &self.via {
@@ -521,14 +512,14 @@ impl Ctx<'_> {
             }
         };
         match response {
-            Ok(response) => response,
+            Ok(response) => Ok(response),
             Err(HopError::Credential(needed @ OutboundError::AuthorizationRequired { .. })) => {
                 // One answer for everything this user still has to supply here.
                 let others = self.needs(Some(member)).await;
                 let needs: Vec<&OutboundError> = std::iter::once(&needed).chain(&others).collect();
-                asking::answer(asking, id, &needs)
+                Ok(asking::answer(asking, id, &needs))
             }
-            Err(error) => hop_failure(&Method::POST, id, &error, asking),
+            Err(error) => hop_failure(&Method::POST, id, error, asking),
         }
     }
 
@@ -763,7 +754,11 @@ impl Ctx<'_> {
     }
 
     /// The client's answer to an upstream's request: back to that upstream, original id.
-    async fn answer(&self, message: &Message, mut response: Value) -> Response<Body> {
+    async fn answer(
+        &self,
+        message: &Message,
+        mut response: Value,
+    ) -> Result<Response<Body>, ProxyError> {
         let target = message
             .envelope
             .id
@@ -778,12 +773,10 @@ impl Ctx<'_> {
                 ))
             });
         let Some((member, original)) = target else {
-            return jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                code::INVALID_REQUEST,
-                "a response to a request this session never sent",
-            );
+            return Err(ProxyError::BadRequest {
+                id: None,
+                message: "a response to a request this session never sent".into(),
+            });
         };
         if let Some(fields) = response.as_object_mut() {
             fields.insert("id".into(), original);
@@ -793,13 +786,8 @@ impl Ctx<'_> {
             .send(&hop, &Method::POST, Bytes::from(response.to_string()))
             .await
         {
-            Ok(_) => accepted(),
-            Err(error) => jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                None,
-                code::UPSTREAM,
-                error.to_string(),
-            ),
+            Ok(_) => Ok(accepted()),
+            Err(error) => Err(ProxyError::Upstream { id: None, error }),
         }
     }
 
@@ -899,7 +887,8 @@ impl Ctx<'_> {
                     .await
                     .map(|body| self.fwd.long_lived(None, body))
             }
-            Err(error) => hop_failure(&Method::GET, None, &error, Asking::Body),
+            Err(error) => hop_failure(&Method::GET, None, error, Asking::Body)
+                .unwrap_or_else(ProxyError::respond),
         }
     }
 
@@ -907,14 +896,17 @@ impl Ctx<'_> {
     /// member streams for the filter the client asked for (its resource URIs sent to the
     /// member that owns them), and the gateway's own list changes when the configuration
     /// changes the route; every notification tagged with the listen request's id.
-    async fn listen(&self, request: &Value, id: Option<&Value>) -> Response<Body> {
+    async fn listen(
+        &self,
+        request: &Value,
+        id: Option<&Value>,
+    ) -> Result<Response<Body>, ProxyError> {
         let Via::Stateless { meta } = &self.via else {
-            return jsonrpc_error(
-                StatusCode::OK,
-                id,
-                -32601,
-                "subscriptions/listen is a 2026-07-28 method; initialized sessions receive notifications on their GET stream",
-            );
+            return Err(ProxyError::MethodNotFound {
+                id: id.cloned(),
+                message: "subscriptions/listen is a 2026-07-28 method; initialized sessions receive notifications on their GET stream".into(),
+                status: StatusCode::OK,
+            });
         };
         let subscription = id.cloned().unwrap_or(Value::Null);
         let wanted = &request["params"]["notifications"];
@@ -982,7 +974,7 @@ impl Ctx<'_> {
         );
         let streams = opened.into_iter().flatten().chain([changes, keep_alive()]);
         let merged = first.chain(futures::stream::select_all(streams));
-        event_stream(self.fwd, None, merged)
+        Ok(event_stream(self.fwd, None, merged))
     }
 
     /// Ends every member's session.
@@ -1093,8 +1085,12 @@ const REMOVED_STATELESS: [&str; 5] = [
 ];
 
 /// -32601 for `method`, with `status` (404 for stateless clients, 200 within a session).
-fn method_not_found(id: Option<&Value>, method: &str, status: StatusCode) -> Response<Body> {
-    jsonrpc_error(status, id, -32601, format!("Method not found: {method}"))
+fn method_not_found(id: Option<&Value>, method: &str, status: StatusCode) -> ProxyError {
+    ProxyError::MethodNotFound {
+        id: id.cloned(),
+        message: format!("Method not found: {method}"),
+        status,
+    }
 }
 
 fn accepted() -> Response<Body> {

@@ -18,7 +18,7 @@ use super::hop::{
 };
 use super::message::Envelope;
 use super::relay::{self, EventIds, Rewrite};
-use crate::error::{Body, code, json_response};
+use crate::error::{Body, ProxyError, code};
 use crate::session::UpstreamSession;
 
 /// The stateless protocol version.
@@ -36,10 +36,6 @@ pub const KNOWN_VERSIONS: [&str; 5] = [
 ];
 /// How long a probed era is trusted before the upstream is asked again.
 const PROBE_TTL: Duration = Duration::from_secs(300);
-/// Header and body disagree.
-pub const HEADER_MISMATCH: i64 = -32020;
-/// The client's version is not served.
-pub const UNSUPPORTED_VERSION: i64 = -32022;
 
 /// Which protocol an upstream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +60,7 @@ pub fn is_modern(headers: &HeaderMap, envelope: &Envelope) -> bool {
 /// -32602), its `MCP-Protocol-Version`, `Mcp-Method` and (for named methods) `Mcp-Name`
 /// headers say what its body says (else -32020), and the version is one the gateway serves
 /// (else -32022); all 400.
-pub fn check(headers: &HeaderMap, envelope: &Envelope) -> Result<(), Response<Body>> {
+pub fn check(headers: &HeaderMap, envelope: &Envelope) -> Result<(), ProxyError> {
     let id = envelope.id.as_ref();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(meta) = envelope.params.as_ref().and_then(|p| p.meta.as_ref()) else {
@@ -116,7 +112,7 @@ pub fn check(headers: &HeaderMap, envelope: &Envelope) -> Result<(), Response<Bo
 /// Checks the `MCP-Protocol-Version` header of any request: absent, or a version the gateway
 /// knows. Anything else is answered like a stateless request naming a version the gateway does
 /// not serve (400, -32022, the stateless versions as the ones to use), as the reference SDK does.
-pub fn check_version_header(headers: &HeaderMap, id: Option<&Value>) -> Result<(), Response<Body>> {
+pub fn check_version_header(headers: &HeaderMap, id: Option<&Value>) -> Result<(), ProxyError> {
     let Some(value) = headers.get(PROTOCOL_VERSION) else {
         return Ok(());
     };
@@ -127,10 +123,10 @@ pub fn check_version_header(headers: &HeaderMap, id: Option<&Value>) -> Result<(
     Err(unsupported(id, &version))
 }
 
-fn unsupported(id: Option<&Value>, version: &str) -> Response<Body> {
+fn unsupported(id: Option<&Value>, version: &str) -> ProxyError {
     error(
         id,
-        UNSUPPORTED_VERSION,
+        code::UNSUPPORTED_VERSION,
         format!("protocol version {version} is not supported"),
         Some(json!({"supported": MODERN_VERSIONS, "requested": version})),
     )
@@ -146,24 +142,22 @@ fn decode_header(value: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn mismatch(id: Option<&Value>, name: &str, header: &str, body: &str) -> Response<Body> {
+fn mismatch(id: Option<&Value>, name: &str, header: &str, body: &str) -> ProxyError {
     error(
         id,
-        HEADER_MISMATCH,
+        code::HEADER_MISMATCH,
         format!("the {name} header ({header:?}) does not match the request body ({body:?})"),
         None,
     )
 }
 
-fn error(id: Option<&Value>, code: i64, message: String, data: Option<Value>) -> Response<Body> {
-    let mut error = json!({"code": code, "message": message});
-    if let Some(data) = data {
-        error["data"] = data;
+fn error(id: Option<&Value>, code: i64, message: String, data: Option<Value>) -> ProxyError {
+    ProxyError::Protocol {
+        id: id.cloned(),
+        code,
+        message,
+        data,
     }
-    json_response(
-        StatusCode::BAD_REQUEST,
-        &json!({"jsonrpc": "2.0", "id": id, "error": error}),
-    )
 }
 
 /// Gateway-held upstream sessions kept at most (the least used go first; one forgotten only
@@ -407,7 +401,8 @@ mod tests {
     fn checked(pairs: &[(&'static str, &str)], body: &str) -> (StatusCode, i64) {
         match check(&headers(pairs), &envelope(body)) {
             Ok(()) => (StatusCode::OK, 0),
-            Err(response) => {
+            Err(error) => {
+                let response = error.respond();
                 let status = response.status();
                 let body = futures::executor::block_on(http_body_util::BodyExt::collect(
                     response.into_body(),
@@ -430,7 +425,7 @@ mod tests {
         assert_eq!(checked(&all, CALL), (StatusCode::OK, 0));
         let encoded = [all[0], all[1], ("mcp-name", "=?base64?Z2hfc2VhcmNo?=")];
         assert_eq!(checked(&encoded, CALL), (StatusCode::OK, 0));
-        let mismatch = (StatusCode::BAD_REQUEST, HEADER_MISMATCH);
+        let mismatch = (StatusCode::BAD_REQUEST, code::HEADER_MISMATCH);
         for bad in [
             vec![all[1], all[2]],
             vec![all[0], all[2]],
@@ -474,7 +469,7 @@ mod tests {
         ];
         assert_eq!(
             checked(&version, &future),
-            (StatusCode::BAD_REQUEST, UNSUPPORTED_VERSION)
+            (StatusCode::BAD_REQUEST, code::UNSUPPORTED_VERSION)
         );
     }
 }

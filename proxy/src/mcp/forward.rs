@@ -19,7 +19,7 @@ use super::hop::{Hop, HopError, PROTOCOL_VERSION, SESSION_ID};
 use super::message::{Envelope, Kind};
 use crate::audit::{Audit, Pending, ToolCall};
 use crate::auth::Identity;
-use crate::error::{Body, code, jsonrpc_error, rate_limited};
+use crate::error::{Body, ProxyError, code};
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
@@ -76,14 +76,11 @@ impl Message {
     /// 400 (-32700) when it is nested deeper than serde_json builds values for (the
     /// envelope, which skips what it does not read, takes it). Its `params` and
     /// `params._meta` are objects or absent, as [`Envelope::parse`] checked.
-    pub fn request(&self) -> Result<Value, Response<Body>> {
-        serde_json::from_slice(&self.bytes).map_err(|e| {
-            jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                self.envelope.id.as_ref(),
-                code::PARSE_ERROR,
-                format!("the body is not one JSON-RPC message: {e}"),
-            )
+    pub fn request(&self) -> Result<Value, ProxyError> {
+        serde_json::from_slice(&self.bytes).map_err(|e| ProxyError::Malformed {
+            id: self.envelope.id.clone(),
+            code: code::PARSE_ERROR,
+            message: e.to_string(),
         })
     }
 }
@@ -119,7 +116,7 @@ impl Forwarder {
         &self,
         parts: &http::request::Parts,
         body: Incoming,
-    ) -> Result<Option<Message>, Response<Body>> {
+    ) -> Result<Option<Message>, ProxyError> {
         check_media_types(&parts.method, &parts.headers)?;
         let message = match parts.method {
             Method::POST => Some(self.read_message(&parts.headers, body).await?),
@@ -146,9 +143,12 @@ impl Forwarder {
         &self,
         headers: &HeaderMap,
         body: Incoming,
-    ) -> Result<Message, Response<Body>> {
+    ) -> Result<Message, ProxyError> {
+        let too_large = ProxyError::BodyTooLarge {
+            limit: self.max_body,
+        };
         if content_length(headers).is_some_and(|n| n > self.max_body) {
-            return Err(too_large(self.max_body));
+            return Err(too_large);
         }
         let read = tokio::time::timeout(
             self.body_timeout,
@@ -156,30 +156,20 @@ impl Forwarder {
         );
         let bytes = match read.await {
             Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(_)) => return Err(too_large(self.max_body)),
+            Ok(Err(_)) => return Err(too_large),
             Err(_) => {
-                return Err(jsonrpc_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    None,
-                    code::INVALID_REQUEST,
-                    format!(
-                        "the request body did not arrive within {} s",
-                        self.body_timeout.as_secs_f32()
-                    ),
-                ));
+                return Err(ProxyError::BodyTimeout {
+                    seconds: self.body_timeout.as_secs_f32(),
+                });
             }
         };
         match Envelope::parse(&bytes) {
             Ok(envelope) => Ok(Message { bytes, envelope }),
-            Err(malformed) => Err(jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                malformed.id.as_ref(),
-                malformed.code,
-                format!(
-                    "the body is not one JSON-RPC message: {}",
-                    malformed.message
-                ),
-            )),
+            Err(malformed) => Err(ProxyError::Malformed {
+                id: malformed.id,
+                code: malformed.code,
+                message: malformed.message.to_string(),
+            }),
         }
     }
 
@@ -192,19 +182,14 @@ impl Forwarder {
         route: &str,
         owner: Option<&str>,
         id: Option<&Value>,
-    ) -> Result<Option<(String, SessionState)>, Response<Body>> {
+    ) -> Result<Option<(String, SessionState)>, ProxyError> {
         let Some(value) = headers.get(SESSION_ID) else {
             return Ok(None);
         };
         let sid = value.to_str().unwrap_or_default();
         match self.sessions.open(sid, route, owner) {
             Some(state) => Ok(Some((sid.to_owned(), state))),
-            None => Err(jsonrpc_error(
-                StatusCode::NOT_FOUND,
-                id,
-                code::INVALID_REQUEST,
-                "session not found or expired: initialize a new session",
-            )),
+            None => Err(ProxyError::SessionNotFound { id: id.cloned() }),
         }
     }
 
@@ -223,7 +208,7 @@ impl Forwarder {
             .cloned();
         let message = match self.admit(&parts, body).await {
             Ok(message) => message,
-            Err(response) => return (response, None),
+            Err(error) => return (error.respond(), None),
         };
         let audit = self.audit_call(message.as_ref(), |envelope| {
             let config = &route.config;
@@ -239,7 +224,8 @@ impl Forwarder {
         });
         let (response, latency) = self
             .deliver(parts, message, route, owner, identity.as_ref())
-            .await;
+            .await
+            .unwrap_or_else(|error| (error.respond(), None));
         (Pending::observe_some(audit, response), latency)
     }
 
@@ -261,7 +247,7 @@ impl Forwarder {
         route: &ServerRoute,
         owner: Option<String>,
         identity: Option<&Identity>,
-    ) -> (Response<Body>, Option<Duration>) {
+    ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
         let hop = self.hop(route, &parts.headers, owner.as_deref(), identity);
         let envelope = message.as_ref().map(|m| &m.envelope);
         let id = envelope.and_then(|e| e.id.as_ref());
@@ -269,33 +255,26 @@ impl Forwarder {
         if method == "tools/call" {
             let name = envelope.map(Envelope::name).unwrap_or_default();
             if !route.config.tools.permits(name) {
-                return (
-                    jsonrpc_error(
-                        StatusCode::OK,
-                        id,
-                        code::INVALID_PARAMS,
-                        format!("Unknown tool: {name}"),
-                    ),
-                    None,
-                );
+                return Err(unknown_tool(id, name));
             }
-            if let Some(policy) = &hop.policy
-                && let Err(spent) =
-                    policy.take(&budget_key(owner.as_deref(), &parts.extensions), name)
-            {
-                return (rate_limited(id, &hop.server(), &spent), None);
+            if let Some(policy) = &hop.policy {
+                let caller = budget_key(owner.as_deref(), &parts.extensions);
+                policy
+                    .take(&caller, name)
+                    .map_err(|spent| ProxyError::RateLimited {
+                        id: id.cloned(),
+                        server: hop.server(),
+                        spent,
+                    })?;
             }
         }
         if let Some(refusal) = message.as_ref().and_then(oversized_initialize) {
-            return (refusal, None);
+            return Err(refusal);
         }
         let session = if method == "initialize" {
             None
         } else {
-            match self.session(&parts.headers, &route.config.path, owner.as_deref(), id) {
-                Ok(s) => s,
-                Err(response) => return (response, None),
-            }
+            self.session(&parts.headers, &route.config.path, owner.as_deref(), id)?
         };
         let bytes = message
             .as_ref()
@@ -317,10 +296,7 @@ impl Forwarder {
             && era::is_modern(&parts.headers, &message.envelope)
             && self.eras.era(&hop).await == era::Era::Legacy
         {
-            let request = match message.request() {
-                Ok(request) => request,
-                Err(response) => return (response, None),
-            };
+            let request = message.request()?;
             let tools = route.config.tools.clone();
             let policy = hop.policy.clone();
             let rewrite = move |m: &mut Value| {
@@ -328,8 +304,8 @@ impl Forwarder {
                 true
             };
             return match self.eras.send(&hop, request, rewrite).await {
-                Ok(response) => (response, None),
-                Err(error) => (hop_failure(&parts.method, id, &error, asking()), None),
+                Ok(response) => Ok((response, None)),
+                Err(error) => hop_failure(&parts.method, id, error, asking()).map(|r| (r, None)),
             };
         }
         let version = parts
@@ -354,7 +330,9 @@ impl Forwarder {
             .await;
         let response = match attempt {
             Ok(response) => response,
-            Err(error) => return (hop_failure(&parts.method, id, &error, asking()), None),
+            Err(error) => {
+                return hop_failure(&parts.method, id, error, asking()).map(|r| (r, None));
+            }
         };
         let latency = started.elapsed();
 
@@ -364,7 +342,10 @@ impl Forwarder {
             match self.mint(route, &bytes, &up_parts.headers, owner.clone()) {
                 Ok(sid) => minted = Some(sid),
                 Err(error) => {
-                    return (upstream_failure(&parts.method, id, error.to_string()), None);
+                    return Err(ProxyError::Internal {
+                        id: id.cloned(),
+                        message: format!("{}: {error}", hop.server()),
+                    });
                 }
             }
         }
@@ -401,14 +382,11 @@ impl Forwarder {
                     Ok(body) => body,
                     Err(why) => {
                         tracing::warn!(server = %hop.server(), %why, "upstream answer refused");
-                        return (
-                            upstream_failure(
-                                &parts.method,
-                                id,
-                                format!("upstream {} answered {why}", hop.server()),
-                            ),
-                            None,
-                        );
+                        return Err(upstream_failure(
+                            &parts.method,
+                            id,
+                            HopError::Answer(hop.server(), why),
+                        ));
                     }
                 }
             }
@@ -426,7 +404,7 @@ impl Forwarder {
         if let Some(sid) = minted.and_then(|s| HeaderValue::try_from(s).ok()) {
             out.headers_mut().insert(SESSION_ID, sid);
         }
-        (out, Some(latency))
+        Ok((out, Some(latency)))
     }
 
     /// A session's GET stream: ended early when `replaced` fires (the session opened another
@@ -559,20 +537,27 @@ impl Forwarder {
 }
 
 /// 400 for a JSON object that is neither a request, a notification nor a response.
-pub fn not_a_message(id: Option<&Value>) -> Response<Body> {
-    jsonrpc_error(
-        StatusCode::BAD_REQUEST,
-        id,
-        code::INVALID_REQUEST,
-        "not a JSON-RPC request, notification or response",
-    )
+pub fn not_a_message(id: Option<&Value>) -> ProxyError {
+    ProxyError::BadRequest {
+        id: id.cloned(),
+        message: "not a JSON-RPC request, notification or response".into(),
+    }
+}
+
+/// An unknown (or unexposed) tool, answered as MCP servers do.
+pub fn unknown_tool(id: Option<&Value>, name: &str) -> ProxyError {
+    ProxyError::InvalidParams {
+        id: id.cloned(),
+        message: format!("Unknown tool: {name}"),
+        data: None,
+        status: StatusCode::OK,
+    }
 }
 
 /// A POST must be JSON and its sender accept both JSON and SSE answers; a GET must accept
 /// SSE (media type parameters ignored, wildcards honoured, as the reference SDKs do).
-fn check_media_types(method: &Method, headers: &HeaderMap) -> Result<(), Response<Body>> {
-    let refuse =
-        |status, message: &str| Err(jsonrpc_error(status, None, code::INVALID_REQUEST, message));
+fn check_media_types(method: &Method, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let refuse = |status, message| Err(ProxyError::MediaType { status, message });
     let accepts = |wanted: &str| {
         let (kind, _) = wanted.split_once('/').unwrap_or_default();
         headers
@@ -628,28 +613,19 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 
 /// 400 for an `initialize` whose parameters could not be sealed into a session id (they
 /// are kept in it), before any upstream is asked.
-pub fn oversized_initialize(message: &Message) -> Option<Response<Body>> {
+pub fn oversized_initialize(message: &Message) -> Option<ProxyError> {
     let limit = crate::session::MAX_STATE_BYTES;
     (message.envelope.method() == "initialize" && message.bytes.len() > limit).then(|| {
-        jsonrpc_error(
-            StatusCode::BAD_REQUEST,
-            message.envelope.id.as_ref(),
-            code::INVALID_PARAMS,
-            format!(
+        ProxyError::InvalidParams {
+            id: message.envelope.id.clone(),
+            message: format!(
                 "initialize is {} bytes: a session keeps its parameters, and the gateway's limit is {limit}; send smaller capabilities and clientInfo",
                 message.bytes.len()
             ),
-        )
+            data: None,
+            status: StatusCode::BAD_REQUEST,
+        }
     })
-}
-
-fn too_large(limit: usize) -> Response<Body> {
-    jsonrpc_error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        None,
-        code::INVALID_REQUEST,
-        format!("request body over the {limit}-byte limit"),
-    )
 }
 
 /// What a caller is told when an upstream request failed: where to supply a missing
@@ -658,24 +634,23 @@ fn too_large(limit: usize) -> Response<Body> {
 pub fn hop_failure(
     method: &Method,
     id: Option<&Value>,
-    error: &HopError,
+    error: HopError,
     asking: Asking,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     match error {
         HopError::Credential(needed @ OutboundError::AuthorizationRequired { .. }) => {
-            asking::answer(asking, id, &[needed])
+            Ok(asking::answer(asking, id, &[&needed]))
         }
-        _ => upstream_failure(method, id, error.to_string()),
+        error => Err(upstream_failure(method, id, error)),
     }
 }
 
 /// A JSON-RPC error for requests (so the calling tool sees which server failed), 502 for
 /// streams and notifications.
-pub fn upstream_failure(method: &Method, id: Option<&Value>, message: String) -> Response<Body> {
-    match (method, id) {
-        (&Method::POST, Some(id)) => {
-            jsonrpc_error(StatusCode::OK, Some(id), code::UPSTREAM, message)
-        }
-        _ => jsonrpc_error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM, message),
-    }
+pub fn upstream_failure(method: &Method, id: Option<&Value>, error: HopError) -> ProxyError {
+    let id = match method {
+        &Method::POST => id.cloned(),
+        _ => None,
+    };
+    ProxyError::Upstream { id, error }
 }

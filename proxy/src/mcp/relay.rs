@@ -9,9 +9,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 
-use super::hop::{Hop, collect_limited};
+use super::hop::{Hop, HopError, collect_limited};
 use super::message::{Event, events};
-use crate::error::{Body, code, jsonrpc_error};
+use crate::error::{Body, ProxyError};
 
 /// A stream of body chunks.
 pub type Chunks = BoxStream<'static, Result<Bytes, hyper::Error>>;
@@ -60,12 +60,11 @@ pub async fn response(
     let refused = |why: String| {
         let server = hop.server();
         tracing::warn!(%server, %why, "upstream answer refused");
-        jsonrpc_error(
-            http::StatusCode::BAD_GATEWAY,
-            None,
-            code::UPSTREAM,
-            format!("upstream {server} answered {why}"),
-        )
+        ProxyError::Upstream {
+            id: None,
+            error: HopError::Answer(server, why),
+        }
+        .respond()
     };
     let sse_stream = is_sse(&parts.headers);
     let json = parts

@@ -24,12 +24,12 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::hop::{ReadLimits, SESSION_ID};
 use super::message::{Event, events};
-use crate::error::{Body, code, full, json_response, jsonrpc_error};
+use crate::error::{Body, ProxyError, code, full};
 use crate::upstream::HttpClient;
 
 /// How long the upstream may take to name its message endpoint.
@@ -209,12 +209,10 @@ impl Bridge {
             .and_then(|url| String::from_utf8(url).ok())
             .and_then(|url| url.parse::<Uri>().ok());
         let Some(upstream) = upstream else {
-            return jsonrpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                code::INVALID_REQUEST,
-                "not a bridge address",
-            );
+            return ProxyError::NoRoute {
+                path: req.uri().path().to_owned(),
+            }
+            .respond();
         };
         let (parts, body) = req.into_parts();
         let session_id = parts
@@ -227,12 +225,7 @@ impl Bridge {
             *lock(&session.used) = Instant::now();
         }
         if let Some(None) = session {
-            return jsonrpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                code::INVALID_REQUEST,
-                "Session not found",
-            );
+            return ProxyError::SessionNotFound { id: None }.respond();
         }
         let session = session.flatten();
         match (parts.method.clone(), session) {
@@ -243,21 +236,16 @@ impl Bridge {
                 {
                     Ok(collected) => collected.to_bytes(),
                     Err(_) => {
-                        return jsonrpc_error(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            None,
-                            code::INVALID_REQUEST,
-                            "message too large",
-                        );
+                        return ProxyError::BodyTooLarge { limit: MAX_MESSAGE }.respond();
                     }
                 };
                 let Ok(message) = serde_json::from_slice::<Value>(&bytes) else {
-                    return jsonrpc_error(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        crate::error::code::PARSE_ERROR,
-                        "Parse error",
-                    );
+                    return ProxyError::Malformed {
+                        id: None,
+                        code: code::PARSE_ERROR,
+                        message: "Parse error".into(),
+                    }
+                    .respond();
                 };
                 match session {
                     Some(session) => self.post(&session, message, bytes).await,
@@ -278,12 +266,11 @@ impl Bridge {
                 }
                 Response::new(full(Bytes::new()))
             }
-            _ => jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                code::INVALID_REQUEST,
-                "Bad Request: Missing session ID",
-            ),
+            _ => ProxyError::BadRequest {
+                id: None,
+                message: "Bad Request: Missing session ID".into(),
+            }
+            .respond(),
         }
     }
 
@@ -298,10 +285,13 @@ impl Bridge {
         let id = message.get("id").cloned();
         if message["method"] != "initialize" {
             // An HTTP+SSE upstream has no server/discover: say so the way a server would.
-            return json_response(
-                StatusCode::OK,
-                &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found: the upstream speaks MCP 2024-11-05 (initialize first)"}}),
-            );
+            return ProxyError::MethodNotFound {
+                id,
+                message: "Method not found: the upstream speaks MCP 2024-11-05 (initialize first)"
+                    .into(),
+                status: StatusCode::OK,
+            }
+            .respond();
         }
         let mut headers = HeaderMap::new();
         for (name, value) in caller {
@@ -531,10 +521,11 @@ fn event_stream(rx: mpsc::Receiver<Value>, until_response: bool) -> Response<Bod
 }
 
 fn upstream_error(id: Option<&Value>, message: &str) -> Response<Body> {
-    json_response(
-        StatusCode::OK,
-        &json!({"jsonrpc": "2.0", "id": id, "error": {"code": code::UPSTREAM, "message": message}}),
-    )
+    ProxyError::Bridge {
+        id: id.cloned(),
+        message: message.to_owned(),
+    }
+    .respond()
 }
 
 #[cfg(test)]
@@ -542,6 +533,7 @@ mod tests {
     use super::*;
     use crate::mcp::proptests::{config, message};
     use proptest::prelude::*;
+    use serde_json::json;
 
     proptest! {
         #![proptest_config(config())]

@@ -330,7 +330,7 @@ async fn route(
             Ok(response)
         }
         // Boxed: a virtual server's future is much larger than a server route's.
-        Route::Virtual(v) => Ok(Box::pin(crate::mcp::aggregate::handle(
+        Route::Virtual(v) => Ok(Box::pin(crate::mcp::virtual_server::handle(
             &app.forwarder,
             req,
             v,

@@ -58,7 +58,7 @@ pub struct Forwarder {
     pub outbound: crate::outbound::Outbound,
     /// What each virtual server's members last listed, for callers whose own credential a
     /// member still needs (see `aggregate`).
-    pub listed: super::aggregate::Listed,
+    pub listed: super::virtual_server::Listed,
     /// Rate limits, retries and circuit breaking of the servers that set them.
     pub traffic: crate::traffic::Traffic,
 }

@@ -1,7 +1,6 @@
 //! MCP traffic. Single-server routes forward verbatim (`forward`); virtual servers aggregate
 //! their members (`aggregate`); both reach upstreams through `hop`.
 
-pub mod aggregate;
 pub mod asking;
 pub mod era;
 pub mod extra_headers;
@@ -13,3 +12,4 @@ pub mod message;
 pub(crate) mod proptests;
 pub mod relay;
 pub mod sse;
+pub mod virtual_server;

@@ -14,12 +14,13 @@ use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use serde_json::{Map, Value};
 
-use super::aggregate::{exposed_page, from_member, listing, tagged};
 use super::era;
 use super::filter::{filter_message, filter_value, rewrite_event};
 use super::forward::Message;
 use super::message::{Envelope, Event, event_end, oversized_event, params_mut, split_events};
 use super::relay::{EventIds, event_through};
+use super::virtual_server::listing::{exposed_page, listing};
+use super::virtual_server::relayed::{from_member, tagged};
 
 /// 256 cases from a fixed seed (see the module doc).
 pub(crate) fn config() -> ProptestConfig {

@@ -26,8 +26,8 @@ use mcpgate_crds::names::{CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY};
 use serde_json::{Value, json};
 
 use crate::mcp::era::gateway_meta;
-use crate::mcp::forward::Forwarder;
 use crate::mcp::hop::{HopError, gateway_id};
+use crate::mcp::shared::Shared;
 use crate::server::App;
 use crate::source::{Route, ServerRoute};
 
@@ -78,10 +78,7 @@ pub fn listable(route: &ServerRoute) -> bool {
 /// Every tool name `route`'s upstream lists, all pages (at most the forwarder's page limit and
 /// [`MAX_TOOLS`] + 1 names, enough to know the list is too long to record), asked in the era
 /// the upstream speaks with the gateway's own credential for it.
-pub async fn list_tools(
-    forwarder: &Forwarder,
-    route: &ServerRoute,
-) -> Result<Vec<String>, HopError> {
+pub async fn list_tools(forwarder: &Shared, route: &ServerRoute) -> Result<Vec<String>, HopError> {
     let no_caller = HeaderMap::new();
     let hop = forwarder.hop(route, &no_caller, None, None);
     let wrong = |why: String| HopError::Answer(hop.server(), why);
@@ -237,7 +234,7 @@ async fn round(app: &App, api: &Api<ConfigMap>, ledger: &mut Ledger) {
 
 /// Lists one server and records what it offers; the outcome's metric label.
 async fn census(
-    forwarder: &Forwarder,
+    forwarder: &Shared,
     api: &Api<ConfigMap>,
     server: &ServerRoute,
     recorded: &HashMap<String, ConfigMap>,

@@ -18,8 +18,8 @@ use mcpgate_proxy::auth::oidc::{
 use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::listener::{self, Limits};
-use mcpgate_proxy::mcp::forward::Forwarder;
 use mcpgate_proxy::mcp::hop::ReadLimits;
+use mcpgate_proxy::mcp::shared::Shared;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::outbound::Outbound;
 use mcpgate_proxy::outbound::vault::Vault;
@@ -408,7 +408,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let app = Arc::new(App {
         current: current.clone(),
-        forwarder: Forwarder {
+        forwarder: Shared {
             client: http,
             outbound,
             max_body: args.max_body_bytes,

@@ -28,7 +28,7 @@ use crate::auth::{Identity, Method as AuthMethod};
 use crate::error::{Body, ErrorKind, ProxyError, full, json_response};
 use crate::guard::RequestGuard;
 use crate::listener::{Limits, busy};
-use crate::mcp::forward::Forwarder;
+use crate::mcp::shared::Shared;
 use crate::metrics::Metrics;
 use crate::path::route_key;
 use crate::request_id::{HEADER as REQUEST_ID_HEADER, RequestId};
@@ -40,7 +40,7 @@ pub struct App {
     /// The configuration in service.
     pub current: Arc<Current>,
     /// Upstream forwarding.
-    pub forwarder: Forwarder,
+    pub forwarder: Shared,
     /// Metrics.
     pub metrics: Metrics,
     /// Origin and Host checks.

@@ -1,5 +1,5 @@
 //! A virtual server checks requests as a server route does, with the one check both share
-//! (`Forwarder::admit`): the same status and JSON-RPC error for a wrong `Content-Type` or
+//! (`Shared::admit`): the same status and JSON-RPC error for a wrong `Content-Type` or
 //! `Accept`, an unsupported `MCP-Protocol-Version` or an object that is no JSON-RPC message,
 //! before anything reaches an upstream; and a good request still goes through.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,15 +1,17 @@
-//! MCP traffic. Single-server routes forward verbatim (`forward`); virtual servers aggregate
-//! their members (`aggregate`); both reach upstreams through `hop`.
+//! MCP traffic. Both kinds of route share one context (`shared`): single-server routes
+//! forward verbatim (`server_route`); virtual servers aggregate their members
+//! (`virtual_server`); both reach upstreams through `hop`.
 
 pub mod asking;
 pub mod era;
 pub mod extra_headers;
 pub mod filter;
-pub mod forward;
 pub mod hop;
 pub mod message;
 #[cfg(test)]
 pub(crate) mod proptests;
 pub mod relay;
+pub mod server_route;
+pub mod shared;
 pub mod sse;
 pub mod virtual_server;

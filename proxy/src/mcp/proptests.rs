@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 
 use super::era;
 use super::filter::{filter_message, filter_value, rewrite_event};
-use super::forward::Message;
 use super::message::{Envelope, Event, event_end, oversized_event, params_mut, split_events};
 use super::relay::{EventIds, event_through};
+use super::shared::Message;
 use super::virtual_server::listing::{exposed_page, listing};
 use super::virtual_server::relayed::{from_member, tagged};
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::error::{Body, ProxyError, json_response};
-use crate::mcp::forward::Message;
+use crate::mcp::shared::Message;
 
 impl Ctx<'_> {
     /// A request every member gets (`logging/setLevel`); answered once all have.

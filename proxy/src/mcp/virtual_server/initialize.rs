@@ -9,8 +9,8 @@ use super::*;
 use crate::auth::Identity;
 use crate::error::{Body, ProxyError, json_response};
 use crate::mcp::era;
-use crate::mcp::forward::Forwarder;
 use crate::mcp::hop::{HopError, LATEST_LEGACY, SESSION_ID};
+use crate::mcp::shared::Shared;
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::VirtualRoute;
@@ -21,7 +21,7 @@ pub(super) const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025
 /// Opens every member's upstream session, merges what they say, and mints the client's
 /// session id.
 pub(super) async fn initialize(
-    fwd: &Forwarder,
+    fwd: &Shared,
     caller: &HeaderMap,
     route: &VirtualRoute,
     request: &Value,

@@ -31,15 +31,15 @@ use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, ProxyError, full};
 use crate::mcp::era;
-use crate::mcp::forward::{Forwarder, Message};
 use crate::mcp::hop::{Hop, HopError};
 use crate::mcp::message::params_mut;
+use crate::mcp::shared::{Message, Shared};
 use crate::session::SessionState;
 use crate::source::{Member, VirtualRoute};
 
 /// One request to a virtual server's route.
 pub async fn handle(
-    fwd: &Forwarder,
+    fwd: &Shared,
     req: Request<Incoming>,
     route: &VirtualRoute,
     caller: Option<Identity>,
@@ -99,7 +99,7 @@ struct Post {
 
 /// [`handle`] once the body is read.
 async fn dispatch(
-    fwd: &Forwarder,
+    fwd: &Shared,
     parts: http::request::Parts,
     post: Option<Post>,
     route: &VirtualRoute,
@@ -113,7 +113,7 @@ async fn dispatch(
         && post.message.envelope.method() == "initialize"
         && !era::is_modern(&parts.headers, &post.message.envelope)
     {
-        if let Some(refusal) = super::forward::oversized_initialize(&post.message) {
+        if let Some(refusal) = super::shared::oversized_initialize(&post.message) {
             return Err(refusal);
         }
         return initialize(
@@ -177,7 +177,7 @@ enum Via<'a> {
 
 /// One request to a virtual server.
 struct Ctx<'a> {
-    fwd: &'a Forwarder,
+    fwd: &'a Shared,
     route: &'a VirtualRoute,
     caller: &'a HeaderMap,
     owner: Option<&'a str>,

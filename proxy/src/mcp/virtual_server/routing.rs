@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use super::*;
 use crate::error::{Body, ProxyError, json_response};
 use crate::mcp::asking::{self, Asking};
-use crate::mcp::forward::{hop_failure, not_a_message, unknown_tool};
 use crate::mcp::hop::HopError;
 use crate::mcp::message::Kind;
 use crate::mcp::relay::{self, EventIds};
+use crate::mcp::shared::{hop_failure, not_a_message, unknown_tool};
 use crate::outbound::OutboundError;
 use crate::source::Member;
 use crate::traffic::budget_key;
@@ -28,7 +28,7 @@ impl Ctx<'_> {
             Kind::Request => {}
             Kind::Notification => return Ok(self.notification(&message).await),
             Kind::Response => return self.answer(&message, request).await,
-            // `Forwarder::admit` refuses these before; kept for the match.
+            // `Shared::admit` refuses these before; kept for the match.
             Kind::Invalid => return Err(not_a_message(id)),
         }
         let method = envelope.method();

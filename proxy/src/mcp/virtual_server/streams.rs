@@ -13,8 +13,8 @@ use hyper::body::Frame;
 use super::*;
 use crate::error::{Body, ProxyError, full};
 use crate::mcp::asking::{self, Asking};
-use crate::mcp::forward::{Forwarder, hop_failure};
 use crate::mcp::relay::{self, EventIds};
+use crate::mcp::shared::{Shared, hop_failure};
 use crate::source::Member;
 
 /// How often an idle merged stream gets an SSE comment.
@@ -139,9 +139,9 @@ impl Ctx<'_> {
 }
 
 /// An SSE response made of `chunks`, ended when `replaced` fires (see
-/// [`Forwarder::long_lived`]) or the gateway stops.
+/// [`Shared::long_lived`]) or the gateway stops.
 pub(super) fn event_stream(
-    fwd: &Forwarder,
+    fwd: &Shared,
     replaced: Option<tokio::sync::oneshot::Receiver<()>>,
     chunks: impl futures::Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
 ) -> Response<Body> {

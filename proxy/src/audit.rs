@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Response, header};
+use http::Response;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use mcpgate_crds::gateway_config::ServerConfig;
@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Identity;
 use crate::error::Body;
-use crate::mcp::message::{Envelope, Framer};
+use crate::mcp::message::Envelope;
+use crate::mcp::sse::Framer;
 use crate::metrics::Metrics;
 
 /// How often buffered records are written out.
@@ -292,11 +293,7 @@ impl Pending {
     /// The response to the call, its body watched for the call's answer; the record is
     /// written when the body ends or is dropped.
     pub fn observe(self, response: Response<Body>) -> Response<Body> {
-        let sse = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with("text/event-stream"));
+        let sse = crate::mcp::sse::is_event_stream(response.headers());
         let status = response.status();
         let (parts, body) = response.into_parts();
         let scan = Scan {
@@ -373,7 +370,7 @@ impl Scan {
             return;
         }
         while let Some(event) = self.buffer.next_event() {
-            let data = crate::mcp::message::Event::parse(&event).and_then(|e| e.data);
+            let data = crate::mcp::sse::Event::parse(&event).and_then(|e| e.data);
             if let Some(outcome) = data.and_then(|d| self.answer(d.as_bytes())) {
                 self.found = Some(outcome);
                 self.buffer.take();

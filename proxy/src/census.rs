@@ -25,9 +25,9 @@ use mcpgate_crds::discovered::{
 use mcpgate_crds::names::{CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY};
 use serde_json::{Value, json};
 
-use crate::mcp::era::gateway_meta;
-use crate::mcp::hop::{HopError, gateway_id};
 use crate::mcp::shared::Shared;
+use crate::mcp::upstream::era::gateway_meta;
+use crate::mcp::upstream::hop::{HopError, gateway_id};
 use crate::server::App;
 use crate::source::{Route, ServerRoute};
 

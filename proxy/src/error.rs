@@ -9,7 +9,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use serde_json::{Value, json};
 
-use crate::mcp::hop::HopError;
+use crate::mcp::upstream::hop::HopError;
 use crate::traffic::limits::{Budget, Spent};
 
 /// The body type of every response.

@@ -9,7 +9,7 @@ use hyper::body::{Frame, Incoming};
 use mcpgate_crds::gateway_config::ToolFilter;
 use serde_json::Value;
 
-use super::message::{Event, events};
+use super::sse::{Event, events};
 use crate::error::Body;
 use crate::traffic::Policy;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ pub async fn filter_json(
     policy: Option<Arc<Policy>>,
     limit: usize,
 ) -> Result<Body, String> {
-    let bytes = super::hop::collect_limited(body, limit).await?;
+    let bytes = super::upstream::hop::collect_limited(body, limit).await?;
     let out = filter_message(&bytes, &filter, policy.as_deref()).map_or(bytes, Bytes::from);
     Ok(crate::error::full(out))
 }

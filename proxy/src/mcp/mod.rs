@@ -1,12 +1,10 @@
 //! MCP traffic. Both kinds of route share one context (`shared`): single-server routes
 //! forward verbatim (`server_route`); virtual servers aggregate their members
-//! (`virtual_server`); both reach upstreams through `hop`.
+//! (`virtual_server`); both reach upstreams through `upstream`.
 
 pub mod asking;
-pub mod era;
 pub mod extra_headers;
 pub mod filter;
-pub mod hop;
 pub mod message;
 #[cfg(test)]
 pub(crate) mod proptests;
@@ -14,4 +12,5 @@ pub mod relay;
 pub mod server_route;
 pub mod shared;
 pub mod sse;
+pub mod upstream;
 pub mod virtual_server;

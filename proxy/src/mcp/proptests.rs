@@ -14,11 +14,12 @@ use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use serde_json::{Map, Value};
 
-use super::era;
 use super::filter::{filter_message, filter_value, rewrite_event};
-use super::message::{Envelope, Event, event_end, oversized_event, params_mut, split_events};
+use super::message::{Envelope, params_mut};
 use super::relay::{EventIds, event_through};
 use super::shared::Message;
+use super::sse::{Event, event_end, oversized_event, split_events};
+use super::upstream::era;
 use super::virtual_server::listing::{exposed_page, listing};
 use super::virtual_server::relayed::{from_member, tagged};
 
@@ -340,7 +341,7 @@ fn many_small_events_in_one_chunk_are_framed_in_linear_time() {
         started.elapsed()
     );
     // The audit's scan of a tools/call answer frames the same way.
-    let mut framer = super::message::Framer::default();
+    let mut framer = super::sse::Framer::default();
     framer.push("data: x\r\n\r\n".repeat(200_000).as_bytes());
     assert_eq!(std::iter::from_fn(|| framer.next_event()).count(), 200_000);
     assert!(started.elapsed() < std::time::Duration::from_secs(40));

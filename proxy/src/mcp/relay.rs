@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 
-use super::hop::{Hop, HopError, collect_limited};
-use super::message::{Event, events};
+use super::sse::{Event, events};
+use super::upstream::hop::{Hop, HopError, collect_limited};
 use crate::error::{Body, ProxyError};
 
 /// A stream of body chunks.
@@ -38,14 +38,6 @@ pub fn resumed(last_event_id: &str) -> Option<(&str, &str)> {
     last_event_id.split_once(':')
 }
 
-/// Whether a response is an SSE stream.
-pub fn is_sse(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("text/event-stream"))
-}
-
 /// An upstream response from `hop` with every message passed through `rewrite` (and SSE
 /// event ids as `ids` says); status and content headers kept. A JSON answer over the hop's
 /// reply limit, not JSON, or an HTTP error page becomes a 502 JSON-RPC error naming the
@@ -66,14 +58,14 @@ pub async fn response(
         }
         .respond()
     };
-    let sse_stream = is_sse(&parts.headers);
+    let sse_stream = super::sse::is_event_stream(&parts.headers);
     let json = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"));
     if !parts.status.is_success() && !json && !sse_stream {
-        let excerpt = super::hop::status_text(body).await;
+        let excerpt = super::upstream::hop::status_text(body).await;
         return refused(format!("HTTP {} {excerpt}", parts.status.as_u16()));
     }
     let body = if sse_stream {
@@ -137,21 +129,18 @@ pub(crate) fn event_through(event: &[u8], rewrite: &mut impl Rewrite, ids: &Even
         (None, EventIds::Member(_)) if has_id => String::new(),
         (None, _) => return Vec::new(),
     };
-    let mut out = Vec::with_capacity(data.len() + 64);
-    for line in &parsed.fields {
-        match (line.strip_prefix("id:"), ids) {
-            (None, _) => out.extend_from_slice(line.as_bytes()),
-            (Some(_), EventIds::Dropped) => continue,
+    let fields: Vec<std::borrow::Cow<'_, str>> = parsed
+        .fields
+        .iter()
+        .filter_map(|line| match (line.strip_prefix("id:"), ids) {
+            (None, _) => Some((*line).into()),
+            (Some(_), EventIds::Dropped) => None,
             (Some(id), EventIds::Member(member)) => {
-                out.extend_from_slice(format!("id: {member}:{}", id.trim_start()).as_bytes());
+                Some(format!("id: {member}:{}", id.trim_start()).into())
             }
-        }
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
-    out
+        })
+        .collect();
+    super::sse::render(fields.iter().map(|f| f.as_bytes()), data.as_bytes())
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use crate::audit::{Audit, Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, ProxyError, code};
 use crate::mcp::asking::{self, Asking};
-use crate::mcp::era;
-use crate::mcp::hop::{Hop, HopError, SESSION_ID};
 use crate::mcp::message::{Envelope, Kind};
+use crate::mcp::upstream::era;
+use crate::mcp::upstream::hop::{Hop, HopError, SESSION_ID};
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
@@ -34,11 +34,11 @@ pub struct Shared {
     /// Time a client has to send its whole request body.
     pub body_timeout: std::time::Duration,
     /// What may be read from upstream answers.
-    pub read_limits: super::hop::ReadLimits,
+    pub read_limits: super::upstream::hop::ReadLimits,
     /// Session sealing.
     pub sessions: Sessions,
     /// Upstream eras and the gateway's own sessions for stateless clients.
-    pub eras: super::era::Eras,
+    pub eras: super::upstream::era::Eras,
     /// The configuration in service (streams watch it for changes).
     pub current: std::sync::Arc<crate::source::Current>,
     /// Turns true at shutdown: long-lived streams end so connections can drain.

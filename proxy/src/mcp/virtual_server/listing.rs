@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::error::{Body, json_response};
-use crate::mcp::hop::{HopError, gateway_id};
+use crate::mcp::upstream::hop::{HopError, gateway_id};
 use crate::outbound::OutboundError;
 use crate::source::Member;
 

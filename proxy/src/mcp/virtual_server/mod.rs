@@ -30,10 +30,10 @@ use serde_json::Value;
 use crate::audit::{Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, ProxyError, full};
-use crate::mcp::era;
-use crate::mcp::hop::{Hop, HopError};
 use crate::mcp::message::params_mut;
 use crate::mcp::shared::{Message, Shared};
+use crate::mcp::upstream::era;
+use crate::mcp::upstream::hop::{Hop, HopError};
 use crate::session::SessionState;
 use crate::source::{Member, VirtualRoute};
 
@@ -233,9 +233,14 @@ impl Ctx<'_> {
                     format!("HTTP {}", parts.status.as_u16()),
                 ));
             }
-            super::hop::read_reply(&parts.headers, body, request.get("id"), hop.limits)
-                .await
-                .map_err(|why| HopError::Answer(hop.server(), why))
+            crate::mcp::upstream::hop::read_reply(
+                &parts.headers,
+                body,
+                request.get("id"),
+                hop.limits,
+            )
+            .await
+            .map_err(|why| HopError::Answer(hop.server(), why))
         };
         tokio::time::timeout(timeout, exchange)
             .await

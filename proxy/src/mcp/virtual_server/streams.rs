@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
@@ -15,6 +15,7 @@ use crate::error::{Body, ProxyError, full};
 use crate::mcp::asking::{self, Asking};
 use crate::mcp::relay::{self, EventIds};
 use crate::mcp::shared::{Shared, hop_failure};
+use crate::mcp::sse::message_event;
 use crate::source::Member;
 
 /// How often an idle merged stream gets an SSE comment.
@@ -82,9 +83,8 @@ impl Ctx<'_> {
                 loop {
                     match stored.recv().await {
                         Ok(id) if id.starts_with(&prefix) => {
-                            let event =
-                                format!("event: message\ndata: {}\n\n", asking::complete(&id));
-                            return Some((Ok(Bytes::from(event)), (stored, prefix)));
+                            let event = message_event(&asking::complete(&id));
+                            return Some((Ok(event), (stored, prefix)));
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
@@ -149,22 +149,14 @@ pub(super) fn event_stream(
         replaced,
         BodyExt::boxed_unsync(StreamBody::new(chunks.map(|chunk| chunk.map(Frame::data)))),
     );
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    crate::mcp::sse::stream_response(body)
 }
 
 /// An SSE comment every [`KEEP_ALIVE`], so idle streams survive proxies.
 pub(super) fn keep_alive() -> relay::Chunks {
     futures::stream::unfold((), |()| async {
         tokio::time::sleep(KEEP_ALIVE).await;
-        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
+        Some((Ok(Bytes::from_static(crate::mcp::sse::KEEP_ALIVE)), ()))
     })
     .boxed()
 }

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use super::*;
 use crate::error::{Body, ProxyError};
 use crate::mcp::relay::{self};
+use crate::mcp::sse::message_event;
 use crate::source::Current;
 
 /// Where listen-stream notifications name their subscription.
@@ -107,9 +108,7 @@ impl Ctx<'_> {
             "jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
             "params": {"notifications": honored, "_meta": {SUBSCRIPTION_ID: subscription}},
         });
-        let first =
-            futures::stream::iter([Ok(Bytes::from(format!("event: message\ndata: {ack}\n\n")))])
-                .boxed();
+        let first = futures::stream::iter([Ok(message_event(&ack))]).boxed();
         let kinds = LIST_CHANGED
             .iter()
             .filter(|k| honored.contains_key(k.filter));
@@ -134,13 +133,13 @@ pub(super) fn list_changes<'a>(
     methods: impl Iterator<Item = &'a str>,
     subscription: Option<&Value>,
 ) -> relay::Chunks {
-    let mut events = String::new();
+    let mut events = Vec::new();
     for method in methods {
         let mut message = json!({"jsonrpc": "2.0", "method": method});
         if let Some(id) = subscription {
             message["params"] = json!({"_meta": {SUBSCRIPTION_ID: id}});
         }
-        events.push_str(&format!("event: message\ndata: {message}\n\n"));
+        events.extend_from_slice(&message_event(&message));
     }
     if events.is_empty() {
         return futures::stream::empty().boxed();

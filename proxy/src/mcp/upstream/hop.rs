@@ -15,10 +15,10 @@ use mcpgate_crds::v1alpha1::Transport;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::extra_headers;
-use super::message::{Event, events};
 use crate::auth::Identity;
 use crate::error::full;
+use crate::mcp::extra_headers;
+use crate::mcp::sse::{Event, events};
 use crate::outbound::discovery::Challenge;
 use crate::outbound::{Outbound, Resolved};
 use crate::session::UpstreamSession;
@@ -220,7 +220,9 @@ impl Hop<'_> {
             Upstream::Remote {
                 transport: Transport::Sse,
                 ..
-            } => super::sse::address(upstream, self.limits).map_err(HopError::Unsupported)?,
+            } => {
+                super::sse_bridge::address(upstream, self.limits).map_err(HopError::Unsupported)?
+            }
             _ => upstream.clone(),
         };
         let mut builder = Request::builder().method(method.clone()).uri(target);
@@ -621,7 +623,7 @@ pub async fn read_reply(
         ));
     }
     let mut events = events(body, limits.event_bytes);
-    let oversized = super::message::oversized_event(limits.event_bytes);
+    let oversized = crate::mcp::sse::oversized_event(limits.event_bytes);
     while let Some(event) = events.next().await {
         let Ok(event) = event else {
             return Err("a stream that broke off".into());

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use super::hop::{
     CLIENT_CAPABILITIES, Hop, HopError, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION, gateway_id,
 };
-use super::message::Envelope;
-use super::relay::{self, EventIds, Rewrite};
 use crate::error::{Body, ProxyError, code};
+use crate::mcp::message::Envelope;
+use crate::mcp::relay::{self, EventIds, Rewrite};
 use crate::session::UpstreamSession;
 
 /// The stateless protocol version.
@@ -283,7 +283,8 @@ impl Eras {
         let response = hop
             .send(hop.request(Method::POST, None, Bytes::from(request.to_string()))?)
             .await?;
-        if !response.status().is_success() || !relay::is_sse(response.headers()) {
+        if !response.status().is_success() || !crate::mcp::sse::is_event_stream(response.headers())
+        {
             return Ok(None);
         }
         Ok(Some(relay::sse(

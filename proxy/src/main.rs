@@ -20,6 +20,7 @@ use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::listener::{self, Limits};
 use mcpgate_proxy::mcp::shared::Shared;
 use mcpgate_proxy::mcp::upstream::hop::ReadLimits;
+use mcpgate_proxy::mcp::upstream::sse_bridge::SseBridge;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::outbound::Outbound;
 use mcpgate_proxy::outbound::vault::Vault;
@@ -424,6 +425,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             eras: Default::default(),
             listed: Default::default(),
             traffic: mcpgate_proxy::traffic::Traffic::new(metrics.clone(), current.clone()),
+            bridge: SseBridge::new(args.max_sse_event_bytes.max(1024)),
             current: current.clone(),
             stopping: stop_rx.clone(),
             audit: audit.clone(),

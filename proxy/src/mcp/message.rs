@@ -4,6 +4,19 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use http::HeaderName;
+
+/// The session header, in the spelling of 2025-06-18 (header names are case-insensitive).
+pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+/// The protocol version header.
+pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// The `_meta` key of a stateless request's protocol version.
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key of a stateless request's client capabilities.
+pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// The newest protocol version of the `initialize` era.
+pub const LATEST_LEGACY: &str = "2025-11-25";
+
 /// The routing-relevant parts of one JSON-RPC message.
 #[derive(Deserialize, Debug, Default)]
 pub struct Envelope {

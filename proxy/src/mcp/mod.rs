@@ -5,6 +5,7 @@
 pub mod asking;
 pub mod extra_headers;
 pub mod filter;
+pub mod last_listed;
 pub mod message;
 #[cfg(test)]
 pub(crate) mod proptests;

@@ -16,11 +16,12 @@ use crate::error::{Body, ProxyError};
 use crate::mcp::asking::Asking;
 use crate::mcp::filter;
 use crate::mcp::message::Envelope;
+use crate::mcp::message::{PROTOCOL_VERSION, SESSION_ID};
 use crate::mcp::shared::{
     Message, Shared, hop_failure, oversized_initialize, unknown_tool, upstream_failure,
 };
 use crate::mcp::upstream::era;
-use crate::mcp::upstream::hop::{HopError, PROTOCOL_VERSION, SESSION_ID};
+use crate::mcp::upstream::hop::HopError;
 use crate::session::{SessionState, UpstreamSession};
 use crate::source::ServerRoute;
 use crate::traffic::budget_key;
@@ -257,7 +258,7 @@ impl Shared {
         };
         let version = field("protocolVersion")
             .as_str()
-            .unwrap_or(super::upstream::hop::LATEST_LEGACY)
+            .unwrap_or(super::message::LATEST_LEGACY)
             .to_owned();
         self.sessions.mint(&SessionState {
             route: route.config.path.clone(),

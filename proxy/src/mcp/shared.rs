@@ -17,9 +17,10 @@ use crate::audit::{Audit, Pending, ToolCall};
 use crate::auth::Identity;
 use crate::error::{Body, ProxyError, code};
 use crate::mcp::asking::{self, Asking};
+use crate::mcp::message::SESSION_ID;
 use crate::mcp::message::{Envelope, Kind};
 use crate::mcp::upstream::era;
-use crate::mcp::upstream::hop::{Hop, HopError, SESSION_ID};
+use crate::mcp::upstream::hop::{Hop, HopError};
 use crate::outbound::OutboundError;
 use crate::session::{SessionState, Sessions, UpstreamSession};
 use crate::source::ServerRoute;
@@ -49,9 +50,11 @@ pub struct Shared {
     pub outbound: crate::outbound::Outbound,
     /// What each virtual server's members last listed, for callers whose own credential a
     /// member still needs (see `aggregate`).
-    pub listed: super::virtual_server::Listed,
+    pub listed: super::last_listed::Listed,
     /// Rate limits, retries and circuit breaking of the servers that set them.
     pub traffic: crate::traffic::Traffic,
+    /// How upstreams that speak only HTTP+SSE are reached.
+    pub bridge: crate::mcp::upstream::sse_bridge::SseBridge,
 }
 
 /// A request body read whole and checked.
@@ -95,6 +98,7 @@ impl Shared {
             route,
             caller,
             policy: self.traffic.of(route),
+            bridge: &self.bridge,
         }
     }
 

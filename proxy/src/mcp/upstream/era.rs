@@ -13,11 +13,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::hop::{
-    CLIENT_CAPABILITIES, Hop, HopError, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION, gateway_id,
-};
+use super::hop::{Hop, HopError, gateway_id};
 use crate::error::{Body, ProxyError, code};
 use crate::mcp::message::Envelope;
+use crate::mcp::message::{CLIENT_CAPABILITIES, LATEST_LEGACY, META_VERSION, PROTOCOL_VERSION};
 use crate::mcp::relay::{self, EventIds, Rewrite};
 use crate::session::UpstreamSession;
 

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::auth::Identity;
 use crate::error::full;
 use crate::mcp::extra_headers;
+use crate::mcp::message::{META_VERSION, PROTOCOL_VERSION, SESSION_ID};
 use crate::mcp::sse::{Event, events};
 use crate::outbound::discovery::Challenge;
 use crate::outbound::{Outbound, Resolved};
@@ -41,17 +42,6 @@ const FORWARDED_REQUEST: [&str; 6] = [
 ];
 /// Headers carrying tool parameters (`Mcp-Param-{Name}`), lower-cased as `http` stores them.
 const PARAM_HEADER_PREFIX: &str = "mcp-param-";
-/// The session header, in the spelling of 2025-06-18 (header names are case-insensitive).
-pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-/// The protocol version header.
-pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-/// The `_meta` key of a stateless request's protocol version.
-pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-/// The `_meta` key of a stateless request's client capabilities.
-pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-/// The newest protocol version of the `initialize` era.
-pub const LATEST_LEGACY: &str = "2025-11-25";
-
 /// Bounds on what the gateway holds in memory from upstream answers; answers are otherwise
 /// streamed through.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +144,8 @@ pub struct Hop<'a> {
     pub caller: &'a HeaderMap,
     /// The server's traffic policy, when it has one.
     pub policy: Option<Arc<Policy>>,
+    /// Where HTTP+SSE upstreams are reached.
+    pub bridge: &'a super::sse_bridge::SseBridge,
 }
 
 impl Hop<'_> {
@@ -220,9 +212,10 @@ impl Hop<'_> {
             Upstream::Remote {
                 transport: Transport::Sse,
                 ..
-            } => {
-                super::sse_bridge::address(upstream, self.limits).map_err(HopError::Unsupported)?
-            }
+            } => self
+                .bridge
+                .address(upstream)
+                .map_err(HopError::Unsupported)?,
             _ => upstream.clone(),
         };
         let mut builder = Request::builder().method(method.clone()).uri(target);

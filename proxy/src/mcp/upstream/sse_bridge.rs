@@ -27,8 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::hop::{ReadLimits, SESSION_ID};
 use crate::error::{Body, ProxyError, code, full};
+use crate::mcp::message::SESSION_ID;
 use crate::mcp::sse::{EVENT_STREAM, Event, events, message_event, stream_response};
 use crate::upstream::HttpClient;
 
@@ -53,19 +53,36 @@ const DROPPED: [&str; 7] = [
     "transfer-encoding",
 ];
 
-static BRIDGE: OnceLock<Result<Arc<Bridge>, String>> = OnceLock::new();
+/// The bridge of one proxy (held by the shared context), started when a route first needs it.
+pub struct SseBridge {
+    started: OnceLock<Result<Arc<Bridge>, String>>,
+    /// Largest upstream SSE event read.
+    max_event: usize,
+}
 
-/// Where the gateway sends requests meant for the HTTP+SSE upstream at `upstream` (its event
-/// stream URL). Starts the bridge on first use, reading upstream events within `limits`.
-pub fn address(upstream: &Uri, limits: ReadLimits) -> Result<Uri, String> {
-    let bridge = BRIDGE.get_or_init(|| Bridge::start(limits).map_err(|e| e.to_string()));
-    let bridge = bridge
-        .as_ref()
-        .map_err(|e| format!("the SSE bridge did not start: {e}"))?;
-    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(upstream.to_string());
-    format!("http://{}/{}/{encoded}", bridge.addr, bridge.token)
-        .parse()
-        .map_err(|e| format!("bridge address: {e}"))
+impl SseBridge {
+    /// A bridge that reads upstream events up to `max_event` bytes, not started yet.
+    pub fn new(max_event: usize) -> Self {
+        Self {
+            started: OnceLock::new(),
+            max_event,
+        }
+    }
+
+    /// Where the gateway sends requests meant for the HTTP+SSE upstream at `upstream` (its
+    /// event stream URL); the bridge starts on first use.
+    pub fn address(&self, upstream: &Uri) -> Result<Uri, String> {
+        let bridge = self
+            .started
+            .get_or_init(|| Bridge::start(self.max_event).map_err(|e| e.to_string()));
+        let bridge = bridge
+            .as_ref()
+            .map_err(|e| format!("the SSE bridge did not start: {e}"))?;
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(upstream.to_string());
+        format!("http://{}/{}/{encoded}", bridge.addr, bridge.token)
+            .parse()
+            .map_err(|e| format!("bridge address: {e}"))
+    }
 }
 
 struct Bridge {
@@ -138,7 +155,7 @@ impl Drop for Session {
 }
 
 impl Bridge {
-    fn start(limits: ReadLimits) -> std::io::Result<Arc<Self>> {
+    fn start(max_event: usize) -> std::io::Result<Arc<Self>> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let mut token = [0u8; 18];
@@ -149,7 +166,7 @@ impl Bridge {
             token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token),
             client: crate::upstream::client()?,
             sessions: Mutex::default(),
-            max_event: limits.event_bytes,
+            max_event,
         });
         let listener = tokio::net::TcpListener::from_std(listener)?;
         // Idle sessions are closed within a minute of going idle, opens or not.

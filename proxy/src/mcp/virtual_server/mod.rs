@@ -15,7 +15,7 @@ mod routing;
 mod streams;
 mod subscriptions;
 
-pub use listing::{Listed, UNAVAILABLE_META};
+pub use listing::UNAVAILABLE_META;
 // What each part offers the others (their `use super::*`).
 use initialize::*;
 use relayed::*;

@@ -19,7 +19,7 @@ use mcpgate_proxy::auth::service_account::TokenReviewer;
 use mcpgate_proxy::guard::RequestGuard;
 use mcpgate_proxy::listener::{self, Limits};
 use mcpgate_proxy::mcp::shared::Shared;
-use mcpgate_proxy::mcp::upstream::hop::ReadLimits;
+use mcpgate_proxy::mcp::upstream::reply::ReadLimits;
 use mcpgate_proxy::mcp::upstream::sse_bridge::SseBridge;
 use mcpgate_proxy::metrics::Metrics;
 use mcpgate_proxy::outbound::Outbound;

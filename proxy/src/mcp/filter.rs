@@ -54,7 +54,7 @@ pub async fn filter_json(
     policy: Option<Arc<Policy>>,
     limit: usize,
 ) -> Result<Body, String> {
-    let bytes = super::upstream::hop::collect_limited(body, limit).await?;
+    let bytes = super::upstream::reply::collect_limited(body, limit).await?;
     let out = filter_message(&bytes, &filter, policy.as_deref()).map_or(bytes, Bytes::from);
     Ok(crate::error::full(out))
 }

@@ -10,7 +10,8 @@ use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 
 use super::sse::{Event, events};
-use super::upstream::hop::{Hop, HopError, collect_limited};
+use super::upstream::hop::{Hop, HopError};
+use super::upstream::reply::collect_limited;
 use crate::error::{Body, ProxyError};
 
 /// A stream of body chunks.
@@ -65,7 +66,7 @@ pub async fn response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"));
     if !parts.status.is_success() && !json && !sse_stream {
-        let excerpt = super::upstream::hop::status_text(body).await;
+        let excerpt = super::upstream::reply::status_text(body).await;
         return refused(format!("HTTP {} {excerpt}", parts.status.as_u16()));
     }
     let body = if sse_stream {

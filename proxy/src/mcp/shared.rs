@@ -35,7 +35,7 @@ pub struct Shared {
     /// Time a client has to send its whole request body.
     pub body_timeout: std::time::Duration,
     /// What may be read from upstream answers.
-    pub read_limits: super::upstream::hop::ReadLimits,
+    pub read_limits: super::upstream::reply::ReadLimits,
     /// Session sealing.
     pub sessions: Sessions,
     /// Upstream eras and the gateway's own sessions for stateless clients.

@@ -6,20 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mcpgate_crds::gateway_config::{Upstream, UpstreamAuth};
 use mcpgate_crds::v1alpha1::Transport;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use super::reply::{ReadLimits, collect_limited, read_reply, status_text};
 use crate::auth::Identity;
 use crate::error::full;
 use crate::mcp::extra_headers;
 use crate::mcp::message::{META_VERSION, PROTOCOL_VERSION, SESSION_ID};
-use crate::mcp::sse::{Event, events};
 use crate::outbound::discovery::Challenge;
 use crate::outbound::{Outbound, Resolved};
 use crate::session::UpstreamSession;
@@ -42,44 +40,6 @@ const FORWARDED_REQUEST: [&str; 6] = [
 ];
 /// Headers carrying tool parameters (`Mcp-Param-{Name}`), lower-cased as `http` stores them.
 const PARAM_HEADER_PREFIX: &str = "mcp-param-";
-/// Bounds on what the gateway holds in memory from upstream answers; answers are otherwise
-/// streamed through.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadLimits {
-    /// A JSON answer the gateway reads whole (to rewrite, filter or inspect it).
-    pub reply_bytes: usize,
-    /// One SSE event (the gateway reads events whole to rewrite them).
-    pub event_bytes: usize,
-    /// Pages of one member's list a virtual server fetches for one list request.
-    pub list_pages: usize,
-    /// Items of one member's list a virtual server gathers for one list request.
-    pub list_items: usize,
-}
-
-impl Default for ReadLimits {
-    fn default() -> Self {
-        Self {
-            reply_bytes: 16 * 1024 * 1024,
-            event_bytes: 16 * 1024 * 1024,
-            list_pages: 100,
-            list_items: 10_000,
-        }
-    }
-}
-
-/// The most of an upstream's error body quoted in messages.
-const ERROR_EXCERPT: usize = 200;
-
-/// An upstream body read whole, unless it is over `limit` bytes.
-pub async fn collect_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(format!("more than the gateway's limit of {limit} bytes"))
-        }
-        Err(error) => Err(format!("but broke off ({error})")),
-    }
-}
 
 /// The id of a request the gateway itself sends upstream (`mcpgate-<purpose>-<n>`): unique in
 /// this process, so requests sent at once never share an id within one upstream session
@@ -486,26 +446,44 @@ impl Hop<'_> {
                 headers.insert("mcp-method", method);
             }
         }
-        let timeout = self.timeout();
-        let server = self.server();
-        let exchange = async {
+        self.within_timeout(async {
             let response = self.send(request).await?;
-            let (parts, body) = response.into_parts();
-            if !parts.status.is_success() {
-                return Err(HopError::Status(
-                    server.clone(),
-                    parts.status.as_u16(),
-                    status_text(body).await,
-                ));
-            }
-            let reply = read_reply(&parts.headers, body, message.get("id"), self.limits)
-                .await
-                .map_err(|why| HopError::Answer(server.clone(), why))?;
-            Ok((parts.headers, reply))
-        };
+            self.answer(response, message.get("id")).await
+        })
+        .await
+    }
+
+    /// The JSON-RPC response with `id` in an upstream's `response` (JSON or SSE), with the
+    /// response's headers; an HTTP error status or anything else is an error naming the
+    /// server.
+    pub async fn answer(
+        &self,
+        response: Response<Incoming>,
+        id: Option<&Value>,
+    ) -> Result<(HeaderMap, Value), HopError> {
+        let (parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            return Err(HopError::Status(
+                self.server(),
+                parts.status.as_u16(),
+                status_text(body).await,
+            ));
+        }
+        let reply = read_reply(&parts.headers, body, id, self.limits)
+            .await
+            .map_err(|why| HopError::Answer(self.server(), why))?;
+        Ok((parts.headers, reply))
+    }
+
+    /// `exchange`, given up with [`HopError::Timeout`] after the route's timeout.
+    pub async fn within_timeout<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, HopError>>,
+    ) -> Result<T, HopError> {
+        let timeout = self.timeout();
         tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or_else(|_| Err(HopError::Timeout(server.clone(), timeout.as_secs_f32())))
+            .unwrap_or_else(|_| Err(HopError::Timeout(self.server(), timeout.as_secs_f32())))
     }
 
     /// Sends a notification (or a response to the upstream's own request); the answer's body
@@ -573,70 +551,4 @@ fn copy(request: &Request<Bytes>) -> Request<Bytes> {
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
     copy
-}
-
-/// The first bytes of an error body, for messages: at most [`ERROR_EXCERPT`] bytes are
-/// read, within a second, however much the upstream sends.
-pub(crate) async fn status_text(mut body: Incoming) -> String {
-    let mut bytes = Vec::new();
-    let read = async {
-        while bytes.len() < ERROR_EXCERPT
-            && let Some(Ok(frame)) = body.frame().await
-        {
-            if let Some(data) = frame.data_ref() {
-                bytes.extend_from_slice(data);
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
-    bytes.truncate(ERROR_EXCERPT);
-    String::from_utf8_lossy(&bytes).trim().to_owned()
-}
-
-/// The JSON-RPC response with `id` from a JSON body or an SSE stream, within `limits`;
-/// `Err` says what came instead.
-pub async fn read_reply(
-    headers: &HeaderMap,
-    body: Incoming,
-    id: Option<&Value>,
-    limits: ReadLimits,
-) -> Result<Value, String> {
-    let missing = || "without a JSON-RPC response".to_owned();
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if content_type.starts_with("application/json") {
-        let bytes = collect_limited(body, limits.reply_bytes).await?;
-        return serde_json::from_slice(&bytes).map_err(|_| "with a body that is not JSON".into());
-    }
-    if !content_type.starts_with("text/event-stream") {
-        return Err(format!(
-            "with content type {content_type:?}, not JSON or SSE"
-        ));
-    }
-    let mut events = events(body, limits.event_bytes);
-    let oversized = crate::mcp::sse::oversized_event(limits.event_bytes);
-    while let Some(event) = events.next().await {
-        let Ok(event) = event else {
-            return Err("a stream that broke off".into());
-        };
-        if event == oversized {
-            return Err(format!(
-                "an SSE event over the gateway's limit of {} bytes",
-                limits.event_bytes
-            ));
-        }
-        let Some(data) = Event::parse(&event).and_then(|e| e.data) else {
-            continue;
-        };
-        let Ok(message) = serde_json::from_str::<Value>(&data) else {
-            continue;
-        };
-        let answers = message.get("method").is_none() && (id.is_none() || message.get("id") == id);
-        if answers {
-            return Ok(message);
-        }
-    }
-    Err(missing())
 }

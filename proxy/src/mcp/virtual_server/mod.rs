@@ -221,30 +221,14 @@ impl Ctx<'_> {
             }
             return self.fwd.eras.call(hop, &request).await;
         }
-        let timeout = hop.timeout();
-        let exchange = async {
+        hop.within_timeout(async {
             let response = self
                 .send(hop, &Method::POST, Bytes::from(request.to_string()))
                 .await?;
-            let (parts, body) = response.into_parts();
-            if !parts.status.is_success() {
-                return Err(HopError::Answer(
-                    hop.server(),
-                    format!("HTTP {}", parts.status.as_u16()),
-                ));
-            }
-            crate::mcp::upstream::hop::read_reply(
-                &parts.headers,
-                body,
-                request.get("id"),
-                hop.limits,
-            )
-            .await
-            .map_err(|why| HopError::Answer(hop.server(), why))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| Err(HopError::Timeout(hop.server(), timeout.as_secs_f32())))
+            let (_, reply) = hop.answer(response, request.get("id")).await?;
+            Ok(reply)
+        })
+        .await
     }
 }
 

@@ -415,22 +415,9 @@ pub static CRD_NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::ne
     .collect()
 });
 
-/// Polls `probe` every 100 ms until it returns Some, or fails after `timeout`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Polls `probe` until it returns Some, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> Result<T> {
+    mcpgate_testkit::wait_for(what, timeout, probe).map_err(anyhow::Error::msg)
 }
 
 /// The operator binary built by `cargo build -p mcpgate-operator`.
@@ -619,45 +606,27 @@ pub fn http_post_form(url: &str, form: &str) -> Result<(u16, String)> {
 }
 
 fn http_exchange(method: &str, url: &str, form: Option<&str>) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").context("http:// URLs only")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let body = form.unwrap_or_default();
-    let content = match form {
-        Some(_) => format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        ),
-        None => String::new(),
+    let (host, path) = split_url(url)?;
+    let headers: &[(&str, &str)] = match form {
+        Some(_) => &[("Content-Type", "application/x-www-form-urlencoded")],
+        None => &[],
     };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}Connection: close\r\n\r\n{body}"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
+    let body = form.unwrap_or_default().as_bytes();
+    let answer =
+        mcpgate_testkit::exchange(host, method, &path, headers, body, Duration::from_secs(5))?;
+    anyhow::ensure!(answer.status != 0, "no status line from {url}");
     Ok((
-        status,
-        if chunked {
-            String::from_utf8_lossy(&dechunk(body.as_bytes())).into_owned()
-        } else {
-            body.to_owned()
-        },
+        answer.status,
+        String::from_utf8_lossy(&answer.content()).into_owned(),
     ))
+}
+
+/// `http://host:port/path` as (`host:port`, `/path`).
+fn split_url(url: &str) -> Result<(&str, String)> {
+    let rest = url.strip_prefix("http://").context("http:// URLs only")?;
+    Ok(rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}"))))
 }
 
 /// A real OpenID Connect provider (`e2e/peers/oidc_provider.mjs`, node-oidc-provider from
@@ -857,48 +826,24 @@ pub fn mcp_request(
     headers: &[(&str, &str)],
     body: Option<&serde_json::Value>,
 ) -> Result<McpReply> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").context("http:// URLs only")?;
-    let (host, path) = rest.split_once('/').context("no path")?;
-    let mut stream = std::net::TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let (host, path) = split_url(url)?;
     let body = body.map(ToString::to_string).unwrap_or_default();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut all = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    all.extend_from_slice(headers);
+    let answer = mcpgate_testkit::exchange(
+        host,
+        method,
+        &path,
+        &all,
+        body.as_bytes(),
+        Duration::from_secs(30),
     )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no header end")?;
-    let head = String::from_utf8_lossy(&response[..end]).into_owned();
-    let body = &response[end + 4..];
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let headers: Vec<(String, String)> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
+    anyhow::ensure!(answer.status != 0, "no status line from {url}");
+    let headers = answer.headers();
+    let body = answer.content();
     let body = String::from_utf8_lossy(&body);
     let messages = if headers
         .iter()
@@ -916,25 +861,7 @@ pub fn mcp_request(
     } else {
         serde_json::from_str(&body).into_iter().collect()
     };
-    Ok((status, headers, messages))
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&body[..line])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
-        let rest = &body[line + 2..];
-        match size {
-            Some(size) if size > 0 && rest.len() >= size => {
-                out.extend_from_slice(&rest[..size]);
-                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
-            }
-            _ => break,
-        }
-    }
-    out
+    Ok((answer.status, headers, messages))
 }
 
 /// Node.js and the MCP conformance suite's entry point, as `e2e/peers/install.sh` put them

@@ -6,8 +6,6 @@ mod common;
 
 use common::gateway::*;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,19 +17,9 @@ fn forwards_with_route_credentials_and_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &config(upstream, 1000));
     let (_proxy, port, admin) = start_proxy(dir.path(), &["--max-body-bytes", "2048"]);
-    let get = |path: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut r = String::new();
-        s.read_to_string(&mut r).ok()?;
-        Some(r)
-    };
+    let admin_body = |path: &str| request(admin, "GET", path, &[], "").2;
     wait_for("readyz", || {
-        get("/readyz").filter(|r| r.starts_with("HTTP/1.1 200"))
+        (request(admin, "GET", "/readyz", &[], "").0 == 200).then_some(())
     });
 
     // The gateway mints its own sealed session id for the upstream's, and maps it back.
@@ -191,15 +179,15 @@ fn forwards_with_route_credentials_and_fails_clearly() {
     // Hot reload: a new version is served; a broken one keeps the last good.
     write_config(dir.path(), &config(upstream, 5000));
     wait_for("reload", || {
-        get("/readyz").filter(|r| r.contains("ok v5000"))
+        Some(admin_body("/readyz")).filter(|r| r.contains("ok v5000"))
     });
     std::fs::write(dir.path().join("config.json"), "{broken").unwrap();
     wait_for("config_synchronized 0", || {
-        get("/metrics").filter(|m| m.contains("mcpgate_config_synchronized 0"))
+        Some(admin_body("/metrics")).filter(|m| m.contains("mcpgate_config_synchronized 0"))
     });
     let (status, _, _) = post(port, "/team/mcp/plain/server", &[], &call("echo"));
     assert_eq!(status, 200, "the last good configuration stopped serving");
-    assert!(get("/readyz").unwrap().contains("ok v5000"));
+    assert!(admin_body("/readyz").contains("ok v5000"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -158,17 +158,7 @@ pub fn sse_raw(events: &str) -> String {
 
 /// A chunked HTTP/1.1 body, de-chunked.
 pub fn dechunked(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    out
+    String::from_utf8_lossy(&mcpgate_testkit::dechunk(body.as_bytes())).into_owned()
 }
 
 /// Starts the proxy on `dir` with `extra` flags: (process, MCP port, admin port).
@@ -269,52 +259,34 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new(), String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let host = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-        .map_or_else(|| format!("127.0.0.1:{port}"), |(_, v)| (*v).to_owned());
-    let extra: String = headers
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
     // A POST is JSON and accepts JSON and SSE unless `headers` say otherwise.
-    let content: String = [
+    let defaults = [
         ("Content-Type", "application/json"),
         ("Accept", "application/json, text/event-stream"),
-    ]
-    .iter()
-    .filter(|(name, _)| {
-        method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
-    })
-    .map(|(name, value)| format!("{name}: {value}\r\n"))
-    .collect();
-    // A peer that hangs up before reading (a TLS port spoken to in plain text) answers
-    // nothing, like one that does not listen.
-    if write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .is_err()
-    {
-        return (0, String::new(), String::new());
+    ];
+    let mut all: Vec<(&str, &str)> = defaults
+        .into_iter()
+        .filter(|(name, _)| {
+            method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    all.extend_from_slice(headers);
+    let host = format!("127.0.0.1:{port}");
+    match mcpgate_testkit::exchange(
+        &host,
+        method,
+        path,
+        &all,
+        body.as_bytes(),
+        Duration::from_secs(10),
+    ) {
+        Ok(answer) => (
+            answer.status,
+            answer.head,
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        ),
+        Err(_) => (0, String::new(), String::new()),
     }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
 }
 
 /// The proxy serving `config` from a new directory, once ready: (directory, process, MCP port).
@@ -378,15 +350,10 @@ pub fn call(tool: &str) -> String {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).to_string()
 }
 
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Waits up to 20 s for `probe`, failing the test if it never answers.
+pub fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    mcpgate_testkit::wait_for(what, Duration::from_secs(20), probe)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A plain HTTP GET on the MCP port: (status, head, body).

@@ -147,13 +147,16 @@ impl Audit {
         } = &*self.0;
         let latency = started.elapsed();
         let (kind, code) = outcome.parts();
-        let tool = labels.label(&call.namespace, &call.server, &call.tool, code);
-        let series = [&*call.namespace, &*call.server, &*tool, kind];
-        metrics.tool_calls.with_label_values(&series).inc();
-        metrics
-            .tool_call_duration
-            .with_label_values(&series)
-            .observe(latency.as_secs_f64());
+        let series = labels.series(
+            metrics,
+            &call.namespace,
+            &call.server,
+            &call.tool,
+            kind,
+            code,
+        );
+        series.calls.inc();
+        series.duration.observe(latency.as_secs_f64());
         let Some(log) = log else { return };
         let record = Record {
             kind: "toolCall",
@@ -551,22 +554,93 @@ impl<'a> From<&'a Identity> for Caller<'a> {
 }
 
 /// Tool names used as metric labels, at most [`TOOL_LABELS_PER_ROUTE`] per route, so callers
-/// cannot grow the metric set without bound by calling made-up names.
+/// cannot grow the metric set without bound by calling made-up names; and the metric series
+/// of each label set, bound once, so a call of a known tool takes no lock but a read lock
+/// and allocates nothing.
 #[derive(Default)]
-struct ToolLabels(Mutex<HashMap<String, HashMap<String, HashSet<String>>>>);
+struct ToolLabels {
+    /// Tools granted a label, by namespace and server.
+    granted: Mutex<HashMap<String, HashMap<String, HashSet<String>>>>,
+    /// Bound series by a hash of (namespace, server, tool label, outcome).
+    bound: std::sync::RwLock<HashMap<u64, Vec<Arc<Series>>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The series of one tool label and outcome.
+struct Series {
+    key: (String, String, String, &'static str),
+    calls: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+/// The label of tools that earn none of their own.
+const OTHER_TOOL: &str = "_other";
 
 impl ToolLabels {
-    fn label(&self, namespace: &str, server: &str, tool: &str, code: Option<i64>) -> String {
-        const OTHER: &str = "_other";
-        let plain = tool.len() <= 64
+    /// The series a call of `tool` on `namespace/server` with outcome `kind` counts in.
+    fn series(
+        &self,
+        metrics: &Metrics,
+        namespace: &str,
+        server: &str,
+        tool: &str,
+        kind: &'static str,
+        code: Option<i64>,
+    ) -> Arc<Series> {
+        let find = |tool: &str| {
+            let hash =
+                std::hash::BuildHasher::hash_one(&self.hasher, (namespace, server, tool, kind));
+            let bound = self.bound.read().unwrap_or_else(PoisonError::into_inner);
+            let found = bound.get(&hash)?.iter().find(|s| {
+                s.key.0 == namespace && s.key.1 == server && s.key.2 == tool && s.key.3 == kind
+            });
+            found.cloned()
+        };
+        let plain = Self::plain(tool, code);
+        if let Some(found) = find(if plain { tool } else { OTHER_TOOL }) {
+            return found;
+        }
+        let label = self.label(namespace, server, tool, code);
+        if let Some(found) = find(&label) {
+            return found;
+        }
+        let values = [namespace, server, &*label, kind];
+        let series = Arc::new(Series {
+            calls: metrics.tool_calls.with_label_values(&values),
+            duration: metrics.tool_call_duration.with_label_values(&values),
+            key: (namespace.to_owned(), server.to_owned(), label, kind),
+        });
+        let hash = std::hash::BuildHasher::hash_one(
+            &self.hasher,
+            (namespace, server, &*series.key.2, kind),
+        );
+        let mut bound = self.bound.write().unwrap_or_else(PoisonError::into_inner);
+        let slot = bound.entry(hash).or_default();
+        match slot.iter().find(|s| s.key == series.key) {
+            Some(raced) => raced.clone(),
+            None => {
+                slot.push(series.clone());
+                series
+            }
+        }
+    }
+
+    /// Whether `tool` may be a label at all: a plain, short name of a tool that exists.
+    fn plain(tool: &str, code: Option<i64>) -> bool {
+        tool.len() <= 64
             && tool
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
-        // Unknown tools (invalid params) never earn a label of their own.
-        if !plain || code == Some(crate::error::code::INVALID_PARAMS) {
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+            // Unknown tools (invalid params) never earn a label of their own.
+            && code != Some(crate::error::code::INVALID_PARAMS)
+    }
+
+    fn label(&self, namespace: &str, server: &str, tool: &str, code: Option<i64>) -> String {
+        const OTHER: &str = OTHER_TOOL;
+        if !Self::plain(tool, code) {
             return OTHER.to_owned();
         }
-        let mut routes = lock(&self.0);
+        let mut routes = lock(&self.granted);
         if !routes
             .get(namespace)
             .is_some_and(|s| s.contains_key(server))
@@ -695,6 +769,27 @@ mod tests {
         assert_eq!(arguments.sha256.len(), 64);
         assert!(!arguments.sha256.contains("hunter2"));
         assert_eq!(Arguments::of(None).bytes, 0);
+    }
+
+    #[test]
+    fn known_tools_reuse_their_bound_series() {
+        let metrics = Metrics::new().unwrap();
+        let labels = ToolLabels::default();
+        let first = labels.series(&metrics, "ns", "s", "t", "ok", None);
+        let again = labels.series(&metrics, "ns", "s", "t", "ok", None);
+        assert!(Arc::ptr_eq(&first, &again));
+        first.calls.inc();
+        again.calls.inc();
+        let counted = metrics
+            .tool_calls
+            .with_label_values(&["ns", "s", "t", "ok"]);
+        assert_eq!(counted.get(), 2);
+        let failed = labels.series(&metrics, "ns", "s", "t", "error", None);
+        assert!(!Arc::ptr_eq(&first, &failed));
+        let odd = labels.series(&metrics, "ns", "s", "bad name", "ok", None);
+        assert_eq!(odd.key.2, "_other");
+        let unknown = labels.series(&metrics, "ns", "s", "t", "error", Some(-32602));
+        assert_eq!(unknown.key.2, "_other");
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(super) fn render(inputs: &Inputs, access: &AccessLists, out: &mut Rendered) 
                 auth,
                 tools: filter.clone(),
                 timeout_ms: u64::try_from(spec.timeout_seconds.max(1)).unwrap_or(30) * 1000,
-                retry: spec.retry.as_ref().map(retry),
+                retry: spec.retry.as_ref().map(retry).filter(|r| r.attempts > 0),
                 rate_limits: spec
                     .rate_limits
                     .as_ref()

@@ -154,7 +154,9 @@ impl Shared {
         let attempt = self
             .exchange(
                 &hop,
-                session.as_ref().map(|(sid, state)| (sid.as_str(), state)),
+                session
+                    .as_ref()
+                    .map(|(sid, state)| (sid.as_str(), &**state)),
                 version,
                 &parts.method,
                 bytes.clone(),

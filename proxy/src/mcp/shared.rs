@@ -177,7 +177,7 @@ impl Shared {
         route: &str,
         owner: Option<&str>,
         id: Option<&Value>,
-    ) -> Result<Option<(String, SessionState)>, ProxyError> {
+    ) -> Result<Option<(String, std::sync::Arc<SessionState>)>, ProxyError> {
         let Some(value) = headers.get(SESSION_ID) else {
             return Ok(None);
         };

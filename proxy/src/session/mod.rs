@@ -14,7 +14,7 @@
 
 pub mod keys;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,25 +126,37 @@ impl SessionState {
 }
 
 /// Mints and opens session ids; remembers re-opened upstream sessions and ended sessions.
-#[derive(Debug)]
+///
+/// A session's requests do not decrypt and parse its id again each time: ids opened
+/// recently are kept, opened, by a hash of the id (keyed per process, so ids cannot be
+/// chosen to collide) and checked against the whole id. What this replica remembers sits in
+/// concurrent, bounded caches, so requests of different sessions never wait on one lock.
 pub struct Sessions {
     keys: Arc<SessionKeys>,
     max_age: Duration,
-    local: Mutex<Local>,
-    /// Hashes ended ids (keyed per process, so ids cannot be chosen to collide).
     hasher: std::collections::hash_map::RandomState,
+    /// Recently opened ids and their state.
+    opened: moka::sync::Cache<u64, Arc<(String, Arc<SessionState>)>>,
+    /// Upstream sessions re-opened for a client session, by server.
+    reopened: moka::sync::Cache<u64, Arc<HashMap<String, UpstreamSession>>>,
+    /// Sessions ended here.
+    ended: moka::sync::Cache<u64, ()>,
+    /// The open GET stream of each session, ended when a new one replaces it.
+    streams: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
 }
 
-/// What this replica remembers beyond the sealed ids.
-#[derive(Debug, Default)]
-struct Local {
-    reopened: HashMap<(String, String), UpstreamSession>,
-    reopened_order: VecDeque<(String, String)>,
-    ended: HashSet<u64>,
-    ended_order: VecDeque<u64>,
-    /// The open GET stream of each session, ended when a new one replaces it.
-    streams: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
 }
+
+/// Opened ids kept, at most (a state is at most [`MAX_STATE_BYTES`]; most are far smaller).
+const OPENED_CAPACITY: u64 = 16_384;
+/// How long an opened id is kept after its last use.
+const OPENED_IDLE: Duration = Duration::from_secs(600);
 
 impl Sessions {
     /// Sessions sealed with `keys`.
@@ -152,14 +164,28 @@ impl Sessions {
         Self {
             keys: keys.into(),
             max_age: DEFAULT_MAX_AGE,
-            local: Mutex::default(),
             hasher: Default::default(),
+            opened: moka::sync::Cache::builder()
+                .max_capacity(OPENED_CAPACITY)
+                .time_to_idle(OPENED_IDLE)
+                .build(),
+            reopened: moka::sync::Cache::new(REOPENED_CAPACITY as u64),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(ENDED_CAPACITY as u64)
+                .time_to_live(DEFAULT_MAX_AGE)
+                .build(),
+            streams: Mutex::default(),
         }
     }
 
     /// The same sessions, living at most `max_age`.
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = max_age;
+        // An ended id need not be remembered past the age at which it would be refused anyway.
+        self.ended = moka::sync::Cache::builder()
+            .max_capacity(ENDED_CAPACITY as u64)
+            .time_to_live(max_age.max(Duration::from_secs(1)))
+            .build();
         self
     }
 
@@ -176,17 +202,26 @@ impl Sessions {
 
     /// The state in `id`, if this gateway minted it for `route` and for `owner` (see
     /// [`owner`]), it is younger than the maximum age and it was not ended here.
-    pub fn open(&self, id: &str, route: &str, owner: Option<&str>) -> Option<SessionState> {
+    pub fn open(&self, id: &str, route: &str, owner: Option<&str>) -> Option<Arc<SessionState>> {
         if id.len() > MAX_ID_LEN {
             return None;
         }
-        let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
+        let hash = self.hasher.hash_one(id);
+        if self.ended.contains_key(&hash) {
+            return None;
+        }
+        let state = match self.opened.get(&hash).filter(|kept| kept.0 == id) {
+            Some(kept) => kept.1.clone(),
+            None => {
+                let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
+                let state = Arc::new(state);
+                self.opened
+                    .insert(hash, Arc::new((id.to_owned(), state.clone())));
+                state
+            }
+        };
         let age = crate::auth::now().as_secs().saturating_sub(state.issued);
-        let ended = self.lock().ended.contains(&self.hasher.hash_one(id));
-        (state.route == route
-            && state.owner.as_deref() == owner
-            && age <= self.max_age.as_secs()
-            && !ended)
+        (state.route == route && state.owner.as_deref() == owner && age <= self.max_age.as_secs())
             .then_some(state)
     }
 
@@ -198,8 +233,9 @@ impl Sessions {
         state: &SessionState,
         server: &str,
     ) -> Option<UpstreamSession> {
-        let key = (id.to_owned(), server.to_owned());
-        if let Some(found) = self.lock().reopened.get(&key) {
+        if let Some(reopened) = self.reopened.get(&self.hasher.hash_one(id))
+            && let Some(found) = reopened.get(server)
+        {
             return Some(found.clone());
         }
         state.upstream(server).cloned()
@@ -207,16 +243,16 @@ impl Sessions {
 
     /// Remembers that `server`'s session for client session `id` is now `session`.
     pub fn reopened(&self, id: &str, session: UpstreamSession) {
-        let key = (id.to_owned(), session.server.clone());
-        let mut local = self.lock();
-        if local.reopened.insert(key.clone(), session).is_none() {
-            local.reopened_order.push_back(key);
-        }
-        while local.reopened_order.len() > REOPENED_CAPACITY {
-            if let Some(old) = local.reopened_order.pop_front() {
-                local.reopened.remove(&old);
-            }
-        }
+        let hash = self.hasher.hash_one(id);
+        // Re-opens of one session are rare and happen one at a time; a lost race only costs
+        // another re-open.
+        let mut all = self
+            .reopened
+            .get(&hash)
+            .map(|kept| (*kept).clone())
+            .unwrap_or_default();
+        all.insert(session.server.clone(), session);
+        self.reopened.insert(hash, Arc::new(all));
     }
 
     /// Registers a new GET stream for client session `id`, ending the one it had on this
@@ -224,12 +260,12 @@ impl Sessions {
     /// session ends.
     pub fn open_stream(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
         let (replaced, receiver) = tokio::sync::oneshot::channel();
-        let mut local = self.lock();
-        if let Some(previous) = local.streams.insert(self.hasher.hash_one(id), replaced) {
+        let mut streams = self.streams();
+        if let Some(previous) = streams.insert(self.hasher.hash_one(id), replaced) {
             let _ = previous.send(());
         }
-        if local.streams.len() >= STREAMS_SWEEP && local.streams.len().is_power_of_two() {
-            local.streams.retain(|_, s| !s.is_closed());
+        if streams.len() >= STREAMS_SWEEP && streams.len().is_power_of_two() {
+            streams.retain(|_, s| !s.is_closed());
         }
         receiver
     }
@@ -238,24 +274,16 @@ impl Sessions {
     /// and forgets what it re-opened for it.
     pub fn end(&self, id: &str) {
         let hash = self.hasher.hash_one(id);
-        let mut local = self.lock();
-        if let Some(stream) = local.streams.remove(&hash) {
+        self.ended.insert(hash, ());
+        self.opened.invalidate(&hash);
+        self.reopened.invalidate(&hash);
+        if let Some(stream) = self.streams().remove(&hash) {
             let _ = stream.send(());
-        }
-        local.reopened.retain(|(sid, _), _| sid != id);
-        local.reopened_order.retain(|(sid, _)| sid != id);
-        if local.ended.insert(hash) {
-            local.ended_order.push_back(hash);
-        }
-        while local.ended_order.len() > ENDED_CAPACITY {
-            if let Some(old) = local.ended_order.pop_front() {
-                local.ended.remove(&old);
-            }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
-        self.local
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, tokio::sync::oneshot::Sender<()>>> {
+        self.streams
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -289,7 +317,8 @@ mod tests {
         route: &str,
         owner: Option<&str>,
     ) -> Option<SessionState> {
-        sessions.open(id, route, owner).map(|mut s| {
+        sessions.open(id, route, owner).map(|s| {
+            let mut s = (*s).clone();
             assert!(s.issued > 0);
             s.issued = 0;
             s

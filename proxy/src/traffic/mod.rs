@@ -37,6 +37,11 @@ pub fn budget_key(owner: Option<&str>, extensions: &http::Extensions) -> String 
     }
 }
 
+/// The retries `config` asks for; none when it allows no attempt.
+fn retries_of(config: &ServerConfig) -> Option<&mcpgate_crds::gateway_config::Retry> {
+    config.retry.as_ref().filter(|r| r.attempts > 0)
+}
+
 /// A server's counters, labelled once when its policy is made.
 #[derive(Debug)]
 struct Counters {
@@ -74,7 +79,7 @@ impl Policy {
         Self {
             server: format!("{}/{}", config.namespace, config.name),
             limits: Limits::new(&config.rate_limits),
-            retries: config.retry.as_ref().map(Retries::new),
+            retries: retries_of(config).map(Retries::new),
             breaker: config.circuit_breaker.map(Breaker::new),
             counters: Counters {
                 limited: [
@@ -94,7 +99,7 @@ impl Policy {
     fn made_from(&self, config: &ServerConfig) -> bool {
         self.limits.as_ref().map(Limits::config)
             == Some(&config.rate_limits).filter(|l| !l.is_empty())
-            && self.retries.as_ref().map(|r| &r.config) == config.retry.as_ref()
+            && self.retries.as_ref().map(|r| &r.config) == retries_of(config)
             && self.breaker.as_ref().map(Breaker::config) == config.circuit_breaker
     }
 
@@ -220,7 +225,7 @@ impl Traffic {
     /// The policy of `route`, None when it sets none.
     pub fn of(&self, route: &ServerRoute) -> Option<Arc<Policy>> {
         let config = &route.config;
-        if config.retry.is_none()
+        if retries_of(config).is_none()
             && config.rate_limits.is_empty()
             && config.circuit_breaker.is_none()
         {

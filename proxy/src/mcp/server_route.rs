@@ -86,7 +86,7 @@ impl Shared {
         let method = envelope.map(Envelope::method).unwrap_or_default();
         if method == "tools/call" {
             let name = envelope.map(Envelope::name).unwrap_or_default();
-            if !route.config.tools.permits(name) {
+            if !route.permits(name) {
                 return Err(unknown_tool(id, name));
             }
             if let Some(policy) = &hop.policy {

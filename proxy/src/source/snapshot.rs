@@ -63,9 +63,24 @@ pub struct ServerRoute {
     pub client_secret: Option<SecretString>,
     /// Who may use it.
     pub access: Access,
+    /// The tool filter as sets, for lookups per call.
+    tools: ToolSet,
+}
+
+/// A [`mcpgate_crds::gateway_config::ToolFilter`] as hash sets.
+#[derive(Debug, Default)]
+struct ToolSet {
+    allow: std::collections::HashSet<String>,
+    deny: std::collections::HashSet<String>,
 }
 
 impl ServerRoute {
+    /// Whether upstream tool `name` is exposed (the server's allow and deny lists).
+    pub fn permits(&self, name: &str) -> bool {
+        (self.tools.allow.is_empty() || self.tools.allow.contains(name))
+            && !self.tools.deny.contains(name)
+    }
+
     /// `namespace/name`, as messages, records and pages name the server.
     pub fn key(&self) -> String {
         format!("{}/{}", self.config.namespace, self.config.name)
@@ -103,6 +118,8 @@ pub struct VirtualRoute {
     pub members: Vec<Member>,
     /// Who may use it (its own collaborators, not its members').
     pub access: Access,
+    /// Renamed tools: exposed name -> (member index, upstream name).
+    renamed: HashMap<String, (usize, String)>,
 }
 
 /// One McpServer of a virtual server and the tools taken from it.
@@ -174,7 +191,7 @@ impl Member {
 
     /// The name under which upstream tool `tool` is exposed, if it is.
     pub fn exposed_tool(&self, tool: &str) -> Option<String> {
-        if !self.server.config.tools.permits(tool) {
+        if !self.server.permits(tool) {
             return None;
         }
         match self.renames.get(tool) {
@@ -188,19 +205,15 @@ impl Member {
 impl VirtualRoute {
     /// The member serving exposed tool `exposed`, and the tool's upstream name.
     pub fn resolve_tool(&self, exposed: &str) -> Option<(&Member, String)> {
-        for member in &self.members {
-            if let Some((tool, _)) = member.renames.iter().find(|(_, e)| *e == exposed) {
-                return member
-                    .server
-                    .config
-                    .tools
-                    .permits(tool)
-                    .then(|| (member, tool.clone()));
-            }
+        if let Some((index, tool)) = self.renamed.get(exposed) {
+            let member = self.members.get(*index)?;
+            return member.server.permits(tool).then(|| (member, tool.clone()));
         }
         let (server, tool) = exposed.split_once('_')?;
         let member = self.member(server)?;
-        (member.exposed_tool(tool).as_deref() == Some(exposed)).then(|| (member, tool.to_owned()))
+        // `<server>_<tool>` names a tool taken whole and not renamed.
+        (member.all && !member.renames.contains_key(tool) && member.server.permits(tool))
+            .then(|| (member, tool.to_owned()))
     }
 
     /// The member named `server`.
@@ -293,6 +306,10 @@ impl Snapshot {
             }
             let route = Arc::new(ServerRoute {
                 access: Access::new(&server.access),
+                tools: ToolSet {
+                    allow: server.tools.allow.iter().cloned().collect(),
+                    deny: server.tools.deny.iter().cloned().collect(),
+                },
                 config: server,
                 upstream,
                 inject,
@@ -306,7 +323,7 @@ impl Snapshot {
             routes.insert(route.config.path.clone(), Route::Server(route));
         }
         for config in config.virtual_servers {
-            let members = config
+            let members: Vec<Member> = config
                 .members
                 .iter()
                 .filter_map(|m| {
@@ -325,12 +342,25 @@ impl Snapshot {
                     })
                 })
                 .collect();
+            // Collisions are refused by the operator; should one arrive, the first member
+            // keeps the name, as members are tried in order (later entries overwrite).
+            let renamed = members
+                .iter()
+                .enumerate()
+                .rev()
+                .flat_map(|(i, m)| {
+                    m.renames
+                        .iter()
+                        .map(move |(tool, exposed)| (exposed.clone(), (i, tool.clone())))
+                })
+                .collect();
             routes.insert(
                 config.path.clone(),
                 Route::Virtual(Arc::new(VirtualRoute {
                     access: Access::new(&config.access),
                     config,
                     members,
+                    renamed,
                 })),
             );
         }

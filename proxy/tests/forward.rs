@@ -9,7 +9,7 @@ use common::gateway::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[test]
 fn forwards_with_route_credentials_and_fails_clearly() {
@@ -274,4 +274,33 @@ fn serves_https_with_http2_and_http1() {
     // Plain HTTP on the TLS port gets no MCP answer.
     let (status, _, _) = post(port, "/team/mcp/plain/server", &[], &call("echo"));
     assert_ne!(status, 200);
+}
+
+#[test]
+fn an_upstream_era_is_probed_once_however_many_callers_ask_at_once() {
+    let discovered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = discovered.clone();
+    let upstream = spawn_scripted(move |_, request| {
+        if request["method"] == "server/discover" {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // A slow answer: every caller arrives while the probe is out.
+            std::thread::sleep(Duration::from_millis(300));
+            return json_reply(&json!({"jsonrpc": "2.0", "id": request["id"],
+                "result": {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "modern", "version": "1"}}}));
+        }
+        json_reply(&json!({"jsonrpc": "2.0", "id": request["id"],
+            "result": {"content": [{"type": "text", "text": "ok"}]}}))
+    });
+    let (_dir, _proxy, port) = serving(&config(upstream, 5000));
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..12)
+            .map(|_| {
+                scope.spawn(move || stateless_call(port, "/team/mcp/plain/server", "echo", &[]).0)
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [200; 12]);
+    assert_eq!(discovered.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

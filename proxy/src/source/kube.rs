@@ -44,7 +44,12 @@ pub async fn watch(client: Client, namespace: String, current: Arc<Current>, met
         let _ = cm_store.wait_until_ready().await;
         let _ = secret_store.wait_until_ready().await;
         loop {
-            apply_result(&current, &metrics, load(&cm_store, &secret_store));
+            // Unpacking and building run on a blocking thread, not a worker serving requests.
+            let (config_maps, secrets) = (cm_store.clone(), secret_store.clone());
+            match tokio::task::spawn_blocking(move || load(&config_maps, &secrets)).await {
+                Ok(loaded) => apply_result(&current, &metrics, loaded),
+                Err(error) => apply_result::<String>(&current, &metrics, Err(error.to_string())),
+            }
             trigger.notified().await;
             // Secrets and the ConfigMap are written one after another: let a burst settle.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -63,7 +63,7 @@ pub async fn watch_dir(
     // symlink; the standalone renderer may be started after us).
     std::fs::create_dir_all(&dir)?;
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
-    reload(&dir, &current, &metrics);
+    reload(&dir, &current, &metrics).await;
     loop {
         // Also poll now and then: some volume updates do not produce events.
         tokio::select! {
@@ -72,12 +72,18 @@ pub async fn watch_dir(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         while rx.try_recv().is_ok() {}
-        reload(&dir, &current, &metrics);
+        reload(&dir, &current, &metrics).await;
     }
 }
 
-fn reload(dir: &std::path::Path, current: &Current, metrics: &Metrics) {
-    apply_result(current, metrics, dir::load(dir));
+/// Reads and builds the directory's snapshot on a blocking thread (file reads and the build
+/// never hold up a runtime worker serving requests), then puts it in service.
+async fn reload(dir: &std::path::Path, current: &Current, metrics: &Metrics) {
+    let dir = dir.to_owned();
+    match tokio::task::spawn_blocking(move || dir::load(&dir)).await {
+        Ok(loaded) => apply_result(current, metrics, loaded),
+        Err(error) => apply_result::<String>(current, metrics, Err(error.to_string())),
+    }
 }
 
 /// Puts a freshly loaded snapshot in service, or keeps the old one and says why.

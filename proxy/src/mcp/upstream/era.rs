@@ -5,9 +5,7 @@
 //! and caller (and, on a `Passthrough` route, per forwarded token), so no session ever carries
 //! two users' requests or tokens, with request ids made unique and restored on the way back.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -168,7 +166,9 @@ const POOLED_IDLE: Duration = Duration::from_secs(3600);
 /// Probed eras and gateway-held sessions, per upstream, for this replica.
 #[derive(Debug)]
 pub struct Eras {
-    probed: Mutex<HashMap<String, (Era, Instant)>>,
+    /// By route path, for [`PROBE_TTL`]; one probe at a time per route (callers arriving
+    /// while it runs wait for its answer).
+    probed: moka::future::Cache<String, Era>,
     /// By route path and [`Hop::credential_identity`].
     pooled: moka::sync::Cache<(String, [u8; 32]), UpstreamSession>,
 }
@@ -176,7 +176,10 @@ pub struct Eras {
 impl Default for Eras {
     fn default() -> Self {
         Self {
-            probed: Mutex::default(),
+            probed: moka::future::Cache::builder()
+                .max_capacity(POOLED_CAPACITY)
+                .time_to_live(PROBE_TTL)
+                .build(),
             pooled: moka::sync::Cache::builder()
                 .max_capacity(POOLED_CAPACITY)
                 .time_to_idle(POOLED_IDLE)
@@ -198,30 +201,33 @@ impl Eras {
     /// The era `hop`'s upstream speaks, probed with `server/discover` when not known.
     pub async fn era(&self, hop: &Hop<'_>) -> Era {
         let key = &hop.route.config.path;
-        if let Some((era, at)) = lock(&self.probed).get(key)
-            && at.elapsed() < PROBE_TTL
-        {
-            return *era;
+        if let Some(era) = self.probed.get(key).await {
+            return era;
         }
-        let discover = json!({
-            "jsonrpc": "2.0", "id": "mcpgate-discover", "method": "server/discover",
-            "params": {"_meta": gateway_meta()},
-        });
-        let era = match hop.call(None, &discover).await {
-            Ok((_, reply))
-                if reply["result"]["supportedVersions"]
-                    .as_array()
-                    .is_some_and(|v| v.iter().any(|v| v == MODERN)) =>
-            {
-                Era::Modern
-            }
-            Ok(_) | Err(HopError::Answer(..)) => Era::Legacy,
-            // Unreachable now: do not remember anything.
-            Err(_) => return Era::Legacy,
+        let probe = async {
+            let discover = json!({
+                "jsonrpc": "2.0", "id": "mcpgate-discover", "method": "server/discover",
+                "params": {"_meta": gateway_meta()},
+            });
+            let era = match hop.call(None, &discover).await {
+                Ok((_, reply))
+                    if reply["result"]["supportedVersions"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|v| v == MODERN)) =>
+                {
+                    Era::Modern
+                }
+                Ok(_) | Err(HopError::Answer(..)) => Era::Legacy,
+                // Unreachable now: do not remember anything.
+                Err(_) => return Err(()),
+            };
+            tracing::debug!(server = %hop.server(), ?era, "probed upstream era");
+            Ok(era)
         };
-        tracing::debug!(server = %hop.server(), ?era, "probed upstream era");
-        lock(&self.probed).insert(key.clone(), (era, Instant::now()));
-        era
+        self.probed
+            .try_get_with(key.clone(), probe)
+            .await
+            .unwrap_or(Era::Legacy)
     }
 
     /// Sends a stateless client's request (names already the upstream's) in the era the
@@ -357,10 +363,6 @@ pub(crate) fn restored(
         }
         rewrite(message)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: demo test unit e2e lint gen check-gen bench control-plane images
+.PHONY: demo test unit e2e lint gen check-gen bench soak control-plane images
 
 ## demo: a real MCP server, the operator's standalone rendering and the gateway in front
 demo:
@@ -55,3 +55,8 @@ bench:
 	export MCPGATE_K8S_BIN_DIR MCPGATE_PYTHON; \
 	./target/release/proxy-bench; \
 	./target/release/operator-bench
+
+## soak: 20 minutes of mixed traffic through one proxy, RSS, open FDs and p99 printed every minute (MCPGATE_SOAK_MINUTES to change; not in CI)
+soak:
+	$(CARGO) build --release -p mcpgate-proxy -p mcpgate-e2e
+	./target/release/soak

@@ -3,6 +3,8 @@
 //! kubectl driven the way a user would. Everything started here is stopped by PID on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -75,9 +75,9 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: IpAddr) -> Resp
     req.extensions_mut().insert(id.clone());
     req.extensions_mut()
         .insert(crate::traffic::ClientAddress(peer));
-    let mut response = handle_in_span(app, req, peer)
-        .instrument(span.clone())
-        .await;
+    // Boxed once here: the whole request path is a large future, and this keeps the one
+    // hyper holds per request small (moving a large future is a memcpy each time).
+    let mut response = Box::pin(handle_in_span(app, req, peer).instrument(span.clone())).await;
     let status = response.status();
     span.record("status", status.as_u16());
     span.record("outcome", outcome(status));

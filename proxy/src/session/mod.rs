@@ -130,17 +130,18 @@ impl SessionState {
 /// A session's requests do not decrypt and parse its id again each time: ids opened
 /// recently are kept, opened, by a hash of the id (keyed per process, so ids cannot be
 /// chosen to collide) and checked against the whole id. What this replica remembers sits in
-/// concurrent, bounded caches, so requests of different sessions never wait on one lock.
+/// bounded maps split across locks, each held for one lookup, so requests of different
+/// sessions rarely wait on each other and never on a scan.
 pub struct Sessions {
     keys: Arc<SessionKeys>,
     max_age: Duration,
     hasher: std::collections::hash_map::RandomState,
     /// Recently opened ids and their state.
-    opened: moka::sync::Cache<u64, Arc<(String, Arc<SessionState>)>>,
+    opened: Bounded<Arc<(String, Arc<SessionState>)>>,
     /// Upstream sessions re-opened for a client session, by server.
-    reopened: moka::sync::Cache<u64, Arc<HashMap<String, UpstreamSession>>>,
+    reopened: Bounded<Arc<HashMap<String, UpstreamSession>>>,
     /// Sessions ended here.
-    ended: moka::sync::Cache<u64, ()>,
+    ended: Bounded<()>,
     /// The open GET stream of each session, ended when a new one replaces it.
     streams: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
 }
@@ -154,9 +155,70 @@ impl std::fmt::Debug for Sessions {
 }
 
 /// Opened ids kept, at most (a state is at most [`MAX_STATE_BYTES`]; most are far smaller).
-const OPENED_CAPACITY: u64 = 16_384;
-/// How long an opened id is kept after its last use.
-const OPENED_IDLE: Duration = Duration::from_secs(600);
+const OPENED_CAPACITY: usize = 16_384;
+
+/// Lock shards of the maps below: requests of different sessions rarely share one.
+const SHARDS: usize = 16;
+
+/// A map by id hash holding at most `capacity` entries, the oldest insertions forgotten
+/// first, split into [`SHARDS`] locks held only for a lookup or an insert.
+struct Bounded<V> {
+    shards: Vec<Mutex<Shard<V>>>,
+    per_shard: usize,
+}
+
+struct Shard<V> {
+    map: HashMap<u64, V>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl<V: Clone> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        order: std::collections::VecDeque::new(),
+                    })
+                })
+                .collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard<V>> {
+        // The keys are keyed hashes already: their low bits spread evenly.
+        self.shards[(key % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: u64) -> Option<V> {
+        self.shard(key).map.get(&key).cloned()
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.shard(key).map.contains_key(&key)
+    }
+
+    fn insert(&self, key: u64, value: V) {
+        let mut shard = self.shard(key);
+        if shard.map.insert(key, value).is_none() {
+            shard.order.push_back(key);
+        }
+        while shard.order.len() > self.per_shard {
+            if let Some(old) = shard.order.pop_front() {
+                shard.map.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&self, key: u64) {
+        // Its place in the order goes with the next eviction (a missing key is skipped).
+        self.shard(key).map.remove(&key);
+    }
+}
 
 impl Sessions {
     /// Sessions sealed with `keys`.
@@ -165,15 +227,9 @@ impl Sessions {
             keys: keys.into(),
             max_age: DEFAULT_MAX_AGE,
             hasher: Default::default(),
-            opened: moka::sync::Cache::builder()
-                .max_capacity(OPENED_CAPACITY)
-                .time_to_idle(OPENED_IDLE)
-                .build(),
-            reopened: moka::sync::Cache::new(REOPENED_CAPACITY as u64),
-            ended: moka::sync::Cache::builder()
-                .max_capacity(ENDED_CAPACITY as u64)
-                .time_to_live(DEFAULT_MAX_AGE)
-                .build(),
+            opened: Bounded::new(OPENED_CAPACITY),
+            reopened: Bounded::new(REOPENED_CAPACITY),
+            ended: Bounded::new(ENDED_CAPACITY),
             streams: Mutex::default(),
         }
     }
@@ -181,11 +237,6 @@ impl Sessions {
     /// The same sessions, living at most `max_age`.
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = max_age;
-        // An ended id need not be remembered past the age at which it would be refused anyway.
-        self.ended = moka::sync::Cache::builder()
-            .max_capacity(ENDED_CAPACITY as u64)
-            .time_to_live(max_age.max(Duration::from_secs(1)))
-            .build();
         self
     }
 
@@ -207,10 +258,10 @@ impl Sessions {
             return None;
         }
         let hash = self.hasher.hash_one(id);
-        if self.ended.contains_key(&hash) {
+        if self.ended.contains(hash) {
             return None;
         }
-        let state = match self.opened.get(&hash).filter(|kept| kept.0 == id) {
+        let state = match self.opened.get(hash).filter(|kept| kept.0 == id) {
             Some(kept) => kept.1.clone(),
             None => {
                 let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
@@ -233,7 +284,7 @@ impl Sessions {
         state: &SessionState,
         server: &str,
     ) -> Option<UpstreamSession> {
-        if let Some(reopened) = self.reopened.get(&self.hasher.hash_one(id))
+        if let Some(reopened) = self.reopened.get(self.hasher.hash_one(id))
             && let Some(found) = reopened.get(server)
         {
             return Some(found.clone());
@@ -248,7 +299,7 @@ impl Sessions {
         // another re-open.
         let mut all = self
             .reopened
-            .get(&hash)
+            .get(hash)
             .map(|kept| (*kept).clone())
             .unwrap_or_default();
         all.insert(session.server.clone(), session);
@@ -275,8 +326,8 @@ impl Sessions {
     pub fn end(&self, id: &str) {
         let hash = self.hasher.hash_one(id);
         self.ended.insert(hash, ());
-        self.opened.invalidate(&hash);
-        self.reopened.invalidate(&hash);
+        self.opened.remove(hash);
+        self.reopened.remove(hash);
         if let Some(stream) = self.streams().remove(&hash) {
             let _ = stream.send(());
         }

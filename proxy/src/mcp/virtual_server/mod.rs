@@ -129,10 +129,7 @@ async fn dispatch(
     }
     let session = fwd.session(&parts.headers, path, owner.as_deref(), id.as_ref())?;
     let via = match (&session, &post) {
-        (Some((sid, state)), _) => Via::Session {
-            sid,
-            state: &**state,
-        },
+        (Some((sid, state)), _) => Via::Session { sid, state },
         (None, Some(p)) if era::is_modern(&parts.headers, &p.message.envelope) => Via::Stateless {
             meta: p.request["params"]["_meta"].clone(),
         },

@@ -139,6 +139,9 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
     let yaml = [
         server("openapi", r#"{openapi: {inline: "openapi: 3.1.0", baseUrl: "http://a"}}"#),
         server("served", r#"{remote: {url: "http://a/mcp"}}"#),
+        server("old-retry", r#"{remote: {url: "http://a/sse", transport: Sse}, retry: {attempts: 1}}"#),
+        server("old-breaker", r#"{remote: {url: "http://a/sse", transport: Sse}, circuitBreaker: {}}"#),
+        server("old-limited", r#"{remote: {url: "http://a/sse", transport: Sse}, rateLimits: {perUser: {requests: 1}}}"#),
         "---\napiVersion: mcpgate.dev/v1alpha1\nkind: VirtualMcpServer\nmetadata: {name: bundle, namespace: demo}\nspec: {tools: [{server: served, tools: [\"*\"]}, {server: openapi, tools: [\"*\"]}]}\n".to_owned(),
     ]
     .concat();
@@ -154,13 +157,28 @@ fn fields_not_served_yet_keep_a_server_out_and_say_which() {
         "{}",
         openapi.message
     );
+    for (name, field) in [
+        ("old-retry", "spec.retry (with remote.transport Sse)"),
+        (
+            "old-breaker",
+            "spec.circuitBreaker (with remote.transport Sse)",
+        ),
+    ] {
+        let ready = ready(name);
+        assert_eq!(ready.reason, "NotServed", "{name}");
+        assert!(
+            ready.message.starts_with(field),
+            "{name}: {}",
+            ready.message
+        );
+    }
     let served: Vec<_> = rendered
         .config
         .servers
         .iter()
         .map(|s| s.name.as_str())
         .collect();
-    assert_eq!(served, ["served"]);
+    assert_eq!(served, ["old-limited", "served"]);
     // The bundle serves its served member and names the other.
     let bundle = ready("bundle");
     assert!(!bundle.ok);

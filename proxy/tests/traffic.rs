@@ -428,3 +428,50 @@ fn a_flapping_upstream_opens_its_circuit_fails_fast_and_recovers() {
         assert!(error_of(&body).is_null(), "{body}");
     }
 }
+
+#[test]
+fn an_upstream_that_never_answers_opens_its_circuit_on_every_path() {
+    let hanging = spawn_scripted(|_, _| {
+        std::thread::sleep(Duration::from_secs(2));
+        unavailable()
+    });
+    let breaker =
+        json!({"circuitBreaker": {"consecutiveFailures": 2, "openMs": 60000}, "timeoutMs": 300});
+    let (_dir, _proxy, port, admin) = proxy(&servers(
+        &[
+            ("silent", hanging, breaker.clone()),
+            ("quiet", hanging, breaker),
+        ],
+        vec![virtual_config("bundle", &["quiet"])],
+    ));
+    // A server route: each call times out, the second opens the circuit, the third fails fast.
+    for _ in 0..2 {
+        let (_, _, body) = post(port, "/team/mcp/silent/server", &[], &call("lookup"));
+        assert!(
+            error_of(&body)["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not answer within 0.3s"),
+            "{body}"
+        );
+    }
+    let started = Instant::now();
+    let (_, _, body) = post(port, "/team/mcp/silent/server", &[], &call("lookup"));
+    assert!(
+        error_of(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit is open"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(250));
+    // Through a virtual server, where the gateway's own deadline ends the wait: the same.
+    for _ in 0..2 {
+        let (status, _, body) = post(port, "/team/mcp/bundle/server", &[], &initialize_request());
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        metric(admin, "mcpgate_circuit_open", &[("server", "quiet")]),
+        1.0
+    );
+}

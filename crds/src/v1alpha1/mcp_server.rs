@@ -78,7 +78,7 @@ pub struct McpServerSpec {
     pub timeout_seconds: i32,
 
     /// Retries of upstream requests that failed before the upstream could act on them. Off
-    /// when absent.
+    /// when absent. Not served with `remote.transport: Sse` (reports `NotServed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
 
@@ -89,7 +89,7 @@ pub struct McpServerSpec {
 
     /// Stop sending to an upstream that keeps failing, for a while: calls fail at once with
     /// an error naming this server, and a virtual server serves its other members. Off when
-    /// absent.
+    /// absent. Not served with `remote.transport: Sse` (reports `NotServed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
 

@@ -213,8 +213,18 @@ const NOT_SERVED_FIX: &str = "the server is left out of the gateway and no crede
 /// Served: `spec.remote` with every auth mode.
 fn not_served(server: &McpServer) -> Option<&'static str> {
     let spec = &server.spec;
+    // The HTTP+SSE bridge answers an upstream's failures itself, so neither retries nor the
+    // circuit would see them.
+    let sse = spec
+        .remote
+        .as_ref()
+        .is_some_and(|r| r.transport == v1::Transport::Sse);
     if spec.openapi.is_some() {
         Some("spec.openapi (OpenAPI sources)")
+    } else if sse && spec.retry.is_some() {
+        Some("spec.retry (with remote.transport Sse)")
+    } else if sse && spec.circuit_breaker.is_some() {
+        Some("spec.circuitBreaker (with remote.transport Sse)")
     } else {
         None
     }

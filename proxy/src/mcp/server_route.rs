@@ -89,16 +89,6 @@ impl Shared {
             if !route.permits(name) {
                 return Err(unknown_tool(id, name));
             }
-            if let Some(policy) = &hop.policy {
-                let caller = budget_key(owner.as_deref(), &parts.extensions);
-                policy
-                    .take(&caller, name)
-                    .map_err(|spent| ProxyError::RateLimited {
-                        id: id.cloned(),
-                        server: hop.server(),
-                        spent,
-                    })?;
-            }
         }
         if let Some(refusal) = message.as_ref().and_then(oversized_initialize) {
             return Err(refusal);
@@ -108,6 +98,18 @@ impl Shared {
         } else {
             self.session(&parts.headers, &route.config.path, owner.as_deref(), id)?
         };
+        // A call that is refused anyway (bad session, unknown tool) spends no budget.
+        if method == "tools/call"
+            && let Some(policy) = &hop.policy
+        {
+            let tool = envelope.map(Envelope::name).unwrap_or_default();
+            policy.take_for(
+                &budget_key(owner.as_deref(), &parts.extensions),
+                tool,
+                id,
+                &hop.server(),
+            )?;
+        }
         let bytes = message
             .as_ref()
             .map(|m| m.bytes.clone())

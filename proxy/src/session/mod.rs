@@ -138,8 +138,8 @@ pub struct Sessions {
     hasher: std::collections::hash_map::RandomState,
     /// Recently opened ids and their state.
     opened: Bounded<Arc<(String, Arc<SessionState>)>>,
-    /// Upstream sessions re-opened for a client session, by server.
-    reopened: Bounded<Arc<HashMap<String, UpstreamSession>>>,
+    /// Upstream sessions re-opened for a client session (its id, then by server).
+    reopened: Bounded<Arc<(String, HashMap<String, UpstreamSession>)>>,
     /// Sessions ended here.
     ended: Bounded<()>,
     /// The open GET stream of each session, ended when a new one replaces it.
@@ -154,8 +154,11 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// Opened ids kept, at most (a state is at most [`MAX_STATE_BYTES`]; most are far smaller).
-const OPENED_CAPACITY: usize = 16_384;
+/// Opened ids kept, at most.
+const OPENED_CAPACITY: usize = 8_192;
+/// Ids longer than this are opened afresh each time, so the opened ids kept hold at most
+/// about [`OPENED_CAPACITY`] x 2 x this many bytes (ids and states), whatever clients send.
+const OPENED_MAX_ID: usize = 2_048;
 
 /// Lock shards of the maps below: requests of different sessions rarely share one.
 const SHARDS: usize = 16;
@@ -266,8 +269,10 @@ impl Sessions {
             None => {
                 let state: SessionState = serde_json::from_slice(&self.keys.open(id)?).ok()?;
                 let state = Arc::new(state);
-                self.opened
-                    .insert(hash, Arc::new((id.to_owned(), state.clone())));
+                if id.len() <= OPENED_MAX_ID {
+                    self.opened
+                        .insert(hash, Arc::new((id.to_owned(), state.clone())));
+                }
                 state
             }
         };
@@ -285,7 +290,8 @@ impl Sessions {
         server: &str,
     ) -> Option<UpstreamSession> {
         if let Some(reopened) = self.reopened.get(self.hasher.hash_one(id))
-            && let Some(found) = reopened.get(server)
+            && reopened.0 == id
+            && let Some(found) = reopened.1.get(server)
         {
             return Some(found.clone());
         }
@@ -300,10 +306,11 @@ impl Sessions {
         let mut all = self
             .reopened
             .get(hash)
-            .map(|kept| (*kept).clone())
+            .filter(|kept| kept.0 == id)
+            .map(|kept| kept.1.clone())
             .unwrap_or_default();
         all.insert(session.server.clone(), session);
-        self.reopened.insert(hash, Arc::new(all));
+        self.reopened.insert(hash, Arc::new((id.to_owned(), all)));
     }
 
     /// Registers a new GET stream for client session `id`, ending the one it had on this

@@ -14,11 +14,11 @@ use mcpgate_crds::gateway_config::{RateLimit, RateLimits};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
     /// All callers of the server together.
-    Server,
+    Server = 0,
     /// One caller.
-    User,
+    User = 1,
     /// One tool, all callers together.
-    Tool,
+    Tool = 2,
 }
 
 impl Budget {
@@ -98,7 +98,10 @@ struct Buckets {
 /// The budgets of one server.
 #[derive(Debug)]
 pub struct Limits {
+    /// As configured.
     config: RateLimits,
+    /// As applied: sorted by tool, no zero.
+    rules: RateLimits,
     buckets: Mutex<Buckets>,
 }
 
@@ -108,9 +111,28 @@ impl Limits {
         if limits.is_empty() {
             return None;
         }
+        // What the operator renders is sorted and at least 1; a hand-written configuration
+        // is made so here, so lookups by tool work and no bucket divides by zero.
+        let given = limits.clone();
+        let mut limits = limits.clone();
+        let sane = |l: &mut RateLimit| {
+            l.requests = l.requests.max(1);
+            l.period_seconds = l.period_seconds.max(1);
+        };
+        for limit in [limits.per_user.as_mut(), limits.per_server.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            sane(limit);
+        }
+        limits.per_tool.iter_mut().for_each(|t| sane(&mut t.limit));
+        limits.per_tool.sort_by(|a, b| a.tool.cmp(&b.tool));
+        limits.per_tool.dedup_by(|a, b| a.tool == b.tool);
+        let limits = &limits;
         let now = Instant::now();
         Some(Self {
-            config: limits.clone(),
+            config: given,
+            rules: limits.clone(),
             buckets: Mutex::new(Buckets {
                 server: limits.per_server.map(|l| Bucket::full(l, now)),
                 tools: limits
@@ -133,7 +155,7 @@ impl Limits {
     /// says which is spent (the widest first: server, tool, caller).
     pub fn take(&self, caller: &str, tool: &str) -> Result<(), Spent> {
         let now = Instant::now();
-        let config = &self.config;
+        let config = &self.rules;
         let mut guard = self
             .buckets
             .lock()

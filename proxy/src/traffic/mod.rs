@@ -82,6 +82,7 @@ impl Policy {
             retries: retries_of(config).map(Retries::new),
             breaker: config.circuit_breaker.map(Breaker::new),
             counters: Counters {
+                // Indexed by `Budget as usize`.
                 limited: [
                     limited(Budget::Server),
                     limited(Budget::User),
@@ -109,22 +110,39 @@ impl Policy {
             return Ok(());
         };
         limits.take(caller, tool).inspect_err(|spent| {
-            let i = match spent.budget {
-                Budget::Server => 0,
-                Budget::User => 1,
-                Budget::Tool => 2,
-            };
-            self.counters.limited[i].inc();
+            self.counters.limited[spent.budget as usize].inc();
         })
     }
 
+    /// [`Self::take`] for call `id` on `server` (`namespace/name`), refused as the client is
+    /// told: 429 with `Retry-After`.
+    pub fn take_for(
+        &self,
+        caller: &str,
+        tool: &str,
+        id: Option<&serde_json::Value>,
+        server: &str,
+    ) -> Result<(), crate::error::ProxyError> {
+        self.take(caller, tool)
+            .map_err(|spent| crate::error::ProxyError::RateLimited {
+                id: id.cloned(),
+                server: server.to_owned(),
+                spent,
+            })
+    }
+
     /// Whether a request may go upstream now (see [`Breaker::admit`]); a refusal is counted.
-    pub fn admit(&self) -> Result<Admitted<'_>, Duration> {
+    /// One given up after `timeout` without an answer (its caller's own deadline ran out
+    /// first) counts as failed, not abandoned.
+    pub fn admit(&self, timeout: Duration) -> Result<Admitted<'_>, Duration> {
+        let started = std::time::Instant::now();
         let Some(breaker) = &self.breaker else {
             return Ok(Admitted {
                 policy: self,
                 probe: false,
                 reported: true,
+                started,
+                timeout,
             });
         };
         match breaker.admit() {
@@ -132,6 +150,8 @@ impl Policy {
                 policy: self,
                 probe,
                 reported: false,
+                started,
+                timeout,
             }),
             Err(wait) => {
                 self.counters.rejected.inc();
@@ -186,6 +206,8 @@ pub struct Admitted<'a> {
     policy: &'a Policy,
     probe: bool,
     reported: bool,
+    started: std::time::Instant,
+    timeout: Duration,
 }
 
 impl Admitted<'_> {
@@ -199,7 +221,12 @@ impl Admitted<'_> {
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if !self.reported {
-            self.policy.report(self.probe, Outcome::Abandoned);
+            // Given up at (or past) the route's timeout: the upstream did not answer in time.
+            let outcome = match self.started.elapsed() >= self.timeout.mul_f64(0.9) {
+                true => Outcome::Failure,
+                false => Outcome::Abandoned,
+            };
+            self.policy.report(self.probe, outcome);
         }
     }
 }
@@ -248,7 +275,19 @@ impl Traffic {
         if let Some(policy) = policies.get(path).filter(|p| p.made_from(config)) {
             return Some(policy.clone());
         }
-        if let Some(snapshot) = self.current.load() {
+        // A request that began under an older configuration uses the policy in force, so it
+        // neither resets nor escapes the budgets of the current one.
+        let current = self.current.load();
+        let stale = current.as_ref().is_some_and(|snapshot| {
+            snapshot
+                .route(path)
+                .and_then(|route| route.as_server())
+                .is_none_or(|route| route.config != *config)
+        });
+        if stale && let Some(policy) = policies.get(path) {
+            return Some(policy.clone());
+        }
+        if let Some(snapshot) = current {
             policies.retain(|path, _| snapshot.route(path).is_some());
         }
         let policy = Arc::new(Policy::new(config, &self.metrics));

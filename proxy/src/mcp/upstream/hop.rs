@@ -323,7 +323,7 @@ impl Hop<'_> {
         let mut retried = 0;
         loop {
             let admitted = policy
-                .admit()
+                .admit(self.timeout())
                 .map_err(|left| HopError::CircuitOpen(self.server(), left))?;
             let again = retries
                 .filter(|r| retried < r.config.attempts)
@@ -343,7 +343,8 @@ impl Hop<'_> {
                         && resendable(again.method(), again.body(), &retries.hints)
                 }
             };
-            if !retry {
+            // Nor when this failure opened the circuit: the caller gets the upstream's error.
+            if !retry || policy.breaker.as_ref().is_some_and(|b| b.is_open()) {
                 return sent.map_err(|(error, _)| error);
             }
             if !retries.budget.withdraw() {

@@ -130,13 +130,12 @@ impl Ctx<'_> {
             && let Some(policy) = &hop.policy
         {
             let tool = request["params"]["name"].as_str().unwrap_or_default();
-            policy
-                .take(&budget_key(self.owner, self.extensions), tool)
-                .map_err(|spent| ProxyError::RateLimited {
-                    id: id.cloned(),
-                    server: hop.server(),
-                    spent,
-                })?;
+            policy.take_for(
+                &budget_key(self.owner, self.extensions),
+                tool,
+                id,
+                &hop.server(),
+            )?;
         }
         let rewrite = from_member(member.name().to_owned());
         let response = match &self.via {

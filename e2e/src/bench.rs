@@ -76,6 +76,22 @@ pub async fn upstream(listener: tokio::net::TcpListener) {
     }
 }
 
+/// A runtime with one worker thread (the load generator's) serving `count` fast upstreams
+/// on loopback; their addresses.
+pub fn upstreams(count: usize) -> Result<(tokio::runtime::Runtime, Vec<SocketAddr>)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut addresses = Vec::new();
+    for _ in 0..count {
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        addresses.push(listener.local_addr()?);
+        runtime.spawn(upstream(listener));
+    }
+    Ok((runtime, addresses))
+}
+
 /// `concurrency` connections, each sending calls back to back until `calls` are done.
 pub async fn load(
     addr: SocketAddr,

@@ -101,9 +101,15 @@ fn outcome(status: StatusCode) -> &'static str {
     }
 }
 
-async fn handle_in_span(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<CaughtBody> {
+async fn handle_in_span(
+    app: &App,
+    mut req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<CaughtBody> {
     let method = req.method().clone();
-    let unread_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
+    let has_body = req.version() < http::Version::HTTP_2 && has_body(req.headers());
+    let read = crate::mcp::shared::BodyRead::default();
+    req.extensions_mut().insert(read.clone());
     let mut response = match app.in_flight.try_acquire() {
         Ok(_handling) => {
             let routed = async {
@@ -120,7 +126,9 @@ async fn handle_in_span(app: &App, req: Request<Incoming>, peer: IpAddr) -> Resp
     };
     // An error may be answered before the body was read (401, 403, 404, 413, ...): the
     // connection cannot carry the client's next request then, and must say so rather than
-    // close under it.
+    // close under it. One answered after the whole body was read (a 429, an unknown session)
+    // keeps the connection.
+    let unread_body = has_body && !read.is_set();
     if unread_body && (response.status().is_client_error() || response.status().is_server_error()) {
         response
             .headers_mut()

@@ -127,6 +127,59 @@ fn error_of(body: &str) -> Value {
     serde_json::from_str::<Value>(body).unwrap()["error"].clone()
 }
 
+/// The statuses of two POSTs of `body` sent one after the other on one kept-alive connection
+/// (0 for an answer that never came).
+fn two_on_one_connection(port: u16, path: &str, body: &str) -> (u16, u16) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut exchange = || {
+        let sent = write!(
+            writer,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if sent.is_err() {
+            return 0;
+        }
+        let mut status = 0;
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return 0;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(code) = line.strip_prefix("HTTP/1.1 ") {
+                status = code[..3].parse().unwrap_or(0);
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut content = vec![0; length];
+        reader.read_exact(&mut content).map_or(0, |()| status)
+    };
+    let first = exchange();
+    (first, exchange())
+}
+
+/// The JSON-RPC error message of an answer.
+fn message_of(body: &str) -> String {
+    error_of(body)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[test]
 fn budgets_hold_exactly_under_concurrency_and_say_when_to_come_back() {
     let hits = Arc::new(dashless::Counts::default());
@@ -201,6 +254,11 @@ fn budgets_hold_exactly_under_concurrency_and_say_when_to_come_back() {
     assert_eq!(
         metric(admin, "mcpgate_errors_total", &[("kind", "rate_limited")]),
         15.0
+    );
+    // A refused call was read whole: its connection carries the caller's next request.
+    assert_eq!(
+        two_on_one_connection(port, path, &call("cheap")),
+        (429, 429)
     );
     // Lists are not tool calls and cost nothing.
     assert_eq!(post(port, path, &[], &list()).0, 200);
@@ -407,13 +465,7 @@ fn a_flapping_upstream_opens_its_circuit_fails_fast_and_recovers() {
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(post(port, path, &[], &call("lookup")).0, 503);
     let (_, _, body) = post(port, path, &[], &call("lookup"));
-    assert!(
-        error_of(&body)["message"]
-            .as_str()
-            .unwrap()
-            .contains("circuit is open"),
-        "{body}"
-    );
+    assert!(message_of(&body).contains("circuit is open"), "{body}");
     let probes = hits.of("*");
     // Up again: after the next cool-down the probe succeeds and the circuit closes.
     down.store(false, Ordering::SeqCst);
@@ -448,22 +500,13 @@ fn an_upstream_that_never_answers_opens_its_circuit_on_every_path() {
     for _ in 0..2 {
         let (_, _, body) = post(port, "/team/mcp/silent/server", &[], &call("lookup"));
         assert!(
-            error_of(&body)["message"]
-                .as_str()
-                .unwrap()
-                .contains("did not answer within 0.3s"),
+            message_of(&body).contains("did not answer within 0.3s"),
             "{body}"
         );
     }
     let started = Instant::now();
     let (_, _, body) = post(port, "/team/mcp/silent/server", &[], &call("lookup"));
-    assert!(
-        error_of(&body)["message"]
-            .as_str()
-            .unwrap()
-            .contains("circuit is open"),
-        "{body}"
-    );
+    assert!(message_of(&body).contains("circuit is open"), "{body}");
     assert!(started.elapsed() < Duration::from_millis(250));
     // Through a virtual server, where the gateway's own deadline ends the wait: the same.
     for _ in 0..2 {

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 use mcpgate_e2e::bench::{
-    ACCEPTED, cpu_seconds, load, median, open_session, server_config, upstream,
+    ACCEPTED, cpu_seconds, load, median, open_session, server_config, upstreams,
 };
 use mcpgate_e2e::{ControlPlane, IdentityProvider, Proxy, free_port, rss_kib};
 use mcpgate_proxy::signin::store::{FileStore, Store};
@@ -34,16 +34,7 @@ use serde_json::json;
 const CALLS_PER_RUN: usize = 20_000;
 
 fn main() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let mut upstreams = Vec::new();
-    for _ in 0..3 {
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        upstreams.push(listener.local_addr()?);
-        runtime.spawn(upstream(listener));
-    }
+    let (runtime, upstreams) = upstreams(3)?;
     let upstream_addr = upstreams[0];
     match std::env::var("MCPGATE_BENCH").as_deref() {
         Ok("auth") => return authentication(&runtime, upstream_addr),

@@ -20,7 +20,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use mcpgate_e2e::bench::{ACCEPTED, open_session, server_config, upstream};
+use mcpgate_e2e::bench::{ACCEPTED, open_session, server_config, upstreams};
 use mcpgate_e2e::{Proxy, rss_kib};
 
 /// What one minute saw.
@@ -171,16 +171,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(20);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let mut upstreams = Vec::new();
-    for _ in 0..3 {
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        upstreams.push(listener.local_addr()?);
-        runtime.spawn(upstream(listener));
-    }
+    let (runtime, upstreams) = upstreams(3)?;
     let dir = tempfile::tempdir()?;
     let server = |name: &str, addr: SocketAddr| {
         server_config(

@@ -57,6 +57,23 @@ pub struct Shared {
     pub bridge: crate::mcp::upstream::sse_bridge::SseBridge,
 }
 
+/// Set once a request's body has been read whole (a request extension the server reads to
+/// decide whether an error answer must close the connection).
+#[derive(Clone, Default, Debug)]
+pub struct BodyRead(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyRead {
+    /// Marks the body read.
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it was.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A request body read whole and checked.
 pub struct Message {
     /// As received.
@@ -114,7 +131,18 @@ impl Shared {
     ) -> Result<Option<Message>, ProxyError> {
         check_media_types(&parts.method, &parts.headers)?;
         let message = match parts.method {
-            Method::POST => Some(self.read_message(&parts.headers, body).await?),
+            Method::POST => {
+                let message = self.read_message(&parts.headers, body).await;
+                // Read whole (even if it is no message): the connection can carry the next.
+                if !matches!(
+                    message,
+                    Err(ProxyError::BodyTooLarge { .. } | ProxyError::BodyTimeout { .. })
+                ) && let Some(read) = parts.extensions.get::<BodyRead>()
+                {
+                    read.set();
+                }
+                Some(message?)
+            }
             _ => None,
         };
         let envelope = message.as_ref().map(|m| &m.envelope);

@@ -239,3 +239,16 @@ pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// A rendered configuration of `servers` (the first three named fast, second and third)
+/// and the public virtual server `bench/bundle` taking every tool of those three.
+pub fn bundle_config(version: &str, servers: Vec<serde_json::Value>) -> serde_json::Value {
+    let members: Vec<_> = ["fast", "second", "third"]
+        .iter()
+        .map(|name| json!({"server": name, "all": true, "tools": {}}))
+        .collect();
+    json!({"schema": 1, "version": version, "servers": servers,
+        "virtualServers": [{"namespace": "bench", "name": "bundle", "path": "/bench/mcp/bundle/server",
+            "description": null, "instructions": null, "members": members, "public": true,
+            "access": {"subjects": []}}]})
+}

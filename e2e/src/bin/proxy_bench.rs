@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 use mcpgate_e2e::bench::{
-    ACCEPTED, cpu_seconds, load, median, open_session, server_config, upstreams,
+    ACCEPTED, bundle_config, cpu_seconds, load, median, open_session, server_config, upstreams,
 };
 use mcpgate_e2e::{ControlPlane, IdentityProvider, Proxy, free_port, rss_kib};
 use mcpgate_proxy::signin::store::{FileStore, Store};
@@ -52,16 +52,16 @@ fn main() -> Result<()> {
             json!([]),
         )
     };
-    let members: Vec<_> = ["fast", "second", "third"]
-        .iter()
-        .map(|name| json!({"server": name, "all": true, "tools": {}}))
-        .collect();
     std::fs::write(
         dir.path().join("config.json"),
-        json!({"schema": 1, "version": "bench",
-            "servers": [server("fast", upstreams[0]), server("second", upstreams[1]), server("third", upstreams[2])],
-            "virtualServers": [{"namespace": "bench", "name": "bundle", "path": "/bench/mcp/bundle/server",
-                "description": null, "instructions": null, "members": members, "public": true, "access": {"subjects": []}}]})
+        bundle_config(
+            "bench",
+            vec![
+                server("fast", upstreams[0]),
+                server("second", upstreams[1]),
+                server("third", upstreams[2]),
+            ],
+        )
         .to_string(),
     )?;
     std::fs::write(dir.path().join("session.key"), [7u8; 32])?;

@@ -20,7 +20,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use mcpgate_e2e::bench::{ACCEPTED, open_session, server_config, upstreams};
+use mcpgate_e2e::bench::{ACCEPTED, bundle_config, open_session, server_config, upstreams};
 use mcpgate_e2e::{Proxy, rss_kib};
 
 /// What one minute saw.
@@ -184,18 +184,17 @@ fn main() -> Result<()> {
     };
     let mut limited = server("limited", upstreams[0]);
     limited["rateLimits"] = json!({"perServer": {"requests": 50, "periodSeconds": 1}});
-    let members: Vec<_> = ["fast", "second", "third"]
-        .iter()
-        .map(|name| json!({"server": name, "all": true, "tools": {}}))
-        .collect();
     std::fs::write(
         dir.path().join("config.json"),
-        json!({"schema": 1, "version": "soak",
-            "servers": [server("fast", upstreams[0]), server("second", upstreams[1]),
-                server("third", upstreams[2]), limited],
-            "virtualServers": [{"namespace": "bench", "name": "bundle", "path": "/bench/mcp/bundle/server",
-                "description": null, "instructions": null, "members": members, "public": true,
-                "access": {"subjects": []}}]})
+        bundle_config(
+            "soak",
+            vec![
+                server("fast", upstreams[0]),
+                server("second", upstreams[1]),
+                server("third", upstreams[2]),
+                limited,
+            ],
+        )
         .to_string(),
     )?;
     std::fs::write(dir.path().join("session.key"), [7u8; 32])?;

@@ -58,9 +58,14 @@ impl Bucket {
         }
     }
 
+    /// Tokens back per second.
+    fn rate(limit: RateLimit) -> f64 {
+        f64::from(limit.requests) / f64::from(limit.period_seconds.max(1))
+    }
+
     /// Tokens now, after refilling since the last look.
     fn refill(&mut self, limit: RateLimit, now: Instant) {
-        let rate = f64::from(limit.requests) / f64::from(limit.period_seconds.max(1));
+        let rate = Self::rate(limit);
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(f64::from(limit.requests));
         self.at = now;
@@ -71,8 +76,7 @@ impl Bucket {
         if self.tokens >= 1.0 {
             return Ok(());
         }
-        let rate = f64::from(limit.requests) / f64::from(limit.period_seconds.max(1));
-        let wait = ((1.0 - self.tokens) / rate).ceil().max(1.0);
+        let wait = ((1.0 - self.tokens) / Self::rate(limit)).ceil().max(1.0);
         Err(Duration::from_secs_f64(wait))
     }
 

@@ -10,6 +10,9 @@
 //! each answer stream queues at most [`QUEUE`] messages for a client that does not read, and
 //! upstream events are read up to the gateway's event limit.
 
+mod session;
+mod wire;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,16 +23,18 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use self::session::{Routes, Session, lock};
+use self::wire::{event_stream, resolve, sse_messages};
 use crate::error::{Body, ProxyError, code, full};
 use crate::mcp::message::SESSION_ID;
-use crate::mcp::sse::{EVENT_STREAM, Event, events, message_event, stream_response};
+use crate::mcp::sse::EVENT_STREAM;
 use crate::upstream::HttpClient;
 
 /// How long the upstream may take to name its message endpoint.
@@ -93,65 +98,6 @@ struct Bridge {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Largest upstream SSE event read.
     max_event: usize,
-}
-
-/// One upstream event stream and who waits for what on it.
-struct Session {
-    /// Where messages are POSTed.
-    endpoint: Uri,
-    /// Caller headers sent with every POST (credentials).
-    headers: HeaderMap,
-    /// Shared with the task reading the upstream's events.
-    routes: Arc<Mutex<Routes>>,
-    reader: tokio::task::AbortHandle,
-    /// When a request last used it.
-    used: Mutex<Instant>,
-}
-
-#[derive(Default)]
-struct Routes {
-    /// Open requests (by id as JSON text), oldest first, each with its answer stream.
-    waiting: Vec<(String, mpsc::Sender<Value>)>,
-    /// The session's GET stream.
-    standalone: Option<mpsc::Sender<Value>>,
-}
-
-impl Routes {
-    /// Sends `message` where it belongs: a response to its request (whose stream then ends);
-    /// anything else to the newest open request, or else the GET stream.
-    fn deliver(&mut self, message: Value) {
-        let is_response = message.get("method").is_none();
-        if is_response {
-            let key = message.get("id").map(Value::to_string).unwrap_or_default();
-            if let Some(i) = self.waiting.iter().position(|(id, _)| *id == key) {
-                let (_, stream) = self.waiting.remove(i);
-                queue(&stream, message);
-            }
-            return;
-        }
-        self.waiting.retain(|(_, s)| !s.is_closed());
-        if let Some((_, stream)) = self.waiting.last() {
-            queue(stream, message);
-        } else if let Some(stream) = &self.standalone {
-            queue(stream, message);
-        }
-    }
-}
-
-/// Queues `message` for a client's stream, dropping it (with a warning) when the client has
-/// let [`QUEUE`] messages pile up unread.
-fn queue(stream: &mpsc::Sender<Value>, message: Value) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = stream.try_send(message) {
-        tracing::warn!(
-            "a client is not reading its HTTP+SSE bridge stream; an upstream message was dropped"
-        );
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 impl Bridge {
@@ -450,166 +396,10 @@ impl Bridge {
     }
 }
 
-impl Session {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
-        lock(&self.routes)
-    }
-
-    /// Unused for [`SESSION_IDLE`]: no request since, none waiting, no GET stream open.
-    fn idle(&self) -> bool {
-        let routes = self.lock();
-        lock(&self.used).elapsed() >= SESSION_IDLE
-            && routes.waiting.iter().all(|(_, s)| s.is_closed())
-            && routes
-                .standalone
-                .as_ref()
-                .is_none_or(mpsc::Sender::is_closed)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The endpoint the upstream named, made absolute against its event stream URL.
-fn resolve(upstream: &Uri, endpoint: &str) -> Result<Uri, String> {
-    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        return endpoint
-            .parse()
-            .map_err(|e| format!("endpoint {endpoint:?}: {e}"));
-    }
-    let scheme = upstream.scheme_str().unwrap_or("http");
-    let authority = upstream.authority().map(|a| a.as_str()).unwrap_or_default();
-    let path = if endpoint.starts_with('/') {
-        endpoint.to_owned()
-    } else {
-        let base = upstream.path();
-        let directory = base.rfind('/').map_or("/", |end| &base[..=end]);
-        format!("{directory}{endpoint}")
-    };
-    format!("{scheme}://{authority}{path}")
-        .parse()
-        .map_err(|e| format!("endpoint {endpoint:?}: {e}"))
-}
-
-/// The events of an SSE body as (event type, data); events without data are skipped.
-fn sse_messages(
-    body: Incoming,
-    max_event: usize,
-) -> futures::stream::BoxStream<'static, Result<(Option<String>, String), hyper::Error>> {
-    events(body, max_event)
-        .filter_map(|event| async move {
-            let raw = match event {
-                Ok(raw) => raw,
-                Err(error) => return Some(Err(error)),
-            };
-            let event = Event::parse(&raw)?;
-            let kind = event
-                .fields
-                .iter()
-                .find_map(|f| f.strip_prefix("event:"))
-                .map(|k| k.trim().to_owned());
-            Some(Ok((kind, event.data?)))
-        })
-        .boxed()
-}
-
-/// An SSE response of the messages on `rx`; with `until_response`, it ends after the first
-/// response.
-fn event_stream(rx: mpsc::Receiver<Value>, until_response: bool) -> Response<Body> {
-    let stream = futures::stream::unfold((rx, false), move |(mut rx, done)| async move {
-        if done {
-            return None;
-        }
-        let message = rx.recv().await?;
-        let last = until_response && message.get("method").is_none();
-        let event = message_event(&message);
-        Some((Ok::<_, hyper::Error>(Frame::data(event)), (rx, last)))
-    });
-    stream_response(BodyExt::boxed_unsync(StreamBody::new(stream)))
-}
-
 fn upstream_error(id: Option<&Value>, message: &str) -> Response<Body> {
     ProxyError::Bridge {
         id: id.cloned(),
         message: message.to_owned(),
     }
     .respond()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mcp::proptests::{config, message};
-    use proptest::prelude::*;
-    use serde_json::json;
-
-    proptest! {
-        #![proptest_config(config())]
-
-        /// Whatever the upstream sends on its event stream goes to a waiting request, the
-        /// GET stream, or nowhere.
-        #[test]
-        fn any_upstream_message_is_delivered_or_dropped(messages in prop::collection::vec(message(), 0..8)) {
-            let mut routes = Routes::default();
-            let (request, _request_rx) = mpsc::channel(QUEUE);
-            let (get, _get_rx) = mpsc::channel(QUEUE);
-            routes.waiting.push(("1".into(), request));
-            routes.standalone = Some(get);
-            for message in messages {
-                routes.deliver(message);
-            }
-        }
-
-        /// Whatever endpoint the upstream names resolves to a URI or is refused.
-        #[test]
-        fn any_endpoint_resolves_or_is_refused(
-            endpoint in any::<String>(),
-            stream in prop::sample::select(vec!["http://127.0.0.1:3001/sse", "http://h", "https://h/a/b/", "h:80"]),
-        ) {
-            let _ = resolve(&stream.parse().unwrap(), &endpoint);
-        }
-    }
-
-    #[test]
-    fn endpoints_resolve_against_the_event_stream_url() {
-        let sse: Uri = "http://127.0.0.1:3001/sse".parse().unwrap();
-        assert_eq!(
-            resolve(&sse, "/message?sessionId=1").unwrap(),
-            "http://127.0.0.1:3001/message?sessionId=1"
-        );
-        let nested: Uri = "https://mcp.example/v1/sse".parse().unwrap();
-        assert_eq!(
-            resolve(&nested, "messages?s=2").unwrap(),
-            "https://mcp.example/v1/messages?s=2"
-        );
-        assert_eq!(
-            resolve(&nested, "https://other.example/m").unwrap(),
-            "https://other.example/m"
-        );
-    }
-
-    #[test]
-    fn responses_go_to_their_request_and_the_rest_to_the_newest_one() {
-        let mut routes = Routes::default();
-        let (a, mut a_rx) = mpsc::channel(QUEUE);
-        let (b, mut b_rx) = mpsc::channel(QUEUE);
-        let (get, mut get_rx) = mpsc::channel(QUEUE);
-        routes.waiting.push(("1".into(), a));
-        routes.waiting.push(("\"x\"".into(), b));
-        routes.standalone = Some(get);
-        routes.deliver(json!({"jsonrpc": "2.0", "method": "notifications/progress"}));
-        assert_eq!(b_rx.try_recv().unwrap()["method"], "notifications/progress");
-        routes.deliver(json!({"jsonrpc": "2.0", "id": "x", "result": {}}));
-        assert_eq!(b_rx.try_recv().unwrap()["id"], "x");
-        routes.deliver(json!({"jsonrpc": "2.0", "id": 5, "method": "roots/list"}));
-        assert_eq!(a_rx.try_recv().unwrap()["method"], "roots/list");
-        routes.deliver(json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
-        assert_eq!(a_rx.try_recv().unwrap()["id"], 1);
-        routes.deliver(json!({"jsonrpc": "2.0", "method": "notifications/message"}));
-        assert_eq!(
-            get_rx.try_recv().unwrap()["method"],
-            "notifications/message"
-        );
-    }
 }

@@ -432,56 +432,59 @@ const COMPARE_CALLS: usize = 5_000;
 const COMPARE_ROUNDS: usize = 15;
 
 /// Proxy CPU and p50 per call of a `baseline` build (`MCPGATE_BENCH_BASELINE=<binary>`)
-/// against this one, same configuration and upstream, on the server route: measurements
-/// alternate between the two (which goes first alternates too), so drift on a shared
-/// machine hits both alike.
+/// against this one, same configuration and upstreams, on the server route and through the
+/// virtual server: measurements alternate between the two (which goes first alternates
+/// too), so drift on a shared machine hits both alike.
 fn compare(runtime: &tokio::runtime::Runtime, baseline: &Proxy, current: &Proxy) -> Result<()> {
-    const PATH: &str = "/bench/mcp/fast/server";
-    let proxies = [baseline, current];
-    let mut targets = Vec::new();
-    for proxy in proxies {
-        let addr: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
-        let session = runtime.block_on(open_session(addr, PATH, None))?;
-        targets.push((proxy.process.pid(), addr, session));
-    }
     println!(
-        "before/after: tools/call on a server route, {COMPARE_CALLS} calls x {COMPARE_ROUNDS} rounds per figure, interleaved; change = median of the rounds' after/before ratios"
+        "before/after: tools/call, {COMPARE_CALLS} calls x {COMPARE_ROUNDS} rounds per figure, interleaved; change = median of the rounds' after/before ratios"
     );
     println!(
-        "{:>5} {:>14} {:>14} {:>8} {:>12} {:>12}",
-        "conns", "CPU/call before", "CPU/call after", "change", "p50 before", "p50 after"
+        "{:<8} {:>5} {:>14} {:>14} {:>8} {:>12} {:>12}",
+        "path", "conns", "CPU/call before", "CPU/call after", "change", "p50 before", "p50 after"
     );
-    for concurrency in [1, 16, 64] {
-        let mut cpu = [Vec::new(), Vec::new()];
-        let mut p50 = [Vec::new(), Vec::new()];
-        for round in 0..COMPARE_ROUNDS {
-            for turn in 0..2 {
-                let i = (round + turn) % 2;
-                let (pid, addr, session) = &targets[i];
-                let before = cpu_seconds(*pid).context("proxy CPU")?;
-                let (_, latencies) = runtime.block_on(load(
-                    *addr,
-                    PATH,
-                    session,
-                    "echo",
-                    concurrency,
-                    COMPARE_CALLS,
-                    None,
-                ))?;
-                let spent = cpu_seconds(*pid).context("proxy CPU")? - before;
-                cpu[i].push(spent * 1e6 / latencies.len() as f64);
-                p50[i].push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
-            }
+    for (label, path, tool) in [
+        ("server", "/bench/mcp/fast/server", "echo"),
+        ("virtual", "/bench/mcp/bundle/server", "second_echo"),
+    ] {
+        let mut targets = Vec::new();
+        for proxy in [baseline, current] {
+            let addr: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse()?;
+            let session = runtime.block_on(open_session(addr, path, None))?;
+            targets.push((proxy.process.pid(), addr, session));
         }
-        // The change is the median of each round's ratio: a round's two measurements ran
-        // back to back, so drift of the machine between rounds cancels out.
-        let mut ratios: Vec<f64> = cpu[1].iter().zip(&cpu[0]).map(|(a, b)| a / b).collect();
-        let change = (median(&mut ratios) - 1.0) * 100.0;
-        let [cpu_before, cpu_after] = cpu.each_mut().map(|v| median(v));
-        let [p50_before, p50_after] = p50.each_mut().map(|v| median(v));
-        println!(
-            "{concurrency:>5} {cpu_before:>13.1}us {cpu_after:>13.1}us {change:>+7.1}% {p50_before:>10.1}us {p50_after:>10.1}us",
-        );
+        for concurrency in [1, 16, 64] {
+            let mut cpu = [Vec::new(), Vec::new()];
+            let mut p50 = [Vec::new(), Vec::new()];
+            for round in 0..COMPARE_ROUNDS {
+                for turn in 0..2 {
+                    let i = (round + turn) % 2;
+                    let (pid, addr, session) = &targets[i];
+                    let before = cpu_seconds(*pid).context("proxy CPU")?;
+                    let (_, latencies) = runtime.block_on(load(
+                        *addr,
+                        path,
+                        session,
+                        tool,
+                        concurrency,
+                        COMPARE_CALLS,
+                        None,
+                    ))?;
+                    let spent = cpu_seconds(*pid).context("proxy CPU")? - before;
+                    cpu[i].push(spent * 1e6 / latencies.len() as f64);
+                    p50[i].push(latencies[latencies.len() / 2].as_secs_f64() * 1e6);
+                }
+            }
+            // The change is the median of each round's ratio: a round's two measurements
+            // ran back to back, so drift of the machine between rounds cancels out.
+            let mut ratios: Vec<f64> = cpu[1].iter().zip(&cpu[0]).map(|(a, b)| a / b).collect();
+            let change = (median(&mut ratios) - 1.0) * 100.0;
+            let [cpu_before, cpu_after] = cpu.each_mut().map(|v| median(v));
+            let [p50_before, p50_after] = p50.each_mut().map(|v| median(v));
+            println!(
+                "{label:<8} {concurrency:>5} {cpu_before:>13.1}us {cpu_after:>13.1}us {change:>+7.1}% {p50_before:>10.1}us {p50_after:>10.1}us",
+            );
+        }
     }
     Ok(())
 }

@@ -42,10 +42,10 @@ impl Asking {
         }
     }
 
-    /// For the stateless `request` (its `_meta` declares the client's capabilities).
-    pub fn stateless(request: &Value) -> Self {
-        let method = request["method"].as_str().unwrap_or_default();
-        let capabilities = &request["params"]["_meta"][CLIENT_CAPABILITIES];
+    /// For a stateless request of `method` whose `_meta` (`meta`) declares the client's
+    /// capabilities.
+    pub fn stateless(method: &str, meta: &Value) -> Self {
+        let capabilities = &meta[CLIENT_CAPABILITIES];
         match INTERACTIVE.contains(&method) && declares_url(capabilities) {
             true => Self::InputRequired,
             false => Self::Body,
@@ -202,14 +202,14 @@ mod tests {
         assert_eq!(Asking::in_session("tools/call", &url), Asking::UrlError);
         assert_eq!(Asking::in_session("tools/call", &form), Asking::Body);
         assert_eq!(Asking::in_session("initialize", &url), Asking::Body);
-        let call = |method: &str, capabilities: &Value| json!({"method": method, "params": {"_meta": {CLIENT_CAPABILITIES: capabilities}}});
+        let meta = |capabilities: &Value| json!({CLIENT_CAPABILITIES: capabilities});
         assert_eq!(
-            Asking::stateless(&call("tools/call", &url)),
+            Asking::stateless("tools/call", &meta(&url)),
             Asking::InputRequired
         );
-        assert_eq!(Asking::stateless(&call("tools/list", &url)), Asking::Body);
+        assert_eq!(Asking::stateless("tools/list", &meta(&url)), Asking::Body);
         assert_eq!(
-            Asking::stateless(&call("tools/call", &json!({}))),
+            Asking::stateless("tools/call", &meta(&json!({}))),
             Asking::Body
         );
     }

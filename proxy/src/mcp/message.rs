@@ -2,6 +2,7 @@
 //! as received; and the MCP names (headers, `_meta` keys) the gateway reads and writes.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use http::HeaderName;
@@ -240,6 +241,69 @@ pub fn params_mut(message: &mut Value) -> Option<&mut Map<String, Value>> {
     child_object(message.as_object_mut()?, "params")
 }
 
+/// `json` (an object) with the string `value` at `path` (member names from the top), every
+/// other member copied as it came: what the gateway renames in a message it forwards
+/// without building it as a [`Value`]. A missing member is added; a step that is not an
+/// object is an error.
+pub fn with_string_at(json: &[u8], path: &[&str], value: &str) -> serde_json::Result<Vec<u8>> {
+    let Some((name, rest)) = path.split_first() else {
+        return serde_json::to_vec(value);
+    };
+    let Members(members) = serde_json::from_slice(json)?;
+    let mut out = Vec::with_capacity(json.len() + value.len());
+    let mut found = false;
+    out.push(b'{');
+    for (i, (member, raw)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, member)?;
+        out.push(b':');
+        if member == name {
+            found = true;
+            out.extend(with_string_at(raw.get().as_bytes(), rest, value)?);
+        } else {
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+    }
+    if !found {
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name)?;
+        out.push(b':');
+        out.extend(with_string_at(b"{}", rest, value)?);
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// An object's members in order: names decoded, values as their JSON text.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +329,31 @@ mod tests {
         );
         assert_eq!(kind(r#"{"jsonrpc":"2.0"}"#), Kind::Invalid);
         assert!(Envelope::parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn a_string_is_set_and_the_rest_kept_as_it_came() {
+        let message = br#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{"name":"gh_search","arguments":{"q":"a\u00e9 ","n":1.50}}}"#;
+        let renamed = with_string_at(message, &["params", "name"], "search").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&renamed).unwrap(),
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"q":"a\u00e9 ","n":1.50}}}"#
+        );
+        let added = with_string_at(
+            br#"{"params":{"ref":{}}}"#,
+            &["params", "ref", "uri"],
+            "a\"b",
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&added).unwrap(),
+            serde_json::json!({"params": {"ref": {"uri": "a\"b"}}})
+        );
+        let escaped = with_string_at(br#"{"p\u0061rams":{}}"#, &["params", "name"], "x").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&escaped).unwrap(),
+            r#"{"params":{"name":"x"}}"#
+        );
+        assert!(with_string_at(br#"{"params":[1]}"#, &["params", "name"], "x").is_err());
     }
 }

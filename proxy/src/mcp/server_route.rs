@@ -117,9 +117,11 @@ impl Shared {
         // How to tell this client that its user must authorize the upstream (read only then).
         let asking = || match (&session, &message) {
             (Some((_, state)), _) => Asking::in_session(method, &state.capabilities),
-            (None, Some(message)) if era::is_modern(&parts.headers, &message.envelope) => message
-                .request()
-                .map_or(Asking::Body, |request| Asking::stateless(&request)),
+            (None, Some(message)) if era::is_modern(&parts.headers, &message.envelope) => {
+                message.request().map_or(Asking::Body, |request| {
+                    Asking::stateless(method, &request["params"]["_meta"])
+                })
+            }
             _ => Asking::Body,
         };
         // A stateless client in front of an upstream that only knows sessions: the gateway

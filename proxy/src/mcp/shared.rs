@@ -18,7 +18,7 @@ use crate::auth::Identity;
 use crate::error::{Body, ProxyError, code};
 use crate::mcp::asking::{self, Asking};
 use crate::mcp::message::SESSION_ID;
-use crate::mcp::message::{Envelope, Kind};
+use crate::mcp::message::{Envelope, Kind, with_string_at};
 use crate::mcp::upstream::era;
 use crate::mcp::upstream::hop::{Hop, HopError};
 use crate::outbound::OutboundError;
@@ -93,6 +93,19 @@ impl Message {
             code: code::PARSE_ERROR,
             message: e.to_string(),
         })
+    }
+
+    /// The message as received, with the string `value` at `path` (member names from the
+    /// top): a rename that builds no [`Value`] (see [`with_string_at`]).
+    pub fn with_string_at(&self, path: &[&str], value: &str) -> Result<Bytes, ProxyError> {
+        with_string_at(&self.bytes, path, value)
+            .map(Bytes::from)
+            .map_err(|e| ProxyError::InvalidParams {
+                id: self.envelope.id.clone(),
+                message: format!("{}: {e}", path.join(".")),
+                data: None,
+                status: StatusCode::OK,
+            })
     }
 }
 

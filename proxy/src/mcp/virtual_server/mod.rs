@@ -55,18 +55,8 @@ pub async fn handle(
                 .any(|m| m.server.config.auth.per_user())
         })
         .cloned();
-    let admitted = fwd.admit(&parts, body).await.and_then(|message| {
-        message
-            .map(|message| {
-                Ok(Post {
-                    request: message.request()?,
-                    message,
-                })
-            })
-            .transpose()
-    });
-    let post = match admitted {
-        Ok(post) => post,
+    let post = match fwd.admit(&parts, body).await {
+        Ok(message) => message.map(Post::from),
         Err(error) => return error.respond(),
     };
     let audit = fwd.audit_call(post.as_ref().map(|p| &p.message), |envelope| {
@@ -90,18 +80,46 @@ pub async fn handle(
     Pending::observe_some(audit, response)
 }
 
-/// A POSTed message: as received, and as a value for the gateway to rewrite (its `params`
-/// an object when present, see [`Message::request`]).
+/// A POSTed message: as received, and as a value once a path that reads or rewrites more than
+/// the envelope has parsed it (its `params` an object when present, see
+/// [`Message::request`]). A call routed within a session is renamed in place, never parsed.
 struct Post {
     message: Message,
-    request: Value,
+    parsed: Option<Value>,
+}
+
+impl From<Message> for Post {
+    fn from(message: Message) -> Self {
+        Self {
+            message,
+            parsed: None,
+        }
+    }
+}
+
+impl Post {
+    /// The message as a value, parsed at most once.
+    fn request(&mut self) -> Result<&mut Value, ProxyError> {
+        parsed(&self.message, &mut self.parsed)
+    }
+}
+
+/// `message` as a value: `parsed`, or parsed into it now.
+fn parsed<'a>(
+    message: &Message,
+    parsed: &'a mut Option<Value>,
+) -> Result<&'a mut Value, ProxyError> {
+    if parsed.is_none() {
+        *parsed = Some(message.request()?);
+    }
+    Ok(parsed.get_or_insert_default())
 }
 
 /// [`handle`] once the body is read.
 async fn dispatch(
     fwd: &Shared,
     parts: http::request::Parts,
-    post: Option<Post>,
+    mut post: Option<Post>,
     route: &VirtualRoute,
     owner: Option<String>,
     identity: Option<&Identity>,
@@ -109,7 +127,7 @@ async fn dispatch(
     let path = &route.config.path;
     let id = post.as_ref().and_then(|p| p.message.envelope.id.clone());
     // A stateless client's `initialize` is a method its revision removed (see `post`).
-    if let Some(post) = &post
+    if let Some(post) = &mut post
         && post.message.envelope.method() == "initialize"
         && !era::is_modern(&parts.headers, &post.message.envelope)
     {
@@ -120,7 +138,7 @@ async fn dispatch(
             fwd,
             &parts.headers,
             route,
-            &post.request,
+            post.request()?,
             id.as_ref(),
             owner,
             identity,
@@ -128,10 +146,10 @@ async fn dispatch(
         .await;
     }
     let session = fwd.session(&parts.headers, path, owner.as_deref(), id.as_ref())?;
-    let via = match (&session, &post) {
+    let via = match (&session, &mut post) {
         (Some((sid, state)), _) => Via::Session { sid, state },
         (None, Some(p)) if era::is_modern(&parts.headers, &p.message.envelope) => Via::Stateless {
-            meta: p.request["params"]["_meta"].clone(),
+            meta: p.request()?["params"]["_meta"].clone(),
         },
         (None, Some(_)) => {
             return Err(ProxyError::BadRequest {

@@ -1,6 +1,5 @@
 //! Requests routed to the member that owns the name or URI they carry.
 
-use bytes::Bytes;
 use futures::future::join_all;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -17,17 +16,17 @@ use crate::source::Member;
 use crate::traffic::budget_key;
 
 impl Ctx<'_> {
-    pub(super) async fn post(&self, post: Post) -> Result<Response<Body>, ProxyError> {
-        let Post {
-            message,
-            mut request,
-        } = post;
+    pub(super) async fn post(&self, mut post: Post) -> Result<Response<Body>, ProxyError> {
+        let Post { message, parsed } = &mut post;
         let envelope = &message.envelope;
         let id = envelope.id.as_ref();
         match envelope.kind() {
             Kind::Request => {}
-            Kind::Notification => return Ok(self.notification(&message).await),
-            Kind::Response => return self.answer(&message, request).await,
+            Kind::Notification => return Ok(self.notification(message).await),
+            Kind::Response => {
+                let response = super::parsed(message, parsed)?.take();
+                return self.answer(message, response).await;
+            }
             // `Shared::admit` refuses these before; kept for the match.
             Kind::Invalid => return Err(not_a_message(id)),
         }
@@ -58,39 +57,40 @@ impl Ctx<'_> {
             return Ok(self.list(method, &listing, id).await);
         }
         if method == "logging/setLevel" {
-            return Ok(self.broadcast_request(&message, &request).await);
+            let request = super::parsed(message, parsed)?;
+            return Ok(self.broadcast_request(message, request).await);
         }
         if method == "subscriptions/listen" {
-            return self.listen(&request, id).await;
+            return self.listen(super::parsed(message, parsed)?, id).await;
         }
         let routed = match method {
             "tools/call" => {
                 let name = envelope.name();
                 match self.route.resolve_tool(name) {
-                    Some((member, tool)) => Some((member, "/params/name", Value::String(tool))),
+                    Some((member, tool)) => Some((member, NAME, tool)),
                     None => return Err(unknown_tool(id, name)),
                 }
             }
             "prompts/get" => self
                 .by_prefix(envelope.name(), '_')
-                .map(|(m, n)| (m, "/params/name", n)),
+                .map(|(m, n)| (m, NAME, n)),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = envelope
                     .params
                     .as_ref()
                     .and_then(|p| p.uri.as_deref())
                     .unwrap_or_default();
-                self.by_prefix(uri, '+').map(|(m, u)| (m, "/params/uri", u))
+                self.by_prefix(uri, '+').map(|(m, u)| (m, URI, u))
             }
             "completion/complete" => {
-                let reference = &request["params"]["ref"];
+                let reference = &super::parsed(message, parsed)?["params"]["ref"];
                 match reference["type"].as_str() {
                     Some("ref/prompt") => self
                         .by_prefix(reference["name"].as_str().unwrap_or_default(), '_')
-                        .map(|(m, n)| (m, "/params/ref/name", n)),
+                        .map(|(m, n)| (m, REF_NAME, n)),
                     Some("ref/resource") => self
                         .by_prefix(reference["uri"].as_str().unwrap_or_default(), '+')
-                        .map(|(m, u)| (m, "/params/ref/uri", u)),
+                        .map(|(m, u)| (m, REF_URI, u)),
                     _ => None,
                 }
             }
@@ -103,7 +103,7 @@ impl Ctx<'_> {
                 return Err(method_not_found(id, method, status));
             }
         };
-        let Some((member, pointer, original)) = routed else {
+        let Some((member, path, original)) = routed else {
             // SEP-2164: a resource that is not found is named in the error.
             let data = (method == "resources/read")
                 .then(|| json!({"uri": envelope.params.as_ref().and_then(|p| p.uri.as_deref())}));
@@ -115,33 +115,35 @@ impl Ctx<'_> {
             });
         };
         let mut caller = self.caller.clone();
-        if let (Some(_), Ok(name)) = (
-            caller.get("mcp-name"),
-            HeaderValue::try_from(original.as_str().unwrap_or_default()),
-        ) {
+        if let (Some(_), Ok(name)) = (caller.get("mcp-name"), HeaderValue::try_from(&original)) {
             caller.insert("mcp-name", name);
         }
-        if let Some(slot) = request.pointer_mut(pointer) {
-            *slot = original;
-        }
-        let asking = self.asking(method, &request);
+        let asking = self.asking(method);
         let hop = self.hop(member, &caller);
         if method == "tools/call"
             && let Some(policy) = &hop.policy
         {
-            let tool = request["params"]["name"].as_str().unwrap_or_default();
             policy.take_for(
                 &budget_key(self.owner, self.extensions),
-                tool,
+                &original,
                 id,
                 &hop.server(),
             )?;
         }
         let rewrite = from_member(member.name().to_owned());
         let response = match &self.via {
-            Via::Stateless { .. } => self.fwd.eras.send(&hop, request, rewrite).await,
+            Via::Stateless { .. } => {
+                let mut request = super::parsed(message, parsed)?.take();
+                if let Some(slot) = path
+                    .iter()
+                    .try_fold(&mut request, |v, name| v.get_mut(name))
+                {
+                    *slot = Value::String(original);
+                }
+                self.fwd.eras.send(&hop, request, rewrite).await
+            }
             Via::Session { .. } => {
-                let bytes = Bytes::from(request.to_string());
+                let bytes = message.with_string_at(path, &original)?;
                 match self.send(&hop, &Method::POST, bytes).await {
                     Ok(response) => {
                         let ids = EventIds::Member(member.name().to_owned());
@@ -163,11 +165,11 @@ impl Ctx<'_> {
         }
     }
 
-    /// How to ask this request's client for an authorization.
-    pub(super) fn asking(&self, method: &str, request: &Value) -> Asking {
+    /// How to ask this request's client (of `method`) for an authorization.
+    pub(super) fn asking(&self, method: &str) -> Asking {
         match &self.via {
             Via::Session { state, .. } => Asking::in_session(method, &state.capabilities),
-            Via::Stateless { .. } => Asking::stateless(request),
+            Via::Stateless { meta } => Asking::stateless(method, meta),
         }
     }
 
@@ -192,11 +194,17 @@ impl Ctx<'_> {
     }
 
     /// The member named by the prefix of `name` (before `separator`), and the rest.
-    pub(super) fn by_prefix(&self, name: &str, separator: char) -> Option<(&Member, Value)> {
+    pub(super) fn by_prefix(&self, name: &str, separator: char) -> Option<(&Member, String)> {
         let (server, rest) = name.split_once(separator)?;
-        Some((self.route.member(server)?, Value::String(rest.to_owned())))
+        Some((self.route.member(server)?, rest.to_owned()))
     }
 }
+
+/// Where a routed request names what it wants (renamed to the member's own name).
+const NAME: &[&str] = &["params", "name"];
+const URI: &[&str] = &["params", "uri"];
+const REF_NAME: &[&str] = &["params", "ref", "name"];
+const REF_URI: &[&str] = &["params", "ref", "uri"];
 
 /// Methods the stateless revision removed: a stateless client gets 404 for them.
 pub(super) const REMOVED_STATELESS: [&str; 5] = [
